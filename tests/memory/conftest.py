@@ -1,0 +1,70 @@
+"""Fixtures of the memory tests: stub servers, fake sleep, the three contract backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memory_stubs import FakeSleep, Handler, Stub, run_stub
+
+
+@pytest.fixture
+async def stub_factory() -> AsyncIterator[Callable[..., Awaitable[Stub]]]:
+    """Start stub servers inside a test; all are stopped at its end."""
+    async with AsyncExitStack() as stack:
+
+        async def make(handler: Handler, **kw: Any) -> Stub:
+            return await stack.enter_async_context(run_stub(handler, **kw))
+
+        yield make
+
+
+@pytest.fixture
+def fake_sleep() -> FakeSleep:
+    return FakeSleep()
+
+
+# --------------------------------------------------------------------------- contract backends
+
+BACKENDS = ("local", "hub", "hub-hosted-like")
+"""``hub-hosted-like``: a hub whose default org differs from the client's, so every key is
+addressed as ``@autoresearch-at-home/...`` as against the hosted service."""
+
+SWARM_ORG = "autoresearch-at-home"
+
+
+@asynccontextmanager
+async def open_backend(kind: str, tmp: Path) -> AsyncIterator[Any]:
+    """One of the three backends of the contract suite, entered, on fresh storage."""
+    if kind == "local":
+        from swarm.memory.local import LocalStore
+
+        async with LocalStore(tmp / "local.sqlite", org=SWARM_ORG) as store:
+            yield store
+        return
+    from swarm.hub import serve_hub
+    from swarm.memory.ensue import EnsueBackend
+
+    if kind == "hub":
+        async with serve_hub(tmp / "hub.sqlite", port=0, org=SWARM_ORG) as hub:
+            token = hub.add_token("contract-admin", "admin")
+            async with EnsueBackend(hub.url, token, name="hub") as backend:
+                yield backend
+        return
+    if kind == "hub-hosted-like":
+        async with serve_hub(tmp / "hub.sqlite", port=0, org="someone-elses-default") as hub:
+            token = hub.add_token("contract-admin", "admin")
+            async with EnsueBackend(hub.url, token, org=SWARM_ORG, name="ensue") as backend:
+                yield backend
+        return
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Each contract test runs once per backend."""
+    async with open_backend(request.param, tmp_path) as b:
+        yield b
