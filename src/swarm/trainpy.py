@@ -136,14 +136,20 @@ def constants_block(source: str) -> list[Constant]:
         except ValueError as exc:
             raise TrainPyError(
                 f"constant {name} (line {node.lineno}) is not a plain literal: "
-                f"{ast.get_source_segment(source, node.value)!r}"
+                f"{lines[node.lineno - 1].strip()!r}"
             ) from exc
-        seg = ast.get_source_segment(source, node.value) or repr(value)
         line = lines[node.lineno - 1]
         comment = ""
-        end_col = node.value.end_col_offset or 0
-        if node.end_lineno == node.lineno and "#" in line[end_col:]:
-            comment = line[end_col:].split("#", 1)[1].strip()
+        if node.value.end_lineno == node.value.lineno == node.lineno:
+            # col offsets are UTF-8 byte offsets; slice the one line instead of re-splitting
+            raw = line.encode("utf-8")
+            end_col = node.value.end_col_offset or 0
+            seg = raw[node.value.col_offset:end_col].decode("utf-8")
+            rest = raw[end_col:].decode("utf-8")
+            if "#" in rest:
+                comment = rest.split("#", 1)[1].strip()
+        else:
+            seg = ast.get_source_segment(source, node.value) or repr(value)
         out.append(Constant(name, value, seg, node.lineno, comment))
     if not out:
         raise TrainPyError("the constants block of train.py holds no UPPER_CASE assignments")

@@ -1,0 +1,237 @@
+"""The proposer interface: where the next experiment of a GPU comes from.
+
+A proposer turns the current best ``train.py`` of a track and tier (plus whatever the
+swarm already knows) into one candidate experiment, a :class:`Proposal`. The worker
+deduplicates it, claims it, trains it and then calls :meth:`Proposer.observe` with the
+published result so the proposer can learn from it.
+
+``build_proposer(spec)`` builds the proposer a :class:`ProposerSpec` names, wrapped in
+a :class:`~swarm.proposers.fallback.FallbackProposer` whenever the spec names a
+fallback different from the primary kind (``agent -> search`` after N consecutive
+failures, for example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from swarm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from swarm.namespace import SwarmMemory
+    from swarm.records import Result
+    from swarm.trainpy import Value
+
+__all__ = [
+    "PROPOSER_KINDS",
+    "SEQ_LEN_BY_TRACK",
+    "TRACK_SHAPES",
+    "Proposal",
+    "ProposalContext",
+    "Proposer",
+    "ProposerKind",
+    "ProposerSpec",
+    "TrackShape",
+    "build_proposer",
+]
+
+ProposerKind = Literal["search", "hypotheses", "llm", "agent"]
+PROPOSER_KINDS: tuple[str, ...] = ("search", "hypotheses", "llm", "agent")
+
+
+
+@dataclass(frozen=True, slots=True)
+class TrackShape:
+    """How train.py scales its constants block on a track (mirrors prepare.py's profiles).
+
+    The block is written for ``reference_seq_len`` (2048) on every track; on a smaller
+    track train.py divides head dim and width by ``width_divisor``, device batch rows by
+    ``batch_divisor`` and the optimizer batch by ``batch_divisor * reference / seq_len``.
+    """
+
+    seq_len: int
+    reference_seq_len: int = 2048
+    width_divisor: int = 1
+    batch_divisor: int = 1
+
+
+#: Per track, kept in sync with prepare.py's PROFILES (max_seq_len, width/batch divisors).
+TRACK_SHAPES: dict[str, TrackShape] = {
+    "standard": TrackShape(seq_len=2048),
+    "smoke": TrackShape(seq_len=256, width_divisor=4, batch_divisor=16),
+}
+
+#: Sequence length (tokens per row) of each track.
+SEQ_LEN_BY_TRACK: dict[str, int] = {name: t.seq_len for name, t in TRACK_SHAPES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One candidate experiment: the full train.py and what it changes, and why."""
+
+    train_py: str
+    description: str
+    parent_hash: str
+    proposer: str
+    rationale: str = ""
+    #: constants it changes: NAME -> (old, new) (empty for free-form code edits)
+    changes: Mapping[str, tuple[Value, Value]] = field(default_factory=dict)
+    #: text of an insight to publish with the result (optional)
+    insight: str | None = None
+    #: a follow-up idea to publish as a hypothesis with the result (optional)
+    hypothesis: str | None = None
+    #: key of the swarm hypothesis this proposal tests (the hypotheses proposer)
+    hypothesis_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalContext:
+    """Everything a proposer may look at to make one proposal."""
+
+    best_train_py: str
+    parent_hash: str
+    track: str
+    tier: str
+    agent_id: str
+    worker_index: int = 0
+    memory: SwarmMemory | None = None
+    #: the swarm's results of the same track and tier (any order; newest first preferred)
+    history: Sequence[Result] = ()
+    #: (description, train_py) -> already run or claimed by the swarm?
+    is_duplicate: Callable[[str, str], bool] | None = None
+    seed: int = 0
+    #: val_bpb of best_train_py on this track and tier, when known
+    best_val_bpb: float | None = None
+    #: how train.py scales the block on this track; None -> TRACK_SHAPES[track]
+    shape: TrackShape | None = None
+
+    def track_shape(self) -> TrackShape:
+        """The track's shape (for the batch divisibility and model dim rules)."""
+        if self.shape is not None:
+            return self.shape
+        return TRACK_SHAPES.get(self.track, TRACK_SHAPES["standard"])
+
+    def sequence_length(self) -> int:
+        """Tokens per row on this context's track."""
+        return self.track_shape().seq_len
+
+    def duplicate(self, description: str, train_py: str) -> bool:
+        """``is_duplicate`` if given, else False."""
+        return bool(self.is_duplicate and self.is_duplicate(description, train_py))
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """A source of experiments. ``propose`` raises ``ProposerError`` when it cannot."""
+
+    name: str
+
+    async def propose(self, ctx: ProposalContext) -> Proposal: ...
+
+    async def observe(self, proposal: Proposal, result: Result) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProposerSpec:
+    """Configuration of one worker's proposer (from the config file or the CLI)."""
+
+    kind: str = "search"
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_key_env: str = "OPENAI_API_KEY"
+    llm_timeout_s: float = 120.0
+    llm_max_prompt_tokens: int = 12_000
+    agent_cmd: str | None = None
+    agent_timeout_s: float = 900.0
+    #: names of environment variables passed through to the agent command
+    agent_env: tuple[str, ...] = ()
+    #: kind to fall back to after ``fallback_after`` consecutive failures (None: no fallback)
+    fallback: str | None = "search"
+    fallback_after: int = 3
+    temperature: float = 0.7
+    seed: int = 0
+    #: collab.md to give LLMs and agents (None: the one shipped at the repo root, if found)
+    collab_path: str | None = None
+    #: prepare.py copied read-only into the agent's scratch dir (None: the repo's, if found)
+    prepare_path: str | None = None
+    #: where the agent proposer makes scratch directories (None: the system temp dir)
+    scratch_root: str | None = None
+    #: probability of an exploration step of the search proposer
+    explore: float = 0.1
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the bad key."""
+        if self.kind not in PROPOSER_KINDS:
+            raise ConfigError(
+                f"proposer kind {self.kind!r} is unknown; use one of {', '.join(PROPOSER_KINDS)}",
+                key="proposer", value=self.kind)
+        if self.fallback is not None and self.fallback not in PROPOSER_KINDS:
+            raise ConfigError(
+                f"fallback proposer {self.fallback!r} is unknown; use one of "
+                f"{', '.join(PROPOSER_KINDS)} or none", key="fallback", value=self.fallback)
+        if self.fallback_after < 1:
+            raise ConfigError("fallback_after must be >= 1", key="fallback_after",
+                              value=self.fallback_after)
+        for kind in {self.kind, self.fallback} - {None}:
+            if kind == "llm" and not self.llm_url:
+                raise ConfigError("the llm proposer needs --llm-url (e.g. http://HOST:PORT/v1)",
+                                  key="llm_url", value=self.llm_url)
+            if kind == "llm" and not self.llm_model:
+                raise ConfigError("the llm proposer needs --llm-model NAME",
+                                  key="llm_model", value=self.llm_model)
+            if kind == "agent" and not self.agent_cmd:
+                raise ConfigError(
+                    "the agent proposer needs --agent-cmd TEMPLATE "
+                    "(e.g. 'claude -p \"$(cat {prompt_file})\"')",
+                    key="agent_cmd", value=self.agent_cmd)
+        if self.agent_timeout_s <= 0:
+            raise ConfigError("agent_timeout_s must be > 0", key="agent_timeout_s",
+                              value=self.agent_timeout_s)
+        if self.llm_timeout_s <= 0:
+            raise ConfigError("llm_timeout_s must be > 0", key="llm_timeout_s",
+                              value=self.llm_timeout_s)
+        if not 0.0 <= self.explore <= 1.0:
+            raise ConfigError("explore must be within [0, 1]", key="explore", value=self.explore)
+
+
+def _build_one(kind: str, spec: ProposerSpec, **kwargs: Any) -> Proposer:
+    if kind == "search":
+        from swarm.proposers.search import SearchProposer
+
+        return SearchProposer(seed=spec.seed, explore=spec.explore)
+    if kind == "hypotheses":
+        from swarm.proposers.hypotheses import HypothesesProposer
+
+        return HypothesesProposer(publish_all=True)
+    if kind == "llm":
+        from swarm.proposers.llm import LlmProposer
+
+        return LlmProposer.from_spec(spec, **kwargs)
+    if kind == "agent":
+        from swarm.proposers.agent import AgentProposer
+
+        return AgentProposer.from_spec(spec)
+    raise ConfigError(f"proposer kind {kind!r} is unknown", key="proposer", value=kind)
+
+
+def build_proposer(spec: ProposerSpec, **kwargs: Any) -> Proposer:
+    """The proposer ``spec`` names, wrapped in a fallback chain when it names a fallback.
+
+    ``search`` is also fed the swarm's hypotheses first (DESIGN.md: hypotheses with a
+    ``suggested_config`` are taken before mutations). Raises ``ConfigError``.
+    """
+    spec.validate()
+    primary = _build_one(spec.kind, spec, **kwargs)
+    if spec.kind == "search":
+        from swarm.proposers.fallback import ChainProposer
+        from swarm.proposers.hypotheses import HypothesesProposer
+
+        primary = ChainProposer("search", [HypothesesProposer(quiet=True), primary])
+    if spec.fallback is None or spec.fallback == spec.kind:
+        return primary
+    from swarm.proposers.fallback import FallbackProposer
+
+    fallback = _build_one(spec.fallback, spec, **kwargs)
+    return FallbackProposer(primary, fallback, after=spec.fallback_after)
