@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from proposer_support import REPO, make_ctx
 
-from conftest import REPO, make_ctx
 from swarm.errors import ProposalRejected, ProposerError
 from swarm.proposers.agent import AgentProposer, agent_environment
 from swarm.trainpy import constants

@@ -6,7 +6,8 @@ import hashlib
 import time
 from pathlib import Path
 
-from conftest import make_ctx
+from proposer_support import make_ctx
+
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
 from swarm.proposers.context import SwarmState, estimate_tokens, gather_state, render_state

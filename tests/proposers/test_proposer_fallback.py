@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from proposer_support import make_ctx
 
-from conftest import make_ctx
 from swarm.errors import ConfigError, ProposerError
 from swarm.proposers import (
     ChainProposer,

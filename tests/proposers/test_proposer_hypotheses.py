@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from proposer_support import child_result, make_ctx
 
-from conftest import child_result, make_ctx
 from swarm.errors import ProposerError
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory

@@ -6,8 +6,8 @@ import time
 
 import orjson
 import pytest
+from proposer_support import StubLLM, child_result, make_ctx
 
-from conftest import StubLLM, child_result, make_ctx
 from swarm.errors import ProposalRejected, ProposerError
 from swarm.proposers import FallbackProposer, ProposerSpec, build_proposer
 from swarm.proposers.context import estimate_tokens

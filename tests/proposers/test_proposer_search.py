@@ -9,8 +9,8 @@ import time
 
 import pytest
 from proposer_sim import RandomMutationProposer, load_synthetic, simulate
+from proposer_support import SYNTHETIC, child_result, make_ctx
 
-from conftest import SYNTHETIC, child_result, make_ctx
 from swarm.errors import ProposerError
 from swarm.proposers.base import TRACK_SHAPES
 from swarm.proposers.search import SearchProposer
