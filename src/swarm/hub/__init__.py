@@ -1,0 +1,14 @@
+"""The self-hosted hub: an aiohttp server speaking Ensue's JSON-RPC ``tools/call`` protocol
+over the embedded SQLite store, for private labs.
+
+``serve_hub`` runs it inside an ``async with`` (tests, benchmarks); ``run_hub`` (and
+``python -m swarm hub``) runs it until SIGTERM/SIGINT. Protocol: ``swarm.hub.protocol``;
+tokens, roles and grants: ``swarm.hub.auth``.
+"""
+
+from __future__ import annotations
+
+from swarm.hub.auth import HubPolicy, TokenStore
+from swarm.hub.server import HubHandle, build_app, run_hub, serve_hub
+
+__all__ = ["HubHandle", "HubPolicy", "TokenStore", "build_app", "run_hub", "serve_hub"]

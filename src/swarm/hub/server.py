@@ -1,0 +1,416 @@
+"""The hub's HTTP server (aiohttp): JSON-RPC dispatch, MCP handshake, serve/run entries.
+
+``serve_hub(...)`` runs it inside ``async with`` (tests, benchmarks); ``run_hub(...)``
+runs it until SIGTERM/SIGINT and shuts down gracefully (``python -m swarm hub``).
+The wire protocol is described in ``swarm.hub.protocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from swarm import __version__
+from swarm._logging import get_logger
+from swarm.embedding import Embedder
+from swarm.errors import ConfigError
+from swarm.hub.auth import ANONYMOUS, HubPolicy, Principal, TokenStore
+from swarm.hub.protocol import (
+    ERR_INTERNAL,
+    ERR_INVALID_REQUEST,
+    ERR_METHOD_NOT_FOUND,
+    ERR_PARSE,
+    ERR_UNAUTHORIZED,
+    PROTOCOL_VERSIONS,
+    TOOLS,
+    RpcError,
+    ToolFailure,
+)
+from swarm.hub.tools import AuthState, HubService
+from swarm.memory.local import DEFAULT_ORG, LocalStore
+
+__all__ = ["HubHandle", "build_app", "run_hub", "serve_hub"]
+
+log = get_logger(__name__)
+
+_SERVICE: web.AppKey[HubService] = web.AppKey("hub_service", HubService)
+_JSON = "application/json"
+_SSE = "text/event-stream"
+_NO_ID = object()
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}}
+
+
+def _result(id_: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "result": result}
+
+
+def _tool_result(structured: dict[str, Any]) -> dict[str, Any]:
+    text = orjson.dumps(structured).decode()
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": structured,
+        "isError": False,
+    }
+
+
+def _tool_failure(fail: ToolFailure) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": fail.message}],
+        "structuredContent": fail.structured(),
+        "isError": True,
+    }
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise RpcError(
+            ERR_UNAUTHORIZED,
+            "Authorization header must be 'Bearer <token>'",
+            http_status=401,
+        )
+    return token
+
+
+def _wants_sse(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "").lower()
+    return _SSE in accept and _JSON not in accept and "*/*" not in accept
+
+
+def _reply(payload: Any, *, status: int, sse: bool) -> web.Response:
+    body = _dumps(payload)
+    if sse:
+        return web.Response(
+            body=b"data: " + body + b"\n\n",
+            status=status,
+            content_type=_SSE,
+            headers={"Cache-Control": "no-cache"},
+        )
+    return web.Response(body=body, status=status, content_type=_JSON)
+
+
+class _Dispatcher:
+    def __init__(self, service: HubService) -> None:
+        self.service = service
+
+    async def message(self, msg: Any, who: Principal) -> tuple[dict[str, Any] | None, int]:
+        """(reply or None for a notification, HTTP status)."""
+        if not isinstance(msg, dict):
+            return _error(None, ERR_INVALID_REQUEST, "a JSON-RPC request must be an object"), 400
+        id_ = msg.get("id", _NO_ID)
+        reply_id = None if id_ is _NO_ID else id_
+        if id_ is not _NO_ID and (isinstance(id_, bool) or not isinstance(id_, str | int | None)):
+            return _error(None, ERR_INVALID_REQUEST, "id must be a string, a number or null"), 400
+        if msg.get("jsonrpc") != "2.0":
+            return _error(reply_id, ERR_INVALID_REQUEST, 'jsonrpc must be "2.0"'), 400
+        method = msg.get("method")
+        if not isinstance(method, str) or not method:
+            return _error(reply_id, ERR_INVALID_REQUEST, "method must be a non-empty string"), 400
+        params = msg.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            return _error(reply_id, ERR_INVALID_REQUEST, "params must be an object"), 400
+        if id_ is _NO_ID:
+            if method.startswith("notifications/"):
+                return None, 202
+            return (
+                _error(None, ERR_INVALID_REQUEST, f"{method!r} request has no id; add \"id\": 1"),
+                400,
+            )
+        try:
+            result = await self._method(method, params, who)
+        except RpcError as exc:
+            return _error(reply_id, exc.code, exc.message), exc.http_status
+        return _result(reply_id, result), 200
+
+    async def _method(self, method: str, params: dict[str, Any], who: Principal) -> Any:
+        if method == "tools/call":
+            name = params.get("name")
+            if not isinstance(name, str):
+                raise RpcError(-32602, "tools/call needs params.name (the tool name, a string)")
+            args = params.get("arguments", {})
+            if args is None:
+                args = {}
+            if not isinstance(args, dict):
+                raise RpcError(-32602, f"tools/call {name}: arguments must be an object")
+            try:
+                structured = await self.service.call(who, name, args)
+            except ToolFailure as fail:
+                return _tool_failure(fail)
+            return _tool_result(structured)
+        if method == "initialize":
+            asked = params.get("protocolVersion")
+            version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
+            return {
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "swarm-hub", "version": __version__},
+                "instructions": (
+                    "Shared memory of a swarm: create_memory, get_memory, update_memory, "
+                    "delete_memory, list_keys, search_memories."
+                ),
+            }
+        if method == "tools/list":
+            return {"tools": TOOLS}
+        if method == "ping":
+            return {}
+        raise RpcError(
+            ERR_METHOD_NOT_FOUND,
+            f"unknown method {method!r}; use tools/call, tools/list, initialize or ping",
+        )
+
+
+async def _handle_post(request: web.Request) -> web.Response:
+    service = request.app[_SERVICE]
+    sse = _wants_sse(request)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        resp = _reply(
+            _error(None, ERR_INVALID_REQUEST, f"request body too large ({exc.text}); "
+                   "send fewer or smaller items per call"),
+            status=413,
+            sse=sse,
+        )
+        resp.force_close()  # the rest of the body is not worth reading
+        return resp
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _reply(
+            _error(None, ERR_PARSE, f"parse error: the body is not UTF-8 JSON ({exc})"),
+            status=400,
+            sse=sse,
+        )
+    try:
+        token = _bearer(request)
+        who = await service.auth.resolve(token) if token or service.auth.open_access else ANONYMOUS
+    except RpcError as exc:
+        msg_id = msg.get("id") if isinstance(msg, dict) else None
+        if isinstance(msg_id, bool) or not isinstance(msg_id, str | int | None):
+            msg_id = None
+        return _reply(_error(msg_id, exc.code, exc.message), status=exc.http_status, sse=sse)
+    dispatcher = _Dispatcher(service)
+    if isinstance(msg, list):
+        if not msg:
+            return _reply(
+                _error(None, ERR_INVALID_REQUEST, "empty batch"), status=400, sse=sse
+            )
+        replies = [r for r, _ in [await dispatcher.message(m, who) for m in msg] if r is not None]
+        if not replies:
+            return web.Response(status=202)
+        return _reply(replies, status=200, sse=sse)
+    reply, status = await dispatcher.message(msg, who)
+    if reply is None:
+        return web.Response(status=202)
+    return _reply(reply, status=status, sse=sse)
+
+
+async def _handle_get(request: web.Request) -> web.Response:
+    return web.json_response(
+        _error(None, ERR_METHOD_NOT_FOUND, "this hub has no server-initiated stream; POST JSON-RPC"),
+        status=405,
+        headers={"Allow": "POST"},
+    )
+
+
+async def _handle_delete(request: web.Request) -> web.Response:
+    return web.json_response(
+        _error(None, ERR_METHOD_NOT_FOUND, "this hub is stateless: there is no session to end"),
+        status=405,
+        headers={"Allow": "POST"},
+    )
+
+
+async def _handle_health(request: web.Request) -> web.Response:
+    service = request.app[_SERVICE]
+    await service.store.ping()
+    return web.json_response({"status": "ok", "org": service.org, "version": __version__})
+
+
+@web.middleware
+async def _supervise(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The supervision edge: an unexpected exception becomes a logged -32603 (HTTP 500)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # supervision edge: log with context, answer -32603
+        log.exception(
+            "hub.internal_error", method=request.method, path=request.path, error=repr(exc)
+        )
+        return web.json_response(
+            _error(None, ERR_INTERNAL, f"internal error of the hub: {type(exc).__name__}"),
+            status=500,
+        )
+
+
+def build_app(service: HubService) -> web.Application:
+    """The aiohttp application serving ``service``."""
+    max_body = service.store.max_value_bytes * 100 * 4 // 3 + (4 << 20)
+    app = web.Application(middlewares=[_supervise], client_max_size=max_body)
+    app[_SERVICE] = service
+    for path in ("/", "/mcp"):
+        app.router.add_post(path, _handle_post)
+        app.router.add_get(path, _handle_get)
+        app.router.add_delete(path, _handle_delete)
+    app.router.add_get("/healthz", _handle_health)
+    return app
+
+
+class HubHandle:
+    """A running hub: ``url`` (``http://HOST:PORT/``, POST JSON-RPC there), ``port``,
+    ``store`` (the LocalStore behind it) and token helpers."""
+
+    def __init__(self, url: str, port: int, service: HubService, tokens: TokenStore) -> None:
+        self.url = url
+        self.port = port
+        self.service = service
+        self._tokens = tokens
+
+    @property
+    def store(self) -> LocalStore:
+        return self.service.store
+
+    def add_token(self, name: str, role: str = "participant") -> str:
+        """Create a bearer token for ``name`` with ``role`` (read|participant|admin)."""
+        token = self._tokens.add(name, role)
+        self.service.auth.invalidate()
+        return token
+
+    def revoke_token(self, name: str) -> bool:
+        done = self._tokens.revoke(name)
+        self.service.auth.invalidate()
+        return done
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/"
+
+
+@asynccontextmanager
+async def serve_hub(
+    db_path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    org: str = DEFAULT_ORG,
+    auth_db: str | Path | None = None,
+    open_access: bool = False,
+    public_prefixes: Sequence[str] = (),
+    policy: HubPolicy | None = None,
+    embedder: Embedder | None = None,
+    max_value_bytes: int = 1 << 20,
+) -> AsyncIterator[HubHandle]:
+    """Run the hub on ``host:port`` (0: a free port) until the block exits."""
+    pol = policy or HubPolicy()
+    if public_prefixes:
+        pol = HubPolicy(
+            shared_update_prefixes=pol.shared_update_prefixes,
+            shared_delete_prefixes=pol.shared_delete_prefixes,
+            public_prefixes=(*pol.public_prefixes, *public_prefixes),
+        )
+    async with LocalStore(
+        db_path, org=org, embedder=embedder, max_value_bytes=max_value_bytes
+    ) as store:
+        tokens = await asyncio.to_thread(TokenStore, auth_db or db_path)
+        try:
+            auth = AuthState(tokens, pol, open_access=open_access)
+            service = HubService(store, auth, embedder=embedder)
+            runner = web.AppRunner(
+                build_app(service),
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=10.0,
+                lingering_time=0,  # an over-long body is refused, not drained
+            )
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, host, port)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"the hub cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                        "pick another --host/--port",
+                        key="port",
+                        value=port,
+                    ) from exc
+                bound = runner.addresses[0][1]
+                handle = HubHandle(_url(host, bound), bound, service, tokens)
+                log.info("hub.listening", url=handle.url, db=str(db_path), org=org,
+                         open_access=open_access)
+                yield handle
+            finally:
+                await runner.cleanup()
+        finally:
+            await asyncio.to_thread(tokens.close)
+
+
+def run_hub(
+    db_path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    org: str = DEFAULT_ORG,
+    auth_db: str | Path | None = None,
+    open_access: bool = False,
+    public_prefixes: Sequence[str] = (),
+    policy: HubPolicy | None = None,
+    ready: Callable[[HubHandle], None] | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT, then finish in-flight requests and close. Returns 0."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with serve_hub(
+                db_path,
+                host=host,
+                port=port,
+                org=org,
+                auth_db=auth_db,
+                open_access=open_access,
+                public_prefixes=public_prefixes,
+                policy=policy,
+            ) as handle:
+                if ready is not None:
+                    ready(handle)
+                await stop.wait()
+                log.info("hub.stopping", url=handle.url)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("hub.stopped")
+
+    asyncio.run(main())
+    return 0
