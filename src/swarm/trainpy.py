@@ -78,7 +78,7 @@ class Constant:
 def _eval_literal(node: ast.AST) -> Value:
     """Value of a literal expression; raises ``ValueError`` for anything else."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str | bool | None):
-        return node.value  # type: ignore[no-any-return]
+        return node.value
     if isinstance(node, ast.Tuple | ast.List):
         return tuple(_eval_literal(e) for e in node.elts)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
@@ -87,10 +87,12 @@ def _eval_literal(node: ast.AST) -> Value:
             return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _eval_literal(node.left), _eval_literal(node.right)
-        if all(isinstance(x, int | float) and not isinstance(x, bool) for x in (left, right)):
-            if isinstance(node.op, ast.Pow) and abs(float(right)) > 256:  # type: ignore[arg-type]
+        if isinstance(left, int | float) and isinstance(right, int | float) \
+                and not isinstance(left, bool) and not isinstance(right, bool):
+            if isinstance(node.op, ast.Pow) and abs(right) > 256:
                 raise ValueError("exponent too large")
-            return _BINOPS[type(node.op)](left, right)  # type: ignore[no-any-return]
+            result: int | float = _BINOPS[type(node.op)](left, right)
+            return result
     raise ValueError(f"not a literal: {ast.dump(node)[:80]}")
 
 
