@@ -1,0 +1,227 @@
+"""``python -m swarm best`` and ``python -m swarm results``: read the swarm's memory.
+
+``best [--track T] [--tier X] [--write PATH] [--json]`` shows the best train.py of a track
+(and tier) and can write it to a file; ``results [--limit N] [--search QUERY] [--track T]
+[--tier X] [--status S] [--json]`` lists results newest first, or the closest matches of a
+semantic search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from swarm.cli.run import add_config_arguments, config_from_args
+from swarm.config import SwarmConfig
+from swarm.errors import ConfigError, MemoryStoreError, ProtocolError
+from swarm.memory._types import MemoryBackend
+from swarm.records import STATUSES, TIERS, Best, Result, decode_record
+from swarm.status import result_row
+
+__all__ = ["add_parser", "handle_best", "handle_results", "open_backend"]
+
+EXIT_UNAVAILABLE = 1
+
+
+def open_backend(config: SwarmConfig, api_key: str | None = None) -> MemoryBackend:
+    """The configured memory backend (unentered)."""
+    from swarm.memory.factory import open_memory
+
+    if config.memory_kind == "local":
+        return open_memory("local", path=config.memory_file(), org=config.memory_org or None)
+    key = api_key
+    if not key and config.memory_api_key_env:
+        key = os.environ.get(config.memory_api_key_env) or None
+    return open_memory(config.memory_kind, url=config.memory_url or None, api_key=key,
+                       org=config.memory_org or None)
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def _err(message: str) -> None:
+    Console(file=sys.stderr, soft_wrap=True).print(f"swarm: {message}", style="red",
+                                                   markup=False)
+
+
+def _fmt(v: float | None, spec: str = ".6f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+# --------------------------------------------------------------------------- best
+
+
+async def _bests(config: SwarmConfig, track: str | None, tier: str | None,
+                 api_key: str | None) -> list[Best]:
+    from swarm.namespace import SwarmMemory
+
+    async with open_backend(config, api_key) as backend:
+        memory = SwarmMemory(backend, agent_id=config.agent_name or "cli")
+        if track:
+            best = await memory.get_best(track, tier)
+            return [best] if best else []
+        summary = await memory.analyze()
+        out = []
+        for (_track, b_tier), best in sorted(summary.bests.items(),
+                                              key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            if tier is None or b_tier == tier:
+                out.append(best)
+        if tier is None:
+            # the global best of each track first; tier bests follow
+            out.sort(key=lambda b: (b.track, b.tier is not None, b.tier or ""))
+        return out
+
+
+def handle_best(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    track = args.track or (config.profile if config.profile != "auto" else None)
+    try:
+        bests = asyncio.run(_bests(config, track, args.tier, getattr(args, "ensue_key", None)))
+    except MemoryStoreError as exc:
+        _err(f"memory unreachable ({config.memory_kind}): {exc}")
+        return EXIT_UNAVAILABLE
+    if args.write:
+        candidates = [b for b in bests if b.train_py]
+        if track is None and len({b.track for b in candidates}) > 1:
+            raise ConfigError(
+                f"--write: bests of several tracks exist ({', '.join(sorted({b.track for b in candidates}))}); "
+                "name one with --track",
+                key="--track", value=None,
+            )
+        if not candidates:
+            _err("no best yet" + (f" for track {track}" if track else "") +
+                 (f", tier {args.tier}" if args.tier else ""))
+            return EXIT_UNAVAILABLE
+        best = candidates[0]
+        path = Path(args.write)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text(best.train_py, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ConfigError(f"--write {args.write}: {exc.strerror}", key="--write",
+                              value=args.write) from exc
+    if args.json:
+        data = [
+            {"track": b.track, "tier": b.tier, "val_bpb": b.val_bpb, "agent_id": b.agent_id,
+             "description": b.result.description, "code_hash": b.code_hash,
+             "result_key": b.result.key, "verified": b.verified, "key": b.key,
+             **({"train_py": b.train_py} if args.source else {})}
+            for b in bests
+        ]
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    console = _console()
+    if not bests:
+        console.print("no best yet" + (f" for track {track}" if track else ""))
+        return 0
+    table = Table(title="Best train.py per track and tier", title_justify="left")
+    for col in ("track", "tier", "val_bpb", "agent", "description", "verified", "code"):
+        table.add_column(col)
+    for b in bests:
+        table.add_row(b.track, b.tier or "all", _fmt(b.val_bpb), b.agent_id,
+                      b.result.description, "yes" if b.verified else "no", b.code_hash[:12])
+    console.print(table)
+    if args.write:
+        console.print(f"wrote the best train.py ({bests[0].track}/{bests[0].tier or 'all'}) "
+                      f"to {args.write}")
+    elif args.source and bests:
+        console.print(bests[0].train_py, markup=False, highlight=False)
+    return 0
+
+
+# --------------------------------------------------------------------------- results
+
+
+async def _results(config: SwarmConfig, args: argparse.Namespace) -> list[Result]:
+    from swarm.namespace import SwarmMemory
+
+    async with open_backend(config, getattr(args, "ensue_key", None)) as backend:
+        if args.search:
+            hits = await backend.search(args.search, limit=min(100, args.limit * 3),
+                                        prefix="results/")
+            out = []
+            for hit in hits:
+                try:
+                    out.append(Result.from_json(hit.key, decode_record(hit.key, hit.value)))
+                except ProtocolError:
+                    continue
+            keep = [r for r in out
+                    if (args.track is None or r.track == args.track)
+                    and (args.tier is None or r.vram_tier == args.tier)
+                    and (args.status is None or r.status == args.status)]
+            return keep[: args.limit]
+        memory = SwarmMemory(backend, agent_id=config.agent_name or "cli")
+        results = await memory.results(track=args.track, tier=args.tier,
+                                       limit=None if args.status else args.limit)
+        if args.status:
+            results = [r for r in results if r.status == args.status][: args.limit]
+        return results
+
+
+def handle_results(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: expected a positive number", key="--limit",
+                          value=args.limit)
+    config = config_from_args(args)
+    try:
+        results = asyncio.run(_results(config, args))
+    except MemoryStoreError as exc:
+        _err(f"memory unreachable ({config.memory_kind}): {exc}")
+        return EXIT_UNAVAILABLE
+    if args.json:
+        rows = [result_row(r) | ({"train_py": r.train_py} if args.source else {})
+                for r in results]
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    title = (f"Results matching {args.search!r}" if args.search
+             else f"Results, newest first ({len(results)})")
+    table = Table(title=title, title_justify="left")
+    for col in ("status", "val_bpb", "delta", "agent", "track/tier", "description", "key"):
+        table.add_column(col)
+    for r in results:
+        status = r.status + (f" ({r.failure})" if r.failure and r.status != "timeout" else "")
+        table.add_row(status, _fmt(r.val_bpb), _fmt(r.delta, "+.4f"), r.agent_id,
+                      f"{r.track}/{r.vram_tier or '-'}", r.description, r.key)
+    _console().print(table)
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    best = subparsers.add_parser(
+        "best", help="the best train.py of a track (and tier); --write saves it",
+        description="Show the swarm's best per track and tier; --write PATH saves the best "
+        "train.py (of --track, and --tier when given).",
+    )
+    add_config_arguments(best)
+    best.add_argument("--track", choices=("smoke", "standard"), help="track (default: all)")
+    best.add_argument("--tier", choices=TIERS, help="VRAM tier (default: the track's best)")
+    best.add_argument("--write", metavar="PATH", help="write the best train.py to PATH")
+    best.add_argument("--source", action="store_true", help="print (or include) the source")
+    best.add_argument("--json", action="store_true", help="machine-readable output")
+    best.set_defaults(handler=handle_best)
+
+    res = subparsers.add_parser(
+        "results", help="the swarm's results, newest first, or by semantic search",
+        description="List results from the shared memory, newest first; --search QUERY "
+        "ranks them by meaning instead.",
+    )
+    add_config_arguments(res)
+    res.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (20)")
+    res.add_argument("--search", metavar="QUERY", help="semantic search over descriptions")
+    res.add_argument("--track", choices=("smoke", "standard"), help="only this track")
+    res.add_argument("--tier", choices=TIERS, help="only this VRAM tier")
+    res.add_argument("--status", choices=STATUSES, help="only this outcome")
+    res.add_argument("--source", action="store_true", help="include train.py in --json")
+    res.add_argument("--json", action="store_true", help="machine-readable output")
+    res.set_defaults(handler=handle_results)
