@@ -87,6 +87,9 @@ SEED = 42  # seed of parameter init and training data order
 # Setup: device, precision, derived sizes
 # =============================================================================
 
+# A confirmation run repeats the same code with another seed: AUTORESEARCH_SEED overrides SEED
+# without changing the file (and so without changing the experiment's code hash).
+SEED = int(os.environ.get("AUTORESEARCH_SEED", SEED))
 torch.manual_seed(SEED)
 random.seed(SEED)
 CUDA = torch.cuda.is_available()
@@ -104,10 +107,13 @@ else:
               "AUTORESEARCH_PROFILE=smoke python train.py", file=sys.stderr)
         sys.exit(1)
     AUTOCAST = contextlib.nullcontext()
-    try:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    except AttributeError:  # no sched_getaffinity (macOS)
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # set by a supervisor sharing the CPU
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    else:
+        try:
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        except AttributeError:  # no sched_getaffinity (macOS)
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
 USE_COMPILE = CUDA and os.environ.get("AUTORESEARCH_COMPILE", "1") != "0"
 EXCLUDED_STEPS = 10 if CUDA else 1  # first steps (compilation, warmup) not counted in budget
 

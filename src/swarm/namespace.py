@@ -85,9 +85,11 @@ from swarm.records import (
 
 __all__ = [
     "BEST_MAX_STEP",
+    "BEST_MAX_STEP_BY_TRACK",
     "BEST_MIN_VAL_BPB",
     "Heartbeat",
     "SwarmMemory",
+    "best_max_step",
 ]
 
 log = get_logger(__name__)
@@ -96,7 +98,15 @@ BEST_MIN_VAL_BPB = 0.5
 """A val_bpb at or below this is a bug, never a best."""
 
 BEST_MAX_STEP = 0.1
-"""No single result may improve a best by more than this."""
+"""No single result may improve a standard-track best by more than this."""
+
+BEST_MAX_STEP_BY_TRACK: dict[str, float] = {"standard": BEST_MAX_STEP, "smoke": 1.0}
+"""Per-track step bound: a smoke run's val_bpb starts near 3 and early keeps gain tenths."""
+
+
+def best_max_step(track: str) -> float:
+    """The largest believable single-step improvement of a best on ``track``."""
+    return BEST_MAX_STEP_BY_TRACK.get(track, BEST_MAX_STEP)
 
 _RESULT_CACHE = 4096
 _LEADERBOARD_SIZE = 100
@@ -395,7 +405,7 @@ class SwarmMemory:
             ) from exc
         assert acquired is not None
         if acquired.took_over:
-            log.warning("mutex_taken_over", mutex=name, generation=acquired.generation)
+            log.info("mutex_taken_over", mutex=name, generation=acquired.generation)
         try:
             yield acquired.key
         finally:
@@ -814,7 +824,7 @@ class SwarmMemory:
                     return "worse", current, current
                 if must_beat is not None and not must_beat < current.val_bpb:
                     return "not_confirmed", current, current
-                if improvement > BEST_MAX_STEP:
+                if improvement > best_max_step(result.track):
                     return "too_big", current, current
                 if improvement < noise_margin:
                     return "needs_confirmation", current, current
@@ -889,7 +899,8 @@ class SwarmMemory:
                 reasons.append(f"improvement over {scope.label()} is below the noise margin {noise_margin}")
             elif outcome == "too_big":
                 reasons.append(
-                    f"sanity: improvement over {scope.label()} is more than {BEST_MAX_STEP} in one step"
+                    f"sanity: improvement over {scope.label()} is more than "
+                    f"{best_max_step(result.track)} in one step"
                 )
             else:
                 cur = now_best.val_bpb if now_best else None

@@ -28,6 +28,7 @@ import hashlib
 import math
 import operator
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "diff_constants",
     "format_value",
     "normalise_source",
+    "parse_module",
     "short_hash",
 ]
 
@@ -96,9 +98,20 @@ def _eval_literal(node: ast.AST) -> Value:
     raise ValueError(f"not a literal: {ast.dump(node)[:80]}")
 
 
+_PARSE_LOCK = threading.Lock()
+"""CPython 3.11 can fail with ``SystemError: AST constructor recursion depth mismatch`` when
+``ast.parse`` runs in several threads at once (gh-106905); every parse goes through here."""
+
+
+def parse_module(source: str) -> ast.Module:
+    """``ast.parse`` made safe to call from several threads; ``SyntaxError`` passes through."""
+    with _PARSE_LOCK:
+        return ast.parse(source)
+
+
 def _parse(source: str) -> ast.Module:
     try:
-        return ast.parse(source)
+        return parse_module(source)
     except SyntaxError as exc:
         raise TrainPyError(f"train.py does not parse: line {exc.lineno}: {exc.msg}") from exc
 
