@@ -244,3 +244,114 @@ async def test_explores_a_small_fraction_of_the_time() -> None:
     none = [await SearchProposer(seed=s, explore=0.0).propose(make_ctx(src, seed=s))
             for s in range(10)]
     assert not any("exploration" in p.rationale for p in none)
+
+
+_VAL = r"(\([^()]*\)|[^\s,()]+)"
+_ONE = rf"[A-Z][A-Z0-9_]* {_VAL} → {_VAL}"
+MULTI_DESC = re.compile(rf"^{_ONE}(, {_ONE})*$")
+
+
+async def _run_dry_from_one_parent(seed: int, n: int) -> list:
+    """``n`` proposals from the synthetic start where every result is a discard (or crash)."""
+    from proposer_sim import SYNTHETIC_PATH, run_one
+
+    from swarm.proposers import ProposalContext
+    from swarm.records import Result
+
+    mod = load_synthetic()
+    src = SYNTHETIC_PATH.read_text()
+    parent = code_hash(src)
+    base_consts = constants(src)
+    prop = SearchProposer(seed=seed)
+    history: list = []
+    out = []
+    for i in range(1, n + 1):
+        ctx = ProposalContext(best_train_py=src, parent_hash=parent, track="standard",
+                              tier="xl", agent_id="sim", history=tuple(history), seed=seed,
+                              best_val_bpb=1.0)
+        p = await prop.propose(ctx)
+        out.append(p)
+        consts = {**base_consts, **{k: v for k, (_o, v) in p.changes.items()}}
+        status, val, _true = run_one(mod, consts)
+        val = None if status == "crash" else 1.0 + 0.001 + (val or 0.0) * 0.0  # never better
+        r = Result(agent_id="sim", status="crash" if val is None else "discard",
+                   description=p.description, train_py=p.train_py, val_bpb=val,
+                   track="standard", vram_tier="xl", parent_hash=parent,
+                   code_hash=code_hash(p.train_py), completed_at=float(i),
+                   changes={k: [o, v] for k, (o, v) in p.changes.items()},
+                   delta=(val - 1.0) if val is not None else None, key=f"results/sim--{i}")
+        await prop.observe(p, r)
+        history.insert(0, r)
+    return out
+
+
+@pytest.mark.slow
+async def test_never_runs_dry_when_nothing_improves() -> None:
+    """300 consecutive discards from one parent: 300 new, distinct, valid, well-described proposals."""
+    proposals = await _run_dry_from_one_parent(seed=3, n=300)
+    parent = code_hash(load_synthetic_src())
+    hashes = [code_hash(p.train_py) for p in proposals]
+    assert len(set(hashes)) == 300 and parent not in hashes
+    for p in proposals:
+        consts = constants(p.train_py)
+        assert check_values(consts, TRACK_SHAPES["standard"]) is None, p.description
+        assert MULTI_DESC.match(p.description), p.description
+        assert p.parent_hash == parent and p.changes
+        assert {k for k, (o, v) in p.changes.items() if o != v} == set(p.changes)
+    origins = [p.rationale for p in proposals]
+    # past the level-0..3 neighbourhood it widened: finer, larger and paired moves
+    assert any("step level" in r and "widened" in r for r in origins)
+    assert any("level-0 steps" in r for r in origins)
+    pairs = [p for p in proposals if len(p.changes) >= 2 and "pairs two" in p.rationale]
+    assert len(pairs) >= 20
+    # deterministic for the seed
+    again = await _run_dry_from_one_parent(seed=3, n=120)
+    assert [p.description for p in again] == [p.description for p in proposals[:120]]
+
+
+def load_synthetic_src() -> str:
+    """The synthetic trainer's source."""
+    return SYNTHETIC.read_text()
+
+
+async def test_widens_to_finer_larger_and_paired_moves_before_giving_up() -> None:
+    """Past its level-0..3 neighbourhood, search tries finer and larger steps, then pairs."""
+    src = tiny(MATRIX_LR=0.04, USE_FLASH=True, SEED=1)
+    prop = SearchProposer(seed=0, explore=0.0)
+    history: list = []
+    descs: list[str] = []
+    for i in range(40):
+        p = await prop.propose(make_ctx(src, history=tuple(history)))
+        descs.append(p.description)
+        r, _ = child_result(src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01,
+                            t=float(i + 1))
+        await prop.observe(p, r)
+        history.insert(0, r)
+    assert len(set(descs)) == 40
+    lrs = [float(d.split(" → ")[1]) for d in descs if d.startswith("MATRIX_LR") and "," not in d]
+    near = [x for x in lrs if 2 ** -(0.5 / 16) <= x / 0.04 <= 2 ** (0.5 / 16)]
+    far = [x for x in lrs if not 2 ** -0.5 <= x / 0.04 <= 2 ** 0.5]
+    assert near and far  # finer than level 3 and larger than level 0
+    assert all(1e-4 <= x <= 1.0 for x in lrs)  # within the sane range
+    paired = [d for d in descs if "," in d]
+    assert paired and all(re.fullmatch(r"MATRIX_LR [0-9.e-]+ → [0-9.e-]+, USE_FLASH True → False"
+                                       r"|USE_FLASH True → False, MATRIX_LR [0-9.e-]+ → "
+                                       r"[0-9.e-]+", d) for d in paired), paired
+
+
+async def test_a_fresh_proposer_skips_a_long_history_quickly() -> None:
+    """A new proposer seeing 150 tried moves from the parent finds an untried one fast."""
+    src = tiny(MATRIX_LR=0.04, WARMDOWN_RATIO=0.5, DEPTH=8, EMBEDDING_LR=0.6, SEED=1)
+    prop = SearchProposer(seed=0)
+    history: list = []
+    for i in range(150):
+        p = await prop.propose(make_ctx(src, history=tuple(history)))
+        r, _ = child_result(src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01,
+                            t=float(i + 1))
+        history.insert(0, r)
+    ran = {r.code_hash for r in history}
+    t0 = time.perf_counter()
+    p = await SearchProposer(seed=5).propose(make_ctx(src, history=tuple(history)))
+    took = time.perf_counter() - t0
+    assert code_hash(p.train_py) not in ran
+    assert took < 1.0, took

@@ -19,6 +19,12 @@ say:
 * **no repeats** -- a candidate whose code hash the swarm already ran (from any parent)
   or that this proposer has in flight, or that ``ctx.is_duplicate`` rejects, is skipped.
 * **exploration** -- with probability ``explore`` a random untried valid move is taken.
+* **widening** -- once every move above was tried from the parent, the search does not
+  run dry: it goes on (lazily, in a seeded order of increasing distance) with finer
+  step levels (half steps between the parent and the nearest tried values), larger
+  steps (repeated level-0 steps out to the sane range bounds) and two-constant
+  combinations (pairs of the least bad individually tried moves first, then of any
+  single moves). Only when all of these were tried is ``ProposerError`` raised.
 
 Every candidate passes :func:`swarm.proposers.space.check_values` (batch divisibility
 for the track's sequence length, model dims consistent with HEAD_DIM, sane ranges).
@@ -28,10 +34,12 @@ The choice is deterministic for a given seed, worker index, parent and history.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +61,9 @@ log = get_logger(__name__)
 _G0 = 0.01  # prior size of a level-0 effect on val_bpb, times a dim's weight
 _RECENCY = 0.8  # weight factor per newer observation of the same coordinate
 _FAILED_SAME_PARENT = 0.6  # score factor per failed try in that direction from this parent
+_FINE_LEVELS = 6  # widening: step levels beyond max_level
+_MAX_STRIDE = 64  # widening: at most this many level-0 steps in one direction
+_CRASH_COST = 4.0  # widening: extra distance for a move at or beyond a crash
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +187,7 @@ class SearchProposer:
         self._observed: list[Observation] = []
         # (parent_hash, code_hash) proposed and not yet observed, oldest first (capped: a
         # proposal the worker dropped unrun must not block that change for ever)
-        self._pending: dict[tuple[str, str], None] = {}
+        self._pending: dict[tuple[str, str], str] = {}  # -> value signature of the changes
         self._calls = 0
         self._hashes: dict[tuple[str, str], str] = {}  # (parent, changes) -> code hash
 
@@ -223,25 +234,51 @@ class SearchProposer:
         from_parent = [o for o in obs if o.parent_hash == ctx.parent_hash]
         tried = ran | {c for p, c in self._pending if p == ctx.parent_hash} | {ctx.parent_hash}
 
+        tried_sigs = {_sig({n: new for n, (_old, new) in o.changes.items()})
+                      for o in from_parent if o.changes}
+        tried_sigs |= {sig for (p, _c), sig in self._pending.items() if p == ctx.parent_hash}
+
         rng = random.Random(
             f"{self.seed}:{ctx.seed}:{ctx.worker_index}:{ctx.parent_hash}:{len(from_parent)}:"
             f"{len(self._pending)}:{len(obs)}")
         cands = self._combine_candidates(obs, values, known_val, ctx.parent_hash, seq_len)
         cands += self._mutation_candidates(dims, values, evidence, from_parent, seq_len)
-        if not cands:
-            raise ProposerError(
-                f"search has no valid move left around parent {ctx.parent_hash[:8]}")
         for c in cands:
             c.score *= 1.0 + 0.05 * rng.random()  # seeded tie-break
         cands.sort(key=lambda c: -c.score)
-        if rng.random() < self.explore:
+        if cands and rng.random() < self.explore:
             pick = cands[rng.randrange(len(cands))]
             pick.origin = "explore"
             cands.remove(pick)
             cands.insert(0, pick)
 
+        counter = [0]
+        stages: list[Iterable[_Candidate]] = [
+            cands, self._wider_candidates(dims, values, evidence, from_parent, cands, seq_len,
+                                          rng)]
+        for stage in stages:
+            proposal = self._first_new(ctx, stage, values, sources, tried, tried_sigs,
+                                       parent_val, counter)
+            if proposal is not None:
+                return proposal
+        if not counter[0]:
+            raise ProposerError(
+                f"search has no valid move left around parent {ctx.parent_hash[:8]}")
+        raise ProposerError(
+            f"search: every candidate around parent {ctx.parent_hash[:8]} was already tried "
+            f"({counter[0]} candidates, single and paired moves at every step size)")
+
+    def _first_new(self, ctx: ProposalContext, cands: Iterable[_Candidate],
+                   values: Mapping[str, Value], sources: Mapping[str, str], tried: set[str],
+                   tried_sigs: set[str], parent_val: float | None, counter: list[int]
+                   ) -> Proposal | None:
+        """The proposal of the first candidate not yet run, in flight or a duplicate."""
         for cand in cands:
-            sig = (ctx.parent_hash, repr(sorted(cand.changes.items())))
+            counter[0] += 1
+            vsig = _sig(cand.changes)
+            if vsig in tried_sigs:
+                continue  # these values already ran (or are in flight) from this parent
+            sig = (ctx.parent_hash, vsig)
             known_hash = self._hashes.get(sig)
             if known_hash is not None and known_hash in tried:
                 continue  # skip without re-editing the source
@@ -250,10 +287,12 @@ class SearchProposer:
                 h = code_hash(src)
             except TrainPyError as exc:
                 log.debug("search_candidate_unappliable", changes=cand.changes, error=str(exc))
+                tried_sigs.add(vsig)
                 continue
             self._hashes[sig] = h
             if len(self._hashes) > 4096:
                 self._hashes.pop(next(iter(self._hashes)))
+            tried_sigs.add(vsig)
             if h in tried:
                 continue
             changes = {n: (values[n], v) for n, v in cand.changes.items()}
@@ -261,7 +300,7 @@ class SearchProposer:
             if ctx.duplicate(desc, src):
                 tried.add(h)
                 continue
-            self._pending[(ctx.parent_hash, h)] = None
+            self._pending[(ctx.parent_hash, h)] = vsig
             while len(self._pending) > self.max_pending:
                 self._pending.pop(next(iter(self._pending)))
             rationale = self._rationale(cand, parent_val)
@@ -269,9 +308,7 @@ class SearchProposer:
                      score=round(cand.score, 6), parent=ctx.parent_hash[:8])
             return Proposal(train_py=src, description=desc, parent_hash=ctx.parent_hash,
                             proposer=self.name, rationale=rationale, changes=changes)
-        raise ProposerError(
-            f"search: every candidate around parent {ctx.parent_hash[:8]} was already tried "
-            f"({len(cands)} candidates)")
+        return None
 
     # ------------------------------------------------------------------ evidence
     def _merged(self, ctx: ProposalContext) -> list[Observation]:
@@ -396,6 +433,102 @@ class SearchProposer:
                                           why))
         return out
 
+    def _wider_candidates(self, dims: Sequence[Dim], values: Mapping[str, Value],
+                          evidence: Mapping[str, _DimEvidence],
+                          from_parent: Sequence[Observation], primary: Sequence[_Candidate],
+                          seq_len: TrackShape, rng: random.Random) -> Iterator[_Candidate]:
+        """The widened neighbourhood of the parent, lazily, nearest first (seeded order).
+
+        Distance 1, 2, ... holds the single moves one level finer than ``max_level`` (half
+        steps towards the parent), and ``k + 1`` repeated level-0 steps (larger moves, out
+        to the range bounds); pairs of two single moves on different constants come at
+        distance ``1.5 + (i + j) / 6`` for their ranks ``i < j`` in the promise order (moves
+        tried from this parent, least bad first, then untried moves, nearest first).
+        """
+        singles: list[tuple[float, float, int, _Candidate]] = []
+        seq = itertools.count()
+        for d in dims:
+            e = evidence.get(d.key) or _DimEvidence()
+            value = values[d.name]
+            here = d.coord(value)
+            sens = e.sensitivity(d.weight * _G0)
+            seen: set[str] = {repr(_norm(d.get(value)))}
+            for direction in (1, -1):
+                mean, n = e.mean_gain(direction)
+                base = max(mean + sens / math.sqrt(1.0 + n), 1e-9)
+                moves: list[tuple[float, Value, str]] = []
+                for extra in range(1, _FINE_LEVELS + 1):
+                    new = d.move(value, direction, self.max_level + extra)
+                    if new is not None:
+                        moves.append((float(extra), new, f"step level {self.max_level + extra}"))
+                cur: Value = value
+                for k in range(1, _MAX_STRIDE + 1):
+                    nxt = d.move(cur, direction, 0)
+                    if nxt is None or repr(_norm(d.get(nxt))) == repr(_norm(d.get(value))):
+                        break
+                    cur = nxt
+                    if k >= 2:
+                        moves.append((float(k - 1), cur, f"{k} level-0 steps"))
+                for dist, new, how in moves:
+                    key = repr(_norm(d.get(new)))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    changes = repair_batch(values, {d.name: new}, seq_len)
+                    if changes is None:
+                        continue
+                    coord = d.coord(new)
+                    if here is not None and coord is not None and any(
+                            cd == direction and (coord - cc) * direction >= 0
+                            for cd, cc in e.crashes):
+                        dist += _CRASH_COST
+                    why = (f"widened search: {d.key} {'up' if direction > 0 else 'down'} by "
+                           f"{how} (the nearer moves around this parent were all tried)")
+                    tie = base * (1.0 + 0.05 * rng.random())
+                    singles.append((dist, -tie, next(seq), _Candidate(
+                        changes, tie, "widen", d.key, direction, 0, why)))
+        singles.sort(key=lambda t: t[:3])
+
+        # the promise order of single moves for pairing
+        crashed = {_sig({n: new for n, (_o, new) in o.changes.items()})
+                   for o in from_parent if o.failed_run and o.changes}
+        ranked: list[tuple[dict[str, Value], str]] = []
+        seen_sigs: set[str] = set(crashed)
+        tried_moves = sorted(
+            (o for o in from_parent if not o.failed_run and o.delta is not None and o.changes
+             and all(n in values for n in o.changes)),
+            key=lambda o: (o.delta, o.completed_at, o.code_hash))
+        for o in tried_moves:
+            ch = {n: new for n, (_old, new) in o.changes.items()}
+            ranked.append((ch, f"tried from this parent (delta {o.delta:+.4f})"))
+        ranked += [(dict(c.changes), "untried") for c in primary if c.origin != "combine"]
+        ranked += [(dict(c.changes), "untried") for *_k, c in singles]
+        unique: list[tuple[dict[str, Value], str]] = []
+        for ch, label in ranked:
+            sg = _sig(ch)
+            if sg not in seen_sigs:
+                seen_sigs.add(sg)
+                unique.append((ch, label))
+
+        def pairs() -> Iterator[tuple[float, float, int, _Candidate]]:
+            n = len(unique)
+            for total in range(1, 2 * n - 2):
+                for i in range(max(0, total - n + 1), (total + 1) // 2):
+                    j = total - i
+                    (a, la), (b, lb) = unique[i], unique[j]
+                    if set(a) & set(b):
+                        continue
+                    merged = repair_batch(values, {**a, **b}, seq_len)
+                    if merged is None:
+                        continue
+                    why = (f"widened search: pairs two single moves ({la}; {lb}) now that "
+                           "every nearer move around this parent was tried")
+                    yield (1.5 + total / 6.0, 0.0, i, _Candidate(
+                        merged, 1e-9, "pair", why=why))
+
+        for *_k, cand in heapq.merge(singles, pairs(), key=lambda t: t[:3]):
+            yield cand
+
     def _combine_candidates(self, obs: Sequence[Observation], values: Mapping[str, Value],
                             known_val: Mapping[str, float], parent_hash: str, seq_len: TrackShape
                             ) -> list[_Candidate]:
@@ -456,6 +589,22 @@ def _delta(o: Observation, known_val: Mapping[str, float]) -> float | None:
     if o.val_bpb is not None and o.parent_hash in known_val:
         return o.val_bpb - known_val[o.parent_hash]
     return o.delta
+
+
+def _norm(v: Any) -> Any:
+    """A value in a form where equal values compare equal (2 == 2.0, lists as tuples)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, list | tuple):
+        return tuple(_norm(x) for x in v)
+    return v
+
+
+def _sig(changes: Mapping[str, Any]) -> str:
+    """The value signature of a set of constant changes (order-free)."""
+    return repr(sorted((str(n), repr(_norm(v))) for n, v in changes.items()))
 
 
 def _same(a: object, b: object) -> bool:
