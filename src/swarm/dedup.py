@@ -237,7 +237,7 @@ def _split_block(source: str) -> tuple[bytes, str] | None:
 
 def _analyse_from_template(tpl: _Template, block: str) -> CodeInfo | None:
     try:
-        tree = ast.parse(block)
+        tree = trainpy.parse_module(block)
     except (SyntaxError, ValueError):
         return None
     names: list[str] = []
@@ -339,7 +339,7 @@ def analyse(source: str) -> CodeInfo:
             if info is not None:
                 return info
     try:
-        tree = ast.parse(source)
+        tree = trainpy.parse_module(source)
     except (SyntaxError, ValueError) as exc:
         raise _parse_error(exc) from exc
     lines = source.splitlines()

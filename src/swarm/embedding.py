@@ -28,6 +28,9 @@ from swarm.errors import DedupError
 __all__ = ["DEFAULT_MODEL", "Embedder", "get_embedder", "text_key"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# torch's OpenMP threads spin while idle by default; beside training subprocesses on a shared
+# CPU that made one embedding take 0.4-1.6 s instead of ~30 ms. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _log = get_logger(__name__)
 
 

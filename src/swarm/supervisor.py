@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -641,6 +642,10 @@ class Supervisor:
             log.info("dedup_loaded", results=loaded, track=self.track)
         except MemoryStoreError as exc:
             log.warning("dedup_load_failed", error=str(exc))
+        # The model, the swarm's records and their vectors live for the whole run: move them
+        # out of the cyclic collector's view so its pauses stay short (dedup p99 halves).
+        gc.collect()
+        gc.freeze()
         deps = WorkerDeps(
             config=cfg, agent_id=self.agent_id, host=self.host, track=self.track,
             memory=memory, results_log=ResultsLog(cfg.state_dir), dedup=dedup, view=view,

@@ -63,7 +63,12 @@ _BINOPS: dict[type[ast.operator], Any] = {
     ast.FloorDiv: operator.floordiv,
     ast.Pow: operator.pow,
     ast.Mod: operator.mod,
+    ast.LShift: operator.lshift,
 }
+
+_MAX_FOLD_BITS = 4000
+"""Integers folded from literal arithmetic longer than this stay unfolded (``ast.dump`` of a
+huge integer fails, and no real constant is that large)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,7 @@ def _eval_literal(node: ast.AST) -> Value:
         left, right = _eval_literal(node.left), _eval_literal(node.right)
         if isinstance(left, int | float) and isinstance(right, int | float) \
                 and not isinstance(left, bool) and not isinstance(right, bool):
-            if isinstance(node.op, ast.Pow) and abs(right) > 256:
+            if isinstance(node.op, ast.Pow | ast.LShift) and abs(right) > 256:
                 raise ValueError("exponent too large")
             result: int | float = _BINOPS[type(node.op)](left, right)
             return result
@@ -281,6 +286,8 @@ class _Normaliser(ast.NodeTransformer):
         try:
             value = _eval_literal(node)
         except (ValueError, ArithmeticError, TypeError):
+            return node
+        if isinstance(value, int) and value.bit_length() > _MAX_FOLD_BITS:
             return node
         if isinstance(value, int | float) and not isinstance(value, bool):
             return ast.Constant(value=value)

@@ -109,11 +109,10 @@ def test_analyse_treats_non_literal_constants_as_code() -> None:
 
 
 def test_analyse_errors_are_trainpy_errors() -> None:
-    """Unparsable sources, and integers too large to normalise, raise TrainPyError."""
+    """Unparsable sources raise TrainPyError; huge literal arithmetic is analysed unfolded."""
     with pytest.raises(TrainPyError, match="does not parse"):
         analyse("def f(:\n")
-    with pytest.raises(TrainPyError):
-        analyse("X = (10**100)**50\n")
+    assert analyse("X = (10**100)**50\n").code_hash == code_hash("X = (10**100)**50\n")
 
 
 def test_constants_only_fast_path_matches_full_analysis(train_py: str) -> None:
@@ -164,3 +163,15 @@ def test_statement_cache_matches_full_normalisation(train_py: str) -> None:
         cached = analyse(src)
         dedup._clear_caches()
         assert cached.code_hash == analyse(src).code_hash == code_hash(src), old
+
+
+def test_shift_and_power_spellings_hash_alike() -> None:
+    """`1 << 19` is the same literal as `2**19`."""
+    assert code_hash("TOTAL_BATCH_SIZE = 1 << 19\n") == code_hash("TOTAL_BATCH_SIZE = 2**19\n")
+
+
+def test_huge_literal_arithmetic_hashes_without_error() -> None:
+    """Arithmetic too large to fold is hashed unfolded instead of failing."""
+    a = code_hash("X = (10**100)**50\n")
+    assert a == code_hash("X = (10 ** 100) ** 50  # same\n")
+    assert a != code_hash("X = (10**100)**49\n")
