@@ -191,3 +191,11 @@ def test_cli_shows_config_values_with_sources(tmp_path: Path) -> None:
                                     "source": "env:SWARM_NOISE_MARGIN"}
     assert rows["profile"]["source"].startswith("file:") and rows["profile"]["value"] == "smoke"
     assert rows["state_dir"]["source"] == "flag:--state-dir"
+
+
+def test_install_script_variables_are_not_config_keys() -> None:
+    """SWARM_VENV / SWARM_TORCH (used by scripts/install) never trip the unknown-key check."""
+    from swarm.config import load_config
+
+    cfg = load_config(env={"SWARM_VENV": "/tmp/v", "SWARM_TORCH": "torch==2.13.0"})
+    assert all(not src.startswith("env:") for src in cfg.sources.values())
