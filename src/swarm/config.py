@@ -54,8 +54,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 """The ``configs/`` folder of a source checkout (profiles shipped with the project)."""
 
 ENV_PREFIX = "SWARM_"
-_ENV_RESERVED = frozenset({"SWARM_CONFIG", "SWARM_FAKE_NVML", "SWARM_VENV", "SWARM_TORCH"})
-"""SWARM_* variables that are not configuration keys (the config file, test aids, and the
+_ENV_RESERVED = frozenset({"SWARM_CONFIG", "SWARM_VENV", "SWARM_TORCH"})
+"""SWARM_* variables that are not configuration keys (the config file, and the
 install scripts' virtual-env location and torch pin)."""
 
 PROFILES = ("smoke", "standard")
