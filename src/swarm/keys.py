@@ -20,7 +20,7 @@ Layout (keys are relative to the swarm's org, e.g. ``@autoresearch-at-home/``)::
 
 and the swarm's own coordination records, which other clients never need to read::
 
-    locks/exp/<parent12>--<code12>/g<NNNNNN>   experiment lock, generation N
+    locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>   experiment lock, generation N
     locks/mutex/<name>/g<NNNNNN>               short mutex (best and leaderboard updates)
     locks/hyp/<hypothesis tail>                hypothesis taken (created once)
 
@@ -174,14 +174,23 @@ def insight_key(agent_id: str, insight: str, attempt: int = 0) -> str:
     return f"{INSIGHTS}{agent_slug(agent_id)}--{slug(insight)}--{h}"
 
 
-def experiment_lock_prefix(parent_hash: str, code_hash: str) -> str:
-    """``locks/exp/<parent12>--<code12>/``: every generation of one experiment's lock."""
-    return f"{EXPERIMENT_LOCKS}{experiment_id(parent_hash, code_hash)}/"
+def experiment_lock_prefix(parent_hash: str, code_hash: str, *, track: str = "",
+                           tier: str | None = None) -> str:
+    """``locks/exp/<track>/<tier>/<parent12>--<code12>/``: every generation of one lock.
+
+    Results are only compared within a track and tier, so the same code on another track or
+    tier is another experiment with its own lock. Without a track the key has no scope part
+    (``locks/exp/<parent12>--<code12>/``).
+    """
+    scope = f"{slug(track, max_len=24)}/{slug(tier or 'any', max_len=24)}/" if track else ""
+    return f"{EXPERIMENT_LOCKS}{scope}{experiment_id(parent_hash, code_hash)}/"
 
 
-def experiment_lock_key(parent_hash: str, code_hash: str, generation: int = 1) -> str:
-    """``locks/exp/<parent12>--<code12>/g<NNNNNN>``."""
-    return f"{experiment_lock_prefix(parent_hash, code_hash)}g{generation:06d}"
+def experiment_lock_key(parent_hash: str, code_hash: str, generation: int = 1, *,
+                        track: str = "", tier: str | None = None) -> str:
+    """``locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
+    prefix = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
+    return f"{prefix}g{generation:06d}"
 
 
 def mutex_lock_prefix(name: str) -> str:

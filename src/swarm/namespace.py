@@ -6,7 +6,7 @@ Everything above it (worker, proposers, ``swarm status``) works with typed recor
 
 Claims
     An experiment is identified by ``(parent_hash, code_hash)``. Claiming it is an
-    atomic create-if-absent of the lock record ``locks/exp/<parent12>--<code12>/g<N>``
+    atomic create-if-absent of the lock record ``locks/exp/<track>/<tier>/<parent12>--<code12>/g<N>``
     (no agent name in the key, so racing agents collide and exactly one create
     succeeds), followed by the human-readable ``claims/<agent>--<slug>--<hash6>``
     record that other clients of the org understand. The holder refreshes
@@ -438,7 +438,7 @@ class SwarmMemory:
         """
         if not code_hash:
             raise InvalidRequestError("try_claim needs code_hash (swarm.trainpy.code_hash(train_py))")
-        prefix = keys.experiment_lock_prefix(parent_hash, code_hash)
+        prefix = keys.experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
         claim_key = keys.claim_key(self.agent_id, description, parent_hash, code_hash)
         nonce = uuid.uuid4().hex
         base = Claim(
@@ -468,7 +468,7 @@ class SwarmMemory:
 
         got = await self._acquire(
             prefix,
-            lambda g: keys.experiment_lock_key(parent_hash, code_hash, g),
+            lambda g: keys.experiment_lock_key(parent_hash, code_hash, g, track=track, tier=tier),
             payload,
             fast_first=True,
             legacy_ttl_s=self.lease_s,

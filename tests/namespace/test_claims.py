@@ -24,6 +24,7 @@ from swarm.records import Claim, decode_record, encode_record, to_iso
 AGENT_SCRIPT = str(Path(__file__).with_name("claim_agent.py"))
 N_CLAIMERS = 64
 N_EXPERIMENTS = 20
+SCOPE = {"track": "standard", "tier": "xl"}  # the track and tier every claim here uses
 
 
 async def claim(mem: SwarmMemory, i: int, **kw: object):  # type: ignore[no-untyped-def]
@@ -38,7 +39,7 @@ async def test_first_claim_wins_second_loses_naming_winner(swarm: Swarm) -> None
     bob = await swarm.memory("bob")
     won = await claim(ada, 0, gpu_name="H100")
     assert won.won and won.claim is not None and won.holder is None
-    assert won.claim.lock_key == keys.experiment_lock_key(*experiment(0))
+    assert won.claim.lock_key == keys.experiment_lock_key(*experiment(0), **SCOPE)
     lost = await claim(bob, 0)
     assert not lost.won and lost.claim is None
     assert lost.holder is not None and lost.holder.agent_id == "ada"
@@ -75,9 +76,9 @@ async def test_64_coroutine_claimers_each_experiment_won_once(swarm: Swarm) -> N
     assert per_exp == Counter(range(N_EXPERIMENTS)), per_exp
     # the stored lock names the same winner as the race did
     winners = dict((i, a) for a, i in wins)
-    locks = await mems[0].backend.get([keys.experiment_lock_key(*experiment(i)) for i in range(N_EXPERIMENTS)])
+    locks = await mems[0].backend.get([keys.experiment_lock_key(*experiment(i), **SCOPE) for i in range(N_EXPERIMENTS)])
     for i in range(N_EXPERIMENTS):
-        rec = decode_record("k", locks[keys.experiment_lock_key(*experiment(i))].value)
+        rec = decode_record("k", locks[keys.experiment_lock_key(*experiment(i), **SCOPE)].value)
         assert rec["agent_id"] == winners[i]
     live = await mems[0].live_claims()
     assert sorted(c.description for c in live) == sorted(f"experiment {i}" for i in range(N_EXPERIMENTS))
@@ -147,7 +148,7 @@ async def test_killed_claimer_lease_expires_then_claimed_again(swarm: Swarm) -> 
     assert out.won and out.claim is not None, "experiment was not free again after the lease"
     assert keys.lock_generation(out.claim.lock_key) == 2
     # freed exactly by the lease: not before the dead holder's last heartbeat + 2 s
-    first = keys.experiment_lock_key(*experiment(3), 1)
+    first = keys.experiment_lock_key(*experiment(3), 1, **SCOPE)
     dead = Claim.from_json(first, decode_record(first, (await me.backend.get([first]))[first].value))
     expiry = dead.expires_at()
     assert dead.agent_id == "doomed" and expiry is not None and dead.lease_s == 2.0
@@ -297,3 +298,19 @@ async def test_claim_records_are_embedded_for_other_clients(local_swarm: Swarm) 
     assert hb.embedded
     hits = await mem.search("experiment 9", namespace="claims", limit=5)
     assert hits and hits[0].key.startswith("claims/ada--experiment-9--")
+
+
+async def test_same_code_on_two_tiers_is_two_experiments(swarm: Swarm) -> None:
+    """One agent may run the same code on two tiers at once: each tier's claim wins."""
+    ada = await swarm.memory("ada")
+    p, c = experiment(7)
+    xl = await ada.try_claim(parent_hash=p, code_hash=c, description="baseline",
+                             track="standard", tier="xl")
+    large = await ada.try_claim(parent_hash=p, code_hash=c, description="baseline",
+                                track="standard", tier="large")
+    assert xl.won and large.won
+    assert xl.claim is not None and large.claim is not None
+    assert xl.claim.lock_key != large.claim.lock_key
+    again = await ada.try_claim(parent_hash=p, code_hash=c, description="baseline",
+                                track="standard", tier="xl")
+    assert not again.won

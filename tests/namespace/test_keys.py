@@ -44,6 +44,15 @@ def test_lock_key_depends_on_code_not_on_agent_or_words() -> None:
     assert keys.lock_generation("claims/x") is None
 
 
+def test_lock_key_is_scoped_by_track_and_tier() -> None:
+    """The same code on another track or tier is another experiment with its own lock."""
+    a = keys.experiment_lock_key(P, C, track="standard", tier="xl")
+    assert a == f"locks/exp/standard/xl/{P[:12]}--{C[:12]}/g000001"
+    assert a != keys.experiment_lock_key(P, C, track="standard", tier="large")
+    assert a != keys.experiment_lock_key(P, C, track="smoke", tier="xl")
+    assert keys.experiment_lock_key(P, C, track="smoke").startswith("locks/exp/smoke/any/")
+
+
 def test_lock_key_rejects_non_hash() -> None:
     """A code hash that is not hex is refused with a hint."""
     with pytest.raises(InvalidRequestError, match="code_hash"):
