@@ -223,6 +223,9 @@ class WorkerDeps:
     #: proposals are made one at a time per machine: proposers are mostly CPU-bound Python
     #: (threads share the GIL), and serial proposals see each other's reservations
     propose_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: val_bpb of code any worker here saw finish or adopted, by code hash: fills `delta` for
+    #: proposals queued before their parent had a result (the first ones after a baseline)
+    known_vals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,6 +555,8 @@ class Worker:
             return
         self.best_known = True
         bhash = best.code_hash or parse_retry(code_hash, best.train_py)
+        if best.val_bpb is not None:
+            self.deps.known_vals.setdefault(bhash, best.val_bpb)
         if bhash == self.parent_hash and best.val_bpb == self.parent_val:
             return
         moved = bhash != self.parent_hash
@@ -846,7 +851,11 @@ class Worker:
             with contextlib.suppress(TrainPyError):
                 changes = parse_retry(diff_constants, self.parent_train_py, proposal.train_py)
         val = s.val_bpb if s is not None else None
+        if val is not None:
+            self.deps.known_vals[item.code_hash] = val
         parent_val = item.parent_val
+        if parent_val is None and proposal.parent_hash:
+            parent_val = self.deps.known_vals.get(proposal.parent_hash)
         delta = (val - parent_val) if (val is not None and parent_val is not None) else None
         if seed is None:
             with contextlib.suppress(TrainPyError, ValueError):

@@ -79,7 +79,8 @@ async def test_crash_nan_hang_and_no_summary_are_published_and_the_worker_goes_o
 async def test_memory_claims_released_and_best_is_the_minimum(
     fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
 ) -> None:
-    """After a run on two fake GPUs no claim is left live and each tier best is the lowest keep."""
+    """After a run on two fake GPUs no claim is left live, each tier best is the lowest keep,
+    and every non-baseline result with a metric carries its delta to the parent."""
     train, prepare = fake_sources()
     cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke", max_experiments=6,
                       **{"dedup.semantic": "false"})
@@ -95,6 +96,16 @@ async def test_memory_claims_released_and_best_is_the_minimum(
     keeps = [r.val_bpb for r in results if r.status == "keep"]
     assert best is not None and best.val_bpb == min(keeps)
     assert best.val_bpb == min(r.val_bpb for r in results if r.val_bpb is not None)
+    by_code = {r.code_hash: r for r in results}
+    for r in results:
+        parent = by_code.get(r.parent_hash)
+        parent_val = parent.val_bpb if parent is not None else None
+        if r.val_bpb is not None and parent_val is not None and r.parent_hash != r.code_hash \
+                and parent.completed_at < r.completed_at:  # parent finished first
+            assert r.delta is not None, r.description
+            assert r.delta == pytest.approx(r.val_bpb - parent_val, abs=1e-9), r.description
+    # all but the baseline and the one run that trained beside it on the other GPU
+    assert sum(r.delta is not None for r in results) >= len(results) - 2
 
 
 class _SlowProposer:
