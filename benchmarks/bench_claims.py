@@ -40,10 +40,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from swarm._logging import configure_logging
+from swarm.hub import wait_for_hub
 from swarm.memory._types import MemoryBackend
 from swarm.memory.ensue import EnsueBackend
 from swarm.memory.local import LocalStore
@@ -97,17 +97,7 @@ async def hub_process(tmp: Path) -> AsyncIterator[tuple[str, Callable[[str], str
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(url + "healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the hub did not start")
+        await wait_for_hub(url)
         yield url, token
     finally:
         server.terminate()

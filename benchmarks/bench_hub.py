@@ -39,6 +39,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from swarm.hub import wait_for_hub
 from swarm.memory._types import NewMemory
 from swarm.memory.local import LocalStore
 
@@ -183,16 +184,7 @@ async def main() -> int:
         try:
             connector = aiohttp.TCPConnector(limit=args.clients)
             async with aiohttp.ClientSession(connector=connector) as session:
-                for _ in range(200):
-                    try:
-                        async with session.get(url + "healthz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-                else:
-                    raise RuntimeError("the hub did not start")
+                await wait_for_hub(url, session=session)
                 c = Client(session, url, token)
                 nc, secs = args.clients, args.seconds
 

@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from hub_helpers import Rpc
 
+from swarm.hub import wait_for_hub
+
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
@@ -67,16 +69,7 @@ async def test_server_process_serves_revokes_and_stops_gracefully(tmp_path: Path
     url = f"http://127.0.0.1:{port}/"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(url + "healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("the hub did not come up")
+            await wait_for_hub(url, session=session)
             rpc = Rpc(session, url)
             await rpc.ok("create_memory", {"items": [{"key_name": "best/metadata", "value": "m"}]},
                          token=token)
@@ -103,3 +96,12 @@ async def test_server_process_serves_revokes_and_stops_gracefully(tmp_path: Path
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_wait_for_hub_names_the_url_when_nothing_answers() -> None:
+    """Waiting on a port where no hub listens ends with a TransportError naming the URL."""
+    from swarm.errors import TransportError
+
+    url = f"http://127.0.0.1:{free_port()}/"
+    with pytest.raises(TransportError, match=url.replace(".", r"\.")):
+        await wait_for_hub(url, timeout_s=0.3)

@@ -9,6 +9,6 @@ tokens, roles and grants: ``swarm.hub.auth``.
 from __future__ import annotations
 
 from swarm.hub.auth import HubPolicy, TokenStore
-from swarm.hub.server import HubHandle, build_app, run_hub, serve_hub
+from swarm.hub.server import HubHandle, build_app, run_hub, serve_hub, wait_for_hub
 
-__all__ = ["HubHandle", "HubPolicy", "TokenStore", "build_app", "run_hub", "serve_hub"]
+__all__ = ["HubHandle", "HubPolicy", "TokenStore", "build_app", "run_hub", "serve_hub", "wait_for_hub"]

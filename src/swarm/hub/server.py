@@ -20,7 +20,7 @@ from aiohttp import web
 from swarm import __version__
 from swarm._logging import get_logger
 from swarm.embedding import Embedder
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, TransportError
 from swarm.hub.auth import ANONYMOUS, HubPolicy, Principal, TokenStore
 from swarm.hub.protocol import (
     ERR_INTERNAL,
@@ -414,3 +414,37 @@ def run_hub(
 
     asyncio.run(main())
     return 0
+
+
+async def wait_for_hub(url: str, *, timeout_s: float = 30.0, interval_s: float = 0.1,
+                       session: Any = None) -> None:
+    """Return once the hub at ``url`` answers ``GET /healthz`` with 200.
+
+    For scripts, benchmarks and tests that start ``python -m swarm hub`` as a process; raises
+    ``TransportError`` naming the URL when it is not up within ``timeout_s``.
+    """
+    import aiohttp
+
+    health = url.rstrip("/") + "/healthz"
+    owned = session is None
+    client = aiohttp.ClientSession() if owned else session
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last = "no answer"
+    try:
+        while True:
+            try:
+                async with client.get(health) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except aiohttp.ClientError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if loop.time() >= deadline:
+                raise TransportError(
+                    f"the hub at {url} did not come up within {timeout_s:.0f} s ({last})"
+                )
+            await asyncio.sleep(interval_s)
+    finally:
+        if owned:
+            await client.close()
