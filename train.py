@@ -90,6 +90,10 @@ SEED = 42  # seed of parameter init and training data order
 # A confirmation run repeats the same code with another seed: AUTORESEARCH_SEED overrides SEED
 # without changing the file (and so without changing the experiment's code hash).
 SEED = int(os.environ.get("AUTORESEARCH_SEED", SEED))
+# Reproducibility checks (the same run inside and outside a sandbox, replication) need a run
+# that does not depend on the machine's speed: AUTORESEARCH_MAX_STEPS=N trains exactly N steps
+# with the schedule driven by steps instead of time. Never set by a normal run.
+MAX_STEPS = int(os.environ.get("AUTORESEARCH_MAX_STEPS", "0") or 0)  # steps; 0 = time budget
 torch.manual_seed(SEED)
 random.seed(SEED)
 CUDA = torch.cuda.is_available()
@@ -460,7 +464,10 @@ while True:
         train_loss = loss.detach()
         (loss / grad_accum).backward()
         x, y, epoch = next(train_loader)
-    progress = min(training_time / TIME_BUDGET, 1.0)
+    if MAX_STEPS > 0:
+        progress = min(step / MAX_STEPS, 1.0)
+    else:
+        progress = min(training_time / TIME_BUDGET, 1.0)
     lrm = lr_multiplier(progress)
     for opt in optimizers:
         for group in opt.param_groups:
@@ -490,7 +497,10 @@ while True:
         gc.disable()
     elif step % 1000 == 0:
         gc.collect()
-    if step > EXCLUDED_STEPS and training_time >= TIME_BUDGET:
+    if MAX_STEPS > 0:
+        if step >= MAX_STEPS:
+            break
+    elif step > EXCLUDED_STEPS and training_time >= TIME_BUDGET:
         break
 
 # =============================================================================

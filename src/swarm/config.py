@@ -203,6 +203,18 @@ KEYS: tuple[ConfigKey, ...] = (
        minimum=0),
     _k("log_level", "choice", "info", "log level",
        choices=("debug", "info", "warning", "error")),
+    _k("sandbox", "choice", "auto", "isolation of every training run: auto = bwrap, else "
+       "unshare, else none and only this machine's own code runs; none = no isolation "
+       "(warned on every result)", choices=("auto", "bwrap", "unshare", "none"),
+       flag="--sandbox"),
+    _k("sandbox_memory_mb", "int", 0, "memory cap of one run in MB; 0 = 80% of RAM divided "
+       "by the workers (GPU runs: only with a cgroup)", minimum=0),
+    _k("sandbox_procs", "int", 4096, "cap on the processes and threads of one run",
+       minimum=16),
+    _k("sandbox_scratch_mb", "int", 4096, "size of a run's writable scratch space (tmpfs: "
+       "working dir, HOME, /tmp) and of its /dev/shm, MB", minimum=16),
+    _k("sandbox_log_mb", "int", 256, "largest file a run may write, its run log included, MB",
+       minimum=1),
 )
 
 _BY_NAME: dict[str, ConfigKey] = {k.name: k for k in KEYS}
@@ -270,6 +282,11 @@ class SwarmConfig:
     proposer_temperature: float = 0.7
     proposer_seed: int = 0
     log_level: str = "info"
+    sandbox: str = "auto"
+    sandbox_memory_mb: int = 0
+    sandbox_procs: int = 4096
+    sandbox_scratch_mb: int = 4096
+    sandbox_log_mb: int = 256
     sources: Mapping[str, str] = field(default_factory=dict)
     config_file: Path | None = None
 

@@ -197,6 +197,7 @@ class SwarmMemory:
         verify_delay_s: float = 1.0,
         embed_records: bool = True,
         sleep: Sleep = asyncio.sleep,
+        session: str | None = None,
     ) -> None:
         if not agent_id or not agent_id.strip():
             raise InvalidRequestError("agent_id must be a non-empty name (e.g. 'alice-h100-0')")
@@ -205,6 +206,9 @@ class SwarmMemory:
                 f"need 0 < heartbeat_s < lease_s, got heartbeat_s={heartbeat_s}, lease_s={lease_s}"
             )
         self.backend = backend
+        #: this process's claims carry it; a live claim of the same agent and host with
+        #: another session is ours from before a crash, and is taken over (see try_claim)
+        self.session = session or uuid.uuid4().hex
         self.agent_id = agent_id
         self.host = host if host is not None else socket.gethostname()
         self.clock = clock
@@ -277,6 +281,7 @@ class SwarmMemory:
         legacy_ttl_s: float,
         verify_top: bool = False,
         max_rounds: int = 8,
+        reclaim: Callable[[Claim], bool] | None = None,
     ) -> _Acquired:
         """Win the lowest free generation of the lock under ``prefix``.
 
@@ -310,7 +315,8 @@ class SwarmMemory:
                         continue  # vanished since the listing: list again
                     else:
                         holder = Claim.from_json(top_key, current[top_key])
-                        if holder.is_live(self._now(), legacy_ttl_s):
+                        own_stale = reclaim is not None and reclaim(holder)
+                        if holder.is_live(self._now(), legacy_ttl_s) and not own_stale:
                             return _Acquired(False, top_key, top, holder=holder)
                         target = top + 1
                         took_over = holder.released_at is None  # dead, not released
@@ -454,6 +460,7 @@ class SwarmMemory:
             host=self.host,
             lease_s=self.lease_s,
             nonce=nonce,
+            extra={"session": self.session},
         )
         stamped: dict[int, Claim] = {}
 
@@ -472,6 +479,7 @@ class SwarmMemory:
             payload,
             fast_first=True,
             legacy_ttl_s=self.lease_s,
+            reclaim=self._own_stale,
         )
         if not got.won:
             who = got.holder.agent_id if got.holder else "?"
@@ -494,6 +502,14 @@ class SwarmMemory:
             log.warning("claim_record_write_failed", key=claim_key, error=str(exc))
         log.info("claim_won", key=claim_key, lock=got.key)
         return ClaimOutcome(won=True, claim=claim)
+
+    def _own_stale(self, holder: Claim) -> bool:
+        """A live claim of this agent on this host from another session: a run of ours cut
+        short by a crash of the supervisor (a state-dir lock keeps two supervisors of one
+        agent and host from running at once), to be re-claimed, not lost to ourselves."""
+        other = str(holder.extra.get("session") or "")
+        return (holder.agent_id == self.agent_id and holder.host == self.host
+                and other != "" and other != self.session)
 
     async def embed_claim(self, claim: Claim) -> None:
         """Ask the store to embed the claim record's description (semantic search by others)."""

@@ -243,6 +243,10 @@ class Result:
     changes: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     proposer: str = ""
     delta: float | None = None
+    #: the isolation the run had ("bwrap" | "unshare" | "none"; "" from older clients)
+    sandbox: str = ""
+    #: the supervisor's own measured wall time of the run (next to training_seconds)
+    wall_s: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
@@ -250,7 +254,7 @@ class Result:
         "completed_at", "vram_tier", "track", "parent_hash", "code_hash", "gpu_name",
         "host", "seed", "prepare_hash", "verified", "num_steps", "total_tokens_M",
         "mfu_percent", "training_seconds", "peak_vram_mb", "failure", "log_tail",
-        "changes", "proposer", "delta_vs_best", "delta",
+        "changes", "proposer", "delta_vs_best", "delta", "sandbox", "wall_s",
     )
 
     @property
@@ -289,6 +293,8 @@ class Result:
                 "log_tail": self.log_tail,
                 "changes": {k: [v[0], v[1]] for k, v in self.changes.items()},
                 "proposer": self.proposer,
+                "sandbox": self.sandbox,
+                "wall_s": self.wall_s,
             }
         )
         return out
@@ -338,6 +344,8 @@ class Result:
             changes=changes,
             proposer=_str(data.get("proposer")),
             delta=delta,
+            sandbox=_str(data.get("sandbox")),
+            wall_s=_float(data.get("wall_s")),
             extra=_extra(data, cls.KNOWN),
         )
 

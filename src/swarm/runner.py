@@ -2,22 +2,27 @@
 
 :func:`run_experiment` makes a scratch directory ``work_root/<experiment_id>/`` holding the
 candidate ``train.py``, a copy of the pinned ``prepare.py`` (its sha256 becomes
-``prepare_hash``) and ``run.log``, then runs ``python train.py`` there:
+``prepare_hash`` and must equal ``spec.prepare_sha256`` when given), ``run.json`` (what a
+restart needs, see :mod:`swarm.recovery`) and ``run.log``, then runs ``python train.py``:
 
+- inside ``spec.sandbox`` (:mod:`swarm.sandbox`: bubblewrap, unshare, or none; the sources
+  then sit in ``src/``, bound read-only), or as a bare child in the scratch dir when the
+  spec has no sandbox (tests and tools);
 - in a new session, so the child and everything it spawns share one process group;
 - with stdout and stderr appended to ``run.log`` (a file, never a pipe that can fill);
-- with ``CUDA_VISIBLE_DEVICES`` pinned to the worker's GPU ("" on CPU) and a clean
-  environment: a short allow-list of basics (PATH, HOME, locale, CUDA/torch caches ...) and
-  ``AUTORESEARCH_*``, minus anything that looks like a credential (``*KEY*``, ``*TOKEN*``,
-  ``*SECRET*``, ``*PASSWORD*`` ...), plus ``spec.env`` which is passed as given;
+- with ``CUDA_VISIBLE_DEVICES`` pinned to the worker's GPU ("" on CPU) and an environment
+  built from an allow-list (:func:`swarm.sandbox.allowed_env`: locale, threads, CUDA/NCCL,
+  ``AUTORESEARCH_*``, never a credential-like name, URLs without userinfo), plus
+  ``spec.env`` which is passed as given;
 - under a hard deadline of ``2 x budget + startup allowance``: then SIGTERM to the group,
   ``kill_grace_s``, SIGKILL, reap.
 
 Cancelling the task that awaits :func:`run_experiment` is the supported way to stop a run
 (graceful shutdown): the group gets SIGTERM, the grace period, SIGKILL, and is reaped before
 ``CancelledError`` propagates; a second cancel during that grace skips to SIGKILL. Whatever
-path ends the run, a final SIGKILL sweep of the group leaves no orphans behind (processes that
-start their own session escape any process-group kill; they are out of reach here).
+path ends the run, a final SIGKILL sweep of the group (and of the run's cgroup) leaves no
+orphans; inside a sandbox the run's own PID namespace ends with it, so processes that start
+their own session die too.
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 from swarm._logging import get_logger
 from swarm.errors import RunnerError
 from swarm.gpu_pool import classify_infra_failure
+from swarm.sandbox import CgroupEvents, RunCgroup, Sandbox, allowed_env
 from swarm.summary import Summary, SummaryError, parse_summary
 
 __all__ = [
@@ -57,26 +65,22 @@ log = get_logger(__name__)
 
 RunStatus = Literal["ok", "crash", "timeout"]
 Failure = Literal[
-    "oom", "nan", "exception", "no_summary", "bad_summary", "timeout", "signal", "infra"
+    "oom", "nan", "exception", "no_summary", "bad_summary", "timeout", "signal", "infra",
+    "disk", "procs",
 ]
 
 LOG_NAME = "run.log"
+META_NAME = "run.json"
+SRC_DIR = "src"
 TAIL_LINES = 50
 _TAIL_BYTES = 256 * 1024
 _GONE_WAIT_S = 5.0
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
-_PASS_EXACT = frozenset(
-    {
-        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-        "LD_LIBRARY_PATH", "VIRTUAL_ENV", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_OFFLINE",
-        "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_HOME", "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS", "SSL_CERT_FILE", "SSL_CERT_DIR",
-    }
-)  # fmt: skip
-_PASS_PREFIXES = ("LC_", "AUTORESEARCH_", "CUDA_", "NCCL_", "PYTORCH_", "TORCH_",
-                  "TORCHINDUCTOR_", "TRITON_")  # fmt: skip
-_CREDENTIAL = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_DISK = re.compile(r"No space left on device|File too large|\[Errno 2[78]\]|Disk quota exceeded")
+_PROCS = re.compile(
+    r"BlockingIOError: \[Errno 11\]|can't start new thread|Resource temporarily unavailable",
+)
 
 _OOM = re.compile(
     r"CUDA out of memory|OutOfMemoryError|\bMemoryError\b|CUDA error: out of memory|"
@@ -114,6 +118,12 @@ class RunSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     python: str = sys.executable
     args: tuple[str, ...] = ()
+    #: the supervisor's sandbox (None: a bare child in the scratch dir, for tests and tools)
+    sandbox: Sandbox | None = None
+    #: sha256 the prepare.py must have (pinned at start); "" = not checked
+    prepare_sha256: str = ""
+    #: written to ``run.json`` in the scratch dir (what a restart needs to publish the run)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def deadline_s(self) -> float:
@@ -145,6 +155,7 @@ class RunOutcome:
     wall_s: float
     prepare_hash: str
     workdir: Path
+    sandbox: str = "none"
 
     @property
     def ok(self) -> bool:
@@ -153,13 +164,14 @@ class RunOutcome:
 
 
 def build_child_env(spec: RunSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: allow-listed basics without credentials, then ``spec.env``."""
+    """The child's environment: the allow-list of :func:`swarm.sandbox.allowed_env`, then
+    ``spec.env`` as given; without a sandbox ``PATH`` and ``HOME`` pass too."""
     source = os.environ if base is None else base
-    env: dict[str, str] = {}
-    for name, value in source.items():
-        allowed = name in _PASS_EXACT or name.startswith(_PASS_PREFIXES)
-        if allowed and not _CREDENTIAL.search(name):
-            env[name] = value
+    env = allowed_env(source)
+    if spec.sandbox is None:
+        for name in ("PATH", "HOME"):
+            if name in source:
+                env[name] = source[name]
     env["PYTHONUNBUFFERED"] = "1"
     env["AUTORESEARCH_PROFILE"] = spec.profile
     env.update(spec.env)
@@ -263,24 +275,41 @@ def _tail_lines(text: str, n: int = TAIL_LINES) -> str:
 
 
 def _prepare_workdir(spec: RunSpec) -> tuple[Path, Path, str]:
-    """Create the scratch dir with train.py and prepare.py; returns (workdir, log, hash)."""
+    """Create the scratch dir; returns (workdir, log, prepare hash).
+
+    Sandboxed, train.py and prepare.py go to ``src/`` (bound read-only inside); bare, next
+    to the log. ``run.json`` holds ``spec.meta`` for a restart after a crash."""
     source = Path(spec.prepare_py)
     try:
         prepare_bytes = source.read_bytes()
     except OSError as exc:
         raise RunnerError(f"cannot read the pinned prepare.py at {source}: {exc}") from exc
+    digest = hashlib.sha256(prepare_bytes).hexdigest()
+    if spec.prepare_sha256 and digest != spec.prepare_sha256:
+        raise RunnerError(
+            f"prepare.py at {source} changed since start (sha256 {digest[:12]}, pinned "
+            f"{spec.prepare_sha256[:12]}): restart the supervisor to pin the new one"
+        )
     workdir = spec.workdir
     try:
         if workdir.exists():
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
-        (workdir / "train.py").write_text(spec.train_py, encoding="utf-8")
-        (workdir / "prepare.py").write_bytes(prepare_bytes)
+        src = workdir / SRC_DIR if spec.sandbox is not None else workdir
+        src.mkdir(exist_ok=True)
+        (src / "train.py").write_text(spec.train_py, encoding="utf-8")
+        (src / "prepare.py").write_bytes(prepare_bytes)
+        if spec.sandbox is not None:
+            for name in ("train.py", "prepare.py"):
+                (src / name).chmod(0o444)
+            src.chmod(0o555)
+        if spec.meta:
+            (workdir / META_NAME).write_bytes(orjson.dumps(dict(spec.meta)))
         log_path = workdir / LOG_NAME
         log_path.touch()
     except OSError as exc:
         raise RunnerError(f"cannot set up the scratch directory {workdir}: {exc}") from exc
-    return workdir, log_path, hashlib.sha256(prepare_bytes).hexdigest()
+    return workdir, log_path, digest
 
 
 def _validate(spec: RunSpec) -> None:
@@ -393,18 +422,67 @@ def _live_group_members(pgid: int) -> list[int] | None:
     return live
 
 
-async def _spawn(
-    spec: RunSpec, workdir: Path, log_path: Path, env: dict[str, str]
-) -> asyncio.subprocess.Process:
+@dataclass(frozen=True, slots=True)
+class _Start:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    cgroup: RunCgroup | None
+    mechanism: str
+
+
+def _start_plan(spec: RunSpec, workdir: Path) -> _Start:
+    """argv/env/cwd of the child (blocking: a sandbox makes the run's cgroup)."""
+    env = build_child_env(spec)
+    if spec.sandbox is None:
+        return _Start([spec.python, "train.py", *spec.args], env, workdir, None, "none")
+    try:
+        launch = spec.sandbox.launch(
+            workdir=workdir, src_dir=workdir / SRC_DIR, python=spec.python, args=spec.args,
+            env=env, gpu=spec.gpu, name=spec.experiment_id,
+        )
+    except OSError as exc:
+        raise RunnerError(f"cannot set up the sandbox of {spec.experiment_id}: {exc}") from exc
+    return _Start(launch.argv, launch.env, launch.cwd, launch.cgroup, spec.sandbox.mechanism)
+
+
+async def _spawn(spec: RunSpec, start: _Start, log_path: Path) -> asyncio.subprocess.Process:
     with log_path.open("ab") as log_fh:
         try:
             return await asyncio.create_subprocess_exec(
-                spec.python, "train.py", *spec.args,
-                cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
+                *start.argv, cwd=start.cwd, env=start.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fh, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
-            raise RunnerError(f"cannot start {spec.python} train.py in {workdir}: {exc}") from exc
+            raise RunnerError(f"cannot start {start.argv[0]} for {spec.experiment_id} in "
+                              f"{start.cwd}: {exc}") from exc
+
+
+def _limit_failure(
+    spec: RunSpec, outcome: tuple[RunStatus, Failure | None, Summary | None, str],
+    events: CgroupEvents, log_size: int, text: str,
+) -> tuple[RunStatus, Failure | None, Summary | None, str]:
+    """Re-classify a crash that a sandbox limit caused (memory, processes, disk, log)."""
+    status, _, summary, _ = outcome
+    if status != "crash" or spec.sandbox is None:
+        return outcome
+    limits = spec.sandbox.limits
+    if events.oom_kills:
+        return status, "oom", summary, (f"out of memory: the run hit its {limits.memory_mb} MB "
+                                        "cap (sandbox_memory_mb)")
+    if log_size >= limits.log_mb * 1024 * 1024:
+        return status, "disk", summary, (f"run log reached the {limits.log_mb} MB cap "
+                                         "(sandbox_log_mb)")
+    disk = _DISK.search(text)
+    if disk is not None:
+        return status, "disk", summary, (f"scratch space exhausted ({_line_at(text, disk.start())};"
+                                         f" caps: {limits.scratch_mb} MB scratch, "
+                                         f"{limits.log_mb} MB per file)")
+    procs = _PROCS.search(text)
+    if events.pids_max or procs is not None:
+        return status, "procs", summary, (f"too many processes: the run hit its cap of "
+                                          f"{limits.procs} (sandbox_procs)")
+    return outcome
 
 
 async def run_experiment(
@@ -418,11 +496,21 @@ async def run_experiment(
     """
     _validate(spec)
     workdir, log_path, prepare_hash = await asyncio.to_thread(_prepare_workdir, spec)
-    env = build_child_env(spec)
+    start = await asyncio.to_thread(_start_plan, spec, workdir)
+    try:
+        return await _supervise(spec, start, workdir, log_path, prepare_hash, on_start)
+    finally:
+        if start.cgroup is not None:
+            await asyncio.to_thread(start.cgroup.remove)
 
+
+async def _supervise(
+    spec: RunSpec, start: _Start, workdir: Path, log_path: Path, prepare_hash: str,
+    on_start: Callable[[int, Path], None] | None,
+) -> RunOutcome:
     # Spawning is shielded: a cancel that lands mid-spawn still gets the child killed.
     started = time.monotonic()
-    spawn = asyncio.ensure_future(_spawn(spec, workdir, log_path, env))
+    spawn = asyncio.ensure_future(_spawn(spec, start, log_path))
     try:
         proc = await asyncio.shield(spawn)
     except asyncio.CancelledError:
@@ -440,6 +528,7 @@ async def run_experiment(
     log.info(
         "runner.started", experiment_id=spec.experiment_id, pid=proc.pid, gpu=spec.gpu,
         profile=spec.profile, deadline_s=deadline, workdir=str(workdir),
+        sandbox=start.mechanism,
     )  # fmt: skip
     timed_out = False
     try:
@@ -463,13 +552,18 @@ async def run_experiment(
         raise
     finally:
         group.sweep()
+        if start.cgroup is not None:
+            await asyncio.to_thread(start.cgroup.kill_all)
         await group.wait_gone()
 
     wall_s = time.monotonic() - started
     text = await asyncio.to_thread(_read_tail, log_path)
-    status, failure, summary, message = classify_run(
-        proc.returncode, text, timed_out=timed_out, deadline_s=deadline
-    )
+    classified = classify_run(proc.returncode, text, timed_out=timed_out, deadline_s=deadline)
+    if spec.sandbox is not None:
+        events = (start.cgroup.events() if start.cgroup is not None else CgroupEvents())
+        size = await asyncio.to_thread(_size, log_path)
+        classified = _limit_failure(spec, classified, events, size, text)
+    status, failure, summary, message = classified
     outcome = RunOutcome(
         status=status,
         failure=failure,
@@ -481,9 +575,18 @@ async def run_experiment(
         wall_s=wall_s,
         prepare_hash=prepare_hash,
         workdir=workdir,
+        sandbox=start.mechanism,
     )
     log.info(
         "runner.finished", experiment_id=spec.experiment_id, status=status, failure=failure,
         returncode=proc.returncode, wall_s=round(wall_s, 3), message=message,
+        sandbox=start.mechanism,
     )  # fmt: skip
     return outcome
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -137,6 +137,8 @@ class Snapshot:
     counters: Counters = field(default_factory=Counters)
     cpu_mode: bool = False
     exit_reason: str | None = None
+    #: the isolation of training runs, e.g. "bwrap (auto: first that works; ...)"
+    sandbox: str = ""
     version: int = SNAPSHOT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -169,6 +171,7 @@ class Snapshot:
                 **{k: int(counters[k]) for k in Counters.__dataclass_fields__ if k in counters}
             ),
             cpu_mode=bool(data.get("cpu_mode", False)),
+            sandbox=str(data.get("sandbox") or ""),
             exit_reason=data.get("exit_reason"),
             version=int(data.get("version", SNAPSHOT_VERSION)),
         )
@@ -373,6 +376,7 @@ def _worker_table(report: StatusReport) -> Table | Text:
         f"Workers: supervisor pid {snap.pid} on {snap.host}, agent {snap.agent_id}, "
         f"track {snap.track}{' (CPU mode)' if snap.cpu_mode else ''}, state {snap.state}, "
         f"up {_fmt_age(now - snap.started_at)}"
+        + (f"\nsandbox: {snap.sandbox}" if snap.sandbox else "")
     )
     if not report.supervisor_running:
         head = (

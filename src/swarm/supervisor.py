@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import os
 import random
 import signal
@@ -61,8 +62,10 @@ from swarm.memory._types import MemoryBackend
 from swarm.namespace import SwarmMemory
 from swarm.proposers import Proposal, Proposer, ProposerSpec, build_proposer
 from swarm.records import Result
+from swarm.recovery import StateLock, find_unfinished
 from swarm.results_log import ResultsLog
 from swarm.runner import RunOutcome, RunSpec, run_experiment
+from swarm.sandbox import Sandbox, SandboxLimits, select_sandbox
 from swarm.status import Snapshot, SnapshotWriter, WorkerStatus
 from swarm.trainpy import code_hash
 from swarm.worker import (
@@ -402,6 +405,8 @@ class Supervisor:
         self.pool: GpuPool | None = None
         self._signals_installed: list[int] = []
         self._memory_label = ""
+        self.sandbox: Sandbox | None = None
+        self._prepare_sha256 = ""
 
     # ---------------------------------------------------------------- control
 
@@ -454,6 +459,7 @@ class Supervisor:
             counters=self.counters.value,
             cpu_mode=self.cpu_mode,
             exit_reason=self.exit_reason,
+            sandbox=self.sandbox.describe() if self.sandbox is not None else "",
         )
 
     # ---------------------------------------------------------------- run
@@ -530,6 +536,37 @@ class Supervisor:
         return open_memory(cfg.memory_kind, url=cfg.memory_url or None, api_key=api_key,
                            org=cfg.memory_org or None)
 
+    def _select_sandbox(self, workers: int) -> Sandbox:
+        """Probe the configured mechanism (blocking); refuse strangers' code without one."""
+        cfg = self.config
+        memory_mb = cfg.sandbox_memory_mb or _auto_memory_mb(workers)
+        limits = SandboxLimits(memory_mb=memory_mb, procs=cfg.sandbox_procs,
+                               scratch_mb=cfg.sandbox_scratch_mb, log_mb=cfg.sandbox_log_mb)
+        cache = self._env.get("AUTORESEARCH_CACHE") or str(
+            Path.home() / ".cache" / "autoresearch")
+        sandbox = select_sandbox(cfg.sandbox, limits, python=cfg.python or sys.executable,
+                                 cache_dir=Path(cache).expanduser().resolve())
+        if sandbox.trusted_only:
+            kinds = {cfg.proposer_for(i).kind for i in range(max(1, workers))}
+            foreign = sorted(kinds & {"llm", "agent"})
+            if foreign:
+                raise ConfigError(
+                    f"proposer {', '.join(foreign)} writes code this machine did not write, "
+                    f"and no sandbox works here ({sandbox.reason}); install bubblewrap "
+                    "(apt-get install bubblewrap) or set sandbox = \"none\" to accept the risk",
+                    key="sandbox", value=cfg.sandbox,
+                )
+            log.warning("sandbox_trusted_only", reason=sandbox.reason,
+                        note="no sandbox: only this agent's own code runs (other agents' "
+                        "bests are not adopted)")
+        elif sandbox.mechanism == "none":
+            log.warning("sandbox_off", reason=sandbox.reason,
+                        note="training runs are not isolated: a hostile train.py can read "
+                        "your files and keys")
+        log.info("sandbox_selected", sandbox=sandbox.describe(),
+                 cgroup=sandbox.cgroup_reason)
+        return sandbox
+
     def _proposer_spec(self, kind: str, fallback: str | None, worker_index: int) -> ProposerSpec:
         cfg = self.config
         seed = cfg.proposer_seed or (
@@ -568,7 +605,8 @@ class Supervisor:
     async def _run(self) -> int:
         self._add_signal_handlers()
         try:
-            return await self._run_inner()
+            with StateLock(self.config.state_dir):
+                return await self._run_inner()
         finally:
             self._remove_signal_handlers()
 
@@ -613,6 +651,10 @@ class Supervisor:
             if self.cpu_mode and "OMP_NUM_THREADS" not in self._env:
                 threads = max(1, (os.cpu_count() or 1) // max(1, cfg.cpu_workers))
                 self._run_env.setdefault("OMP_NUM_THREADS", str(threads))
+            prepare_py, self._prepare_sha256 = await asyncio.to_thread(
+                pin_prepare, prepare_py, cfg.state_dir)
+            self.sandbox = await asyncio.to_thread(
+                self._select_sandbox, cfg.cpu_workers if self.cpu_mode else len(gpus))
             async with self._open_backend() as backend:
                 memory = SwarmMemory(
                     backend, agent_id=self.agent_id, host=self.host,
@@ -654,6 +696,8 @@ class Supervisor:
             run_experiment=self._run_fn, pool=None if self.cpu_mode else pool,
             run_env=self._run_env, budget_s=budget,
             startup_allowance_s=cfg.effective_startup_allowance_s(self.track),
+            sandbox=self.sandbox, prepare_sha256=self._prepare_sha256,
+            trusted_only=bool(self.sandbox and self.sandbox.trusted_only),
         )
         self.deps = deps
         slots: list[tuple[int | None, str, str]] = (
@@ -674,6 +718,7 @@ class Supervisor:
             ))
             log.info("worker_ready", worker=index, gpu=gpu_index, gpu_name=gpu_name, tier=tier,
                      proposer=choice.kind, fallback=choice.fallback)
+        await self._assign_leftovers(deps.work_root)
 
         writer = SnapshotWriter(cfg.state_dir, self.snapshot, interval_s=cfg.status_interval_s)
         async with writer:
@@ -684,11 +729,25 @@ class Supervisor:
             log.info("supervisor_started", agent=self.agent_id, track=self.track,
                      workers=len(self.workers), cpu_mode=self.cpu_mode,
                      memory=self._memory_label, state_dir=str(cfg.state_dir),
-                     grace_s=cfg.effective_grace_s(self.track), budget_s=budget)
+                     grace_s=cfg.effective_grace_s(self.track), budget_s=budget,
+                     sandbox=self.sandbox.mechanism if self.sandbox else "none")
             failures = await self._supervise_all(writer)
             self.state = "stopped"
             await self._flush_outbox(final=True)
             return self._exit_code(failures)
+
+    async def _assign_leftovers(self, work_root: Path) -> None:
+        """Runs a crashed predecessor left behind go to a worker of their tier."""
+        found = await asyncio.to_thread(find_unfinished, work_root, agent_id=self.agent_id,
+                                        host=self.host)
+        for harvest in found:
+            worker = next((w for w in self.workers if w.tier == harvest.meta.tier),
+                          self.workers[0] if self.workers else None)
+            if worker is not None:
+                worker.leftovers.append(harvest)
+        if found:
+            log.info("leftover_runs_found", runs=len(found),
+                     complete=sum(h.outcome is not None for h in found))
 
     def _exit_code(self, failures: int) -> int:
         stop = self.stop
@@ -802,6 +861,31 @@ class Supervisor:
             path = self.config.state_dir / "unpublished.jsonl"
             await asyncio.to_thread(_append_jsonl, path, [r.to_json() for r in deps.outbox])
             log.error("results_unpublished", count=len(deps.outbox), saved_to=str(path))
+
+
+def _auto_memory_mb(workers: int) -> int:
+    """80 % of physical memory shared by ``workers`` runs (0 when it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+    return max(256, int(total * 0.8 / max(1, workers) / 2**20))
+
+
+def pin_prepare(source: Path, state_dir: Path) -> tuple[Path, str]:
+    """A read-only copy of ``source`` under ``STATE_DIR/pinned/`` named by its hash, and the
+    hash: every run of this supervisor gets exactly these bytes, whatever happens to
+    ``source`` meanwhile."""
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    target = state_dir / "pinned" / f"prepare-{digest[:16]}.py"
+    if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o444)
+        os.replace(tmp, target)
+    return target, digest
 
 
 def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:

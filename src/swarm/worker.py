@@ -51,6 +51,7 @@ from swarm.errors import (
 )
 from swarm.proposers import Proposal, ProposalContext, Proposer
 from swarm.records import BestDecision, Claim, Result
+from swarm.recovery import Harvest, RunMeta, mark_finished
 from swarm.runner import RunOutcome, RunSpec
 from swarm.status import Counters, LastResult, WorkerStatus
 from swarm.trainpy import code_hash, constants, diff_constants, short_hash
@@ -226,6 +227,12 @@ class WorkerDeps:
     #: val_bpb of code any worker here saw finish or adopted, by code hash: fills `delta` for
     #: proposals queued before their parent had a result (the first ones after a baseline)
     known_vals: dict[str, float] = field(default_factory=dict)
+    #: the isolation of every run (swarm.sandbox.Sandbox; None: bare subprocesses)
+    sandbox: Any = None
+    #: sha256 of the pinned prepare.py every run must get
+    prepare_sha256: str = ""
+    #: no sandbox works: run only this agent's own code (no other agent's best)
+    trusted_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +290,9 @@ class Worker:
             state="idle", state_since=deps.clock(), proposer=getattr(proposer, "name", "?"),
             proposer_active=getattr(proposer, "name", "?"),
         )
+        #: runs a crashed predecessor left behind (published first, see _publish_leftovers)
+        self.leftovers: list[Harvest] = []
+        self._warned_foreign_best = False
         self.busy_s = 0.0  # seconds inside training (for the benchmark)
         self.run_spans: list[tuple[float, float]] = []  # (start, end) monotonic per run
 
@@ -315,6 +325,7 @@ class Worker:
         if self.deps.stop.stopping.is_set():
             self._set("stopped")
             return
+        await self._publish_leftovers()
         await self._adopt_best(force=True)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -553,6 +564,12 @@ class Worker:
             return
         if best is None or not best.train_py:
             return
+        if deps.trusted_only and best.agent_id != deps.agent_id:
+            if not self._warned_foreign_best:
+                self._warned_foreign_best = True
+                log.warning("best_not_adopted", **self.log_ctx, by=best.agent_id,
+                            reason="no sandbox: another agent's code is not run here")
+            return
         self.best_known = True
         bhash = best.code_hash or parse_retry(code_hash, best.train_py)
         if best.val_bpb is not None:
@@ -712,6 +729,7 @@ class Worker:
                           error_type=type(exc).__name__)
         finally:
             await self._settle(item, claim, idle=False)
+            await asyncio.to_thread(mark_finished, outcome.workdir, "published")
 
     async def _gpu_ready(self) -> bool:
         """Wait until the GPU can take a run (no foreign process, memory free)."""
@@ -746,11 +764,8 @@ class Worker:
         except (TransportError, ServerError) as exc:
             log.warning("claim_offline", **self.log_ctx, description=proposal.description,
                         error=str(exc), note="memory unreachable: training without a claim")
-            return Claim(agent_id=deps.agent_id, description=proposal.description,
-                         parent_hash=proposal.parent_hash, code_hash=item.code_hash,
-                         track=deps.track, vram_tier=self.tier, gpu_name=self.gpu_name,
-                         host=deps.host, claimed_at=deps.clock())
-        if not outcome.won or outcome.claim is None:
+            return self._local_claim(item)
+        if not outcome.won or outcome.claim is None:  # (a stale claim of ours is taken over)
             deps.counters.bump("claims_lost")
             holder = outcome.holder.agent_id if outcome.holder else "?"
             log.info("claim_lost", **self.log_ctx, description=proposal.description,
@@ -760,6 +775,36 @@ class Worker:
             return None
         claim: Claim = outcome.claim
         return claim
+
+    def _local_claim(self, item: _Queued) -> Claim:
+        """A claim held only here (no lock in the memory)."""
+        deps = self.deps
+        return Claim(agent_id=deps.agent_id, description=item.proposal.description,
+                     parent_hash=item.proposal.parent_hash, code_hash=item.code_hash,
+                     track=deps.track, vram_tier=self.tier, gpu_name=self.gpu_name,
+                     host=deps.host, claimed_at=deps.clock())
+
+    async def _publish_leftovers(self) -> None:
+        """Publish, once, runs that finished while no supervisor watched (a crash of the
+        previous one); runs cut short are only marked (their claims are re-claimable)."""
+        while self.leftovers:
+            left = self.leftovers.pop(0)
+            if left.outcome is None:
+                log.info("leftover_run_abandoned", **self.log_ctx, workdir=str(left.workdir),
+                         description=left.meta.description)
+                await asyncio.to_thread(mark_finished, left.workdir, "abandoned")
+                continue
+            proposal = Proposal(train_py=left.train_py, description=left.meta.description,
+                                parent_hash=left.meta.parent_hash, proposer=left.meta.proposer)
+            item = _Queued(proposal, left.meta.code_hash, parent_val=None, slow=False)
+            claim = await self._claim(item, quiet=True) or self._local_claim(item)
+            log.info("leftover_run_harvested", **self.log_ctx, workdir=str(left.workdir),
+                     description=left.meta.description)
+            try:
+                await self._decide_and_publish(item, claim, left.outcome, left.meta.seed)
+            finally:
+                await self._settle(item, claim, idle=False)
+                await asyncio.to_thread(mark_finished, left.workdir, "harvested")
 
     async def _release(self, claim: Claim) -> None:
         if not claim.lock_key:
@@ -787,9 +832,20 @@ class Worker:
         if seed is not None:
             exp_id += f"-s{seed}"
             env[SEED_ENV] = str(seed)
+        sandbox = deps.sandbox
+        meta = RunMeta(
+            agent_id=deps.agent_id, host=deps.host, track=deps.track, tier=self.tier,
+            gpu_name=self.gpu_name, description=proposal.description,
+            parent_hash=proposal.parent_hash, code_hash=item.code_hash,
+            proposer=proposal.proposer, seed=seed,
+            sandbox=sandbox.mechanism if sandbox is not None else "none",
+        )
         return RunSpec(
             train_py=proposal.train_py,
             prepare_py=deps.prepare_py,
+            sandbox=sandbox,
+            prepare_sha256=deps.prepare_sha256,
+            meta=meta.to_json(),
             work_root=deps.work_root,
             experiment_id=exp_id,
             gpu=None if self.gpu_index is None else str(self.gpu_index),
@@ -888,6 +944,8 @@ class Worker:
             changes=dict(changes),
             proposer=proposal.proposer,
             delta=delta,
+            sandbox=outcome.sandbox,
+            wall_s=round(outcome.wall_s, 3) if outcome.wall_s else None,
         )
 
     async def _decide(self, result: Result, *, confirming: bool = False
@@ -955,6 +1013,9 @@ class Worker:
                                    parent_train_py=self.parent_train_py)
         deps.view.add(result)
         deps.counters.add_result(result.status)
+        if result.sandbox == "none":
+            log.warning("result_unsandboxed", **self.log_ctx, key=key,
+                        note="this run was not isolated (sandbox = none)")
         self.runs += 1
         self.runs_since_adopt += 1
         if self.gpu_index is not None and deps.pool is not None and outcome.status == "ok":

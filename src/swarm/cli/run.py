@@ -51,6 +51,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, run: bool = False) 
                         help="stop cleanly after N experiments")
     parser.add_argument("--budget", metavar="SECONDS", help="training budget per run")
     parser.add_argument("--grace", metavar="SECONDS", help="drain time after the first signal")
+    parser.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"),
+                        help="isolation of every training run (default auto)")
 
 
 # flag attribute -> config key
@@ -69,6 +71,7 @@ _FLAG_KEYS = {
     "max_experiments": "max_experiments",
     "budget": "budget_s",
     "grace": "grace_s",
+    "sandbox": "sandbox",
 }
 
 
