@@ -614,9 +614,12 @@ class Supervisor:
                 threads = max(1, (os.cpu_count() or 1) // max(1, cfg.cpu_workers))
                 self._run_env.setdefault("OMP_NUM_THREADS", str(threads))
             async with self._open_backend() as backend:
+                # The embedded store embeds records with the local model; with the semantic
+                # layer off no model is loaded at all (hub and Ensue embed server-side).
                 memory = SwarmMemory(
                     backend, agent_id=self.agent_id, host=self.host,
                     lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,
+                    embed_records=cfg.dedup_semantic or cfg.memory_kind != "local",
                 )
                 self.memory = memory
                 return await self._run_workers(memory, pool, gpus, seed_src, prepare_py, budget)
