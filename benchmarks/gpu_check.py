@@ -76,7 +76,7 @@ class Plan:
 
 
 GPU_PLAN = Plan(
-    "standard", train_budget_s=60.0, swarm_budget_s=20.0, experiments=2, deadline_s=470.0
+    "standard", train_budget_s=45.0, swarm_budget_s=20.0, experiments=2, deadline_s=470.0
 )
 DRY_PLAN = Plan("smoke", train_budget_s=3.0, swarm_budget_s=3.0, experiments=2, deadline_s=170.0)
 
@@ -251,8 +251,9 @@ def run_stage(
 class Check:
     """The three stages of one check, in a work directory, against one deadline."""
 
-    def __init__(self, plan: Plan, work: Path, python: str) -> None:
+    def __init__(self, plan: Plan, work: Path, python: str, torch_version: str) -> None:
         self.plan = plan
+        self.torch_version = torch_version
         self.work = work
         self.python = python
         self.t_end = time.monotonic() + plan.deadline_s
@@ -289,6 +290,7 @@ class Check:
         with self.nvml.watching(name, self.nvml_lines):
             rc, wall = run_stage(argv, env=env or self.env, log=log, limit_s=limit)
         self.stages.append((name, rc, wall))
+        print(f"gpu-check: {name} {'ok' if rc == 0 else _rc_word(rc)} in {wall:.1f} s", flush=True)
         return rc
 
     def prepare(self) -> bool:
@@ -376,7 +378,7 @@ class Check:
         lines = [
             f"gpu-check {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC | track "
             f"{self.plan.profile} | python {sys.version.split()[0]} | torch "
-            f"{_torch_version()} | device {first.device if first else '?'} | attention "
+            f"{self.torch_version} | device {first.device if first else '?'} | attention "
             f"{first.attention if first else '?'}"
         ]
         done = " | ".join(
@@ -408,7 +410,7 @@ class Check:
     def to_json(self) -> dict[str, Any]:
         return {
             "plan": asdict(self.plan),
-            "torch": _torch_version(),
+            "torch": self.torch_version,
             "nvml": self.nvml.static or self.nvml.reason,
             "nvml_stages": self.nvml_lines,
             "swarm": self.swarm_view,
@@ -421,24 +423,28 @@ def _rc_word(rc: int | None) -> str:
     return "TIMED OUT" if rc is None else f"FAILED (exit {rc})"
 
 
-def _torch_version() -> str:
-    torch = sys.modules.get("torch")
-    return str(getattr(torch, "__version__", "?"))
-
-
-def _preflight(dry: bool) -> str | None:
-    """Why this machine cannot run the check, or None."""
+def _preflight(dry: bool) -> tuple[str | None, str]:
+    """(why this machine cannot run the check or None, torch's version). torch is asked in
+    a child process, so that this one never holds a CUDA context beside the runs."""
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:
         return (
             f"missing Python packages: {', '.join(missing)}; install them, or carry them "
             "as wheels in .whl/ (scripts/gpu-check installs those first)"
+        ), "?"
+    probe = "import torch; print(torch.__version__, int(torch.cuda.is_available()))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    version, _, cuda = out.stdout.strip().rpartition(" ")
+    if out.returncode != 0 or not version:
+        return f"cannot import torch: {out.stderr.strip()[-300:]}", "?"
+    if not dry and cuda != "1":
+        return (
+            "no CUDA GPU is visible to torch: run `scripts/gpu-check --dry` on a CPU machine",
+            version,
         )
-    import torch
-
-    if not dry and not torch.cuda.is_available():
-        return "no CUDA GPU is visible to torch: run `scripts/gpu-check --dry` on a CPU machine"
-    return None
+    return None, version
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -453,7 +459,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         metavar="S",
-        help="training budget of the train.py stage (GPU 60, dry 3)",
+        help="training budget of the train.py stage (GPU 45, dry 3)",
     )
     ap.add_argument(
         "--swarm-budget",
@@ -515,13 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         base.experiments,
         args.deadline or base.deadline_s,
     )
-    why = _preflight(args.dry)
+    why, torch_version = _preflight(args.dry)
     if why:
         print(f"gpu-check: {why}", file=sys.stderr)
         return 2
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    check = Check(plan, work, sys.executable)
+    check = Check(plan, work, sys.executable, torch_version)
     print(f"gpu-check: {'dry run on the CPU' if args.dry else 'GPU'}; work dir {work}", flush=True)
     try:
         ok = check.prepare() and check.train() and check.swarm()
