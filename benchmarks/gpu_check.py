@@ -61,6 +61,7 @@ NEEDED = (
 STEP = re.compile(r"^step (\d+) .*?\| dt (\d+)ms \|")
 BATCH = re.compile(r"^batch: (\d+) tokens/step")
 DEVICE = re.compile(r"^track: .*?\| device: (.*?) \| attention: (\w+)")
+LABEL = 42  # width of the run column (a swarm run is labelled by its description)
 EVAL = re.compile(r"^eval: \d+ tokens in ([\d.]+)s")
 
 
@@ -386,16 +387,16 @@ class Check:
         )
         lines.append(f"stages: {done} | deadline {self.plan.deadline_s:g} s")
         head = (
-            f"{'run':<34}{'wall s':>8}{'steps':>7}{'steps/s':>9}{'tokens/s':>12}"
+            f"{'run':<{LABEL}}{'wall s':>8}{'steps':>7}{'steps/s':>9}{'tokens/s':>12}"
             f"{'MFU %':>7}{'peak GB':>9}{'val_bpb':>9}{'warm-up s':>10}{'eval s':>8}"
         )
         lines += [head, "-" * len(head)]
         for r in self.runs:
             if not r.ok:
-                lines.append(f"{r.label[:33]:<34}{r.wall_s:>8.1f}  FAILED: {r.note}")
+                lines.append(f"{r.label[: LABEL - 1]:<{LABEL}}{r.wall_s:>8.1f}  FAILED: {r.note}")
                 continue
             lines.append(
-                f"{r.label[:33]:<34}{r.wall_s:>8.1f}{r.steps:>7}{r.steps_per_s:>9.3f}"
+                f"{r.label[: LABEL - 1]:<{LABEL}}{r.wall_s:>8.1f}{r.steps:>7}{r.steps_per_s:>9.3f}"
                 f"{r.tokens_per_s:>12,.0f}{r.mfu_percent:>7.1f}{r.peak_vram_gb:>9.2f}"
                 f"{r.val_bpb:>9.4f}{r.warmup_s:>10.1f}{r.eval_s:>8.1f}"
             )
