@@ -7,6 +7,8 @@ Run it once, then run train.py as often as you like:
     python prepare.py --num-shards 4               # fewer training shards (validation is always fetched)
     python prepare.py --profile smoke              # CPU-sized track, no network needed
     python prepare.py --profile smoke --source DIR # smoke track on your own .txt / .parquet files
+    python prepare.py --stdlib                     # standard track on the stdlib's text (offline
+                                                   # GPU checks; val_bpb not comparable)
 
 A profile names a whole track (sequence length, budget, evaluation size, vocabulary, data,
 cache). train.py reads the same profile, so one environment variable switches everything:
@@ -990,6 +992,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="parallel downloads (default 8)")
     parser.add_argument("--source", metavar="DIR", default=None,
                         help="build the corpus from .txt/.parquet files under DIR instead")
+    parser.add_argument("--stdlib", action="store_true",
+                        help="build the corpus from the Python standard library's .py files "
+                             "instead of downloading (the smoke track's data; offline checks of "
+                             "another track, whose val_bpb is then not comparable)")
     parser.add_argument("--max-attempts", type=int, default=5,
                         help="download attempts per shard (default 5)")
     args = parser.parse_args(argv)
@@ -997,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--download-workers and --max-attempts must be at least 1")
     if args.num_shards == 0 or args.num_shards < -1:
         parser.error("--num-shards must be a positive count or -1 (all)")
+    if args.source and args.stdlib:
+        parser.error("--source and --stdlib exclude each other: choose one corpus")
     if args.source and not os.path.isdir(args.source):
         parser.error(f"--source {args.source}: not a directory")
     try:
@@ -1008,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{EVAL_TOKENS} tokens, vocab {VOCAB_SIZE})")
     print(f"cache:   {CACHE_DIR}")
     try:
-        if args.source or prof.data == "stdlib":
+        if args.source or args.stdlib or prof.data == "stdlib":
             build_local_corpus(args.source)
         else:
             n = MAX_SHARD if args.num_shards == -1 else args.num_shards

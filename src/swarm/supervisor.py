@@ -656,9 +656,12 @@ class Supervisor:
             self.sandbox = await asyncio.to_thread(
                 self._select_sandbox, cfg.cpu_workers if self.cpu_mode else len(gpus))
             async with self._open_backend() as backend:
+                # The embedded store embeds records with the local model; with the semantic
+                # layer off no model is loaded at all (hub and Ensue embed server-side).
                 memory = SwarmMemory(
                     backend, agent_id=self.agent_id, host=self.host,
                     lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,
+                    embed_records=cfg.dedup_semantic or cfg.memory_kind != "local",
                 )
                 self.memory = memory
                 return await self._run_workers(memory, pool, gpus, seed_src, prepare_py, budget)

@@ -184,3 +184,30 @@ def test_missing_tokenizer_names_the_fix(fresh_prepare) -> None:
     mod = fresh_prepare("smoke")
     with pytest.raises(FileNotFoundError, match=r"prepare\.py --profile smoke"):
         mod.Tokenizer.from_directory()
+
+
+@pytest.mark.slow
+def test_stdlib_flag_builds_a_standard_track_offline(tmp_path: Path) -> None:
+    """`--stdlib` gives the standard track (sequence 2048, vocabulary 8192, its validation
+    shard name) a corpus from the Python standard library, with no network."""
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, str(PREPARE_PY), "--profile", "standard", "--stdlib"],
+                          env=child_env(cache, "standard", AUTORESEARCH_DATA_URL="http://127.0.0.1:9"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "profile: standard (seq 2048" in proc.stdout
+    manifest = json.loads((cache / "data" / "manifest.json").read_text())
+    assert manifest["kind"] == "local" and manifest["source"] == "python-stdlib"
+    assert manifest["profile"]["name"] == "standard"
+    assert (cache / "data" / "shard_06542.parquet").exists()
+    with open(cache / "tokenizer" / "tokenizer.pkl", "rb") as f:
+        assert pickle.load(f).n_vocab == 8192
+
+
+def test_source_and_stdlib_exclude_each_other(fresh_prepare, tmp_path: Path, capsys) -> None:
+    """Naming two corpora (`--source DIR --stdlib`) exits 2 and says to choose one."""
+    mod = fresh_prepare("standard")
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--stdlib", "--source", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--source and --stdlib exclude each other" in capsys.readouterr().err
