@@ -58,6 +58,7 @@ from swarm.errors import (
 )
 from swarm.gpu_pool import GpuPool
 from swarm.memory._types import MemoryBackend
+from swarm.metrics import supervisor_metrics
 from swarm.namespace import SwarmMemory
 from swarm.proposers import Proposal, Proposer, ProposerSpec, build_proposer
 from swarm.records import Result
@@ -613,7 +614,8 @@ class Supervisor:
             if self.cpu_mode and "OMP_NUM_THREADS" not in self._env:
                 threads = max(1, (os.cpu_count() or 1) // max(1, cfg.cpu_workers))
                 self._run_env.setdefault("OMP_NUM_THREADS", str(threads))
-            async with self._open_backend() as backend:
+            async with self._open_backend() as opened, supervisor_metrics(
+                    self, opened, cfg.metrics_host, cfg.metrics_port) as backend:  # metrics (issue 14)
                 memory = SwarmMemory(
                     backend, agent_id=self.agent_id, host=self.host,
                     lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,

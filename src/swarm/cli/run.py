@@ -55,6 +55,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, run: bool = False) 
                         help="stop cleanly after N experiments")
     parser.add_argument("--budget", metavar="SECONDS", help="training budget per run")
     parser.add_argument("--grace", metavar="SECONDS", help="drain time after the first signal")
+    parser.add_argument("--metrics-port", metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (metrics_host "
+                        "changes the address)")
 
 
 # flag attribute -> config key
@@ -73,6 +76,7 @@ _FLAG_KEYS = {
     "max_experiments": "max_experiments",
     "budget": "budget_s",
     "grace": "grace_s",
+    "metrics_port": "metrics_port",
 }
 
 
