@@ -22,15 +22,19 @@ LOG_FORMATS = ("auto", "console", "json")
 logging.getLogger("swarm").addHandler(logging.NullHandler())
 
 
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+# chatty libraries: their INFO lines (model loading ...) only with --log-level debug
+_THIRD_PARTY = ("sentence_transformers", "transformers", "huggingface_hub", "urllib3",
+                "filelock", "httpx", "asyncio")
+
+
 def _processors(renderer: Any) -> list[Any]:
-    return [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-        renderer,
-    ]
+    return [*_SHARED, structlog.processors.format_exc_info, renderer]
 
 
 def _library_defaults() -> None:
@@ -52,7 +56,8 @@ _library_defaults()
 def configure_logging(level: str = "info", *, json: bool = False, stream: Any = None,
                       file: str | Path | None = None) -> None:
     """Route structlog through stdlib logging to ``file`` (appended) or ``stream``
-    (stderr by default), as JSON lines or plain key=value lines."""
+    (stderr by default), as JSON lines or plain key=value lines; records of other
+    libraries get the same format (and stay at WARNING unless ``level`` is debug)."""
     lvl = getattr(logging, level.upper(), logging.INFO)
     handler: logging.Handler
     if file is not None:
@@ -60,19 +65,27 @@ def configure_logging(level: str = "info", *, json: bool = False, stream: Any = 
         handler = logging.FileHandler(file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
     root = logging.getLogger()
     for old in root.handlers:
         if isinstance(old, logging.FileHandler):
             old.close()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    for name in _THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if lvl <= logging.DEBUG
+                                         else max(lvl, logging.WARNING))
     structlog.configure(
-        processors=_processors(renderer),
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,

@@ -124,3 +124,98 @@ async def test_a_taken_metrics_port_is_a_config_error(
         sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(1), install_signals=False)
         with pytest.raises(ConfigError, match=f"metrics_port {port}"):
             await sup.run()
+
+
+def _pty_run(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str]:
+    """Run ``argv`` on a pseudo-terminal; (exit code, everything it drew)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=child_fd, stdout=child_fd, stderr=child_fd, env=env,
+                            close_fds=True)
+    os.close(child_fd)
+    out = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(main_fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=30), out.decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main_fd)
+
+
+def _run_argv(tmp_path: Path, train: Path, prepare: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "swarm", "run", "--profile", "smoke",
+            "--state-dir", str(tmp_path / "state"), "--memory-path", str(tmp_path / "m.sqlite"),
+            "--max-experiments", "2", "--agent-name", "tty-tester",
+            "--set", f"train_py={train}", "--set", f"prepare_py={prepare}",
+            "--set", "prepare_on_start=false", "--set", "start_jitter_s=0",
+            "--set", "status_interval_s=0.2"]
+
+
+@pytest.mark.slow
+def test_swarm_run_on_a_terminal_shows_the_live_view_and_logs_to_a_file(
+    fake_sources: Callable[..., tuple[Path, Path]], tmp_path: Path,
+) -> None:
+    """`swarm run` on a TTY draws the live view (no log lines on the screen) and writes
+    its structured log to STATE_DIR/swarm.log, whose path it shows."""
+    import os
+
+    train, prepare = fake_sources()
+    train.write_text(STEPPING.replace("SLEEP_S = 0.2", "SLEEP_S = 1.0"), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env.update(COLUMNS="160", LINES="50", TERM="xterm", SWARM_CPU_WORKERS="1")
+    code, screen = _pty_run(_run_argv(tmp_path, train, prepare), env, timeout_s=240)
+    log_file = tmp_path / "state" / "swarm.log"
+    assert code == 0, screen[-3000:]
+    assert "Workers" in screen and "tty-tester" in screen
+    assert "done 2" in screen  # the final frame stays on the screen
+    assert f"logs: {log_file}" in screen.replace("\r\n", "")
+    assert "supervisor_started" not in screen and "experiment_started" not in screen
+    logged = log_file.read_text(encoding="utf-8")
+    assert "supervisor_started" in logged and "result_published" in logged
+
+
+@pytest.mark.slow
+def test_swarm_run_log_format_json_keeps_plain_structured_lines(
+    fake_sources: Callable[..., tuple[Path, Path]], tmp_path: Path,
+) -> None:
+    """With --log-format json (as under systemd) stderr carries one JSON object per line
+    and stdout stays empty, even on a terminal."""
+    import json
+    import os
+    import subprocess
+
+    train, prepare = fake_sources()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env["SWARM_CPU_WORKERS"] = "1"
+    argv = _run_argv(tmp_path, train, prepare)
+    argv.insert(3, "--log-format")
+    argv.insert(4, "json")
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    names = {e["event"] for e in events}
+    assert {"supervisor_started", "result_published"} <= names
+    assert all("timestamp" in e and "level" in e for e in events)
+    assert not (tmp_path / "state" / "swarm.log").exists()
