@@ -138,6 +138,7 @@ async def test_dashboard_in_headless_chromium(filled_hub: Filled, tmp_path: Path
     claim while it is live and drops it once released; a screenshot is taken."""
     from playwright.async_api import async_playwright
 
+    assert Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install chromium"
     bob = filled_hub.memories["bob"]
     outcome = await bob.try_claim(
         parent_hash=code_hash(source(0.025, 6)), code_hash=code_hash(source(0.021, 6)),
