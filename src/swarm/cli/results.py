@@ -186,6 +186,8 @@ def _write_csv(results: list[Result]) -> None:
         at = r.completed_at
         row["completed_at_iso"] = (datetime.fromtimestamp(at, tz=UTC).isoformat()
                                    if at is not None else "")
+        if row["delta"] is not None:
+            row["delta"] = round(row["delta"], 6)  # val_bpb has 6 decimals: no float noise
         writer.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
 
 

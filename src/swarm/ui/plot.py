@@ -96,6 +96,10 @@ def _draw_panel(ax: Any, results: Sequence[Result], axis: XAxis, mine: str | Non
         ax.axhline(best, c=_BEST, lw=0.6, ls=":", zorder=0)
         ax.annotate(f"best {best:.6f}", xy=(0.99, best), xycoords=("axes fraction", "data"),
                     ha="right", va="bottom", fontsize=9, color=_BEST)
+    if axis == "number":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.set_ylabel("val_bpb (lower is better)")
     ax.set_xlabel("experiment (completion time, UTC)" if axis == "time" else "experiment #")
