@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sup_helpers import FAKE_TRAIN
 
+from pty_helpers import PtyProcess
 from swarm._fake_nvml import FakeNvml
 from swarm.errors import ConfigError, TransportError
 from swarm.metrics import CountingBackend
@@ -126,41 +127,6 @@ async def test_a_taken_metrics_port_is_a_config_error(
             await sup.run()
 
 
-def _pty_run(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str]:
-    """Run ``argv`` on a pseudo-terminal; (exit code, everything it drew)."""
-    import os
-    import pty
-    import select
-    import subprocess
-    import time
-
-    main_fd, child_fd = pty.openpty()
-    proc = subprocess.Popen(argv, stdin=child_fd, stdout=child_fd, stderr=child_fd, env=env,
-                            close_fds=True)
-    os.close(child_fd)
-    out = b""
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main_fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(main_fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        return proc.wait(timeout=30), out.decode("utf-8", "replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(main_fd)
-
-
 def _run_argv(tmp_path: Path, train: Path, prepare: Path) -> list[str]:
     import sys
 
@@ -184,7 +150,12 @@ def test_swarm_run_on_a_terminal_shows_the_live_view_and_logs_to_a_file(
     train.write_text(STEPPING.replace("SLEEP_S = 0.2", "SLEEP_S = 1.0"), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     env.update(COLUMNS="160", LINES="50", TERM="xterm", SWARM_CPU_WORKERS="1")
-    code, screen = _pty_run(_run_argv(tmp_path, train, prepare), env, timeout_s=240)
+    term = PtyProcess(_run_argv(tmp_path, train, prepare), env)
+    try:
+        screen = term.read_until(None, timeout_s=240)
+        code = term.proc.wait(timeout=30)
+    finally:
+        term.close()
     log_file = tmp_path / "state" / "swarm.log"
     assert code == 0, screen[-3000:]
     assert "Workers" in screen and "tty-tester" in screen

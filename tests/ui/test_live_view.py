@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-import pty
-import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 from rich.console import Console
 from ui_helpers import HISTORY, fill_history
 
+from pty_helpers import PtyProcess
 from swarm.config import load_config
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
@@ -181,24 +179,6 @@ async def test_gather_reads_snapshot_log_and_a_real_store(tmp_path: Path) -> Non
     assert len(HISTORY) == 7
 
 
-def _read_pty(fd: int, until: str, timeout_s: float) -> str:
-    out = b""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if until in out.decode("utf-8", "replace"):
-                break
-    return out.decode("utf-8", "replace")
-
-
 @pytest.mark.slow
 def test_status_watch_on_a_pseudo_terminal(tmp_path: Path) -> None:
     """`swarm status --watch` on a TTY draws the live view, redraws it, and exits 0 on Ctrl-C."""
@@ -206,25 +186,17 @@ def test_status_watch_on_a_pseudo_terminal(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     log.write_text(_step_line(42, 35.0, 4.1234, 195.0) + "\n", encoding="utf-8")
     write_snapshot(state, _snapshot(log))
-    main_fd, child_fd = pty.openpty()
     env = {**os.environ, "COLUMNS": "160", "LINES": "40", "TERM": "xterm"}
-    proc = subprocess.Popen(
+    term = PtyProcess(
         [sys.executable, "-m", "swarm", "status", "--watch", "--interval", "0.3",
-         "--state-dir", str(state), "--memory-path", str(tmp_path / "none.sqlite")],
-        stdin=child_fd, stdout=child_fd, stderr=child_fd, env=env, close_fds=True,
-    )
-    os.close(child_fd)
+         "--state-dir", str(state), "--memory-path", str(tmp_path / "none.sqlite")], env)
     try:
-        screen = _read_pty(main_fd, "done 5", timeout_s=60)
+        screen = term.read_until("done 5", timeout_s=60)
         assert "MATRIX_LR 0.04 -> 0.05" in screen, screen[-2000:]
         assert "4.1234" in screen and "35%" in screen
         log.write_text(_step_line(43, 36.0, 4.0001, 190.0) + "\n", encoding="utf-8")
-        screen = _read_pty(main_fd, "4.0001", timeout_s=20)
-        assert "4.0001" in screen  # redrawn with the new step
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert "4.0001" in term.read_until("4.0001", timeout_s=20)  # redrawn
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(timeout=20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(main_fd)
+        term.close()

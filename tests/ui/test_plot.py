@@ -112,3 +112,14 @@ def test_csv_and_json_together_is_a_usage_error(capsys: pytest.CaptureFixture[st
     """--csv with --json exits 2 naming both flags."""
     assert main(["results", "--csv", "--json"]) == 2
     assert "--csv and --json" in capsys.readouterr().err
+
+
+def test_plot_of_a_missing_local_memory_names_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No memory file: exit 2 naming the path, and no file is created by asking."""
+    db = tmp_path / "nowhere" / "memory.sqlite"
+    code = main(["plot", "--memory-path", str(db), "--state-dir", str(tmp_path / "s"),
+                 "--out", str(tmp_path / "p.png")])
+    assert code == 2
+    assert f"no memory file at {db}" in capsys.readouterr().err
+    assert not db.exists() and not (tmp_path / "p.png").exists()

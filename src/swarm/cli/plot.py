@@ -55,6 +55,10 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit {args.limit}: expected a positive number", key="--limit",
                           value=args.limit)
     config = config_from_args(args)
+    if config.memory_kind == "local" and not config.memory_file().exists():
+        raise ConfigError(f"nothing to plot: no memory file at {config.memory_file()} (no "
+                          "experiment has run with it; --memory-path or --memory hub URL?)",
+                          key="memory.path", value=str(config.memory_file()))
     try:
         results, verified = asyncio.run(_load(config, args))
     except MemoryStoreError as exc:

@@ -23,15 +23,19 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from swarm import keys
 from swarm.hub.auth import Principal
 from swarm.hub.protocol import TOOL_NAMES, RpcError, ToolFailure
 from swarm.hub.tools import HubService
 from swarm.namespace import SwarmMemory
+from swarm.records import DEFAULT_TRACK
 
 __all__ = ["HubMetrics", "mount_metrics"]
 
 _KNOWN_PATHS = frozenset({"/", "/mcp", "/healthz", "/metrics", "/dashboard", "/api/dashboard"})
-_NAMESPACES = ("results", "claims", "hypotheses", "insights", "best", "leaderboard", "locks")
+_NAMESPACES = (*(p.rstrip("/") for p in (keys.RESULTS, keys.CLAIMS, keys.HYPOTHESES,
+                                          keys.INSIGHTS, keys.BEST, keys.LOCKS)),
+               keys.leaderboard_key(DEFAULT_TRACK))
 _METRICS: web.AppKey[HubMetrics] = web.AppKey("hub_metrics")
 
 

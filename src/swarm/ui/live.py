@@ -32,7 +32,7 @@ from rich.text import Text
 from swarm._logging import get_logger
 from swarm.records import Result
 from swarm.status import Snapshot, WorkerStatus, is_alive, read_snapshot
-from swarm.ui.progress import RunProgress, read_progress
+from swarm.ui.progress import RunProgress, read_progress, read_tail
 
 __all__ = [
     "LOG_FILE",
@@ -78,18 +78,10 @@ class LiveModel:
 
 def read_recent(state_dir: str | Path, limit: int = 6) -> tuple[Result, ...]:
     """The newest ``limit`` results of ``results.jsonl`` (reads only the file's tail)."""
-    path = Path(state_dir) / "results.jsonl"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - _RECENT_TAIL_BYTES))
-            data = fh.read()
-    except OSError:
+    data = read_tail(Path(state_dir) / "results.jsonl", _RECENT_TAIL_BYTES)
+    if data is None:
         return ()
     lines = data.split(b"\n")
-    if size > _RECENT_TAIL_BYTES:
-        lines = lines[1:]  # the first line may be cut
     out: list[Result] = []
     for line in reversed(lines):
         if not line.strip():

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunProgress", "parse_progress", "read_progress"]
+__all__ = ["RunProgress", "parse_progress", "read_progress", "read_tail"]
 
 _STEP = re.compile(
     r"^step (?P<step>\d+) \(\s*(?P<pct>[\d.]+)%\) \| loss (?P<loss>[-+\w.]+) \|"
@@ -56,19 +56,25 @@ def parse_progress(text: str) -> RunProgress | None:
     return None
 
 
-def read_progress(log_path: str | Path | None) -> RunProgress | None:
-    """Progress from the tail of ``log_path``; None without a step line or a file."""
-    if not log_path:
-        return None
+def read_tail(path: str | Path, max_bytes: int) -> bytes | None:
+    """The last ``max_bytes`` of ``path`` from a line start (a cut first line is dropped);
+    None when the file cannot be read."""
     try:
-        with open(log_path, "rb") as fh:
+        with open(path, "rb") as fh:
             fh.seek(0, 2)
             size = fh.tell()
-            fh.seek(max(0, size - _TAIL_BYTES))
+            fh.seek(max(0, size - max_bytes))
             data = fh.read()
     except OSError:
         return None
-    text = data.decode("utf-8", errors="replace")
-    if size > _TAIL_BYTES:
-        text = text.split("\n", 1)[-1]  # drop the partial first line
-    return parse_progress(text)
+    if size > max_bytes:
+        data = data.split(b"\n", 1)[-1]
+    return data
+
+
+def read_progress(log_path: str | Path | None) -> RunProgress | None:
+    """Progress from the tail of ``log_path``; None without a step line or a file."""
+    data = read_tail(log_path, _TAIL_BYTES) if log_path else None
+    if data is None:
+        return None
+    return parse_progress(data.decode("utf-8", errors="replace"))
