@@ -167,8 +167,10 @@ async def test_dashboard_in_headless_chromium(filled_hub: Filled, tmp_path: Path
             await row.wait_for(timeout=10_000)
             assert "H100 80GB" in await row.inner_text()
             assert "MATRIX_LR 0.025 -> 0.021" in await row.inner_text()
-            await page.locator("#recent details").first.click()
+            await page.locator("#recent details summary").first.click()
             assert "+MATRIX_LR = 0.02" in await page.locator("#recent pre").first.inner_text()
+            await page.wait_for_timeout(1200)  # two refreshes: the open diff stays open
+            assert await page.locator("#recent details[open]").count() == 1
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             await bob.release(claim)
             await row.wait_for(state="detached", timeout=10_000)
@@ -184,3 +186,20 @@ async def test_dashboard_in_headless_chromium(filled_hub: Filled, tmp_path: Path
     docs = os.environ.get("SWARM_DOCS_SCREENSHOTS")  # refresh docs/img/dashboard.png
     if docs:
         shutil.copy(tmp_path / "dashboard.png", Path(docs) / "dashboard.png")
+
+
+async def test_anonymous_callers_see_only_public_namespaces(tmp_path: Path,
+                                                            embedder: Embedder) -> None:
+    """With results/ shared publicly, no token shows the results but not claims or bests."""
+    async with serve_hub(tmp_path / "pub.db", embedder=embedder,
+                         public_prefixes=("results/",)) as handle:
+        token = handle.add_token("alice", "participant")
+        async with open_memory("hub", url=handle.url, api_key=token) as backend:
+            memory = SwarmMemory(backend, agent_id="alice")
+            await fill_history({"alice": memory, "bob": memory})
+        async with aiohttp.ClientSession() as s, s.get(handle.url + "api/dashboard") as r:
+            assert r.status == 200
+            data = await r.json()
+    assert data["sections"] == {"results": True, "claims": False, "best": False}
+    assert data["total_results"] == len(HISTORY)
+    assert "claims" not in data and "leaderboard" not in data
