@@ -241,8 +241,6 @@ def warnings_of(model: LiveModel) -> list[str]:
         if w.fallback_active:
             out.append(f"worker {w.index}: proposer {w.proposer} failing, "
                        f"using {w.proposer_active}")
-        if "sandbox" in w.detail and "off" in w.detail:
-            out.append(f"worker {w.index}: {w.detail}")
     if model.swarm is not None and model.swarm.error:
         out.append(f"memory offline ({model.memory}): {model.swarm.error}")
     return out
