@@ -133,6 +133,9 @@ def test_render_without_supervisor_says_so(tmp_path: Path) -> None:
     stale = LiveModel(now=now, state_dir=str(tmp_path),
                       snapshot=_snapshot(None, updated_at=now - 300), running=False)
     assert "supervisor not running (last snapshot 5m00s ago" in _render(stale)
+    stopped = LiveModel(now=now, state_dir=str(tmp_path), running=False,
+                        snapshot=_snapshot(None, state="stopped", exit_reason="drained (SIGINT)"))
+    assert "! supervisor stopped: drained (SIGINT)" in _render(stopped)
 
 
 def test_recent_results_come_from_the_tail_of_results_jsonl(tmp_path: Path) -> None:

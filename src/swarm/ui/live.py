@@ -232,6 +232,8 @@ def warnings_of(model: LiveModel) -> list[str]:
     snap = model.snapshot
     if snap is None:
         out.append(f"no supervisor has run here yet (no status.json in {model.state_dir})")
+    elif snap.state == "stopped":
+        out.append("supervisor stopped" + (f": {snap.exit_reason}" if snap.exit_reason else ""))
     elif not model.running:
         out.append(f"supervisor not running (last snapshot {_age(model.now - snap.updated_at)} "
                    f"ago, state {snap.state})")
