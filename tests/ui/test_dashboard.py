@@ -79,7 +79,7 @@ async def test_dashboard_json_refuses_bad_callers_cleanly(filled_hub: Filled) ->
             assert r.status == 200
             data = await r.json()
     assert data["sections"] == {"results": True, "claims": True, "best": True}
-    assert data["total_results"] == len(HISTORY)
+    assert data["total_results"] == data["window"] == len(HISTORY)
     smoke = data["series"][0]
     assert smoke["panel"] == "smoke/cpu" and smoke["best"][-1]["v"] == filled_hub.best
     board = {(b["status"], b["panel"]): b["val_bpb"] for b in data["leaderboard"]}
@@ -203,3 +203,18 @@ async def test_anonymous_callers_see_only_public_namespaces(tmp_path: Path,
     assert data["sections"] == {"results": True, "claims": False, "best": False}
     assert data["total_results"] == len(HISTORY)
     assert "claims" not in data and "leaderboard" not in data
+
+
+async def test_dashboard_works_over_the_newest_window_of_results(
+        filled_hub: Filled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a large hub the figures cover the newest WINDOW results and say so."""
+    import swarm.hub.dashboard as dashboard
+
+    monkeypatch.setattr(dashboard, "WINDOW", 3)
+    async with aiohttp.ClientSession() as s, s.get(
+            filled_hub.url + "api/dashboard",
+            headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]}) as r:
+        data = await r.json()
+    assert data["total_results"] == len(HISTORY) and data["window"] == 3
+    assert data["series"][0]["count"] == 3
+    assert [x["description"] for x in data["recent"]] == [h[1] for h in HISTORY[-3:]][::-1]

@@ -3,7 +3,7 @@
 The page is one HTML file with inline script and no build step; it fetches the JSON
 every few seconds and draws the best-over-time chart as SVG. The JSON is computed from
 the hub's own store: leaderboard (verified and unverified bests, pending and refuted
-improvements), the results of each track/tier with its running best, live claims with
+improvements), the newest ``WINDOW`` results of each track/tier with its running best, live claims with
 heartbeat age and GPU, agents with their experiment counts and contributions to the
 best, recent results with the diff of train.py against the parent, and the noise σ
 per track/tier (the spread of repeated runs of the same code).
@@ -33,11 +33,12 @@ from swarm.hub.tools import HubService
 from swarm.namespace import SwarmMemory
 from swarm.records import Result, decode_record
 
-__all__ = ["dashboard_data", "mount_dashboard", "noise_sigma"]
+__all__ = ["WINDOW", "dashboard_data", "mount_dashboard", "noise_sigma"]
 
 _MEMORY: web.AppKey[SwarmMemory] = web.AppKey("dashboard_memory", SwarmMemory)
 _SERVICE: web.AppKey[HubService] = web.AppKey("dashboard_service", HubService)
 _RECENT = 20
+WINDOW = 3000  # results the charts, agents and σ are computed over (the newest)
 _DIFF_LINES = 80
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -178,9 +179,11 @@ async def dashboard_data(service: HubService, memory: SwarmMemory, who: Principa
     now = time.time()
     data: dict[str, Any] = {"generated_at": now, "org": service.org, "sections": sections}
     if sections["results"]:
-        results = await memory.results()
+        # the newest WINDOW results: bounded work and memory per refresh on a large hub
+        results = await memory.results(limit=WINDOW)
+        total = len(await service.store.list_keys(keys.RESULTS))
         data.update(series=_series(results), agents=_agents(results),
-                    recent=_recent(results), total_results=len(results))
+                    recent=_recent(results), total_results=total, window=len(results))
     if sections["best"]:
         summary = await memory.analyze()
         board = [{"status": "verified" if b.verified else "unverified",
