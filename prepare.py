@@ -295,8 +295,9 @@ class _Progress:
             return
         self._last = now
         rate = have / max(now - self._t0, 1e-6) / 2**20
+        left = (total - have) / 2**20 / rate if rate > 0 and total > have else 0.0
         line = (f"download: {self._done}/{self._n_files} files, {have / 2**20:.1f}"
-                f"/{total / 2**20:.1f} MiB, {rate:.1f} MiB/s")
+                f"/{total / 2**20:.1f} MiB, {rate:.1f} MiB/s, ETA {left:.0f}s")
         if self._tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         else:

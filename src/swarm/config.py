@@ -166,6 +166,10 @@ KEYS: tuple[ConfigKey, ...] = (
     _k("prefetch", "int", 1, "proposals prepared ahead per worker while it trains",
        minimum=1, maximum=8),
     _k("status_interval_s", "float", 2.0, "seconds between status snapshots", minimum=0.1),
+    _k("metrics_port", "int", 0, "serve this supervisor's Prometheus metrics at "
+       "http://metrics_host:PORT/metrics (0 = off)", minimum=0, maximum=65535,
+       flag="--metrics-port"),
+    _k("metrics_host", "str", "127.0.0.1", "address the metrics port listens on"),
     _k("lease_s", "float", 90.0, "claim lease: a claim without heartbeat for this long is dead",
        minimum=1),
     _k("heartbeat_s", "float", 30.0, "seconds between claim heartbeats", minimum=0.1),
@@ -260,6 +264,8 @@ class SwarmConfig:
     adopt_every: int = 1
     prefetch: int = 1
     status_interval_s: float = 2.0
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     lease_s: float = 90.0
     heartbeat_s: float = 30.0
     train_py: str = ""

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from swarm._logging import get_logger
+from swarm._logging import get_logger, verbose
 from swarm.errors import DedupError
 
 __all__ = ["DEFAULT_MODEL", "Embedder", "get_embedder", "text_key"]
@@ -69,6 +69,10 @@ class Embedder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            if not verbose():  # model loading is quiet unless --log-level debug
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+                os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
             path = _resolve_model_path(self.model_name)
             try:
                 from sentence_transformers import SentenceTransformer
@@ -83,7 +87,7 @@ class Embedder:
     def dim(self) -> int:
         with self._lock:
             model = self._load()
-        return int(model.get_sentence_embedding_dimension())
+        return _dimension(model)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of ``texts`` as an (n, dim) float32 array, rows L2-normalised."""
@@ -110,7 +114,7 @@ class Embedder:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
             if not keys:
-                return np.zeros((0, int(self._load().get_sentence_embedding_dimension())),
+                return np.zeros((0, _dimension(self._load())),
                                 dtype=np.float32)
             return np.stack([self._cache[k] for k in keys])
 
@@ -120,6 +124,13 @@ class Embedder:
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` in a worker thread."""
         return await asyncio.to_thread(self.embed, list(texts))
+
+
+def _dimension(model: Any) -> int:
+    # sentence-transformers renamed the method (the old name warns); use whichever exists
+    getter = getattr(model, "get_embedding_dimension", None) or (
+        model.get_sentence_embedding_dimension)
+    return int(getter())
 
 
 _EMBEDDERS: dict[str, Embedder] = {}

@@ -92,6 +92,7 @@ class WorkerStatus:
     proposer_active: str = ""  # the one producing proposals now (the fallback after failures)
     fallback_active: bool = False
     runs: int = 0
+    run_log: str | None = None  # run.log of the current run (the live view reads its steps)
 
     def elapsed(self, now: float) -> float | None:
         """Seconds the current experiment has been training, if one is."""

@@ -59,6 +59,7 @@ from swarm.errors import (
 )
 from swarm.gpu_pool import GpuPool
 from swarm.memory._types import MemoryBackend
+from swarm.metrics import supervisor_metrics
 from swarm.namespace import SwarmMemory
 from swarm.proposers import Proposal, Proposer, ProposerSpec, build_proposer
 from swarm.records import Result
@@ -655,9 +656,10 @@ class Supervisor:
                 pin_prepare, prepare_py, cfg.state_dir)
             self.sandbox = await asyncio.to_thread(
                 self._select_sandbox, cfg.cpu_workers if self.cpu_mode else len(gpus))
-            async with self._open_backend() as backend:
-                # The embedded store embeds records with the local model; with the semantic
-                # layer off no model is loaded at all (hub and Ensue embed server-side).
+            # The embedded store embeds records with the local model; with the semantic
+            # layer off no model is loaded at all (hub and Ensue embed server-side).
+            async with self._open_backend() as opened, supervisor_metrics(
+                    self, opened, cfg.metrics_host, cfg.metrics_port) as backend:
                 memory = SwarmMemory(
                     backend, agent_id=self.agent_id, host=self.host,
                     lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,

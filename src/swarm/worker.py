@@ -52,7 +52,7 @@ from swarm.errors import (
 from swarm.proposers import Proposal, ProposalContext, Proposer
 from swarm.records import BestDecision, Claim, Result
 from swarm.recovery import Harvest, RunMeta, mark_finished
-from swarm.runner import RunOutcome, RunSpec
+from swarm.runner import LOG_NAME, RunOutcome, RunSpec
 from swarm.status import Counters, LastResult, WorkerStatus
 from swarm.trainpy import code_hash, constants, diff_constants, short_hash
 
@@ -863,7 +863,8 @@ class Worker:
         deps = self.deps
         spec = self._spec(proposal, item, seed)
         self._set("training", experiment_key=claim.key or None,
-                  description=proposal.description, run_started_at=deps.clock())
+                  description=proposal.description, run_started_at=deps.clock(),
+                  run_log=str(spec.workdir / LOG_NAME))
         log.info("experiment_started", **self.log_ctx, description=proposal.description,
                  claim=claim.key, proposer=proposal.proposer, experiment=spec.experiment_id)
         t0 = time.monotonic()
@@ -886,7 +887,7 @@ class Worker:
         t1 = time.monotonic()
         self.busy_s += t1 - t0
         self.run_spans.append((t0, t1))
-        self._set("publishing", run_started_at=None)
+        self._set("publishing", run_started_at=None, run_log=None)
         if run_task.cancelled():
             return None
         res = run_task.result()

@@ -119,6 +119,7 @@ def test_downloads_train_and_pinned_val_shards(fresh_prepare, shard_server, caps
     assert not list(data.glob("*.part")) and (data / "manifest.json").exists()
     err = capsys.readouterr().err
     assert "downloaded shard_06542.parquet" in err and "(3/3)" in err  # progress lines
+    assert re.search(r"download: 3/3 files, [\d.]+/[\d.]+ MiB, [\d.]+ MiB/s, ETA \d+s", err)
     again = mod.download_data(2, base_url=server.url)  # all present: no request at all
     assert len(again) == 3 and len(server.requests) == 3
 

@@ -13,14 +13,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from swarm._logging import configure_logging
+from swarm._logging import LOG_FORMATS, configure_logging
 from swarm.errors import ConfigError
 
 __all__ = ["main"]
 
 # Command modules, in the order `--help` lists them. A module that fails to import
 # is a packaging bug, so it is not hidden.
-_COMMANDS = ("run", "status", "results", "hub", "register", "dedup")
+_COMMANDS = ("run", "status", "results", "plot", "hub", "register", "dedup")
 
 EXIT_USAGE = 2
 
@@ -35,7 +35,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="swarm", description="Many GPUs doing autoresearch together.")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    parser.add_argument("--log-json", action="store_true", help="same as --log-format json")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="auto",
+        help="auto (default): `run` on a terminal shows the live view and logs to "
+        "STATE_DIR/swarm.log, else plain lines on stderr; console: plain lines on stderr; "
+        "json: JSON lines on stderr (for systemd, log shippers)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMANDS:
         try:
@@ -54,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.log_level, json=args.log_json)
+    if args.log_json:
+        args.log_format = "json"
+    configure_logging(args.log_level, json=args.log_format == "json")
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:

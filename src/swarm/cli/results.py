@@ -169,7 +169,31 @@ async def _results(config: SwarmConfig, args: argparse.Namespace) -> list[Result
         return results
 
 
+CSV_COLUMNS = ("completed_at_iso", "completed_at", "key", "status", "val_bpb", "delta",
+               "agent_id", "track", "vram_tier", "description", "failure", "gpu_name",
+               "code_hash", "parent_hash", "proposer")
+
+
+def _write_csv(results: list[Result]) -> None:
+    """One row per result, oldest first (ready for a spreadsheet or pandas)."""
+    import csv
+    from datetime import UTC, datetime
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in sorted(results, key=lambda r: (r.completed_at or 0.0, r.key)):
+        row = result_row(r)
+        at = r.completed_at
+        row["completed_at_iso"] = (datetime.fromtimestamp(at, tz=UTC).isoformat()
+                                   if at is not None else "")
+        if row["delta"] is not None:
+            row["delta"] = round(row["delta"], 6)  # val_bpb has 6 decimals: no float noise
+        writer.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
+
+
 def handle_results(args: argparse.Namespace) -> int:
+    if args.csv and args.json:
+        raise ConfigError("--csv and --json: pick one output format", key="--csv", value=True)
     if args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: expected a positive number", key="--limit",
                           value=args.limit)
@@ -179,6 +203,9 @@ def handle_results(args: argparse.Namespace) -> int:
     except MemoryStoreError as exc:
         _err(f"memory unreachable ({config.memory_kind}): {exc}")
         return EXIT_UNAVAILABLE
+    if args.csv:
+        _write_csv(results)
+        return 0
     if args.json:
         rows = [result_row(r) | ({"train_py": r.train_py} if args.source else {})
                 for r in results]
@@ -224,4 +251,6 @@ def add_parser(subparsers: Any) -> None:
     res.add_argument("--status", choices=STATUSES, help="only this outcome")
     res.add_argument("--source", action="store_true", help="include train.py in --json")
     res.add_argument("--json", action="store_true", help="machine-readable output")
+    res.add_argument("--csv", action="store_true",
+                     help="CSV on stdout, oldest first, one row per result (no source)")
     res.set_defaults(handler=handle_results)

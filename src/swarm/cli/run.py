@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 from swarm.config import SwarmConfig, load_config
 from swarm.errors import ConfigError
 
-__all__ = ["add_config_arguments", "add_parser", "config_from_args", "handle"]
+__all__ = [
+    "add_config_arguments", "add_parser", "config_from_args", "handle", "use_live_view",
+]
 
 _SET_HELP = (
     "set any configuration key, e.g. --set noise_margin=0.002 --set proposer.fallback=none "
@@ -53,6 +57,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, run: bool = False) 
     parser.add_argument("--grace", metavar="SECONDS", help="drain time after the first signal")
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"),
                         help="isolation of every training run (default auto)")
+    parser.add_argument("--metrics-port", metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (metrics_host "
+                        "changes the address)")
 
 
 # flag attribute -> config key
@@ -72,6 +79,7 @@ _FLAG_KEYS = {
     "budget": "budget_s",
     "grace": "grace_s",
     "sandbox": "sandbox",
+    "metrics_port": "metrics_port",
 }
 
 
@@ -103,14 +111,40 @@ def config_from_args(args: argparse.Namespace) -> SwarmConfig:
     return load_config(config_file=getattr(args, "config", None), flags=_flags(args))
 
 
+def use_live_view(args: argparse.Namespace, stdout: Any = None) -> bool:
+    """The live view replaces log lines only with ``--log-format auto`` on a terminal."""
+    out = stdout or sys.stdout
+    return (getattr(args, "log_format", "auto") == "auto" and not getattr(args, "no_live", False)
+            and out.isatty())
+
+
+async def _run_live(supervisor: Any, config: SwarmConfig, log_file: Path,
+                    api_key: str | None) -> int:
+    from rich.console import Console
+
+    from swarm.ui.live import LiveView
+
+    async with LiveView(config, Console(), log_file=str(log_file), api_key=api_key):
+        return int(await supervisor.run())
+
+
 def handle(args: argparse.Namespace) -> int:
     from swarm._logging import configure_logging
     from swarm.supervisor import Supervisor
+    from swarm.ui.live import LOG_FILE
 
     config = config_from_args(args)
-    if args.log_level == "info" and config.log_level != "info":
-        configure_logging(config.log_level, json=args.log_json)
-    supervisor = Supervisor(config, api_key=getattr(args, "ensue_key", None))
+    level = config.log_level if args.log_level == "info" else args.log_level
+    api_key = getattr(args, "ensue_key", None)
+    live = use_live_view(args)
+    log_file = Path(config.state_dir) / LOG_FILE
+    if live:
+        configure_logging(level, file=log_file)
+    elif level != args.log_level:
+        configure_logging(level, json=args.log_format == "json")
+    supervisor = Supervisor(config, api_key=api_key)
+    if live:
+        return asyncio.run(_run_live(supervisor, config, log_file, api_key))
     return asyncio.run(supervisor.run())
 
 
@@ -127,4 +161,6 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_config_arguments(parser, run=True)
+    parser.add_argument("--no-live", action="store_true",
+                        help="plain log lines on stderr even on a terminal")
     parser.set_defaults(handler=handle)

@@ -22,6 +22,8 @@ from swarm._logging import get_logger
 from swarm.embedding import Embedder
 from swarm.errors import ConfigError, TransportError
 from swarm.hub.auth import ANONYMOUS, HubPolicy, Principal, TokenStore
+from swarm.hub.dashboard import mount_dashboard
+from swarm.hub.metrics import mount_metrics
 from swarm.hub.protocol import (
     ERR_INTERNAL,
     ERR_INVALID_REQUEST,
@@ -275,9 +277,12 @@ def build_app(service: HubService) -> web.Application:
     app[_SERVICE] = service
     for path in ("/", "/mcp"):
         app.router.add_post(path, _handle_post)
-        app.router.add_get(path, _handle_get)
+        if path != "/":  # GET / is the dashboard (it hands event-stream probes to _handle_get)
+            app.router.add_get(path, _handle_get)
         app.router.add_delete(path, _handle_delete)
     app.router.add_get("/healthz", _handle_health)
+    mount_dashboard(app, service, not_html=_handle_get)
+    mount_metrics(app, service)
     return app
 
 
