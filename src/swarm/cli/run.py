@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from swarm.config import SwarmConfig, load_config
@@ -108,7 +109,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.log_level == "info" and config.log_level != "info":
         configure_logging(config.log_level, json=args.log_json)
     supervisor = Supervisor(config, api_key=getattr(args, "ensue_key", None))
-    return asyncio.run(supervisor.run())
+    code = asyncio.run(supervisor.run())
+    fault = supervisor.faults.fault
+    if fault is not None:  # the one line a user needs: what stopped it and what to do
+        sys.stderr.write(f"swarm: stopped: {fault.line}\n")
+    return code
 
 
 def add_parser(subparsers: Any) -> None:
@@ -120,7 +125,8 @@ def add_parser(subparsers: Any) -> None:
             "track without GPUs). The first SIGTERM or Ctrl-C stops new experiments and lets "
             "running ones finish for grace_s; a second one forces. Exit status: 0 clean, "
             "1 failure, 2 bad configuration, 3 drained after the grace period cut runs short, "
-            "130 forced by a second signal."
+            "4 stopped by a fault retrying cannot fix (rejected key, no data cache; the "
+            "last line says what to do), 130 forced by a second signal."
         ),
     )
     add_config_arguments(parser, run=True)
