@@ -37,7 +37,7 @@ import orjson
 
 from swarm._logging import get_logger
 from swarm.errors import MemoryStoreError
-from swarm.faults import FaultLatch, Reaction
+from swarm.faults import FaultLatch, Reaction, classify
 from swarm.records import Claim, Result
 
 __all__ = ["OUTBOX_NAME", "Outbox", "OutboxEntry", "Publisher"]
@@ -253,9 +253,16 @@ class Publisher:
     async def _replay_one(self, entry: OutboxEntry) -> None:
         if entry.kind == "release":
             assert entry.claim is not None
-            await self.memory.release(entry.claim)
+            try:
+                await self.memory.release(entry.claim)
+                log.info("claim_release_replayed", claim=entry.claim.key)
+            except MemoryStoreError as exc:
+                if classify(exc).reaction is Reaction.TRANSIENT:
+                    raise
+                # e.g. the key that took the claim was revoked and another one replays:
+                # the lock ends with its lease; retrying cannot help
+                log.warning("claim_release_dropped", claim=entry.claim.key, error=str(exc))
             await self.outbox.mark_done(entry.id)
-            log.info("claim_release_replayed", claim=entry.claim.key)
             return
         assert entry.result is not None
         result = entry.result
