@@ -77,6 +77,15 @@ def _entry_from(op: dict[str, Any]) -> OutboxEntry | None:
     return None
 
 
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line and fsync it (the write layer: a full disk raises OSError here)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class Outbox:
     """The pending entries of ``path`` (loaded on construction; blocking I/O in threads)."""
 
@@ -129,11 +138,7 @@ class Outbox:
         with self._lock:
             self._apply(op)
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("ab") as fh:
-                    fh.write(line)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                _append_line(self.path, line)
             except OSError as exc:
                 self.write_failures += 1
                 log.error("outbox_write_failed", path=str(self.path), op=op.get("op"),
