@@ -1,0 +1,304 @@
+"""Fault injection with real processes: each fault as a user causes it, each test checks that
+nothing is lost and nothing is duplicated (results produced = results in the memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fault_helpers import (
+    REPO,
+    HubProcess,
+    clean_env,
+    identity,
+    local_rows,
+    pending,
+    run_args,
+    run_log,
+    start_run,
+    wait_exit,
+    wait_until,
+)
+
+from swarm.faults import EXIT_PERMANENT
+from swarm.memory.local import LocalStore
+from swarm.namespace import SwarmMemory
+from swarm.outbox import OUTBOX_NAME, Outbox
+from swarm.records import Result
+from swarm.supervisor import EXIT_OK
+from swarm.trainpy import code_hash
+
+Sources = Callable[..., tuple[Path, Path]]
+
+
+def _keyed(state: Path) -> int:
+    return sum(1 for r in local_rows(state) if r.get("key"))
+
+
+async def _assert_all_published_once(hub: HubProcess, token: str, state: Path,
+                                     expected: int) -> None:
+    rows = local_rows(state)
+    in_hub = await hub.results(token)
+    assert len(rows) == expected, [r["description"] for r in rows]
+    assert all(r.get("key") for r in rows), "a local record kept an empty key"
+    assert len({identity(r) for r in in_hub}) == len(in_hub), "a run was published twice"
+    assert {identity(r) for r in rows} == {identity(r) for r in in_hub}
+    assert pending(state) == 0
+
+
+@pytest.mark.slow
+async def test_readme_hub_command_trains_and_publishes_with_the_token(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """The README's lab line, run as written (token in ENSUE_API_KEY, scripts/start,
+    --memory hub URL) against a real hub process: it trains and publishes."""
+    readme = (REPO / "README.md").read_text()
+    found = re.search(r"`(ENSUE_API_KEY=<token> scripts/start --memory hub http://HUB:8765/)`",
+                      readme)
+    assert found, "the README's hub command changed: update this test with it"
+    hub = HubProcess(tmp_path)
+    token = hub.token("alice")
+    await hub.start()
+    try:
+        line = found.group(1).replace("<token>", token).replace("http://HUB:8765/", hub.url)
+        train, prepare = fake_sources()
+        extra = run_args(tmp_path, train, prepare, "--max-experiments", "2")[6:]
+        env = clean_env(tmp_path, SWARM_VENV=str(Path(__import__("sys").prefix)))
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", line + ' "$@"', "readme", *extra, cwd=REPO, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+        text = out.decode(errors="replace")
+        assert proc.returncode == EXIT_OK, text[-3000:]
+        assert "AuthError" not in text
+        await _assert_all_published_once(hub, token, tmp_path / "state", 2)
+    finally:
+        hub.stop()
+
+
+@pytest.mark.slow
+async def test_hub_killed_and_restarted_mid_run_loses_nothing(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """kill -9 of the hub while experiments run: training goes on, results queue in the
+    outbox and are replayed once the hub is back: every run is in the hub exactly once."""
+    hub = HubProcess(tmp_path)
+    token = hub.token("alice")
+    await hub.start()
+    train, prepare = fake_sources(SLEEP_S=1.0)
+    state = tmp_path / "state"
+    proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub", hub.url,
+                                        "--max-experiments", "5"),
+                     clean_env(tmp_path, ENSUE_API_KEY=token))
+    try:
+        await wait_until(lambda: _keyed(state) >= 1, 120, "a first published result", proc)
+        hub.kill9()
+        await wait_until(lambda: pending(state) >= 1, 120, "a result queued offline", proc)
+        await hub.start()
+        code, _ = await wait_exit(proc, 240)
+        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
+        assert "publish_replayed" in run_log(tmp_path)
+        await _assert_all_published_once(hub, token, state, 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hub.stop()
+
+
+@pytest.mark.slow
+async def test_memory_unreachable_at_start_then_back(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """The hub is down when the supervisor starts: it trains anyway, and once the hub comes
+    up the queued results (the baseline first) are replayed into it, once each."""
+    hub = HubProcess(tmp_path)
+    token = hub.token("alice")
+    train, prepare = fake_sources(SLEEP_S=0.5)
+    state = tmp_path / "state"
+    proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub", hub.url,
+                                        "--max-experiments", "3"),
+                     clean_env(tmp_path, ENSUE_API_KEY=token))
+    try:
+        await wait_until(lambda: pending(state) >= 1, 120, "a result queued offline", proc)
+        await hub.start()
+        code, _ = await wait_exit(proc, 240)
+        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
+        await _assert_all_published_once(hub, token, state, 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hub.stop()
+
+
+@pytest.mark.slow
+async def test_rejected_key_at_start_stops_with_the_fix(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """A wrong token: exit 4 within 10 s, the last line names the cause and the fix, and
+    nothing was claimed or published."""
+    hub = HubProcess(tmp_path)
+    token = hub.token("alice")
+    await hub.start()
+    train, prepare = fake_sources()
+    try:
+        t0 = time.monotonic()
+        proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub",
+                                            hub.url),
+                         clean_env(tmp_path, ENSUE_API_KEY="swm_revoked-or-wrong"))
+        code, _ = await wait_exit(proc, 60)
+        took = time.monotonic() - t0
+        log = run_log(tmp_path)
+        assert code == EXIT_PERMANENT, log[-3000:]
+        assert took < 10, f"took {took:.1f} s"
+        last = log.strip().splitlines()[-1]
+        assert last.startswith("swarm: stopped:") and "refused the API key" in last
+        assert "ENSUE_API_KEY" in last
+        assert log.count("worker_iteration_failed") == 0
+        assert await hub.results(token) == []
+    finally:
+        hub.stop()
+
+
+@pytest.mark.slow
+async def test_token_revoked_mid_run_stops_and_keeps_results_for_later(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """The admin revokes the token while the swarm trains: exit 4 within 10 s of the hub
+    refusing it; results it could not publish stay in the outbox, and a restart with a new
+    token publishes each of them once."""
+    hub = HubProcess(tmp_path)
+    alice = hub.token("alice")
+    await hub.start()
+    train, prepare = fake_sources(SLEEP_S=1.0)
+    state = tmp_path / "state"
+    args = run_args(tmp_path, train, prepare, "--memory", "hub", hub.url)
+    proc = start_run(tmp_path, args, clean_env(tmp_path, ENSUE_API_KEY=alice))
+    try:
+        await wait_until(lambda: _keyed(state) >= 2, 120, "two published results", proc)
+        await asyncio.to_thread(hub.revoke, "alice")
+        t0 = time.monotonic()
+        code, _ = await wait_exit(proc, 60)
+        took = time.monotonic() - t0
+        log = run_log(tmp_path)
+        assert code == EXIT_PERMANENT, log[-3000:]
+        assert took < 10 + 2, f"took {took:.1f} s"  # the hub sees a revoke within ~2 s
+        assert "refused the API key" in log.strip().splitlines()[-1]
+        unkeyed = [r for r in local_rows(state) if not r.get("key")]
+        assert len(unkeyed) == pending(state)  # every unpublished result is queued
+        bob = hub.token("bob")
+        again = start_run(tmp_path, [*args, "--max-experiments", "1"],
+                          clean_env(tmp_path, ENSUE_API_KEY=bob))
+        code, _ = await wait_exit(again, 120)
+        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
+        await _assert_all_published_once(hub, bob, state, len(local_rows(state)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hub.stop()
+
+
+@pytest.mark.slow
+async def test_supervisor_kill9_with_queued_results_replays_them_once(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """kill -9 of the supervisor while results wait in the outbox (hub down) and a run
+    trains: the next start replays each queued result exactly once."""
+    hub = HubProcess(tmp_path)
+    token = hub.token("alice")
+    train, prepare = fake_sources(SLEEP_S=1.0)
+    state = tmp_path / "state"
+    args = run_args(tmp_path, train, prepare, "--memory", "hub", hub.url)
+    proc = start_run(tmp_path, args, clean_env(tmp_path, ENSUE_API_KEY=token))
+    try:
+        await wait_until(lambda: pending(state) >= 2, 180, "two results queued", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        queued = {identity(e.result) for e in Outbox(state / OUTBOX_NAME).pending("result")
+                  if e.result}
+        await hub.start()
+        again = start_run(tmp_path, [*args, "--max-experiments", "1"],
+                          clean_env(tmp_path, ENSUE_API_KEY=token))
+        code, _ = await wait_exit(again, 180)
+        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
+        in_hub = [identity(r) for r in await hub.results(token)]
+        assert queued <= set(in_hub)
+        assert len(in_hub) == len(set(in_hub)) == len(queued) + 1
+        assert pending(state) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hub.stop()
+
+
+def _queued(n: int) -> list[Result]:
+    out = []
+    for i in range(n):
+        src = f"import os\n\nLR = {0.001 * (i + 1):.3f}\n"
+        out.append(Result(agent_id="fault-tester", status="discard", description=f"lr {i}",
+                          train_py=src, val_bpb=1.5 + i / 1000, completed_at=1.8e9 + i,
+                          vram_tier="cpu", track="smoke", code_hash=code_hash(src), seed=42))
+    return out
+
+
+@pytest.mark.slow
+async def test_sigterm_during_replay_loses_and_duplicates_nothing(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """SIGTERM while a long outbox is being replayed: a clean exit; every entry is either
+    in the memory once or still queued; a second start finishes the replay."""
+    state = tmp_path / "state"
+    box = Outbox(state / OUTBOX_NAME)
+    for r in _queued(120):
+        await box.add_result(r, decided=True)
+    train, prepare = fake_sources(SLEEP_S=5.0)
+    db = tmp_path / "memory.sqlite"
+    args = run_args(tmp_path, train, prepare, "--memory-path", str(db), "--max-experiments", "1")
+    proc = start_run(tmp_path, args, clean_env(tmp_path))
+
+    async def published() -> list[Result]:
+        async with LocalStore(db) as store:
+            return await SwarmMemory(store, agent_id="reader").results()
+
+    try:
+        await wait_until(lambda: "publish_replayed" in run_log(tmp_path), 120,
+                         "the replay to start", proc)
+        proc.send_signal(signal.SIGTERM)
+        code, _ = await wait_exit(proc, 120)
+        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
+        first = [identity(r) for r in await published() if r.description.startswith("lr ")]
+        assert len(first) == len(set(first))
+        assert len(first) + pending(state) == 120
+        again = start_run(tmp_path, args, clean_env(tmp_path))
+        code, _ = await wait_exit(again, 120)
+        assert code == EXIT_OK
+        done = [identity(r) for r in await published() if r.description.startswith("lr ")]
+        assert len(done) == len(set(done)) == 120 and pending(state) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+async def test_missing_data_cache_stops_without_publishing(tmp_path: Path) -> None:
+    """The real train.py with prepare_on_start=false and an empty data cache: the run fails
+    as the machine's fault, nothing is published, no claim stays, exit 4 with the command
+    that fixes it."""
+    db = tmp_path / "memory.sqlite"
+    args = run_args(tmp_path, REPO / "train.py", REPO / "prepare.py", "--memory-path", str(db))
+    proc = start_run(tmp_path, args,
+                     clean_env(tmp_path, AUTORESEARCH_CACHE=str(tmp_path / "no-cache")))
+    code, _ = await wait_exit(proc, 180)
+    log = run_log(tmp_path)
+    assert code == EXIT_PERMANENT, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert "no data" in last and "prepare.py --profile smoke" in last
+    async with LocalStore(db) as store:
+        memory = SwarmMemory(store, agent_id="reader")
+        assert await memory.results() == []
+        assert await memory.live_claims() == []
+    assert local_rows(tmp_path / "state") == []
