@@ -4,7 +4,9 @@ nothing is lost and nothing is duplicated (results produced = results in the mem
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -302,3 +304,59 @@ async def test_missing_data_cache_stops_without_publishing(tmp_path: Path) -> No
         assert await memory.results() == []
         assert await memory.live_claims() == []
     assert local_rows(tmp_path / "state") == []
+
+
+def _supervisor_pid(root: int) -> int:
+    """The `python -m swarm run` process under ``root`` (bwrap's child)."""
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"swarm" in cmd and b"run" in cmd and pid != root:
+            return pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        todo.extend(int(c) for c in children)
+    raise AssertionError("no supervisor process under bwrap")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap for a private tmpfs")
+async def test_disk_full_in_the_state_dir_loses_no_result(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """The state dir is a 2 MiB tmpfs (bubblewrap) and the first run fills it: that result
+    still reaches the memory once, the supervisor does not crash, the worker pauses with a
+    message instead of burning runs, and SIGTERM stops it cleanly."""
+    train, prepare = fake_sources(MODE="fill", SLEEP_S=0.2)
+    db = tmp_path / "memory.sqlite"
+    state = tmp_path / "state"
+    state.mkdir()
+    args = run_args(tmp_path, train, prepare, "--memory-path", str(db))
+    wrapped = ["bwrap", "--dev-bind", "/", "/", "--size", str(2 << 20), "--tmpfs", str(state),
+               "--die-with-parent", *args]
+    proc = start_run(tmp_path, wrapped, clean_env(tmp_path))
+
+    async def published() -> list[Result]:
+        async with LocalStore(db) as store:
+            return await SwarmMemory(store, agent_id="reader").results()
+
+    try:
+        deadline = time.monotonic() + 120
+        while not await published():
+            assert proc.poll() is None, run_log(tmp_path)[-3000:]
+            assert time.monotonic() < deadline, run_log(tmp_path)[-3000:]
+            await asyncio.sleep(0.3)
+        await wait_until(lambda: "No space left" in run_log(tmp_path), 60,
+                         "the full disk to show", proc)
+        await asyncio.sleep(2.0)  # the worker tries the next run and pauses
+        os.kill(_supervisor_pid(proc.pid), signal.SIGTERM)  # bwrap does not forward it
+        code, _ = await wait_exit(proc, 60)
+        log = run_log(tmp_path)
+        assert code == EXIT_OK, log[-3000:]
+        results = await published()
+        assert [r.description for r in results] == ["baseline"]
+        assert "supervisor_crashed" not in log and "Traceback" not in log
+        assert log.count("experiment_started") <= 2  # paused, not looping on a full disk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
