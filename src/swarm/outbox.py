@@ -211,6 +211,7 @@ class Publisher:
         self.label = label
         self.on_replayed = on_replayed
         self._replay_lock = asyncio.Lock()
+        self._in_flight: set[str] = set()
 
     def _transient(self, exc: BaseException, *, where: str) -> bool:
         """True for a transient fault (retry later); trips the latch on a permanent one."""
@@ -225,6 +226,7 @@ class Publisher:
                                              noise_margin=noise_margin)
         if self.latch.tripped:
             return ""
+        self._in_flight.add(ident)  # the replay leaves it alone while this call owns it
         try:
             key = str(await asyncio.wait_for(self.memory.publish_result(result),
                                              timeout=_CALL_TIMEOUT_S))
@@ -233,6 +235,8 @@ class Publisher:
             log.warning("publish_deferred", description=result.description, error=str(exc),
                         queued=str(self.outbox.path))
             return ""
+        finally:
+            self._in_flight.discard(ident)
         await self.outbox.mark_done(ident, key)
         return key
 
@@ -288,6 +292,8 @@ class Publisher:
             for entry in self.outbox.pending():
                 if self.latch.tripped or (stop is not None and stop.is_set()):
                     break
+                if entry.id in self._in_flight:
+                    continue
                 try:
                     await asyncio.wait_for(self._replay_one(entry), timeout=_CALL_TIMEOUT_S)
                 except (MemoryStoreError, TimeoutError) as exc:

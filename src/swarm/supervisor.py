@@ -123,6 +123,7 @@ def sd_notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
         address = "\0" + address[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # never stall the event loop on a full notify queue
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
     except OSError as exc:
@@ -579,7 +580,16 @@ class Supervisor:
     async def _run(self) -> int:
         self._add_signal_handlers()
         try:
-            return await self._run_inner()
+            async with asyncio.TaskGroup() as tg:
+                # STATUS lines and watchdog pings from the first moment (data preparation
+                # included) to the last
+                notifier = tg.create_task(notify_loop(
+                    self._env, self._status_line, lambda m: sd_notify(m, env=self._env)),
+                    name="sd-notify")
+                try:
+                    return await self._run_inner()
+                finally:
+                    notifier.cancel()
         finally:
             self._remove_signal_handlers()
 
@@ -761,9 +771,6 @@ class Supervisor:
             aux = [
                 tg.create_task(self._sync_loop(), name="dedup-sync"),
                 tg.create_task(self._outbox_loop(), name="outbox"),
-                tg.create_task(notify_loop(self._env, self._status_line,
-                                           lambda m: sd_notify(m, env=self._env)),
-                               name="sd-notify"),
             ]
             tasks = [tg.create_task(supervise(w), name=f"worker-{w.index}")
                      for w in self.workers]
