@@ -112,6 +112,15 @@ def start_run(tmp: Path, args: list[str], env: dict[str, str]) -> subprocess.Pop
                             text=True)
 
 
+def teardown(proc: subprocess.Popen[str], hub: HubProcess | None = None) -> None:
+    """End what a test started: the supervisor (if still running) and the hub."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    if hub is not None:
+        hub.stop()
+
+
 def run_log(tmp: Path) -> str:
     return (tmp / "run.log").read_text(errors="replace")
 

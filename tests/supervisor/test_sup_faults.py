@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from fault_helpers import (
     run_args,
     run_log,
     start_run,
+    teardown,
     wait_exit,
     wait_until,
 )
@@ -36,6 +38,18 @@ from swarm.supervisor import EXIT_OK
 from swarm.trainpy import code_hash
 
 Sources = Callable[..., tuple[Path, Path]]
+
+
+async def _hub_and_run(tmp_path: Path, fake_sources: Sources, *extra: str, hub_up: bool = True
+                      ) -> tuple[HubProcess, str, list[str], subprocess.Popen[str]]:
+    """A hub process (started or not) with a token, and a supervisor using it (1 s runs)."""
+    hub = HubProcess(tmp_path)
+    token = hub.token("alice")
+    if hub_up:
+        await hub.start()
+    train, prepare = fake_sources(SLEEP_S=1.0)
+    args = run_args(tmp_path, train, prepare, "--memory", "hub", hub.url, *extra)
+    return hub, token, args, start_run(tmp_path, args, clean_env(tmp_path, ENSUE_API_KEY=token))
 
 
 def _keyed(state: Path) -> int:
@@ -84,57 +98,28 @@ async def test_readme_hub_command_trains_and_publishes_with_the_token(
 
 
 @pytest.mark.slow
-async def test_hub_killed_and_restarted_mid_run_loses_nothing(
-    fake_sources: Sources, tmp_path: Path,
-) -> None:
-    """kill -9 of the hub while experiments run: training goes on, results queue in the
-    outbox and are replayed once the hub is back: every run is in the hub exactly once."""
-    hub = HubProcess(tmp_path)
-    token = hub.token("alice")
-    await hub.start()
-    train, prepare = fake_sources(SLEEP_S=1.0)
+@pytest.mark.parametrize("outage", ["killed mid-run", "down at start"])
+async def test_hub_outage_loses_nothing(fake_sources: Sources, tmp_path: Path, outage: str
+                                        ) -> None:
+    """The hub is kill -9'd while experiments run (or is down when the supervisor starts):
+    training goes on, results queue in the outbox and are replayed once the hub is back:
+    every run is in the hub exactly once, and results.jsonl holds each with its key."""
+    hub, token, _args, proc = await _hub_and_run(tmp_path, fake_sources, "--max-experiments",
+                                                 "4", hub_up=outage == "killed mid-run")
     state = tmp_path / "state"
-    proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub", hub.url,
-                                        "--max-experiments", "5"),
-                     clean_env(tmp_path, ENSUE_API_KEY=token))
     try:
-        await wait_until(lambda: _keyed(state) >= 1, 120, "a first published result", proc)
-        hub.kill9()
-        await wait_until(lambda: pending(state) >= 1, 120, "a result queued offline", proc)
+        if outage == "killed mid-run":
+            await wait_until(lambda: _keyed(state) >= 1, 120, "a first published result", proc)
+            hub.kill9()
+        await wait_until(lambda: "publish_deferred" in run_log(tmp_path), 120,
+                         "a result queued offline", proc)
         await hub.start()
         code, _ = await wait_exit(proc, 240)
         assert code == EXIT_OK, run_log(tmp_path)[-3000:]
         assert "publish_replayed" in run_log(tmp_path)
-        await _assert_all_published_once(hub, token, state, 5)
+        await _assert_all_published_once(hub, token, state, 4)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        hub.stop()
-
-
-@pytest.mark.slow
-async def test_memory_unreachable_at_start_then_back(
-    fake_sources: Sources, tmp_path: Path,
-) -> None:
-    """The hub is down when the supervisor starts: it trains anyway, and once the hub comes
-    up the queued results (the baseline first) are replayed into it, once each."""
-    hub = HubProcess(tmp_path)
-    token = hub.token("alice")
-    train, prepare = fake_sources(SLEEP_S=0.5)
-    state = tmp_path / "state"
-    proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub", hub.url,
-                                        "--max-experiments", "3"),
-                     clean_env(tmp_path, ENSUE_API_KEY=token))
-    try:
-        await wait_until(lambda: pending(state) >= 1, 120, "a result queued offline", proc)
-        await hub.start()
-        code, _ = await wait_exit(proc, 240)
-        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
-        await _assert_all_published_once(hub, token, state, 3)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        hub.stop()
+        teardown(proc, hub)
 
 
 @pytest.mark.slow
@@ -173,13 +158,8 @@ async def test_token_revoked_mid_run_stops_and_keeps_results_for_later(
     """The admin revokes the token while the swarm trains: exit 4 within 10 s of the hub
     refusing it; results it could not publish stay in the outbox, and a restart with a new
     token publishes each of them once."""
-    hub = HubProcess(tmp_path)
-    alice = hub.token("alice")
-    await hub.start()
-    train, prepare = fake_sources(SLEEP_S=1.0)
+    hub, _alice, args, proc = await _hub_and_run(tmp_path, fake_sources)
     state = tmp_path / "state"
-    args = run_args(tmp_path, train, prepare, "--memory", "hub", hub.url)
-    proc = start_run(tmp_path, args, clean_env(tmp_path, ENSUE_API_KEY=alice))
     try:
         await wait_until(lambda: _keyed(state) >= 2, 120, "two published results", proc)
         await asyncio.to_thread(hub.revoke, "alice")
@@ -199,9 +179,7 @@ async def test_token_revoked_mid_run_stops_and_keeps_results_for_later(
         assert code == EXIT_OK, run_log(tmp_path)[-3000:]
         await _assert_all_published_once(hub, bob, state, len(local_rows(state)))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        hub.stop()
+        teardown(proc, hub)
 
 
 @pytest.mark.slow
@@ -210,12 +188,8 @@ async def test_supervisor_kill9_with_queued_results_replays_them_once(
 ) -> None:
     """kill -9 of the supervisor while results wait in the outbox (hub down) and a run
     trains: the next start replays each queued result exactly once."""
-    hub = HubProcess(tmp_path)
-    token = hub.token("alice")
-    train, prepare = fake_sources(SLEEP_S=1.0)
+    hub, token, args, proc = await _hub_and_run(tmp_path, fake_sources, hub_up=False)
     state = tmp_path / "state"
-    args = run_args(tmp_path, train, prepare, "--memory", "hub", hub.url)
-    proc = start_run(tmp_path, args, clean_env(tmp_path, ENSUE_API_KEY=token))
     try:
         await wait_until(lambda: pending(state) >= 2, 180, "two results queued", proc)
         proc.send_signal(signal.SIGKILL)
@@ -232,9 +206,7 @@ async def test_supervisor_kill9_with_queued_results_replays_them_once(
         assert len(in_hub) == len(set(in_hub)) == len(queued) + 1
         assert pending(state) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        hub.stop()
+        teardown(proc, hub)
 
 
 def _queued(n: int) -> list[Result]:
@@ -281,8 +253,7 @@ async def test_sigterm_during_replay_loses_and_duplicates_nothing(
         done = [identity(r) for r in await published() if r.description.startswith("lr ")]
         assert len(done) == len(set(done)) == 120 and pending(state) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        teardown(proc)
 
 
 @pytest.mark.slow
@@ -358,5 +329,4 @@ async def test_disk_full_in_the_state_dir_loses_no_result(
         assert "supervisor_crashed" not in log and "Traceback" not in log
         assert log.count("experiment_started") <= 2  # paused, not looping on a full disk
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        teardown(proc)
