@@ -36,15 +36,16 @@ from typing import Any, Literal
 import orjson
 
 from swarm._logging import get_logger
-from swarm.errors import MemoryStoreError
+from swarm.errors import InvalidRequestError, MemoryStoreError
 from swarm.faults import FaultLatch, Reaction, classify
 from swarm.records import Claim, Result
 
-__all__ = ["OUTBOX_NAME", "Outbox", "OutboxEntry", "Publisher"]
+__all__ = ["OUTBOX_NAME", "REJECTED_NAME", "Outbox", "OutboxEntry", "Publisher"]
 
 log = get_logger(__name__)
 
 OUTBOX_NAME = "outbox.jsonl"
+REJECTED_NAME = "rejected.jsonl"
 _CALL_TIMEOUT_S = 60.0
 
 
@@ -230,6 +231,9 @@ class Publisher:
         try:
             key = str(await asyncio.wait_for(self.memory.publish_result(result),
                                              timeout=_CALL_TIMEOUT_S))
+        except InvalidRequestError as exc:
+            await self._set_aside(ident, result, exc)
+            return ""
         except (MemoryStoreError, TimeoutError) as exc:
             self._transient(exc, where="publish")
             log.warning("publish_deferred", description=result.description, error=str(exc),
@@ -239,6 +243,20 @@ class Publisher:
             self._in_flight.discard(ident)
         await self.outbox.mark_done(ident, key)
         return key
+
+    async def _set_aside(self, ident: str, result: Result, exc: InvalidRequestError) -> None:
+        """A result the memory can never take (e.g. too large): kept in rejected.jsonl next
+        to the outbox rather than retried forever (it would block every later start)."""
+        path = self.outbox.path.with_name(REJECTED_NAME)
+        line = orjson.dumps({"error": str(exc), "result": result.to_json()}, default=str)
+        try:
+            await asyncio.to_thread(_append_line, path, line + b"\n")
+        except OSError as write_exc:
+            log.error("rejected_result_not_saved", path=str(path), error=str(write_exc))
+            return  # stays in the outbox
+        log.error("result_rejected", description=result.description, error=str(exc),
+                  saved_to=str(path))
+        await self.outbox.mark_done(ident)
 
     async def release(self, claim: Claim) -> None:
         """Release ``claim``; queued for a retry when the memory is away."""
@@ -278,7 +296,11 @@ class Publisher:
         if not entry.decided:
             result = await self._decide(result, entry.confirming, entry.noise_margin)
             await self.outbox.mark_decided(entry.id, result)
-        key = str(await self.memory.publish_result(result))
+        try:
+            key = str(await self.memory.publish_result(result))
+        except InvalidRequestError as exc:
+            await self._set_aside(entry.id, result, exc)
+            return
         await self.outbox.mark_done(entry.id, key)
         log.info("publish_replayed", key=key, status=result.status,
                  description=result.description)

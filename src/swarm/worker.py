@@ -634,7 +634,7 @@ class Worker:
                 deps.stop.aborted_runs += 1
                 return True
             if run_outcome.failure in infra_failures:  # the machine's fault: never a result
-                self._infra_outcome(run_outcome)
+                await self._infra_outcome(run_outcome)
                 return False
             if self._publishing is not None and not self._publishing.done():
                 await asyncio.wait({self._publishing})  # at most one in flight per worker
@@ -778,9 +778,10 @@ class Worker:
         except (MemoryStoreError, TimeoutError) as exc:
             log.warning("claim_release_failed", **self.log_ctx, claim=claim.key, error=str(exc))
 
-    def _infra_outcome(self, outcome: RunOutcome) -> None:
+    async def _infra_outcome(self, outcome: RunOutcome) -> None:
         """A run failed because of the machine (no data, CUDA init): no result is published;
-        missing data stops this machine with the fix (every run would fail the same way)."""
+        missing data stops this machine with the fix (every run would fail the same way);
+        otherwise the GPU's failure count goes up and the worker pauses before the next."""
         if outcome.failure == "data":
             self.deps.faults.trip(Fault(
                 Reaction.INFRASTRUCTURE, f"train.py found no data ({outcome.message})",
@@ -789,6 +790,9 @@ class Worker:
             self._set("stopped", detail=outcome.message)
             return
         self._gpu_failure(outcome.message)
+        if self.status.state != "quarantined":
+            self._set("waiting", detail=f"infrastructure failure: {outcome.message}")
+            await self._pause(10.0)
 
     def _gpu_failure(self, message: str) -> None:
         pool = self.deps.pool

@@ -133,10 +133,13 @@ async def test_rejected_key_at_start_stops_with_the_fix(
     await hub.start()
     train, prepare = fake_sources()
     try:
-        t0 = time.monotonic()
         proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub",
                                             hub.url),
                          clean_env(tmp_path, ENSUE_API_KEY="swm_revoked-or-wrong"))
+        # from the supervisor's first line (the interpreter has started) to its exit
+        await wait_until(lambda: "[swarm." in run_log(tmp_path) or proc.poll() is not None,
+                         60, "the supervisor to start")
+        t0 = time.monotonic()
         code, _ = await wait_exit(proc, 60)
         took = time.monotonic() - t0
         log = run_log(tmp_path)

@@ -205,3 +205,21 @@ def test_replace_keeps_results_comparable() -> None:
     back = Result.from_json("", r.to_json())
     assert (back.agent_id, back.code_hash, back.seed) == (r.agent_id, r.code_hash, r.seed)
     assert back.completed_at == pytest.approx(r.completed_at, abs=1e-3)
+
+
+async def test_a_result_the_memory_can_never_take_is_set_aside_not_retried(
+    tmp_path: Path, local_memory: SwarmMemory,
+) -> None:
+    """A result the memory refuses as invalid (here: a keep without val_bpb) goes to
+    rejected.jsonl with the reason; it neither stops the machine nor blocks later replays."""
+    tripped: list[str] = []
+    pub = Publisher(Outbox(tmp_path / "outbox.jsonl"), local_memory,
+                    FaultLatch(on_trip=lambda f: tripped.append(f.line)))
+    bad = replace(_result(0, status="keep"), val_bpb=None)
+    await pub.outbox.add_result(bad, decided=True)
+    await pub.outbox.add_result(_result(1), decided=True)
+    assert await pub.replay() == 2
+    assert tripped == [] and pub.outbox.pending() == []
+    assert [r.description for r in await local_memory.results()] == ["lr 1"]
+    rejected = (tmp_path / "rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and "needs val_bpb" in rejected[0]
