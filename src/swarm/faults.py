@@ -111,9 +111,11 @@ def classify(exc: BaseException, *, memory: str = "the shared memory") -> Fault:
 class FaultLatch:
     """Holds the first permanent fault of a run; ``on_trip`` (set by the supervisor) stops it."""
 
-    def __init__(self, on_trip: Callable[[Fault], None] | None = None) -> None:
+    def __init__(self, on_trip: Callable[[Fault], None] | None = None, *,
+                 label: str = "the shared memory") -> None:
         self.fault: Fault | None = None
         self.on_trip = on_trip
+        self.label = label  # names the memory in causes (the supervisor sets it)
 
     @property
     def tripped(self) -> bool:
@@ -128,10 +130,9 @@ class FaultLatch:
         if self.on_trip is not None:
             self.on_trip(fault)
 
-    def check(self, exc: BaseException, *, where: str, memory: str = "the shared memory"
-              ) -> Fault:
+    def check(self, exc: BaseException, *, where: str, memory: str | None = None) -> Fault:
         """Classify ``exc``; trip on a permanent fault. Returns the fault either way."""
-        fault = classify(exc, memory=memory)
+        fault = classify(exc, memory=memory or self.label)
         if fault.reaction is Reaction.PERMANENT:
             self.trip(fault, where=where)
         return fault

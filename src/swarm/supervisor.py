@@ -647,6 +647,7 @@ class Supervisor:
         prepare_py: Path, budget: float,
     ) -> int:
         cfg = self.config
+        self.faults.label = self._memory_label
         try:
             await memory.backend.ping()
         except MemoryStoreError as exc:
