@@ -677,6 +677,7 @@ class Supervisor:
             await asyncio.to_thread(Outbox, cfg.state_dir / OUTBOX_NAME), memory, self.faults,
             label=self._memory_label, on_replayed=self._replayed,
         )
+        await self._known_from_outbox(dedup)
         deps = WorkerDeps(
             config=cfg, agent_id=self.agent_id, host=self.host, track=self.track,
             memory=memory, results_log=results_log, dedup=dedup, view=view,
@@ -821,6 +822,15 @@ class Supervisor:
         queued = len(self.publisher.outbox) if self.publisher is not None else 0
         return (f"{self.state}: {training}/{len(self.workers)} training, {c.done} done "
                 f"({c.kept} keep), {queued} result(s) waiting for the memory")
+
+    async def _known_from_outbox(self, dedup: TierDedup) -> None:
+        """Results still queued (from before a restart) are known experiments: not run again."""
+        assert self.publisher is not None
+        for entry in self.publisher.outbox.pending("result"):
+            r = entry.result
+            if r is not None and r.code_hash and r.track == self.track:
+                await dedup.add_known(r.vram_tier or "cpu", r, r.code_hash,
+                                      f"queued:{entry.id}")
 
     async def _replayed(self, result: Result) -> None:
         """A result the outbox replayed: its key goes to results.jsonl and the dedup index."""

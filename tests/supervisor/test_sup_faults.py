@@ -212,6 +212,36 @@ async def test_supervisor_kill9_with_queued_results_replays_them_once(
         teardown(proc, hub)
 
 
+@pytest.mark.slow
+async def test_supervisor_kill9_mid_publish_publishes_once(
+    fake_sources: Sources, tmp_path: Path,
+) -> None:
+    """kill -9 while the first result is being published (written ahead, not yet marked
+    done; the store is loading its embedding model): the next start publishes it, once."""
+    train, prepare = fake_sources(SLEEP_S=0.5)
+    db = tmp_path / "memory.sqlite"
+    state = tmp_path / "state"
+    args = run_args(tmp_path, train, prepare, "--memory-path", str(db))
+    proc = start_run(tmp_path, args, clean_env(tmp_path))
+    try:
+        await wait_until(lambda: pending(state) >= 1 and "best_moved" in run_log(tmp_path),
+                         120, "the baseline being published", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        mid_publish = "result_published" not in run_log(tmp_path)
+        again = start_run(tmp_path, [*args, "--max-experiments", "1"], clean_env(tmp_path))
+        code, _ = await wait_exit(again, 180)
+        assert code == EXIT_OK, run_log(tmp_path)[-3000:]
+        async with LocalStore(db) as store:
+            results = await SwarmMemory(store, agent_id="reader").results()
+        baselines = [r for r in results if r.description == "baseline"]
+        assert len(baselines) == 1, [r.key for r in baselines]
+        assert pending(state) == 0
+        assert mid_publish or "result_already_published" in run_log(tmp_path)
+    finally:
+        teardown(proc)
+
+
 def _queued(n: int) -> list[Result]:
     out = []
     for i in range(n):

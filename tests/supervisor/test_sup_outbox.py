@@ -3,15 +3,18 @@ queued releases, permanent faults; and the one place that maps errors to reactio
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from swarm._fake_nvml import FakeNvml
 from swarm.ensue_async import NO_RETRY
 from swarm.errors import (
     AuthError,
@@ -28,9 +31,10 @@ from swarm.hub import HubHandle, serve_hub
 from swarm.memory.ensue import EnsueBackend
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
-from swarm.outbox import Outbox, Publisher
+from swarm.outbox import OUTBOX_NAME, Outbox, Publisher
 from swarm.records import Result
 from swarm.results_log import ResultsLog
+from swarm.supervisor import EXIT_OK, Supervisor
 from swarm.trainpy import code_hash
 
 SRC = "import os\n\nLR = 0.04\n"
@@ -223,3 +227,28 @@ async def test_a_result_the_memory_can_never_take_is_set_aside_not_retried(
     assert [r.description for r in await local_memory.results()] == ["lr 1"]
     rejected = (tmp_path / "rejected.jsonl").read_text().splitlines()
     assert len(rejected) == 1 and "needs val_bpb" in rejected[0]
+
+
+@pytest.mark.slow
+async def test_a_queued_result_is_not_run_again_after_a_restart(
+    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+) -> None:
+    """The baseline finished before a kill -9 and waits in the outbox: the next start
+    replays it and does not train the same code again (one baseline in the memory)."""
+    train, prepare = fake_sources()
+    cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke", max_experiments=1,
+                      **{"dedup.semantic": "false"})
+    seed = train.read_text()
+    queued = Result(agent_id="tester", status="keep", description="baseline", train_py=seed,
+                    val_bpb=1.05, completed_at=time.time() - 60, vram_tier="cpu",
+                    track="smoke", parent_hash="", code_hash=code_hash(seed), seed=42)
+    await Outbox(cfg.state_dir / OUTBOX_NAME).add_result(queued, decided=False)
+    sup = Supervisor(cfg, nvml=FakeNvml([]), install_signals=False)
+    assert await asyncio.wait_for(sup.run(), timeout=120) == EXIT_OK
+    async with LocalStore(cfg.memory_file()) as store:
+        reader = SwarmMemory(store, agent_id="reader")
+        results = await reader.results()
+        best = await reader.get_best("smoke", "cpu")
+    assert [r.description for r in results].count("baseline") == 1
+    assert len(results) == 2  # the replayed baseline and one new experiment
+    assert best is not None  # the replayed keep went through the best decision
