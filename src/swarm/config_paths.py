@@ -24,6 +24,7 @@ __all__ = [
     "API_KEY_ENV",
     "api_key_path",
     "load_api_key",
+    "read_key_file",
     "save_api_key",
     "user_config_dir",
     "user_data_dir",
@@ -118,6 +119,11 @@ def load_api_key(path: Path | None = None) -> str | None:
     env = os.environ.get(API_KEY_ENV, "").strip()
     if env:
         return env
+    return read_key_file(path)
+
+
+def read_key_file(path: Path | None = None) -> str | None:
+    """The key saved in ``path`` (default ``api_key_path()``), or None when there is none."""
     target = Path(path) if path is not None else api_key_path()
     try:
         text = target.read_text(encoding="utf-8").strip()

@@ -68,6 +68,14 @@ def _fsync_append(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _run_identity(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two lines the same run (as the memory's idempotent publish sees it)."""
+    if record.get("completed_at") is None:
+        return (id(record),)
+    return (record.get("agent_id"), record.get("code_hash"), record.get("seed"),
+            record.get("completed_at"))
+
+
 class ResultsLog:
     """Appends results to ``state_dir/results.tsv`` and ``state_dir/results.jsonl``."""
 
@@ -94,13 +102,27 @@ class ResultsLog:
             _fsync_append(self.jsonl_path, line)
             _fsync_append(self.tsv_path, row)
 
+    async def amend(self, result: Result) -> None:
+        """Record the key a replayed result got: appended to results.jsonl only; readers see
+        one record per run (the latest line of a run replaces the earlier ones)."""
+        line = orjson.dumps(jsonl_record(result), default=str) + b"\n"
+
+        def write() -> None:
+            with self._thread_lock:
+                _fsync_append(self.jsonl_path, line)
+
+        async with self._async_lock:
+            await asyncio.to_thread(write)
+
     def read_jsonl(self) -> list[dict[str, Any]]:
-        """Every record of results.jsonl, oldest first (a torn last line is skipped, logged)."""
+        """One record per run of results.jsonl, oldest first (a later line of the same run,
+        written by :meth:`amend`, replaces it; a torn last line is skipped, logged)."""
         try:
             raw = self.jsonl_path.read_bytes()
         except FileNotFoundError:
             return []
         out: list[dict[str, Any]] = []
+        index: dict[tuple[Any, ...], int] = {}
         for lineno, line in enumerate(raw.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -112,6 +134,11 @@ class ResultsLog:
                 )
                 continue
             if isinstance(value, dict):
+                ident = _run_identity(value)
+                if ident in index:
+                    out[index[ident]] = value
+                    continue
+                index[ident] = len(out)
                 out.append(value)
         return out
 

@@ -66,7 +66,7 @@ log = get_logger(__name__)
 RunStatus = Literal["ok", "crash", "timeout"]
 Failure = Literal[
     "oom", "nan", "exception", "no_summary", "bad_summary", "timeout", "signal", "infra",
-    "disk", "procs",
+    "disk", "procs", "syntax", "import", "data",
 ]
 
 LOG_NAME = "run.log"
@@ -92,6 +92,13 @@ _NAN = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _TRACEBACK = "Traceback (most recent call last):"
+_NO_DATA = re.compile(
+    r"^\w*Error: .*(?:run `?(?:python )?prepare\.py|no tokenizer at|no training shards in|"
+    r"no validation shard)", re.MULTILINE,
+)
+_SYNTAX = re.compile(r"^(?:SyntaxError|IndentationError|TabError): ", re.MULTILINE)
+_SYNTAX_AT = re.compile(r'File "[^"\n]*train\.py", line (\d+)')
+_IMPORT = re.compile(r"^(?:ModuleNotFoundError|ImportError)\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +210,10 @@ def classify_run(
     """Classify a finished run from its exit status and log text.
 
     Returns ``(status, failure, summary, message)``. Order: timeout; ok (exit 0 and a valid
-    summary); infra (see :func:`swarm.gpu_pool.classify_infra_failure`); oom; nan (``FAIL``,
+    summary); data (the data cache is missing: prepare.py says to run it first; the machine's
+    fault, never the code's); infra (see :func:`swarm.gpu_pool.classify_infra_failure`);
+    syntax (train.py does not compile: the error and its line are the message); import (an
+    import of train.py failed); oom; nan (``FAIL``,
     a NaN loss, or a non-finite val_bpb); exception (a traceback; its last line is the
     message); signal (killed by a signal we did not send); bad_summary; no_summary; and a
     non-zero exit without any of these is an exception.
@@ -220,9 +230,20 @@ def classify_run(
     if returncode == 0 and summary is not None:
         return "ok", None, summary, f"val_bpb {summary.val_bpb:.6f}"
 
+    data = _NO_DATA.search(log_text)
+    if data is not None:
+        return "crash", "data", summary, f"data cache missing: {_line_at(log_text, data.start())}"
     infra = classify_infra_failure(log_text)
     if infra is not None:
         return "crash", "infra", summary, f"infrastructure failure: {infra}"
+    syntax = _SYNTAX.search(log_text)
+    if syntax is not None:
+        where = _SYNTAX_AT.findall(log_text[: syntax.start()])
+        at = f" (train.py line {where[-1]})" if where else ""
+        return "crash", "syntax", summary, f"{_line_at(log_text, syntax.start())}{at}"
+    tb_line = last_traceback_line(log_text)
+    if tb_line is not None and _IMPORT.match(tb_line):
+        return "crash", "import", summary, tb_line
     oom = _OOM.search(log_text)
     if oom is not None:
         return "crash", "oom", summary, f"out of memory: {_line_at(log_text, oom.start())}"

@@ -601,17 +601,9 @@ async def gather_status(
                          "notes": [f"no memory file yet at {path}"]}
         if swarm is None:
             if backend is None:
-                from swarm.memory.factory import open_memory
+                from swarm.memory.factory import open_configured
 
-                if config.memory_kind == "local":
-                    backend = open_memory("local", path=config.memory_file(),
-                                          org=config.memory_org or None)
-                else:
-                    key = api_key
-                    if not key and config.memory_api_key_env:
-                        key = os.environ.get(config.memory_api_key_env) or None
-                    backend = open_memory(config.memory_kind, url=config.memory_url or None,
-                                          api_key=key, org=config.memory_org or None)
+                backend = open_configured(config, api_key)
             async with asyncio.timeout(timeout_s), backend as opened:
                 agent = snap.agent_id if snap and snap.agent_id else "status"
                 swarm = await gather_swarm(SwarmMemory(opened, agent_id=agent),

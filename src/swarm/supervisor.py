@@ -20,11 +20,17 @@ Exit status (also in ``python -m swarm run --help`` and the systemd unit):
 1     failure: the supervisor could not start or every worker failed
 2     bad configuration (from the CLI)
 3     drained, but the grace period ran out and running experiments were cut short
+4     stopped by a fault retrying cannot fix (key rejected, no data cache ...): one
+      line names the cause and the fix (see :mod:`swarm.faults`); not restarted
 130   forced by a second signal
 ====  ==========================================================================
 
 With ``NOTIFY_SOCKET`` set (systemd ``Type=notify``) it sends ``READY=1`` once the
-workers start and ``STOPPING=1`` when it drains.
+workers start, ``STATUS=`` lines while they run, ``WATCHDOG=1`` pings when the unit sets
+``WatchdogSec`` (:mod:`swarm.notify`), and ``STOPPING=1`` when it drains.
+
+Results go through the durable outbox (:mod:`swarm.outbox`): written ahead of publishing,
+replayed while the memory is back and on the next start.
 """
 
 from __future__ import annotations
@@ -44,8 +50,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from swarm._logging import get_logger
 from swarm.config import SwarmConfig, resolve_agent_name
 from swarm.dedup import Candidate, Deduplicator, Verdict
@@ -57,10 +61,13 @@ from swarm.errors import (
     SwarmError,
     TrainPyError,
 )
+from swarm.faults import EXIT_PERMANENT, Fault, FaultLatch, Reaction
 from swarm.gpu_pool import GpuPool
 from swarm.memory._types import MemoryBackend
 from swarm.metrics import supervisor_metrics
 from swarm.namespace import SwarmMemory
+from swarm.notify import notify_loop
+from swarm.outbox import OUTBOX_NAME, Outbox, Publisher
 from swarm.proposers import Proposal, Proposer, ProposerSpec, build_proposer
 from swarm.records import Result
 from swarm.recovery import StateLock, find_unfinished
@@ -84,6 +91,7 @@ __all__ = [
     "EXIT_FORCED",
     "EXIT_GRACE_EXPIRED",
     "EXIT_OK",
+    "EXIT_PERMANENT",
     "Supervisor",
     "TierDedup",
     "data_ready",
@@ -119,6 +127,7 @@ def sd_notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
         address = "\0" + address[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # never stall the event loop on a full notify queue
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
     except OSError as exc:
@@ -408,6 +417,9 @@ class Supervisor:
         self._memory_label = ""
         self.sandbox: Sandbox | None = None
         self._prepare_sha256 = ""
+        self.faults = FaultLatch(on_trip=self._on_fault)
+        self.replay_interval_s = 5.0
+        self.publisher: Publisher | None = None
 
     # ---------------------------------------------------------------- control
 
@@ -417,6 +429,11 @@ class Supervisor:
 
     def force_stop(self, reason: str = "forced") -> None:
         self.stop.force(reason)
+
+    def _on_fault(self, fault: Fault) -> None:
+        """A fault retrying cannot fix: stop now (running experiments are cut short)."""
+        self.stop.request_stop(f"{fault.reaction.value} fault")
+        self.stop.abort.set()
 
     def _on_signal(self, name: str) -> None:
         # handler: only flags and events
@@ -524,18 +541,13 @@ class Supervisor:
         if self._backend is not None:
             self._memory_label = f"{getattr(self._backend, 'name', 'memory')} (injected)"
             return self._backend
-        from swarm.memory.factory import open_memory
+        from swarm.memory.factory import open_configured
 
-        api_key = self._api_key
-        if not api_key and cfg.memory_api_key_env:
-            api_key = self._env.get(cfg.memory_api_key_env) or None
         if cfg.memory_kind == "local":
-            path = cfg.memory_file()
-            self._memory_label = f"local {path}"
-            return open_memory("local", path=path, org=cfg.memory_org or None)
-        self._memory_label = f"{cfg.memory_kind} {cfg.memory_url or '(hosted)'}"
-        return open_memory(cfg.memory_kind, url=cfg.memory_url or None, api_key=api_key,
-                           org=cfg.memory_org or None)
+            self._memory_label = f"local {cfg.memory_file()}"
+        else:
+            self._memory_label = f"{cfg.memory_kind} {cfg.memory_url or '(hosted)'}"
+        return open_configured(cfg, self._api_key, env=self._env)
 
     def _select_sandbox(self, workers: int) -> Sandbox:
         """Probe the configured mechanism (blocking); refuse strangers' code without one."""
@@ -607,7 +619,16 @@ class Supervisor:
         self._add_signal_handlers()
         try:
             with StateLock(self.config.state_dir):
-                return await self._run_inner()
+                async with asyncio.TaskGroup() as tg:
+                    # STATUS lines and watchdog pings from the first moment (data preparation
+                    # included) to the last
+                    notifier = tg.create_task(notify_loop(
+                        self._env, self._status_line, lambda m: sd_notify(m, env=self._env)),
+                        name="sd-notify")
+                    try:
+                        return await self._run_inner()
+                    finally:
+                        notifier.cancel()
         finally:
             self._remove_signal_handlers()
 
@@ -673,9 +694,14 @@ class Supervisor:
         prepare_py: Path, budget: float,
     ) -> int:
         cfg = self.config
+        self.faults.label = self._memory_label
         try:
             await memory.backend.ping()
         except MemoryStoreError as exc:
+            if self.faults.check(exc, where="start", memory=self._memory_label).reaction \
+                    is Reaction.PERMANENT:
+                self._final_snapshot()
+                return self._exit_code(0)
             log.warning("memory_unreachable_at_start", memory=self._memory_label,
                         error=str(exc), note="training goes on; results are replayed later")
         tiers = sorted({g.tier for g in gpus} or {"cpu"})
@@ -693,9 +719,15 @@ class Supervisor:
         # out of the cyclic collector's view so its pauses stay short (dedup p99 halves).
         gc.collect()
         gc.freeze()
+        results_log = ResultsLog(cfg.state_dir)
+        self.publisher = Publisher(
+            await asyncio.to_thread(Outbox, cfg.state_dir / OUTBOX_NAME), memory, self.faults,
+            label=self._memory_label, on_replayed=self._replayed,
+        )
+        await self._known_from_outbox(dedup)
         deps = WorkerDeps(
             config=cfg, agent_id=self.agent_id, host=self.host, track=self.track,
-            memory=memory, results_log=ResultsLog(cfg.state_dir), dedup=dedup, view=view,
+            memory=memory, results_log=results_log, dedup=dedup, view=view,
             stop=self.stop, slots=self.slots, counters=self.counters, seed_train_py=seed_src,
             prepare_py=prepare_py, work_root=cfg.state_dir / "runs",
             run_experiment=self._run_fn, pool=None if self.cpu_mode else pool,
@@ -703,6 +735,7 @@ class Supervisor:
             startup_allowance_s=cfg.effective_startup_allowance_s(self.track),
             sandbox=self.sandbox, prepare_sha256=self._prepare_sha256,
             trusted_only=bool(self.sandbox and self.sandbox.trusted_only),
+            publisher=self.publisher, faults=self.faults,
         )
         self.deps = deps
         slots: list[tuple[int | None, str, str]] = (
@@ -756,6 +789,9 @@ class Supervisor:
 
     def _exit_code(self, failures: int) -> int:
         stop = self.stop
+        if self.faults.fault is not None:
+            self.exit_reason = self.faults.fault.line
+            return EXIT_PERMANENT
         if stop.forced.is_set():
             self.exit_reason = f"forced ({stop.reason})"
             return EXIT_FORCED
@@ -844,28 +880,53 @@ class Supervisor:
             if added:
                 log.info("dedup_synced", added=added)
 
-    async def _outbox_loop(self, interval_s: float = 30.0) -> None:
+    def _status_line(self) -> str:
+        c = self.counters.value
+        training = sum(1 for w in self.workers if w.status.state == "training")
+        queued = len(self.publisher.outbox) if self.publisher is not None else 0
+        return (f"{self.state}: {training}/{len(self.workers)} training, {c.done} done "
+                f"({c.kept} keep), {queued} result(s) waiting for the memory")
+
+    async def _known_from_outbox(self, dedup: TierDedup) -> None:
+        """Results still queued (from before a restart) are known experiments: not run again."""
+        assert self.publisher is not None
+        for entry in self.publisher.outbox.pending("result"):
+            r = entry.result
+            if r is not None and r.code_hash and r.track == self.track:
+                await dedup.add_known(r.vram_tier or "cpu", r, r.code_hash,
+                                      f"queued:{entry.id}")
+
+    async def _replayed(self, result: Result) -> None:
+        """A result the outbox replayed: its key goes to results.jsonl and the dedup index."""
+        deps = self.deps
+        if deps is None:
+            return
+        try:
+            await deps.results_log.amend(result)
+        except OSError as exc:
+            log.error("results_log_failed", error=str(exc))
+        if result.code_hash:
+            await deps.dedup.add_known(result.vram_tier or "cpu", result, result.code_hash,
+                                       result.key)
+
+    async def _outbox_loop(self) -> None:
+        """Replay the outbox now (results of an earlier run) and every few seconds."""
         while True:
-            await asyncio.sleep(interval_s)
             await self._flush_outbox()
+            await asyncio.sleep(self.replay_interval_s)
 
     async def _flush_outbox(self, *, final: bool = False) -> None:
-        deps = self.deps
-        if deps is None or not deps.outbox or self.memory is None:
+        publisher = self.publisher
+        if publisher is None:
             return
-        pending, deps.outbox[:] = list(deps.outbox), []
-        for result in pending:
-            try:
-                key = await asyncio.wait_for(self.memory.publish_result(result), timeout=30)
-                log.info("publish_replayed", key=key, description=result.description)
-            except (MemoryStoreError, TimeoutError) as exc:
-                deps.outbox.append(result)
-                log.warning("publish_still_deferred", description=result.description,
-                            error=str(exc), final=final)
-        if final and deps.outbox:
-            path = self.config.state_dir / "unpublished.jsonl"
-            await asyncio.to_thread(_append_jsonl, path, [r.to_json() for r in deps.outbox])
-            log.error("results_unpublished", count=len(deps.outbox), saved_to=str(path))
+        if publisher.outbox.pending():
+            stop = self.stop.forced if final else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publisher.replay(stop=stop), timeout=60 if final else None)
+        left = len(publisher.outbox)
+        if final and left:
+            log.error("results_unpublished", count=left, saved_to=str(publisher.outbox.path),
+                      note="replayed on the next start")
 
 
 def _auto_memory_mb(workers: int) -> int:
@@ -891,9 +952,3 @@ def pin_prepare(source: Path, state_dir: Path) -> tuple[Path, str]:
         tmp.chmod(0o444)
         os.replace(tmp, target)
     return target, digest
-
-
-def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("ab") as fh:
-        for record in records:
-            fh.write(orjson.dumps(record) + b"\n")

@@ -49,6 +49,7 @@ from swarm.errors import (
     TrainPyError,
     TransportError,
 )
+from swarm.faults import Fault, FaultLatch, Reaction, infra_failures
 from swarm.proposers import Proposal, ProposalContext, Proposer
 from swarm.records import BestDecision, Claim, Result
 from swarm.recovery import Harvest, RunMeta, mark_finished
@@ -215,7 +216,8 @@ class WorkerDeps:
     run_experiment: RunFn
     pool: Any = None  # swarm.gpu_pool.GpuPool (None: CPU mode)
     run_env: Mapping[str, str] = field(default_factory=dict)
-    outbox: list[Result] = field(default_factory=list)  # results waiting for the memory
+    publisher: Any = None  # swarm.outbox.Publisher: write-ahead publish, queued releases
+    faults: FaultLatch = field(default_factory=FaultLatch)  # permanent faults stop the machine
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
     clock: Callable[[], float] = time.time
     budget_s: float = 300.0
@@ -359,11 +361,15 @@ class Worker:
             try:
                 used = await self._one_experiment(publishers)
             except (SwarmError, OSError) as exc:
-                # supervision edge of one iteration: log with context, back off, go on
+                # supervision edge of one iteration: the fault decides (swarm.faults)
+                fault = deps.faults.check(exc, where=f"worker {self.index}")
                 log.error("worker_iteration_failed", **self.log_ctx, error=repr(exc),
-                          error_type=type(exc).__name__)
-                self._set("waiting", detail=f"error: {type(exc).__name__}")
-                await self._pause(5.0)
+                          error_type=type(exc).__name__, reaction=fault.reaction.value)
+                if fault.reaction is Reaction.PERMANENT:
+                    self._set("stopped", detail=fault.line)
+                    return
+                self._set("waiting", detail=f"error: {type(exc).__name__}: {fault.fix}")
+                await self._pause(30.0 if fault.reaction is Reaction.INFRASTRUCTURE else 5.0)
             finally:
                 if not used:
                     deps.slots.give_back()
@@ -644,8 +650,8 @@ class Worker:
                             description=proposal.description, reason=deps.stop.reason)
                 deps.stop.aborted_runs += 1
                 return True
-            if run_outcome.failure == "infra":
-                self._gpu_failure(run_outcome.message)
+            if run_outcome.failure in infra_failures:  # the machine's fault: never a result
+                await self._infra_outcome(run_outcome)
                 return False
             if self._publishing is not None and not self._publishing.done():
                 await asyncio.wait({self._publishing})  # at most one in flight per worker
@@ -729,7 +735,6 @@ class Worker:
                           error_type=type(exc).__name__)
         finally:
             await self._settle(item, claim, idle=False)
-            await asyncio.to_thread(mark_finished, outcome.workdir, "published")
 
     async def _gpu_ready(self) -> bool:
         """Wait until the GPU can take a run (no foreign process, memory free)."""
@@ -809,10 +814,29 @@ class Worker:
     async def _release(self, claim: Claim) -> None:
         if not claim.lock_key:
             return  # a local (offline) claim
+        if self.deps.publisher is not None:
+            await self.deps.publisher.release(claim)  # queued for a retry when it fails
+            return
         try:
             await asyncio.wait_for(asyncio.shield(self.deps.memory.release(claim)), timeout=15)
         except (MemoryStoreError, TimeoutError) as exc:
             log.warning("claim_release_failed", **self.log_ctx, claim=claim.key, error=str(exc))
+
+    async def _infra_outcome(self, outcome: RunOutcome) -> None:
+        """A run failed because of the machine (no data, CUDA init): no result is published;
+        missing data stops this machine with the fix (every run would fail the same way);
+        otherwise the GPU's failure count goes up and the worker pauses before the next."""
+        if outcome.failure == "data":
+            self.deps.faults.trip(Fault(
+                Reaction.INFRASTRUCTURE, f"train.py found no data ({outcome.message})",
+                "run `python prepare.py --profile " + self.deps.track + "` (or set "
+                "prepare_on_start = true) and start again"), where=f"worker {self.index}")
+            self._set("stopped", detail=outcome.message)
+            return
+        self._gpu_failure(outcome.message)
+        if self.status.state != "quarantined":
+            self._set("waiting", detail=f"infrastructure failure: {outcome.message}")
+            await self._pause(10.0)
 
     def _gpu_failure(self, message: str) -> None:
         pool = self.deps.pool
@@ -961,7 +985,9 @@ class Worker:
                                                     noise_margin=deps.config.noise_margin)
             )
         except MemoryStoreError as exc:
-            # offline: judge against what we know; the best record is not touched
+            # offline: judge against what we know; the best record is not touched (the
+            # outbox judges it again when it replays the result)
+            deps.faults.check(exc, where="decide")
             log.warning("best_decision_offline", **self.log_ctx, error=str(exc))
             better = self.parent_val is None or (
                 result.val_bpb is not None and result.val_bpb < self.parent_val
@@ -1004,7 +1030,10 @@ class Worker:
         """Publish a judged result and update everything that follows from it."""
         deps = self.deps
         proposal = item.proposal
-        key = await self._publish(result)
+        # from here the outbox owns the result (written ahead, replayed after a crash): a
+        # restart must not harvest the run's scratch dir as well
+        await asyncio.to_thread(mark_finished, outcome.workdir, "published")
+        key = await self._publish(result, decided=decision is not None)
         result = replace(result, key=key)
         try:
             await deps.results_log.append(result)
@@ -1051,12 +1080,14 @@ class Worker:
             self.parent_val = result.val_bpb
         await self._adopt_best()
 
-    async def _publish(self, result: Result) -> str:
+    async def _publish(self, result: Result, *, decided: bool = True) -> str:
         deps = self.deps
+        if deps.publisher is not None:  # durable: written ahead, replayed when deferred
+            return str(await deps.publisher.publish(
+                result, decided=decided, noise_margin=deps.config.noise_margin))
         try:
             return str(await deps.memory.publish_result(result))
         except (TransportError, ServerError) as exc:
             log.warning("publish_deferred", **self.log_ctx, description=result.description,
                         error=str(exc))
-            deps.outbox.append(result)
             return ""

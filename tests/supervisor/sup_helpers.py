@@ -26,7 +26,7 @@ FAKE_TRAIN = textwrap.dedent(
     DEPTH = 8  # layers
     MATRIX_LR = 0.04  # learning rate
     SEED = 42  # seed
-    MODE = "ok"  # ok | crash | nan | hang | nosummary
+    MODE = "ok"  # ok | crash | nan | hang | nosummary | fill
     SLEEP_S = 0.2  # seconds of "training"
     # =============================================================================
     # Training
@@ -57,7 +57,15 @@ FAKE_TRAIN = textwrap.dedent(
         print("total_tokens_M:   0.1")
         print("num_steps:        3")
         print("num_params_M:     1.0")
-        print(f"depth:            {DEPTH}")
+        print(f"depth:            {DEPTH}", flush=True)
+        if MODE == "fill":  # fill the disk of the state dir (runs/<id>/ is the cwd)
+            try:
+                with open(os.path.join("..", "..", "filler"), "ab") as fh:
+                    while True:
+                        fh.write(b"x" * 65536)
+                        fh.flush()
+            except OSError:
+                pass
         return 0
 
 

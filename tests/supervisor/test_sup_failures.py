@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from sup_helpers import ScriptedProposer
 from swarm._fake_nvml import FakeNvml
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
+from swarm.outbox import OUTBOX_NAME, Outbox
 from swarm.proposers import ProposerSpec, build_proposer
 from swarm.results_log import ResultsLog
 from swarm.status import read_snapshot
@@ -154,7 +154,7 @@ async def test_unreachable_memory_keeps_training_and_saves_results_locally(
     fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
 ) -> None:
     """With the hub down the worker still trains (offline claim), writes results.tsv, and
-    keeps the unpublished result in unpublished.jsonl for a later replay."""
+    keeps the unpublished result in the durable outbox for a later replay."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
@@ -168,8 +168,8 @@ async def test_unreachable_memory_keeps_training_and_saves_results_locally(
     assert await asyncio.wait_for(sup.run(), timeout=240) == EXIT_OK
     rows = ResultsLog(cfg.state_dir).read_jsonl()
     assert [(r["description"], r["status"]) for r in rows] == [("baseline", "keep")]
-    saved = (cfg.state_dir / "unpublished.jsonl").read_text().splitlines()
-    assert len(saved) == 1 and json.loads(saved[0])["description"] == "baseline"
+    pending = Outbox(cfg.state_dir / OUTBOX_NAME).pending("result")
+    assert [e.result.description for e in pending if e.result] == ["baseline"]
 
 
 @pytest.mark.slow

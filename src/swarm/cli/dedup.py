@@ -122,11 +122,11 @@ async def _load_memory(dd: Any, args: argparse.Namespace) -> int:
         raise ConfigError("--memory local needs --path (the SQLite file)", key="path")
     if args.memory in ("hub", "ensue") and not args.url:
         raise ConfigError(f"--memory {args.memory} needs --url", key="url")
-    api_key = args.api_key
-    if args.memory in ("hub", "ensue") and api_key is None:
-        from swarm.config_paths import load_api_key
+    api_key = None
+    if args.memory in ("hub", "ensue"):
+        from swarm.memory.factory import resolve_api_key
 
-        api_key = load_api_key()
+        api_key = resolve_api_key(args.api_key)
     n = 0
     async with open_memory(args.memory, path=args.path, url=args.url,
                            api_key=api_key) as backend:

@@ -32,16 +32,11 @@ EXIT_UNAVAILABLE = 1
 
 
 def open_backend(config: SwarmConfig, api_key: str | None = None) -> MemoryBackend:
-    """The configured memory backend (unentered)."""
-    from swarm.memory.factory import open_memory
+    """The configured memory backend (unentered); the key by the one rule of
+    :func:`swarm.memory.factory.resolve_api_key`."""
+    from swarm.memory.factory import open_configured
 
-    if config.memory_kind == "local":
-        return open_memory("local", path=config.memory_file(), org=config.memory_org or None)
-    key = api_key
-    if not key and config.memory_api_key_env:
-        key = os.environ.get(config.memory_api_key_env) or None
-    return open_memory(config.memory_kind, url=config.memory_url or None, api_key=key,
-                       org=config.memory_org or None)
+    return open_configured(config, api_key)
 
 
 def _console() -> Console:

@@ -144,8 +144,13 @@ def handle(args: argparse.Namespace) -> int:
         configure_logging(level, json=args.log_format == "json")
     supervisor = Supervisor(config, api_key=api_key)
     if live:
-        return asyncio.run(_run_live(supervisor, config, log_file, api_key))
-    return asyncio.run(supervisor.run())
+        code = asyncio.run(_run_live(supervisor, config, log_file, api_key))
+    else:
+        code = asyncio.run(supervisor.run())
+    fault = supervisor.faults.fault
+    if fault is not None:  # the one line a user needs: what stopped it and what to do
+        sys.stderr.write(f"swarm: stopped: {fault.line}\n")
+    return code
 
 
 def add_parser(subparsers: Any) -> None:
@@ -157,7 +162,8 @@ def add_parser(subparsers: Any) -> None:
             "track without GPUs). The first SIGTERM or Ctrl-C stops new experiments and lets "
             "running ones finish for grace_s; a second one forces. Exit status: 0 clean, "
             "1 failure, 2 bad configuration, 3 drained after the grace period cut runs short, "
-            "130 forced by a second signal."
+            "4 stopped by a fault retrying cannot fix (rejected key, no data cache; the "
+            "last line says what to do), 130 forced by a second signal."
         ),
     )
     add_config_arguments(parser, run=True)

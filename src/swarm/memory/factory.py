@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import aiohttp
 
-from swarm.config_paths import API_KEY_ENV, load_api_key, user_data_dir
+from swarm.config_paths import API_KEY_ENV, load_api_key, read_key_file, user_data_dir
 from swarm.ensue_async import DEFAULT_URL
 from swarm.errors import ConfigError
 from swarm.memory._types import MemoryBackend
 
-__all__ = ["COMMUNITY_ORG", "MEMORY_KINDS", "default_local_path", "open_memory"]
+if TYPE_CHECKING:
+    from swarm.config import SwarmConfig
+
+__all__ = [
+    "COMMUNITY_ORG",
+    "MEMORY_KINDS",
+    "default_local_path",
+    "open_configured",
+    "open_memory",
+    "resolve_api_key",
+]
 
 MemoryKind = Literal["local", "hub", "ensue"]
 MEMORY_KINDS: tuple[str, ...] = ("local", "hub", "ensue")
@@ -22,6 +34,44 @@ COMMUNITY_ORG = "autoresearch-at-home"
 def default_local_path() -> Path:
     """Where the embedded store lives when no path is configured."""
     return user_data_dir() / "memory.sqlite"
+
+
+def resolve_api_key(
+    explicit: str | None = None,
+    *,
+    key_env: str = "",
+    env: Mapping[str, str] | None = None,
+    key_file: Path | None = None,
+) -> str | None:
+    """The API key of the hub or Ensue, by one rule for every backend and every command.
+
+    ``--ensue-key`` (``explicit``) > the variable named by ``memory.api_key_env``
+    (``key_env``) > ``ENSUE_API_KEY`` > the saved key file (``python -m swarm register``).
+    None when none of them holds a key.
+    """
+    if explicit and explicit.strip():
+        return explicit.strip()
+    environ = os.environ if env is None else env
+    for name in (key_env, API_KEY_ENV):
+        value = environ.get(name, "").strip() if name else ""
+        if value:
+            return value
+    return read_key_file(key_file)
+
+
+def open_configured(
+    config: SwarmConfig,
+    api_key: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+) -> MemoryBackend:
+    """The memory ``config`` names (unentered), its key resolved by :func:`resolve_api_key`."""
+    if config.memory_kind == "local":
+        return open_memory("local", path=config.memory_file(), org=config.memory_org or None)
+    key = resolve_api_key(api_key, key_env=config.memory_api_key_env, env=env)
+    return open_memory(config.memory_kind, url=config.memory_url or None, api_key=key,
+                       org=config.memory_org or None, session=session)
 
 
 def open_memory(
