@@ -111,9 +111,9 @@ class SupervisorCollector(Collector):
         for op in _OPERATIONS:
             errors.add_metric((op,), self.backend.errors[op] if self.backend else 0)
         yield errors
-        deps = getattr(sup, "deps", None)
+        publisher = getattr(sup, "publisher", None)
         yield GaugeMetricFamily("swarm_memory_outbox", "results waiting for the memory",
-                                value=len(deps.outbox) if deps is not None else 0)
+                                value=len(publisher.outbox) if publisher is not None else 0)
 
 
 @contextlib.asynccontextmanager

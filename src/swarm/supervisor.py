@@ -629,6 +629,12 @@ class Supervisor:
                         return await self._run_inner()
                     finally:
                         notifier.cancel()
+        except BaseExceptionGroup as group:
+            # the notifier never fails: the group holds _run_inner's one error, raised as is
+            # (a ConfigError must reach the CLI as itself, for exit 2)
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             self._remove_signal_handlers()
 
