@@ -5,6 +5,7 @@ Shapes and error codes are described in ``swarm.hub.protocol``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,6 +44,8 @@ from swarm.memory.local import (
 __all__ = ["HubService", "decode_value"]
 
 log = get_logger(__name__)
+
+_INLINE_TEXT = 256 << 10  # characters of values past which replies are measured in a thread
 
 Tool = Callable[[Principal, Mapping[str, Any], RequestBudget], Awaitable[dict[str, Any]]]
 
@@ -147,6 +150,24 @@ def _reply_cost(entry: dict[str, Any]) -> int:
     an escaped JSON string in content[0].text."""
     enc = orjson.dumps(entry)
     return 2 * len(enc) + enc.count(b'"') + enc.count(b"\\")
+
+
+async def _fit(
+    entries: list[dict[str, Any]], budget: RequestBudget, *, stop_at_first: bool = False
+) -> list[int | None]:
+    """Each entry's reply cost when it fits in what is left of ``budget`` (taken from it),
+    None when it does not (and, with ``stop_at_first``, for every entry after that).
+    Large entries are measured in a thread, off the event loop."""
+
+    def run() -> list[int | None]:
+        out: list[int | None] = []
+        for entry in entries:
+            cost = None if stop_at_first and None in out else _reply_cost(entry)
+            out.append(cost if cost is not None and budget.take_reply(cost) else None)
+        return out
+
+    heavy = sum(len(e.get("value") or "") + len(e.get("description") or "") for e in entries)
+    return await asyncio.to_thread(run) if heavy > _INLINE_TEXT else run()
 
 
 def _item_error(key: str, code: str, message: str) -> dict[str, Any]:
@@ -337,13 +358,14 @@ class HubService:
         found: dict[str, StoredItem] = (
             await self.store.get_items([keys[i] for i in fetch]) if fetch else {}
         )
+        hits: list[tuple[int, dict[str, Any]]] = []
         for i in fetch:
             key = keys[i]
             item = found.get(key)
             if item is None:
                 results[i] = _item_error(key, "not_found", f"key {key!r} not found")
             else:
-                entry = {
+                hits.append((i, {
                     "key_name": key,
                     "status": "success",
                     "value": item.value,
@@ -352,14 +374,15 @@ class HubService:
                     "updated_at": item.updated_at,
                     "embedded": item.embedded,
                     "size": item.size,
-                }
-                cost = _reply_cost(entry)
-                results[i] = entry if budget.take_reply(cost) else _item_error(
-                    key, "too_large",
-                    f"{key!r} ({cost} bytes in a reply) does not fit in what is left of this "
-                    f"request's {self.limits.max_reply_bytes}-byte reply limit; get it in a "
-                    "request of its own",
-                )
+                }))
+        costs = await _fit([e for _, e in hits], budget)
+        for (i, entry), cost in zip(hits, costs, strict=True):
+            results[i] = entry if cost is not None else _item_error(
+                keys[i], "too_large",
+                f"{keys[i]!r} ({entry['size']} bytes) does not fit in what is left of this "
+                f"request's {self.limits.max_reply_bytes}-byte reply limit; get it in a "
+                "request of its own",
+            )
         return {"results": results}
 
     async def update_memory(
@@ -464,19 +487,20 @@ class HubService:
         self._check_pattern_readable(who, snap, pattern, tool)
         rows = await self.store.list_page(pattern, limit=limit + 1, offset=offset)
         has_more = len(rows) > limit
-        keys: list[dict[str, Any]] = []
-        for r in rows[:limit]:
-            entry = {
+        page = [
+            {
                 "key_name": r.key,
                 "description": r.description,
                 "size": r.size,
                 "created_at": r.created_at,
                 "updated_at": r.updated_at,
             }
-            if not budget.take_reply(_reply_cost(entry)):
-                has_more = True  # the rest of the page comes with the next offset
-                break
-            keys.append(entry)
+            for r in rows[:limit]
+        ]
+        costs = await _fit(page, budget, stop_at_first=True)
+        keys = [e for e, c in zip(page, costs, strict=True) if c is not None]
+        if len(keys) < len(page):
+            has_more = True  # the rest of the page comes with the next offset
         return {
             "keys": keys,
             "count": len(keys),
@@ -506,9 +530,8 @@ class HubService:
         self._check_pattern_readable(who, snap, pattern, tool)
         vec = (await self.embedder.aembed([query]))[0]
         hits = await self.store.search_vector(vec, limit=limit, prefix=pattern)
-        results: list[dict[str, Any]] = []
-        for item, score in hits:
-            entry = {
+        found = [
+            {
                 "key_name": item.key,
                 "score": round(score, 6),
                 "value": item.value,
@@ -521,9 +544,12 @@ class HubService:
                     "updated_at": item.updated_at,
                 },
             }
-            if not budget.take_reply(_reply_cost(entry)):
-                return {"results": results, "truncated": True}
-            results.append(entry)
+            for item, score in hits
+        ]
+        costs = await _fit(found, budget, stop_at_first=True)
+        results = [e for e, c in zip(found, costs, strict=True) if c is not None]
+        if len(results) < len(found):
+            return {"results": results, "truncated": True}
         return {"results": results}
 
     # ------------------------------------------------------------------ org tools
