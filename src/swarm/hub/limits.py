@@ -79,11 +79,12 @@ class RequestBudget:
     """What is left of one HTTP request's item and reply-byte allowances (all of its
     batch's calls draw from it)."""
 
-    __slots__ = ("items_left", "replied_values", "reply_left")
+    __slots__ = ("items_left", "replied_values", "reply_left", "reply_used")
 
     def __init__(self, limits: HubLimits) -> None:
         self.items_left = limits.max_items_per_request
         self.reply_left = limits.max_reply_bytes
+        self.reply_used = 0
         self.replied_values = 0
 
     def take_items(self, n: int) -> bool:
@@ -98,5 +99,6 @@ class RequestBudget:
         if self.replied_values and size > self.reply_left:
             return False
         self.reply_left -= size
+        self.reply_used += size
         self.replied_values += 1
         return True

@@ -23,6 +23,7 @@ from swarm.embedding import Embedder
 from swarm.errors import ConfigError, TransportError
 from swarm.hub.access import AuthState
 from swarm.hub.auth import HubPolicy, Principal
+from swarm.hub.encode import encode
 from swarm.hub.limits import HubLimits, RequestBudget
 from swarm.hub.protocol import (
     ERR_INTERNAL,
@@ -52,7 +53,7 @@ _INLINE = 256 << 10  # bodies and replies larger than this are (de)coded in a th
 
 
 def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+    return encode(obj)
 
 
 def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def _result(id_: Any, result: Any) -> dict[str, Any]:
 
 
 def _tool_result(structured: dict[str, Any]) -> dict[str, Any]:
-    text = orjson.dumps(structured).decode()
+    text = encode(structured).decode()
     return {
         "content": [{"type": "text", "text": text}],
         "structuredContent": structured,
@@ -161,11 +162,14 @@ class _Dispatcher:
                 args = {}
             if not isinstance(args, dict):
                 raise RpcError(-32602, f"tools/call {name}: arguments must be an object")
+            used = budget.reply_used
             try:
                 structured = await self.service.call(who, name, args, budget)
             except ToolFailure as fail:
                 return _tool_failure(fail)
-            return _tool_result(structured)
+            if budget.reply_used - used < _INLINE:
+                return _tool_result(structured)
+            return await asyncio.to_thread(_tool_result, structured)
         if method == "initialize":
             asked = params.get("protocolVersion")
             version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
@@ -256,7 +260,7 @@ async def _drain_small(request: web.Request, limits: HubLimits) -> bool:
 async def _reply_off_loop(payload: Any, *, status: int, sse: bool, budget: RequestBudget,
                           limits: HubLimits) -> web.Response:
     """Like ``_reply``; a large reply is encoded in a thread, off the event loop."""
-    if limits.max_reply_bytes - budget.reply_left < _INLINE:
+    if budget.reply_used < _INLINE:
         return _reply(payload, status=status, sse=sse)
     return await asyncio.to_thread(_reply, payload, status=status, sse=sse)
 

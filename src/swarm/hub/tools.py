@@ -11,13 +11,12 @@ import binascii
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-import orjson
-
 from swarm._logging import get_logger
 from swarm.embedding import Embedder, get_embedder
 from swarm.errors import AuthError, InvalidRequestError, KeyNotFoundError
 from swarm.hub.access import AuthState
 from swarm.hub.auth import AuthSnapshot, Principal
+from swarm.hub.encode import encoded_size
 from swarm.hub.limits import MAX_OFFSET, HubLimits, RequestBudget
 from swarm.hub.orgtools import OrgTools, forbid, need_token
 from swarm.hub.protocol import (
@@ -145,13 +144,6 @@ def decode_value(value: str, is_b64: bool, key: str, max_bytes: int) -> str:
         ) from exc
 
 
-def _reply_cost(entry: dict[str, Any]) -> int:
-    """Bytes ``entry`` takes in a reply: once as JSON in structuredContent, once more as
-    an escaped JSON string in content[0].text."""
-    enc = orjson.dumps(entry)
-    return 2 * len(enc) + enc.count(b'"') + enc.count(b"\\")
-
-
 async def _fit(
     entries: list[dict[str, Any]], budget: RequestBudget, *, stop_at_first: bool = False
 ) -> list[int | None]:
@@ -162,7 +154,7 @@ async def _fit(
     def run() -> list[int | None]:
         out: list[int | None] = []
         for entry in entries:
-            cost = None if stop_at_first and None in out else _reply_cost(entry)
+            cost = None if stop_at_first and None in out else encoded_size(entry)
             out.append(cost if cost is not None and budget.take_reply(cost) else None)
         return out
 
