@@ -12,7 +12,9 @@ bounded gzip/deflate inflation. ``RedactingLog`` is the logger handed to aiohttp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import resource
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -217,8 +219,25 @@ class Listener:
         self.guards = guards  # id(aiohttp's protocol) -> its guard, for mark_busy
         self.server: asyncio.Server | None = None
 
+    def _ensure_fds(self) -> None:
+        """Raise the soft open-file limit to fit the connection cap (accept() failing on
+        EMFILE would otherwise log a traceback per attempt)."""
+        need = self.limits.max_connections + 256
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft >= need:
+            return
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft < need:
+            log.warning("hub.few_file_descriptors", open_files=soft,
+                        max_connections=self.limits.max_connections,
+                        fix="raise the open-file limit (ulimit -n) or lower --max-connections")
+
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port``; returns the bound port. OSError when it cannot."""
+        self._ensure_fds()
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: _Guard(self, self.factory()), host, port, reuse_address=True, backlog=512
