@@ -1,9 +1,8 @@
 """The hub's view of its auth tables: a cached AuthSnapshot, checked for freshness on
 every request.
 
-Each request reads the tables' generation counter (one tiny SQLite read in a thread,
-shared by all requests that arrive in the same event-loop tick, and started after they
-arrived) and reloads the snapshot when it moved. So a ``token revoke`` that has returned
+Each request reads the tables' generation counter (one indexed row of a WAL file, a few
+microseconds; in a thread, shared with other requests, when the file is busy) and reloads the snapshot when it moved. So a ``token revoke`` that has returned
 is in force for the next request in every hub process using the file.
 """
 
@@ -26,7 +25,9 @@ class AuthState:
         self.policy = policy
         self.open_access = open_access
         self._snap: AuthSnapshot | None = None
-        self._pending: asyncio.Future[int] | None = None
+        self._next: asyncio.Future[int] | None = None  # the read that starts after the current
+        self._reading = False
+        self._seen: int | None = None  # the counter as read in this loop iteration
         self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
@@ -34,27 +35,46 @@ class AuthState:
         self._snap = None
 
     async def _generation(self) -> int:
-        """The counter as read after this call began (reads are shared within a tick)."""
-        fut = self._pending
+        """The counter as read after this call began: read at once when the file is not
+        busy; else in a thread, at most one read at a time, callers that arrive meanwhile
+        sharing the next one, which starts when it ends."""
+        if self._seen is not None:
+            return self._seen
+        now = self.tokens.generation_nowait()
+        if now is not None:
+            # Valid for the rest of this loop iteration: every request handled in it was
+            # received before the read ran, so a change committed before any of them was
+            # sent is seen. call_soon clears it at the start of the next iteration.
+            self._seen = now
+            asyncio.get_running_loop().call_soon(self._forget_seen)
+            return now
+        fut = self._next
         if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = self._pending = loop.create_future()
-            loop.call_soon(self._start_read, fut)
+            fut = self._next = asyncio.get_running_loop().create_future()
+            if not self._reading:
+                self._start_read()
         return await asyncio.shield(fut)
 
-    def _start_read(self, fut: asyncio.Future[int]) -> None:
-        self._pending = None  # later arrivals start a read of their own
+    def _forget_seen(self) -> None:
+        self._seen = None
+
+    def _start_read(self) -> None:
+        fut, self._next = self._next, None
+        if fut is None:
+            self._reading = False
+            return
+        self._reading = True
         task = asyncio.ensure_future(asyncio.to_thread(self.tokens.generation))
 
         def done(t: asyncio.Future[int]) -> None:
-            if fut.done():
-                return
-            if t.cancelled():
-                fut.cancel()
-            elif (exc := t.exception()) is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(t.result())
+            if not fut.done():
+                if t.cancelled():
+                    fut.cancel()
+                elif (exc := t.exception()) is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(t.result())
+            self._start_read()
 
         task.add_done_callback(done)
 

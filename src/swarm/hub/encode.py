@@ -12,19 +12,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["STEP", "encode", "encoded_size"]
+__all__ = ["STEP", "encode", "encoded_size", "weight"]
 
 STEP = 64 << 10  # characters of a string, or estimated bytes of a container, per call
 
 
-def _weight(obj: Any) -> int:
-    """A cheap upper-bound-ish size of ``obj`` in characters (strings dominate)."""
+def weight(obj: Any) -> int:
+    """Characters of strings in ``obj`` (keys included), 8 for any other scalar."""
     if isinstance(obj, str):
         return len(obj)
     if isinstance(obj, dict):
-        return sum(len(k) + _weight(v) for k, v in obj.items())
+        return sum(len(k) + weight(v) for k, v in obj.items())
     if isinstance(obj, list | tuple):
-        return sum(_weight(v) for v in obj)
+        return sum(weight(v) for v in obj)
     return 8
 
 
@@ -37,7 +37,7 @@ def _string(text: str) -> bytes:
 
 def encode(obj: Any) -> bytes:
     """``orjson.dumps(obj)``, in steps of about STEP characters."""
-    if _weight(obj) <= STEP:
+    if weight(obj) <= STEP:
         return orjson.dumps(obj)
     if isinstance(obj, str):
         return _string(obj)

@@ -52,8 +52,9 @@ _NO_ID = object()
 _INLINE = 256 << 10  # bodies and replies larger than this are (de)coded in a thread
 
 
-def _dumps(obj: Any) -> bytes:
-    return encode(obj)
+def _dumps(obj: Any, stepped: bool = False) -> bytes:
+    """JSON of ``obj``; ``stepped`` (large replies, in a worker thread) in small steps."""
+    return encode(obj) if stepped else orjson.dumps(obj)
 
 
 def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
@@ -64,8 +65,8 @@ def _result(id_: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id_, "result": result}
 
 
-def _tool_result(structured: dict[str, Any]) -> dict[str, Any]:
-    text = encode(structured).decode()
+def _tool_result(structured: dict[str, Any], stepped: bool = False) -> dict[str, Any]:
+    text = _dumps(structured, stepped).decode()
     return {
         "content": [{"type": "text", "text": text}],
         "structuredContent": structured,
@@ -101,8 +102,8 @@ def _wants_sse(request: web.Request) -> bool:
     return _SSE in accept and _JSON not in accept and "*/*" not in accept
 
 
-def _reply(payload: Any, *, status: int, sse: bool) -> web.Response:
-    body = _dumps(payload)
+def _reply(payload: Any, *, status: int, sse: bool, stepped: bool = False) -> web.Response:
+    body = _dumps(payload, stepped)
     if sse:
         return web.Response(
             body=b"data: " + body + b"\n\n",
@@ -169,7 +170,7 @@ class _Dispatcher:
                 return _tool_failure(fail)
             if budget.reply_used - used < _INLINE:
                 return _tool_result(structured)
-            return await asyncio.to_thread(_tool_result, structured)
+            return await asyncio.to_thread(_tool_result, structured, True)
         if method == "initialize":
             asked = params.get("protocolVersion")
             version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
@@ -262,7 +263,7 @@ async def _reply_off_loop(payload: Any, *, status: int, sse: bool, budget: Reque
     """Like ``_reply``; a large reply is encoded in a thread, off the event loop."""
     if budget.reply_used < _INLINE:
         return _reply(payload, status=status, sse=sse)
-    return await asyncio.to_thread(_reply, payload, status=status, sse=sse)
+    return await asyncio.to_thread(_reply, payload, status=status, sse=sse, stepped=True)
 
 
 async def _handle_get(request: web.Request) -> web.Response:

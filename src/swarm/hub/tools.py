@@ -158,8 +158,23 @@ async def _fit(
             out.append(cost if cost is not None and budget.take_reply(cost) else None)
         return out
 
-    heavy = sum(len(e.get("value") or "") + len(e.get("description") or "") for e in entries)
-    return await asyncio.to_thread(run) if heavy > _INLINE_TEXT else run()
+    weights = [_text_chars(e) for e in entries]
+    # 13 bytes a character at worst (\u0001 in structuredContent, \\u0001 in the text)
+    # plus the fixed fields: an upper bound of encoded_size, charged when all fit anyway
+    bounds = [13 * w + _FIXED_FIELDS for w in weights]
+    if sum(bounds) <= budget.reply_left:
+        return [cost if budget.take_reply(cost) else None for cost in bounds]
+    return await asyncio.to_thread(run) if sum(weights) > _INLINE_TEXT else run()
+
+
+_FIXED_FIELDS = 1024  # >= the encoded size of an entry's keys, numbers and punctuation
+_TEXT_FIELDS = ("key_name", "value", "description")
+
+
+def _text_chars(entry: dict[str, Any]) -> int:
+    """Characters of an entry's text fields (search entries repeat the description)."""
+    n = sum(len(entry.get(f) or "") for f in _TEXT_FIELDS)
+    return n + len(entry["description"] or "") if "metadata" in entry else n
 
 
 def _item_error(key: str, code: str, message: str) -> dict[str, Any]:

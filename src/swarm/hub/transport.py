@@ -5,7 +5,7 @@ and logs that never carry a secret.
 protocol wrapped around aiohttp's own request handler: it counts the connection, closes
 the oldest idle one when the cap is reached (or answers 503 when every connection is
 busy), and closes a connection whose request head is not complete ``header_timeout_s``
-after its first byte. ``read_body`` reads a request body with a size cap, a deadline and
+after its first byte (a sweep every quarter of that timeout finds them). ``read_body`` reads a request body with a size cap, a deadline and
 bounded gzip/deflate inflation. ``RedactingLog`` is the logger handed to aiohttp.
 """
 
@@ -105,6 +105,8 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
     if declared is not None and declared > limit:
         raise BodyError(413, f"request body too large: {declared} bytes, over this hub's "
                              f"{limit}-byte limit; send fewer or smaller items per call")
+    if encoding not in _WBITS and declared is not None and request.content.is_eof():
+        return await request.read()  # all of it arrived with the head: nothing to wait for
     inflater = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
     parts: list[bytes] = []
     size = 0
@@ -159,7 +161,7 @@ class _Guard(asyncio.Protocol):
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.busy = 0
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_since: float | None = None  # when a request head began to arrive
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -172,22 +174,13 @@ class _Guard(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy and self.head_timer is None:
-            loop = asyncio.get_running_loop()
-            self.head_timer = loop.call_later(self.listener.limits.header_timeout_s, self._slow)
+        if not self.busy and self.head_since is None:
+            self.head_since = self.listener.now()
         self.inner.data_received(data)
 
     def set_busy(self, busy: bool) -> None:
         self.busy += 1 if busy else -1
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-
-    def _slow(self) -> None:
-        self.head_timer = None
-        if not self.busy and self.transport is not None:
-            log.info("hub.slow_request_head", timeout_s=self.listener.limits.header_timeout_s)
-            self.transport.abort()
+        self.head_since = None
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
@@ -199,9 +192,6 @@ class _Guard(asyncio.Protocol):
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
         if self.listener.release(self):
             self.inner.connection_lost(exc)
 
@@ -218,6 +208,20 @@ class Listener:
         self.live: dict[_Guard, None] = {}  # insertion order: oldest first
         self.guards = guards  # id(aiohttp's protocol) -> its guard, for mark_busy
         self.server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.now = asyncio.get_running_loop().time
+
+    def _sweep(self) -> None:
+        """Close connections whose request head is older than the head timeout; runs
+        every quarter of that timeout while the listener is open."""
+        timeout = self.limits.header_timeout_s
+        cutoff = self.now() - timeout
+        for guard in [g for g in self.live if g.head_since is not None and not g.busy
+                      and g.head_since < cutoff]:
+            log.info("hub.slow_request_head", timeout_s=timeout)
+            if guard.transport is not None:
+                guard.transport.abort()
+        self._sweeper = asyncio.get_running_loop().call_later(timeout / 4, self._sweep)
 
     def _ensure_fds(self) -> None:
         """Raise the soft open-file limit to fit the connection cap (accept() failing on
@@ -242,6 +246,7 @@ class Listener:
         self.server = await loop.create_server(
             lambda: _Guard(self, self.factory()), host, port, reuse_address=True, backlog=512
         )
+        self._sweeper = loop.call_later(self.limits.header_timeout_s / 4, self._sweep)
         return int(self.server.sockets[0].getsockname()[1])
 
     def admit(self, guard: _Guard) -> bool:
@@ -264,6 +269,9 @@ class Listener:
         return self.live.pop(guard, False) is None
 
     def stop_listening(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.server is not None:
             self.server.close()
 
