@@ -87,32 +87,31 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=_serve)
 
     sub = p.add_subparsers(dest="hub_command", metavar="token|invite")
-    tok = sub.add_parser("token", help="manage bearer tokens")
-    tsub = tok.add_subparsers(dest="token_command", metavar="add|list|revoke")
-    tsub.required = True
-    add = tsub.add_parser("add", help="create a token (printed once)")
-    add.add_argument("name")
-    add.add_argument("--role", required=True, choices=("read", "participant", "admin"))
-    add.add_argument("--db", type=Path, default=None, dest="token_db")
-    add.set_defaults(handler=_token_add)
-    ls = tsub.add_parser("list", help="list tokens (names and roles, never the tokens)")
-    ls.add_argument("--db", type=Path, default=None, dest="token_db")
-    ls.set_defaults(handler=_token_list)
-    rv = tsub.add_parser("revoke", help="revoke a token")
-    rv.add_argument("name")
-    rv.add_argument("--db", type=Path, default=None, dest="token_db")
-    rv.set_defaults(handler=_token_revoke)
+    _add_commands(sub, "token", "manage bearer tokens", [
+        ("add", "create a token (printed once)", ("name",), _token_add),
+        ("list", "list tokens (names and roles, never the tokens)", (), _token_list),
+        ("revoke", "revoke a token", ("name",), _token_revoke),
+    ])
+    _add_commands(sub, "invite", "list or revoke invites (made with the create_invite tool)", [
+        ("list", "list invites (ids, roles, uses, expiry; never the tokens)", (), _invite_list),
+        ("revoke", "revoke an invite by its id", ("invite_id",), _invite_revoke),
+    ])
 
-    inv = sub.add_parser("invite", help="list or revoke invites (made with the create_invite tool)")
-    isub = inv.add_subparsers(dest="invite_command", metavar="list|revoke")
-    isub.required = True
-    ils = isub.add_parser("list", help="list invites (ids, roles, uses, expiry; never the tokens)")
-    ils.add_argument("--db", type=Path, default=None, dest="token_db")
-    ils.set_defaults(handler=_invite_list)
-    irv = isub.add_parser("revoke", help="revoke an invite by its id")
-    irv.add_argument("invite_id")
-    irv.add_argument("--db", type=Path, default=None, dest="token_db")
-    irv.set_defaults(handler=_invite_revoke)
+
+def _add_commands(sub: Any, group: str, help_: str,
+                  commands: list[tuple[str, str, tuple[str, ...], Any]]) -> None:
+    """``hub GROUP CMD [ARGS] [--db PATH]`` for each (CMD, help, positional args, handler)."""
+    parser = sub.add_parser(group, help=help_)
+    gsub = parser.add_subparsers(dest=f"{group}_command", metavar="|".join(c[0] for c in commands))
+    gsub.required = True
+    for name, text, positional, handler in commands:
+        cmd = gsub.add_parser(name, help=text)
+        for arg in positional:
+            cmd.add_argument(arg)
+        if group == "token" and name == "add":
+            cmd.add_argument("--role", required=True, choices=("read", "participant", "admin"))
+        cmd.add_argument("--db", type=Path, default=None, dest="token_db")
+        cmd.set_defaults(handler=handler)
 
 
 _LIMIT_HELP = {
