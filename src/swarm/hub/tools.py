@@ -153,8 +153,11 @@ async def _fit(
 
     def run() -> list[int | None]:
         out: list[int | None] = []
-        for entry in entries:
-            cost = None if stop_at_first and None in out else encoded_size(entry)
+        for entry, chars in zip(entries, weights, strict=True):
+            hopeless = (stop_at_first and None in out) or (
+                budget.replied_values and 2 * chars > budget.reply_left  # 1 byte a char, twice
+            )
+            cost = None if hopeless else encoded_size(entry)
             out.append(cost if cost is not None and budget.take_reply(cost) else None)
         return out
 

@@ -5,7 +5,8 @@ and logs that never carry a secret.
 protocol wrapped around aiohttp's own request handler: it counts the connection, closes
 the oldest idle one when the cap is reached (or answers 503 when every connection is
 busy), and closes a connection whose request head is not complete ``header_timeout_s``
-after its first byte (a sweep every quarter of that timeout finds them). ``read_body`` reads a request body with a size cap, a deadline and
+after its first byte (a sweep every quarter of that timeout, at most a second, finds
+them). ``read_body`` reads a request body with a size cap, a deadline and
 bounded gzip/deflate inflation. ``RedactingLog`` is the logger handed to aiohttp.
 """
 
@@ -211,9 +212,12 @@ class Listener:
         self._sweeper: asyncio.TimerHandle | None = None
         self.now = asyncio.get_running_loop().time
 
+    def _sweep_s(self) -> float:
+        return min(self.limits.header_timeout_s / 4, 1.0)
+
     def _sweep(self) -> None:
         """Close connections whose request head is older than the head timeout; runs
-        every quarter of that timeout while the listener is open."""
+        every quarter of that timeout (at most a second) while the listener is open."""
         timeout = self.limits.header_timeout_s
         cutoff = self.now() - timeout
         for guard in [g for g in self.live if g.head_since is not None and not g.busy
@@ -221,7 +225,7 @@ class Listener:
             log.info("hub.slow_request_head", timeout_s=timeout)
             if guard.transport is not None:
                 guard.transport.abort()
-        self._sweeper = asyncio.get_running_loop().call_later(timeout / 4, self._sweep)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s(), self._sweep)
 
     def _ensure_fds(self) -> None:
         """Raise the soft open-file limit to fit the connection cap (accept() failing on
@@ -246,7 +250,7 @@ class Listener:
         self.server = await loop.create_server(
             lambda: _Guard(self, self.factory()), host, port, reuse_address=True, backlog=512
         )
-        self._sweeper = loop.call_later(self.limits.header_timeout_s / 4, self._sweep)
+        self._sweeper = loop.call_later(self._sweep_s(), self._sweep)
         return int(self.server.sockets[0].getsockname()[1])
 
     def admit(self, guard: _Guard) -> bool:
