@@ -273,3 +273,33 @@ async def test_former_500s_are_client_errors(hub: Hub) -> None:
     status, parsed, _ = await hub.rpc.raw(gzip.compress(ping.encode())[:-6],
                                           headers={"Content-Encoding": "gzip"})
     assert status == 400
+
+
+async def test_connection_cap_answers_503_when_all_are_busy_and_slow_bodies_get_408(
+    tmp_path: Path,
+) -> None:
+    """Finding 5: with every connection inside a request (slow bodies), a new one gets a
+    JSON 503 at once; the slow bodies get 408 at the body timeout, and service resumes."""
+    from swarm.hub import HubLimits, serve_hub
+
+    limits = HubLimits(max_connections=2, body_timeout_s=1.0, header_timeout_s=5.0)
+    async with serve_hub(tmp_path / "c.db", limits=limits) as handle:
+        token = handle.add_token("alice", "participant")
+        head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{")
+        slow = []
+        for _ in range(2):
+            r, w = await asyncio.open_connection("127.0.0.1", handle.port)
+            w.write(head)
+            await w.drain()
+            slow.append((r, w))
+        await asyncio.sleep(0.2)
+        got = await _raw_head(handle.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 503") and b"connection limit" in got
+        for r, w in slow:
+            answer = await asyncio.wait_for(r.read(), 5)
+            assert answer.split(b"\r\n", 1)[0].endswith(b"408 Request Timeout"), answer[:80]
+            w.close()
+        await asyncio.sleep(0.1)
+        got = await _raw_head(handle.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200")
