@@ -15,6 +15,7 @@ import pytest
 from hub_helpers import Hub, Rpc
 from hub_proc import ENV
 
+from swarm.errors import ConfigError
 from swarm.hub import TokenStore, serve_hub
 from swarm.hub.auth import DEFAULT_SHARED_DELETE, DEFAULT_SHARED_UPDATE, HubPolicy
 
@@ -74,7 +75,7 @@ def test_shared_delete_defaults_match_help_and_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     for p in DEFAULT_SHARED_DELETE:
         assert f"`{p}`" in readme.split("shared-delete", 1)[1][:600], p
-    with pytest.raises(Exception, match="ending in '/'"):
+    with pytest.raises(ConfigError, match="ending in '/'"):
         HubPolicy(shared_delete_prefixes=("@other/claims/",))
 
 
