@@ -65,9 +65,22 @@ async def hub_process(tmp_path: Path, *args: str) -> AsyncIterator[HubProc]:
     log = tmp_path / "hubproc.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "swarm", "--log-level", "info", "hub", "--port", str(port),
-             "--db", str(db), *args],
-            stdout=out, stderr=subprocess.STDOUT, env=ENV,
+            [
+                sys.executable,
+                "-m",
+                "swarm",
+                "--log-level",
+                "info",
+                "hub",
+                "--port",
+                str(port),
+                "--db",
+                str(db),
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
         )
     hub = HubProc(proc, f"http://127.0.0.1:{port}/", port, db, log, tokens)
     try:

@@ -23,8 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _create(hub: Hub, who: str, *keys: str) -> dict[str, Any]:
-    return await hub.rpc.ok("create_memory", {"items": [{"key_name": k, "value": f"by {who}"}
-                                                      for k in keys]}, token=hub.tokens[who])
+    return await hub.rpc.ok(
+        "create_memory",
+        {"items": [{"key_name": k, "value": f"by {who}"} for k in keys]},
+        token=hub.tokens[who],
+    )
 
 
 def _codes(out: dict[str, Any]) -> list[str]:
@@ -38,34 +41,48 @@ async def test_participants_write_only_their_org(hub: Hub) -> None:
     assert _codes(out) == ["forbidden", "success"]
     root = await _create(hub, "root", "@otherorg/claims/c")
     assert _codes(root) == ["success"]
-    _, body = await hub.rpc.tool("update_memory", {"key_name": "@otherorg/claims/c",
-                                                   "value": "x"}, token=hub.tokens["alice"])
+    _, body = await hub.rpc.tool(
+        "update_memory", {"key_name": "@otherorg/claims/c", "value": "x"}, token=hub.tokens["alice"]
+    )
     assert body["result"]["isError"] is True
     assert body["result"]["structuredContent"]["code"] == "forbidden"
-    out = await hub.rpc.ok("delete_memory", {"key_names": ["@otherorg/claims/c"]},
-                           token=hub.tokens["bob"])
+    out = await hub.rpc.ok(
+        "delete_memory", {"key_names": ["@otherorg/claims/c"]}, token=hub.tokens["bob"]
+    )
     assert _codes(out) == ["forbidden"]
-    got = await hub.rpc.ok("get_memory", {"key_names": ["@otherorg/claims/c"]},
-                           token=hub.tokens["reader"])
+    got = await hub.rpc.ok(
+        "get_memory", {"key_names": ["@otherorg/claims/c"]}, token=hub.tokens["reader"]
+    )
     assert got["results"][0]["value"] == "by root"
 
 
 async def test_shared_prefixes_are_exact(hub: Hub) -> None:
     """Finding 8: 'leaderboard' shares that one key (and leaderboard/...), not every key
     that starts with the word."""
-    await _create(hub, "alice", "leaderboard", "leaderboard/xl", "leaderboards-of-alice",
-                  "leaderboardX")
-    for key, allowed in (("leaderboard", True), ("leaderboard/xl", True),
-                         ("leaderboards-of-alice", False), ("leaderboardX", False)):
-        _, body = await hub.rpc.tool("update_memory", {"key_name": key, "value": "bob was here"},
-                                     token=hub.tokens["bob"])
+    await _create(
+        hub, "alice", "leaderboard", "leaderboard/xl", "leaderboards-of-alice", "leaderboardX"
+    )
+    for key, allowed in (
+        ("leaderboard", True),
+        ("leaderboard/xl", True),
+        ("leaderboards-of-alice", False),
+        ("leaderboardX", False),
+    ):
+        _, body = await hub.rpc.tool(
+            "update_memory", {"key_name": key, "value": "bob was here"}, token=hub.tokens["bob"]
+        )
         assert body["result"]["isError"] is not allowed, (key, body)
 
 
 def test_shared_delete_defaults_match_help_and_readme() -> None:
     """Finding 8: the default shared prefixes are what `swarm hub --help` and the README say."""
-    helptext = subprocess.run([sys.executable, "-m", "swarm", "hub", "--help"],
-                              capture_output=True, text=True, env=ENV, timeout=60).stdout
+    helptext = subprocess.run(
+        [sys.executable, "-m", "swarm", "hub", "--help"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    ).stdout
     flat = " ".join(helptext.split())
     upd = re.search(r"--shared-update-prefix PREFIX .*?\(repeatable; default (.*?)\)", flat)
     dele = re.search(r"--shared-delete-prefix PREFIX .*?\(repeatable; default (.*?)\)", flat)
@@ -91,15 +108,19 @@ async def test_invites_are_bounded_revocable_and_never_admin(hub: Hub) -> None:
     assert body["result"]["isError"] and "used up" in body["result"]["content"][0]["text"]
 
     inv2 = await hub.rpc.ok("create_invite", {"max_uses": 5}, token=root)
-    await hub.rpc.ok("share", {"command": {"command": "revoke_invite",
-                                           "invite_id": inv2["invite_id"]}}, token=root)
+    await hub.rpc.ok(
+        "share",
+        {"command": {"command": "revoke_invite", "invite_id": inv2["invite_id"]}},
+        token=root,
+    )
     _, body = await hub.rpc.tool("claim_invite", {"token": inv2["token"]})
     assert body["result"]["isError"] and "revoked" in body["result"]["content"][0]["text"]
 
     _, body = await hub.rpc.tool("create_invite", {"role": "admin"}, token=root)
     assert body["error"]["code"] == -32602
-    _, body = await hub.rpc.tool("share", {"command": {"command": "set_external_group",
-                                                       "group_name": "admin"}}, token=root)
+    _, body = await hub.rpc.tool(
+        "share", {"command": {"command": "set_external_group", "group_name": "admin"}}, token=root
+    )
     assert body["result"]["isError"] and "never give admin" in body["result"]["content"][0]["text"]
     assert (await hub.rpc.ok("create_invite", {}, token=root))["role"] == "participant"
 
@@ -120,8 +141,9 @@ async def test_expired_invites_do_not_work(hub: Hub) -> None:
     await asyncio.sleep(0.1)
     _, body = await hub.rpc.tool("claim_invite", {"token": token})
     assert body["result"]["isError"] and "expired" in body["result"]["content"][0]["text"]
-    _, body = await hub.rpc.tool("create_invite", {"expires_in_s": 10**12},
-                                 token=hub.tokens["root"])
+    _, body = await hub.rpc.tool(
+        "create_invite", {"expires_in_s": 10**12}, token=hub.tokens["root"]
+    )
     assert body["error"]["code"] == -32602
 
 
@@ -136,7 +158,8 @@ async def test_revocation_is_immediate_from_another_process(hub: Hub) -> None:
         for i in range(400):
             t_sent = time.monotonic()
             status, body = await hub.rpc.tool(
-                "create_memory", {"items": [{"key_name": f"w/{i}", "value": "v"}]}, token=alice)
+                "create_memory", {"items": [{"key_name": f"w/{i}", "value": "v"}]}, token=alice
+            )
             if status == 200 and "result" in body and revoked_at and t_sent > revoked_at[0]:
                 late.append(i)
             if status == 401:
@@ -157,8 +180,9 @@ async def test_new_token_under_revoked_name_owns_nothing(hub: Hub) -> None:
     await _create(hub, "alice", "results/alice-run")
     hub.handle.revoke_token("alice")
     new_alice = hub.handle.add_token("alice", "participant")
-    _, body = await hub.rpc.tool("update_memory", {"key_name": "results/alice-run", "value": "x"},
-                                 token=new_alice)
+    _, body = await hub.rpc.tool(
+        "update_memory", {"key_name": "results/alice-run", "value": "x"}, token=new_alice
+    )
     assert body["result"]["isError"] and body["result"]["structuredContent"]["code"] == "forbidden"
     out = await hub.rpc.ok("delete_memory", {"key_names": ["results/alice-run"]}, token=new_alice)
     assert _codes(out) == ["forbidden"]
@@ -169,8 +193,11 @@ async def test_tokens_never_reach_the_log(hub: Hub, capsys: pytest.CaptureFixtur
     the token does not appear in the log."""
     secret = "swm_TopSecretValue123"
     r, w = await asyncio.open_connection("127.0.0.1", hub.handle.port)
-    w.write(b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret.encode()
-            + b"\x01junk\r\nContent-Length: 2\r\n\r\n{}")
+    w.write(
+        b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + secret.encode()
+        + b"\x01junk\r\nContent-Length: 2\r\n\r\n{}"
+    )
     await w.drain()
     answer = await asyncio.wait_for(r.read(), 5)
     w.close()
@@ -215,9 +242,14 @@ async def _attempt(hub: Hub, action: str, who: str, n: int) -> bool:
     calls: dict[str, tuple[str, dict[str, Any]]] = {
         "read_private": ("get_memory", {"key_names": ["results/bob"]}),
         "read_public": ("get_memory", {"key_names": ["best/pub"]}),
-        "create_own_org": ("create_memory", {"items": [{"key_name": f"new/{who}{n}", "value": "v"}]}),
-        "create_other_org": ("create_memory", {"items": [{"key_name": f"@zz/new/{who}{n}",
-                                                          "value": "v"}]}),
+        "create_own_org": (
+            "create_memory",
+            {"items": [{"key_name": f"new/{who}{n}", "value": "v"}]},
+        ),
+        "create_other_org": (
+            "create_memory",
+            {"items": [{"key_name": f"@zz/new/{who}{n}", "value": "v"}]},
+        ),
         "update_own": ("update_memory", {"key_name": mine, "value": "v2"}),
         "update_others": ("update_memory", {"key_name": "results/bob", "value": "v2"}),
         "update_shared": ("update_memory", {"key_name": "best/pub", "value": "v2"}),
@@ -245,17 +277,33 @@ async def test_authorization_matrix(tmp_path: Path) -> None:
     """Every action x role (anonymous, read, participant, admin) is allowed or refused
     exactly as the table says, over a real hub with a public prefix."""
     async with serve_hub(tmp_path / "m.db", public_prefixes=["best/"]) as handle:
-        tokens = {n: handle.add_token(n, r) for n, r in
-                  (("reader", "read"), ("alice", "participant"), ("bob", "participant"),
-                   ("root", "admin"))}
+        tokens = {
+            n: handle.add_token(n, r)
+            for n, r in (
+                ("reader", "read"),
+                ("alice", "participant"),
+                ("bob", "participant"),
+                ("root", "admin"),
+            )
+        }
         async with aiohttp.ClientSession() as session:
             hub = Hub(handle, Rpc(session, handle.url), tokens)
-            keys = ["results/bob", "best/pub", *(f"results/bob-del-{w}" for w in ROLE_TOKENS),
-                    *(f"claims/bob-{w}" for w in ROLE_TOKENS)]
-            await hub.rpc.ok("create_memory", {"items": [{"key_name": k, "value": "v"}
-                                                         for k in keys]}, token=tokens["bob"])
-            await hub.rpc.ok("create_memory", {"items": [{"key_name": "@zz/claims/bob",
-                                                          "value": "v"}]}, token=tokens["root"])
+            keys = [
+                "results/bob",
+                "best/pub",
+                *(f"results/bob-del-{w}" for w in ROLE_TOKENS),
+                *(f"claims/bob-{w}" for w in ROLE_TOKENS),
+            ]
+            await hub.rpc.ok(
+                "create_memory",
+                {"items": [{"key_name": k, "value": "v"} for k in keys]},
+                token=tokens["bob"],
+            )
+            await hub.rpc.ok(
+                "create_memory",
+                {"items": [{"key_name": "@zz/claims/bob", "value": "v"}]},
+                token=tokens["root"],
+            )
             wrong: list[str] = []
             for n, (action, expected) in enumerate(MATRIX.items()):
                 for who, allowed in zip(ROLE_TOKENS, expected, strict=True):

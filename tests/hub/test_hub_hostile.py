@@ -50,8 +50,8 @@ async def watch_stalls(url: str, tmp_path: Path) -> AsyncIterator[list[float]]:
     worst: list[float] = []
     stop = tmp_path / f"stop-poller-{time.monotonic_ns()}"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _POLLER, url + "healthz", str(stop),
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-c", _POLLER, url + "healthz", str(stop), stdout=asyncio.subprocess.PIPE
+    )
     await asyncio.sleep(0.3)
     try:
         yield worst
@@ -61,8 +61,9 @@ async def watch_stalls(url: str, tmp_path: Path) -> AsyncIterator[list[float]]:
         worst.append(float(out))
 
 
-async def _post(s: aiohttp.ClientSession, hub: HubProc, payload: Any, token: str | None
-                ) -> tuple[int, Any, int]:
+async def _post(
+    s: aiohttp.ClientSession, hub: HubProc, payload: Any, token: str | None
+) -> tuple[int, Any, int]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -72,8 +73,12 @@ async def _post(s: aiohttp.ClientSession, hub: HubProc, payload: Any, token: str
 
 
 def _call(tool: str, args: dict[str, Any], id_: int = 1) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": id_, "method": "tools/call",
-            "params": {"name": tool, "arguments": args}}
+    return {
+        "jsonrpc": "2.0",
+        "id": id_,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": args},
+    }
 
 
 @pytest.mark.slow
@@ -82,14 +87,16 @@ async def test_backtracking_like_prefix_answers_fast_and_stalls_nothing(tmp_path
     before) answers in well under a second while /healthz keeps answering."""
     async with hub_process(tmp_path, "--public-prefix", "r/") as hub, aiohttp.ClientSession() as s:
         items = [{"key_name": "r/" + "a" * (200 + i), "value": "v"} for i in range(50)]
-        status, out, _ = await _post(s, hub, _call("create_memory", {"items": items}),
-                                     hub.tokens["alice"])
+        status, out, _ = await _post(
+            s, hub, _call("create_memory", {"items": items}), hub.tokens["alice"]
+        )
         assert status == 200 and out["result"]["structuredContent"]["created"] == 50
         async with watch_stalls(hub.url, tmp_path) as worst:
             for prefix in ("r/%a%a%a%a%a%b", "r/" + "%a" * 40 + "%b", "r/%" + "_a" * 300 + "b"):
                 t0 = time.perf_counter()
                 status, out, _ = await asyncio.wait_for(
-                    _post(s, hub, _call("list_keys", {"prefix": prefix}), None), 10)
+                    _post(s, hub, _call("list_keys", {"prefix": prefix}), None), 10
+                )
                 took = time.perf_counter() - t0
                 assert status == 200 and out["result"]["structuredContent"]["keys"] == []
                 assert took < 0.5, (prefix[:20], took)
@@ -110,9 +117,10 @@ async def test_huge_get_replies_are_capped_per_item(tmp_path: Path) -> None:
         value = base64.b64encode(b"\x01" * (1 << 20)).decode()
         keys = [f"big/{i}" for i in range(20)]
         for i in range(0, len(keys), 4):
-            items = [{"key_name": k, "value": value, "base64": True} for k in keys[i:i + 4]]
-            status, out, _ = await _post(s, hub, _call("create_memory", {"items": items}),
-                                         hub.tokens["alice"])
+            items = [{"key_name": k, "value": value, "base64": True} for k in keys[i : i + 4]]
+            status, out, _ = await _post(
+                s, hub, _call("create_memory", {"items": items}), hub.tokens["alice"]
+            )
             assert status == 200 and out["result"]["structuredContent"]["created"] == 4, out
         base = hub.rss_mib()
         batch = [_call("get_memory", {"key_names": keys}, i) for i in range(6)]
@@ -134,20 +142,29 @@ async def test_huge_get_replies_are_capped_per_item(tmp_path: Path) -> None:
 async def test_batches_are_capped(hub: Hub) -> None:
     """Finding 3: a batch longer than max_batch is refused with 400; create_memory calls
     in one batch share the 100-item cap (the 50 x 100 = 5,000 items trick stores 100)."""
-    status, body, _ = await hub.rpc.raw(json.dumps(
-        [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(101)]))
+    status, body, _ = await hub.rpc.raw(
+        json.dumps([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(101)])
+    )
     assert status == 400 and "at most 100" in body["error"]["message"]
-    status, body, _ = await hub.rpc.raw(json.dumps(
-        [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(100)]))
+    status, body, _ = await hub.rpc.raw(
+        json.dumps([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(100)])
+    )
     assert status == 200 and len(body) == 100
-    batch = [_call("create_memory", {"items": [{"key_name": f"b/{c}/{i}", "value": "v"}
-                                               for i in range(100)]}, c) for c in range(50)]
+    batch = [
+        _call(
+            "create_memory",
+            {"items": [{"key_name": f"b/{c}/{i}", "value": "v"} for i in range(100)]},
+            c,
+        )
+        for c in range(50)
+    ]
     status, body, _ = await hub.rpc.raw(json.dumps(batch), token=hub.tokens["alice"])
     assert status == 200
     assert body[0]["result"]["structuredContent"]["created"] == 100
     assert all(r["error"]["code"] == -32602 for r in body[1:])
-    listing = await hub.rpc.ok("list_keys", {"prefix": "b/", "limit": 100},
-                               token=hub.tokens["alice"])
+    listing = await hub.rpc.ok(
+        "list_keys", {"prefix": "b/", "limit": 100}, token=hub.tokens["alice"]
+    )
     assert listing["count"] == 100 and listing["has_more"] is False
 
 
@@ -177,8 +194,10 @@ async def test_token_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
     once, from the head alone; eight anonymous 130 MiB uploads and a gzip bomb (256 MiB
     of zeros) leave the hub's peak RSS within 100 MiB of where it was."""
     async with hub_process(tmp_path) as hub:
-        head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n" % (130 << 20))
+        head = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n" % (130 << 20)
+        )
         got = await _raw_head(hub.port, head + b"Authorization: Bearer swm_forged\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 401")
         got = await _raw_head(hub.port, head + b"\r\n")
@@ -192,8 +211,10 @@ async def test_token_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
             if encoding:
                 headers["Content-Encoding"] = encoding
             try:
-                async with aiohttp.ClientSession() as s, s.post(hub.url, data=body,
-                                                               headers=headers) as r:
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.post(hub.url, data=body, headers=headers) as r,
+                ):
                     return r.status
             except aiohttp.ClientError:
                 return -1  # the hub closed the connection mid-upload: also a refusal
@@ -218,8 +239,7 @@ async def test_token_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
 async def test_slow_loris_connections_time_out_and_starve_nobody(tmp_path: Path) -> None:
     """Finding 5: 60 connections trickling a request head, more than the connection cap,
     neither keep a normal client out nor outlive the head timeout; the log stays small."""
-    async with hub_process(tmp_path, "--header-timeout-s", "1", "--max-connections",
-                           "40") as hub:
+    async with hub_process(tmp_path, "--header-timeout-s", "1", "--max-connections", "40") as hub:
         slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         for _ in range(60):
             r, w = await asyncio.open_connection("127.0.0.1", hub.port)
@@ -259,7 +279,9 @@ async def test_former_500s_are_client_errors(hub: Hub) -> None:
     """Finding 6: offset 2**63 is -32602 (not OverflowError/500); Content-Encoding gzip
     on a body that is not gzip is 400; a real gzip body works."""
     status, body = await hub.rpc.tool("list_keys", {"offset": 2**63}, token=hub.tokens["alice"])
-    assert status == 200 and body["error"]["code"] == -32602 and "at most" in body["error"]["message"]
+    assert (
+        status == 200 and body["error"]["code"] == -32602 and "at most" in body["error"]["message"]
+    )
     status, body = await hub.rpc.tool("list_keys", {"limit": 10**30}, token=hub.tokens["alice"])
     assert status == 200 and body["error"]["code"] == -32602
     ping = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
@@ -267,11 +289,13 @@ async def test_former_500s_are_client_errors(hub: Hub) -> None:
     assert status == 400 and "corrupt" in parsed["error"]["message"]
     status, parsed, _ = await hub.rpc.raw(ping, headers={"Content-Encoding": "br"})
     assert status == 415
-    status, parsed, _ = await hub.rpc.raw(gzip.compress(ping.encode()),
-                                          headers={"Content-Encoding": "gzip"})
+    status, parsed, _ = await hub.rpc.raw(
+        gzip.compress(ping.encode()), headers={"Content-Encoding": "gzip"}
+    )
     assert status == 200 and parsed["result"] == {}
-    status, parsed, _ = await hub.rpc.raw(gzip.compress(ping.encode())[:-6],
-                                          headers={"Content-Encoding": "gzip"})
+    status, parsed, _ = await hub.rpc.raw(
+        gzip.compress(ping.encode())[:-6], headers={"Content-Encoding": "gzip"}
+    )
     assert status == 400
 
 
@@ -285,8 +309,10 @@ async def test_connection_cap_answers_503_when_all_are_busy_and_slow_bodies_get_
     limits = HubLimits(max_connections=2, body_timeout_s=1.0, header_timeout_s=5.0)
     async with serve_hub(tmp_path / "c.db", limits=limits) as handle:
         token = handle.add_token("alice", "participant")
-        head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{")
+        head = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{"
+        )
         slow = []
         for _ in range(2):
             r, w = await asyncio.open_connection("127.0.0.1", handle.port)

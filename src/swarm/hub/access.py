@@ -113,8 +113,9 @@ class AuthState:
         """The principal of a bearer token; RpcError(-32001, HTTP 401) for a bad one."""
         who = (await self.snapshot()).principal(token)
         if self.open_access:
-            return Principal(who.name if who and who.name else "open-access", "admin",
-                             who.owner if who else None)
+            return Principal(
+                who.name if who and who.name else "open-access", "admin", who.owner if who else None
+            )
         if who is None:
             raise RpcError(
                 ERR_UNAUTHORIZED,

@@ -42,9 +42,9 @@ def encode(obj: Any) -> bytes:
     if isinstance(obj, str):
         return _string(obj)
     if isinstance(obj, dict):
-        return b"{" + b",".join(
-            orjson.dumps(str(k)) + b":" + encode(v) for k, v in obj.items()
-        ) + b"}"
+        return (
+            b"{" + b",".join(orjson.dumps(str(k)) + b":" + encode(v) for k, v in obj.items()) + b"}"
+        )
     if isinstance(obj, list | tuple):
         return b"[" + b",".join(encode(v) for v in obj) + b"]"
     return orjson.dumps(obj)

@@ -71,9 +71,16 @@ def _bounded_int(args: Mapping[str, Any], name: str, lo: int, hi: int, default: 
 
 
 def _invite_json(info: InviteInfo) -> dict[str, Any]:
-    return {"invite_id": info.id, "role": info.role, "created_by": info.created_by,
-            "created_at": info.created_at, "expires_at": info.expires_at,
-            "max_uses": info.max_uses, "uses": info.uses, "revoked": info.revoked_at is not None}
+    return {
+        "invite_id": info.id,
+        "role": info.role,
+        "created_by": info.created_by,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "max_uses": info.max_uses,
+        "uses": info.uses,
+        "revoked": info.revoked_at is not None,
+    }
 
 
 class OrgTools:
@@ -103,8 +110,11 @@ class OrgTools:
             )
         except InviteError as exc:
             raise ToolFailure("forbidden", str(exc)) from exc
-        return {"token": token, "auto_approve": True if auto is None else auto,
-                **_invite_json(info)}
+        return {
+            "token": token,
+            "auto_approve": True if auto is None else auto,
+            **_invite_json(info),
+        }
 
     async def claim_invite(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
         invite = args.get("token")
@@ -149,8 +159,10 @@ class OrgTools:
         _need_admin(who, tool)
         cmd = args.get("command")
         if not isinstance(cmd, dict):
-            raise _bad(f"{tool}: command must be an object such as "
-                       '{"command": "make_public", "key_pattern": "best/"}')
+            raise _bad(
+                f"{tool}: command must be an object such as "
+                '{"command": "make_public", "key_pattern": "best/"}'
+            )
         verb = cmd.get("command")
         tokens = self.auth.tokens
         out: dict[str, Any] = {"status": "success", "command": verb}
@@ -180,10 +192,13 @@ class OrgTools:
         elif verb == "revoke_invite":
             invite_id = cmd.get("invite_id")
             if not isinstance(invite_id, str):
-                raise _bad(f"{tool}: revoke_invite needs invite_id (from create_invite or "
-                           "list_invites)")
-            out.update(invite_id=invite_id,
-                       changed=await asyncio.to_thread(tokens.revoke_invite, invite_id))
+                raise _bad(
+                    f"{tool}: revoke_invite needs invite_id (from create_invite or list_invites)"
+                )
+            out.update(
+                invite_id=invite_id,
+                changed=await asyncio.to_thread(tokens.revoke_invite, invite_id),
+            )
         elif verb == "list_invites":
             invites = await asyncio.to_thread(tokens.list_invites)
             out.update(invites=[_invite_json(i) for i in invites])
@@ -191,8 +206,11 @@ class OrgTools:
             snap = await self.auth.current()
             out.update(
                 public=list(snap.public),
-                grants=[{"role": r, "action": a, "key_pattern": p}
-                        for (r, a), ps in sorted(snap.grants.items()) for p in ps],
+                grants=[
+                    {"role": r, "action": a, "key_pattern": p}
+                    for (r, a), ps in sorted(snap.grants.items())
+                    for p in ps
+                ],
                 policy=dict(policy),
             )
         else:

@@ -70,8 +70,13 @@ _SCHEMA = (
 # columns added after the first release (older files are migrated on open)
 _COLUMNS = {
     "hub_tokens": {"ident": "TEXT"},
-    "hub_invites": {"id": "TEXT", "max_uses": "INTEGER", "expires_at": "REAL",
-                    "revoked_at": "REAL", "creator_ident": "TEXT"},
+    "hub_invites": {
+        "id": "TEXT",
+        "max_uses": "INTEGER",
+        "expires_at": "REAL",
+        "revoked_at": "REAL",
+        "creator_ident": "TEXT",
+    },
 }
 
 
@@ -108,7 +113,10 @@ class TokenStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                str(self.path),
+                timeout=busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
             )
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -117,7 +125,9 @@ class TokenStore:
                     conn.execute(stmt)
                 self._migrate(conn)
         except (sqlite3.Error, OSError) as exc:
-            raise MemoryStoreError(f"cannot open the hub's auth tables in {self.path}: {exc}") from exc
+            raise MemoryStoreError(
+                f"cannot open the hub's auth tables in {self.path}: {exc}"
+            ) from exc
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -175,8 +185,9 @@ class TokenStore:
         capped at 20 ms. For one thread only (the hub's event loop)."""
         try:
             if self._peek is None:
-                self._peek = sqlite3.connect(str(self.path), timeout=0.02, isolation_level=None,
-                                             check_same_thread=False)
+                self._peek = sqlite3.connect(
+                    str(self.path), timeout=0.02, isolation_level=None, check_same_thread=False
+                )
                 self._peek.execute("PRAGMA busy_timeout = 20")
             row = self._peek.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
         except sqlite3.Error:
@@ -200,7 +211,9 @@ class TokenStore:
                 value=name,
             )
         if role not in ROLES:
-            raise ConfigError(f"role {role!r} must be one of {', '.join(ROLES)}", key="role", value=role)
+            raise ConfigError(
+                f"role {role!r} must be one of {', '.join(ROLES)}", key="role", value=role
+            )
         token = "swm_" + secrets.token_urlsafe(32)
         with self._tx() as conn:
             row = conn.execute(
@@ -262,13 +275,17 @@ class TokenStore:
 
     def make_private(self, pattern: str) -> bool:
         with self._tx() as conn:
-            return conn.execute("DELETE FROM hub_public WHERE pattern = ?", (pattern,)).rowcount == 1
+            return (
+                conn.execute("DELETE FROM hub_public WHERE pattern = ?", (pattern,)).rowcount == 1
+            )
 
     def set_external_role(self, role: Role) -> None:
         if role not in INVITE_ROLES:
             raise ConfigError(
                 f"the external group may be read or participant, not {role!r}: invites never "
-                "give admin", key="group_name", value=role,
+                "give admin",
+                key="group_name",
+                value=role,
             )
         with self._tx() as conn:
             conn.execute(
@@ -279,26 +296,44 @@ class TokenStore:
     # ---------------------------------------------------------------- invites
 
     def create_invite(
-        self, role: Role, creator: Principal, *, max_uses: int = 1,
+        self,
+        role: Role,
+        creator: Principal,
+        *,
+        max_uses: int = 1,
         ttl_s: float = DEFAULT_INVITE_TTL_S,
     ) -> tuple[str, InviteInfo]:
         """A new invite token and its listing. ``role`` must be read or participant and
         not above ``creator``'s own role."""
-        if role not in INVITE_ROLES or creator.role is None or creator.name is None or (
-            ROLES.index(role) > ROLES.index(creator.role)
+        if (
+            role not in INVITE_ROLES
+            or creator.role is None
+            or creator.name is None
+            or (ROLES.index(role) > ROLES.index(creator.role))
         ):
-            raise InviteError(f"an invite may give read or participant, at most the creator's "
-                              f"own role ({creator.role}); not {role!r}")
+            raise InviteError(
+                f"an invite may give read or participant, at most the creator's "
+                f"own role ({creator.role}); not {role!r}"
+            )
         token = "inv_" + secrets.token_urlsafe(24)
         now = time.time()
-        info = InviteInfo(secrets.token_hex(6), role, creator.name, now, now + ttl_s,
-                          max_uses, 0, None)
+        info = InviteInfo(
+            secrets.token_hex(6), role, creator.name, now, now + ttl_s, max_uses, 0, None
+        )
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO hub_invites (token_hash, role, created_at, created_by, id, max_uses, "
                 "expires_at, creator_ident) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (hash_token(token), role, now, creator.name, info.id, max_uses, info.expires_at,
-                 creator.owner),
+                (
+                    hash_token(token),
+                    role,
+                    now,
+                    creator.name,
+                    info.id,
+                    max_uses,
+                    info.expires_at,
+                    creator.owner,
+                ),
             )
         log.info("hub.invite_created", id=info.id, role=role, by=creator.name, max_uses=max_uses)
         return token, info
@@ -310,8 +345,16 @@ class TokenStore:
                 "FROM hub_invites ORDER BY created_at"
             ).fetchall()
         return [
-            InviteInfo(i or "", cast(Role, r), by, c, e if e is not None else c + DEFAULT_INVITE_TTL_S,
-                       m if m is not None else 1, u, v)
+            InviteInfo(
+                i or "",
+                cast(Role, r),
+                by,
+                c,
+                e if e is not None else c + DEFAULT_INVITE_TTL_S,
+                m if m is not None else 1,
+                u,
+                v,
+            )
             for i, r, by, c, e, m, u, v in rows
         ]
 
@@ -327,7 +370,8 @@ class TokenStore:
     def _check_invite(self, conn: sqlite3.Connection, invite: str) -> Role:
         row = conn.execute(
             "SELECT role, created_at, created_by, uses, max_uses, expires_at, revoked_at, "
-            "creator_ident FROM hub_invites WHERE token_hash = ?", (hash_token(invite),)
+            "creator_ident FROM hub_invites WHERE token_hash = ?",
+            (hash_token(invite),),
         ).fetchone()
         if row is None:
             raise InviteError("unknown invite token; ask the hub's admin for one")
@@ -344,11 +388,14 @@ class TokenStore:
         maker = conn.execute(
             "SELECT role, ident FROM hub_tokens WHERE name = ? AND revoked_at IS NULL", (by,)
         ).fetchone()
-        if maker is None or maker[0] != "admin" or (
-            creator_ident is not None and creator_ident != _identity(by, maker[1])
+        if (
+            maker is None
+            or maker[0] != "admin"
+            or (creator_ident is not None and creator_ident != _identity(by, maker[1]))
         ):
-            raise InviteError("the admin token that made this invite was revoked; the invite "
-                              "no longer works")
+            raise InviteError(
+                "the admin token that made this invite was revoked; the invite no longer works"
+            )
         return cast(Role, role)
 
     def claim_invite(self, invite: str, who: Principal) -> tuple[Role, str | None, str | None]:
@@ -361,8 +408,10 @@ class TokenStore:
             )
             if who.name is not None and who.role is not None:
                 if ROLES.index(who.role) < ROLES.index(role):
-                    conn.execute("UPDATE hub_tokens SET role = ? WHERE name = ? AND revoked_at IS NULL",
-                                 (role, who.name))
+                    conn.execute(
+                        "UPDATE hub_tokens SET role = ? WHERE name = ? AND revoked_at IS NULL",
+                        (role, who.name),
+                    )
                     return role, who.name, None
                 return who.role, who.name, None
             name = "invitee-" + secrets.token_hex(4)

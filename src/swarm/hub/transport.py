@@ -58,8 +58,9 @@ class RedactingLog:
             text = f"{msg} {args!r}"
         exc = kw.get("exc_info")
         error = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else None
-        getattr(log, level)("hub.http", message=redact(text),
-                            error=redact(error) if error else None)
+        getattr(log, level)(
+            "hub.http", message=redact(text), error=redact(error) if error else None
+        )
 
     def debug(self, msg: str, *args: Any, **kw: Any) -> None:
         self._emit("debug", msg, *args, **kw)
@@ -100,12 +101,16 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
     """
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity", *_WBITS):
-        raise BodyError(415, f"Content-Encoding {encoding!r} is not supported; send "
-                             "identity, gzip or deflate")
+        raise BodyError(
+            415, f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate"
+        )
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise BodyError(413, f"request body too large: {declared} bytes, over this hub's "
-                             f"{limit}-byte limit; send fewer or smaller items per call")
+        raise BodyError(
+            413,
+            f"request body too large: {declared} bytes, over this hub's "
+            f"{limit}-byte limit; send fewer or smaller items per call",
+        )
     if encoding not in _WBITS and declared is not None and request.content.is_eof():
         return await request.read()  # all of it arrived with the head: nothing to wait for
     inflater = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
@@ -123,9 +128,12 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
                         size = limit + 1
                 size += len(chunk)
                 if size > limit:
-                    raise BodyError(413, f"request body too large: over this hub's {limit}-byte "
-                                         "limit (after decompression); send fewer or smaller "
-                                         "items per call")
+                    raise BodyError(
+                        413,
+                        f"request body too large: over this hub's {limit}-byte "
+                        "limit (after decompression); send fewer or smaller "
+                        "items per call",
+                    )
                 parts.append(chunk)
     except TimeoutError as exc:
         raise BodyError(408, f"the request body was not received within {timeout_s:g} s") from exc
@@ -220,8 +228,11 @@ class Listener:
         every quarter of that timeout (at most a second) while the listener is open."""
         timeout = self.limits.header_timeout_s
         cutoff = self.now() - timeout
-        for guard in [g for g in self.live if g.head_since is not None and not g.busy
-                      and g.head_since < cutoff]:
+        for guard in [
+            g
+            for g in self.live
+            if g.head_since is not None and not g.busy and g.head_since < cutoff
+        ]:
             log.info("hub.slow_request_head", timeout_s=timeout)
             if guard.transport is not None:
                 guard.transport.abort()
@@ -239,9 +250,12 @@ class Listener:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft < need:
-            log.warning("hub.few_file_descriptors", open_files=soft,
-                        max_connections=self.limits.max_connections,
-                        fix="raise the open-file limit (ulimit -n) or lower --max-connections")
+            log.warning(
+                "hub.few_file_descriptors",
+                open_files=soft,
+                max_connections=self.limits.max_connections,
+                fix="raise the open-file limit (ulimit -n) or lower --max-connections",
+            )
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port``; returns the bound port. OSError when it cannot."""
