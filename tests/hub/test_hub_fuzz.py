@@ -205,9 +205,9 @@ def _request(rng: random.Random, tokens: list[str | None]) -> tuple[bytes, dict[
         )
     headers = {"Content-Type": rng.choice(("application/json", "text/plain", ""))}
     token = rng.choice(tokens)
-    if token is not None:
+    if token is not None:  # mostly well-formed, so that most requests reach the tools
         headers["Authorization"] = rng.choice(
-            (f"Bearer {token}", f"bearer  {token} ", token, "Bearer", "Basic abc")
+            (f"Bearer {token}",) * 6 + (f"bearer  {token} ", token, "Bearer", "Basic abc")
         )
     enc = rng.random()
     if enc < 0.08:
@@ -226,7 +226,7 @@ async def test_fuzzed_requests_never_break_the_hub(tmp_path: Path) -> None:
     150 MiB, and valid traffic works afterwards."""
     rng = random.Random(SEED)
     async with hub_process(tmp_path, "--public-prefix", "r/") as hub:
-        tokens: list[str | None] = [None, "swm_bogus", *hub.tokens.values()]
+        tokens: list[str | None] = [None, "swm_bogus", *hub.tokens.values(), *hub.tokens.values()]
         async with aiohttp.ClientSession() as s:
 
             async def send(body: bytes, headers: dict[str, str]) -> int:
