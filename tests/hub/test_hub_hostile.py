@@ -24,7 +24,7 @@ import pytest
 from hub_helpers import Hub, Rpc
 from hub_proc import HubProc, hub_process
 
-STALL_S = 0.1  # the longest /healthz may wait while an attack runs
+STALL_S = 0.1  # how much longer than when idle /healthz may wait while an attack runs
 
 
 _POLLER = """
@@ -59,6 +59,14 @@ async def watch_stalls(url: str, tmp_path: Path) -> AsyncIterator[list[float]]:
         stop.touch()
         out, _ = await proc.communicate()
         worst.append(float(out))
+
+
+async def idle_worst(url: str, tmp_path: Path) -> float:
+    """The worst /healthz latency of an idle second: this machine's own noise (other
+    processes share its cores), allowed on top of STALL_S."""
+    async with watch_stalls(url, tmp_path) as worst:
+        await asyncio.sleep(1.0)
+    return worst[0]
 
 
 async def _post(
@@ -102,7 +110,7 @@ async def test_backtracking_like_prefix_answers_fast_and_stalls_nothing(tmp_path
                 assert took < 0.5, (prefix[:20], took)
             status, out, _ = await _post(s, hub, _call("list_keys", {"prefix": "r/%a%a"}), None)
             assert out["result"]["structuredContent"]["count"] == 50
-        assert worst[0] < STALL_S, worst
+        assert worst[0] < STALL_S + await idle_worst(hub.url, tmp_path), worst
 
 
 @pytest.mark.slow
@@ -136,7 +144,7 @@ async def test_huge_get_replies_are_capped_per_item(tmp_path: Path) -> None:
         assert "reply limit" in too_large[0]["error"]
         assert out[5]["error"]["code"] == -32602 and "item limit" in out[5]["error"]["message"]
         assert hub.peak_mib() - base < 400, (base, hub.peak_mib())
-        assert worst[0] < STALL_S, worst
+        assert worst[0] < STALL_S + await idle_worst(hub.url, tmp_path), worst
 
 
 async def test_batches_are_capped(hub: Hub) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,6 +51,7 @@ _JSON = "application/json"
 _SSE = "text/event-stream"
 _NO_ID = object()
 _INLINE = 256 << 10  # bodies and replies larger than this are (de)coded in a thread
+_SWITCH_INTERVAL_S = 0.001
 
 
 def _dumps(obj: Any, stepped: bool = False) -> bytes:
@@ -465,6 +467,9 @@ def run_hub(
                 loop.remove_signal_handler(sig)
         log.info("hub.stopped")
 
+    # Large replies are encoded in worker threads in small steps; a short switch interval
+    # lets the event loop take the GIL back between steps sooner (5 ms by default).
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     asyncio.run(main())
     return 0
 
