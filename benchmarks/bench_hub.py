@@ -188,26 +188,30 @@ async def main() -> int:
                 c = Client(session, url, token)
                 nc, secs = args.clients, args.seconds
 
+                made = [0] * nc  # records each worker created (workers are not served evenly)
+
                 async def create(w: int, i: int) -> None:
                     out = await c.call("create_memory", {"items": [
                         {"key_name": f"bench/c/{w:02d}-{i:06d}", "value": VALUE,
                          "description": "bench record"}]})
                     assert out["created"] == 1, out
+                    made[w] += 1
 
                 rate, lat = await drive(nc, secs, create)
                 rows.append(("create_memory", "1 item, no embed", rate, pct(lat, 50), pct(lat, 99)))
-                created = len(lat)
-                per_worker = max(1, created // nc)
+                writers = [x for x in range(nc) if made[x]]
 
                 async def get(w: int, i: int) -> None:
-                    k = f"bench/c/{random.randrange(nc):02d}-{random.randrange(per_worker):06d}"
+                    x = random.choice(writers)
+                    k = f"bench/c/{x:02d}-{random.randrange(made[x]):06d}"
                     await c.call("get_memory", {"key_names": [k]})
 
                 rate, lat = await drive(nc, secs, get)
                 rows.append(("get_memory", "1 key", rate, pct(lat, 50), pct(lat, 99)))
 
                 async def update(w: int, i: int) -> None:
-                    k = f"bench/c/{w:02d}-{random.randrange(per_worker):06d}"
+                    x = w if made[w] else random.choice(writers)
+                    k = f"bench/c/{x:02d}-{random.randrange(made[x]):06d}"
                     await c.call("update_memory", {"key_name": k, "value": VALUE})
 
                 rate, lat = await drive(nc, secs, update)

@@ -157,7 +157,7 @@ async def test_invites_upgrade_or_mint_tokens(hub: Hub) -> None:
     anonymous claimer gets a new participant token."""
     status, _ = await hub.rpc.tool("create_invite", {"auto_approve": True}, token=hub.tokens["bob"])
     assert status == 403
-    invite = (await hub.rpc.ok("create_invite", {"auto_approve": True},
+    invite = (await hub.rpc.ok("create_invite", {"auto_approve": True, "max_uses": 2},
                                token=hub.tokens["root"]))["token"]
     reader = hub.tokens["reader"]
     out = await hub.rpc.ok("claim_invite", {"token": invite}, token=reader)

@@ -105,3 +105,25 @@ async def test_wait_for_hub_names_the_url_when_nothing_answers() -> None:
     url = f"http://127.0.0.1:{free_port()}/"
     with pytest.raises(TransportError, match=url.replace(".", r"\.")):
         await wait_for_hub(url, timeout_s=0.3)
+
+
+@pytest.mark.slow
+def test_invite_commands_and_limit_flags(tmp_path: Path) -> None:
+    """invite list shows an invite (never its token), invite revoke revokes it (a second
+    revoke exits 2), and a bad limit flag exits 2 naming the limit."""
+    from swarm.hub import TokenStore
+
+    db = tmp_path / "hub.db"
+    with TokenStore(db) as ts:
+        ts.add("root", "admin")
+        root = next(p for p in ts.snapshot().tokens.values() if p.name == "root")
+        token, info = ts.create_invite("participant", root, max_uses=3)
+    listed = swarm("hub", "invite", "list", "--db", str(db))
+    assert listed.returncode == 0 and info.id in listed.stdout and "0/3" in listed.stdout
+    assert token not in listed.stdout and "active" in listed.stdout
+    assert swarm("hub", "invite", "revoke", info.id, "--db", str(db)).returncode == 0
+    again = swarm("hub", "invite", "revoke", info.id, "--db", str(db))
+    assert again.returncode == 2 and "no live invite" in again.stderr
+    assert "revoked" in swarm("hub", "invite", "list", "--db", str(db)).stdout
+    bad = swarm("hub", "--max-batch", "0", "--db", str(db), "--port", "0")
+    assert bad.returncode == 2 and "max_batch" in bad.stderr

@@ -336,7 +336,7 @@ async def test_unexpected_fault_is_a_logged_internal_error(
 ) -> None:
     """A bug inside a tool becomes HTTP 500 with -32603 (and a log line); the hub keeps serving."""
 
-    async def broken(who: object, args: object) -> dict[str, object]:
+    async def broken(who: object, args: object, budget: object) -> dict[str, object]:
         raise RuntimeError("boom")
 
     monkeypatch.setitem(hub.handle.service.tools, "list_keys", broken)

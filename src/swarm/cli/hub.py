@@ -6,6 +6,7 @@
     python -m swarm hub token add NAME --role read|participant|admin [--db PATH]
     python -m swarm hub token list [--db PATH]
     python -m swarm hub token revoke NAME [--db PATH]
+    python -m swarm hub invite list|revoke ID [--db PATH]
 
 Tokens live in the hub's database file (or in ``--auth-db`` when the hub was started
 with one: pass that file as ``--db`` to the token commands).
@@ -65,43 +66,97 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         default=None,
         metavar="PREFIX",
-        help="participants may update others' records under PREFIX (repeatable; default "
-        "best/, leaderboard, claims/, hypotheses/)",
+        help="participants may update others' records under PREFIX, a prefix ending in '/' "
+        "or one exact key (repeatable; default best/, leaderboard, leaderboard/, claims/, "
+        "hypotheses/)",
     )
     p.add_argument(
         "--shared-delete-prefix",
         action="append",
         default=None,
         metavar="PREFIX",
-        help="participants may delete others' records under PREFIX (repeatable; default claims/)",
+        help="participants may delete others' records under PREFIX, a prefix ending in '/' "
+        "or one exact key (repeatable; default claims/, locks/mutex/, best/pending/)",
     )
     p.add_argument(
         "--open-access",
         action="store_true",
         help="no authentication at all: every request acts as an admin (trusted networks only)",
     )
+    _add_limit_args(p)
     p.set_defaults(handler=_serve)
 
-    sub = p.add_subparsers(dest="hub_command", metavar="token")
-    tok = sub.add_parser("token", help="manage bearer tokens")
-    tsub = tok.add_subparsers(dest="token_command", metavar="add|list|revoke")
-    tsub.required = True
-    add = tsub.add_parser("add", help="create a token (printed once)")
-    add.add_argument("name")
-    add.add_argument("--role", required=True, choices=("read", "participant", "admin"))
-    add.add_argument("--db", type=Path, default=None, dest="token_db")
-    add.set_defaults(handler=_token_add)
-    ls = tsub.add_parser("list", help="list tokens (names and roles, never the tokens)")
-    ls.add_argument("--db", type=Path, default=None, dest="token_db")
-    ls.set_defaults(handler=_token_list)
-    rv = tsub.add_parser("revoke", help="revoke a token")
-    rv.add_argument("name")
-    rv.add_argument("--db", type=Path, default=None, dest="token_db")
-    rv.set_defaults(handler=_token_revoke)
+    sub = p.add_subparsers(dest="hub_command", metavar="token|invite")
+    _add_commands(sub, "token", "manage bearer tokens", [
+        ("add", "create a token (printed once)", ("name",), _token_add),
+        ("list", "list tokens (names and roles, never the tokens)", (), _token_list),
+        ("revoke", "revoke a token", ("name",), _token_revoke),
+    ])
+    _add_commands(sub, "invite", "list or revoke invites (made with the create_invite tool)", [
+        ("list", "list invites (ids, roles, uses, expiry; never the tokens)", (), _invite_list),
+        ("revoke", "revoke an invite by its id", ("invite_id",), _invite_revoke),
+    ])
+
+
+def _add_commands(sub: Any, group: str, help_: str,
+                  commands: list[tuple[str, str, tuple[str, ...], Any]]) -> None:
+    """``hub GROUP CMD [ARGS] [--db PATH]`` for each (CMD, help, positional args, handler)."""
+    parser = sub.add_parser(group, help=help_)
+    gsub = parser.add_subparsers(dest=f"{group}_command", metavar="|".join(c[0] for c in commands))
+    gsub.required = True
+    for name, text, positional, handler in commands:
+        cmd = gsub.add_parser(name, help=text)
+        for arg in positional:
+            cmd.add_argument(arg)
+        if group == "token" and name == "add":
+            cmd.add_argument("--role", required=True, choices=("read", "participant", "admin"))
+        cmd.add_argument("--db", type=Path, default=None, dest="token_db")
+        cmd.set_defaults(handler=handler)
+
+
+_LIMIT_HELP = {
+    "max_body_bytes": "largest request body, after decompression (default %(default)s)",
+    "max_anon_body_bytes": "largest body of a request without a token (default %(default)s)",
+    "max_batch": "most JSON-RPC messages in one batch (default %(default)s)",
+    "max_items_per_request": "most items (keys) of all calls of one request (default %(default)s)",
+    "max_reply_bytes": "reply size past which values come back as too_large (default %(default)s)",
+    "header_timeout_s": "seconds a client has to send a request head (default %(default)s)",
+    "body_timeout_s": "seconds a client has to send a request body (default %(default)s)",
+    "idle_timeout_s": "seconds an idle keep-alive connection is kept (default %(default)s)",
+    "max_connections": "open connections at most; the oldest idle one makes room "
+    "(default %(default)s)",
+}
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from swarm.hub.limits import HubLimits
+
+    g = p.add_argument_group("limits (see README, 'Hub limits')")
+    defaults = HubLimits()
+    for f in fields(HubLimits):
+        value = getattr(defaults, f.name)
+        g.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(value),
+            default=value,
+            metavar="N",
+            dest=f"limit_{f.name}",
+            help=_LIMIT_HELP[f.name],
+        )
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from dataclasses import fields
+
+    from swarm.hub.limits import HubLimits
+
+    return HubLimits(**{f.name: getattr(args, f"limit_{f.name}") for f in fields(HubLimits)})
 
 
 def _token_store(args: argparse.Namespace) -> Any:
-    from swarm.hub.auth import TokenStore
+    from swarm.hub.tokens import TokenStore
 
     path = args.token_db or args.db or default_db()
     try:
@@ -125,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         public_prefixes=tuple(args.public_prefix),
     )
     db = args.db or default_db()
+    limits = _limits(args)
     try:
         return run_hub(
             db,
@@ -134,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_db=args.auth_db,
             open_access=args.open_access,
             policy=policy,
+            limits=limits,
         )
     except MemoryStoreError as exc:
         raise ConfigError(f"cannot serve {db}: {exc}", key="db", value=str(db)) from exc
@@ -173,4 +230,30 @@ def _token_revoke(args: argparse.Namespace) -> int:
     if not done:
         raise ConfigError(f"no active token named {args.name!r}", key="name", value=args.name)
     sys.stderr.write(f"revoked the token of {args.name!r}\n")
+    return 0
+
+
+def _invite_list(args: argparse.Namespace) -> int:
+    with _token_store(args) as store:
+        invites = store.list_invites()
+    if not invites:
+        sys.stderr.write("no invites; an admin makes one with the create_invite tool\n")
+        return 0
+    now = time.time()
+    for i in invites:
+        state = ("revoked" if i.revoked_at else "expired" if i.expires_at <= now
+                 else "used up" if i.uses >= i.max_uses else "active")
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.expires_at))
+        sys.stdout.write(f"{i.id}  {i.role:<11}  by {i.created_by}  uses {i.uses}/{i.max_uses}  "
+                         f"until {until}  {state}\n")
+    return 0
+
+
+def _invite_revoke(args: argparse.Namespace) -> int:
+    with _token_store(args) as store:
+        done = store.revoke_invite(args.invite_id)
+    if not done:
+        raise ConfigError(f"no live invite with id {args.invite_id!r} (see: hub invite list)",
+                          key="invite_id", value=args.invite_id)
+    sys.stderr.write(f"revoked invite {args.invite_id}\n")
     return 0

@@ -8,7 +8,9 @@ tokens, roles and grants: ``swarm.hub.auth``.
 
 from __future__ import annotations
 
-from swarm.hub.auth import HubPolicy, TokenStore
+from swarm.hub.auth import HubPolicy
+from swarm.hub.limits import HubLimits
 from swarm.hub.server import HubHandle, build_app, run_hub, serve_hub, wait_for_hub
+from swarm.hub.tokens import TokenStore
 
-__all__ = ["HubHandle", "HubPolicy", "TokenStore", "build_app", "run_hub", "serve_hub", "wait_for_hub"]
+__all__ = ["HubHandle", "HubLimits", "HubPolicy", "TokenStore", "build_app", "run_hub", "serve_hub", "wait_for_hub"]

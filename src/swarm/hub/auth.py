@@ -5,11 +5,14 @@ stored (they carry 256 bits of entropy, so a fast hash is enough). Each token ha
 name (recorded as the creator of what it writes) and a role:
 
 ``read``         reads everything; writes only where a grant allows it
-``participant``  reads everything and creates anything; updates and deletes its own
-                 records, plus any record under the policy's shared prefixes
-                 (default: updates under ``best/``, ``leaderboard``, ``claims/``,
-                 ``hypotheses/``; deletes under ``claims/``, so that a dead claim can
-                 be taken over) and under grants added with the ``share`` tool
+``participant``  reads everything and creates in the hub's org (another org only by
+                 grant); updates and deletes its own records (those made with this
+                 very token: a new token under a revoked name owns nothing), plus
+                 any record under the policy's shared prefixes (default: updates
+                 under ``best/``, ``leaderboard``, ``leaderboard/``, ``claims/``,
+                 ``hypotheses/``; deletes under ``claims/``, ``locks/mutex/`` and
+                 ``best/pending/``, so that a dead worker's claim, mutex or pending
+                 improvement can be taken over) and under grants added with ``share``
 ``admin``        everything, including ``share`` and ``create_invite``
 
 Requests without a token may read only keys under a public prefix (``--public-prefix``
@@ -17,25 +20,20 @@ or ``share {"command": "make_public", "key_pattern": ...}``). A token that is un
 or revoked is refused outright (HTTP 401).
 
 Everything is kept in SQLite tables (``hub_*``) of the hub's database file, so the CLI
-(``python -m swarm hub token add``) and a running hub share them; the hub re-reads them
-every couple of seconds, and at once when it meets a token it does not know.
+(``python -m swarm hub token add``) and a running hub share them (``swarm.hub.tokens``).
+Every change bumps a generation counter; each request checks it, so a revoke is in
+force for the next request in every hub process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import secrets
-import sqlite3
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
-from swarm._logging import get_logger
-from swarm.errors import ConfigError, MemoryStoreError
+from swarm.errors import ConfigError
 
 __all__ = [
     "ACTIONS",
@@ -47,17 +45,15 @@ __all__ = [
     "Principal",
     "Role",
     "TokenInfo",
-    "TokenStore",
     "hash_token",
+    "role_of_group",
 ]
-
-log = get_logger(__name__)
 
 Role = Literal["read", "participant", "admin"]
 Action = Literal["read", "create", "update", "delete"]
 ROLES: tuple[Role, ...] = ("read", "participant", "admin")
 ACTIONS: tuple[Action, ...] = ("read", "create", "update", "delete")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 _GROUP_ALIASES: dict[str, Role] = {
     "read": "read",
     "reader": "read",
@@ -67,27 +63,6 @@ _GROUP_ALIASES: dict[str, Role] = {
     "admin": "admin",
     "admins": "admin",
 }
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS hub_tokens (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    )""",
-    """CREATE TABLE IF NOT EXISTS hub_grants (
-        role TEXT NOT NULL, action TEXT NOT NULL, pattern TEXT NOT NULL,
-        PRIMARY KEY (role, action, pattern)
-    )""",
-    "CREATE TABLE IF NOT EXISTS hub_public (pattern TEXT PRIMARY KEY)",
-    """CREATE TABLE IF NOT EXISTS hub_invites (
-        token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, created_at REAL NOT NULL,
-        created_by TEXT, uses INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE TABLE IF NOT EXISTS hub_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-
 
 def hash_token(token: str) -> str:
     """The stored form of a token."""
@@ -106,14 +81,22 @@ def role_of_group(group: str) -> Role:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made a request. ``role`` None means anonymous."""
+    """Who made a request. ``role`` None means anonymous. ``owner`` is the identity its
+    records are stored under: the token's own (``name#id``), so that a later token under
+    the same name does not own them; None falls back to ``name``."""
 
     name: str | None
     role: Role | None
+    owner: str | None = None
 
     @property
     def anonymous(self) -> bool:
         return self.role is None
+
+    @property
+    def creator(self) -> str | None:
+        """What is recorded as the creator of what this principal writes."""
+        return self.owner or self.name
 
 
 ANONYMOUS = Principal(None, None)
@@ -129,17 +112,48 @@ class TokenInfo:
     revoked_at: float | None
 
 
+DEFAULT_SHARED_UPDATE: tuple[str, ...] = (
+    "best/", "leaderboard", "leaderboard/", "claims/", "hypotheses/"
+)
+DEFAULT_SHARED_DELETE: tuple[str, ...] = ("claims/", "locks/mutex/", "best/pending/")
+
+
 @dataclass(frozen=True, slots=True)
 class HubPolicy:
-    """Shared prefixes participants may update/delete whoever created the record."""
+    """Shared prefixes participants may update/delete whoever created the record.
 
-    shared_update_prefixes: tuple[str, ...] = ("best/", "leaderboard", "claims/", "hypotheses/")
-    shared_delete_prefixes: tuple[str, ...] = ("claims/", "locks/mutex/", "best/pending/")
+    An entry ending in ``/`` covers every key under it; any other entry is one exact key
+    (``leaderboard`` covers ``leaderboard``, not ``leaderboards-of-mine``).
+    """
+
+    shared_update_prefixes: tuple[str, ...] = DEFAULT_SHARED_UPDATE
+    shared_delete_prefixes: tuple[str, ...] = DEFAULT_SHARED_DELETE
     public_prefixes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for what in ("shared_update_prefixes", "shared_delete_prefixes"):
+            for p in getattr(self, what):
+                if not p or p.startswith("@") or p == "/":
+                    raise ConfigError(
+                        f"{what}: {p!r} is not a key prefix of this hub's org; give a prefix "
+                        "ending in '/' (such as 'claims/') or one exact key",
+                        key=what,
+                        value=p,
+                    )
+
+    def shared(self, action: Literal["update", "delete"], key: str) -> bool:
+        """Whether ``key`` (of the hub's org) is shared for ``action``."""
+        entries = self.shared_update_prefixes if action == "update" else self.shared_delete_prefixes
+        return any(key.startswith(p) if p.endswith("/") else key == p for p in entries)
 
 
 def _under(key: str, patterns: Iterable[str]) -> bool:
     return any(key.startswith(p) for p in patterns)
+
+
+def _foreign(key: str) -> bool:
+    """Whether a canonical key belongs to another org than the hub's (``@org/...``)."""
+    return key.startswith("@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +165,7 @@ class AuthSnapshot:
     public: tuple[str, ...] = ()
     external_role: Role = "participant"
     loaded_at: float = 0.0
+    generation: int = -1  # the auth tables' change counter when this was read
 
     def principal(self, token: str | None) -> Principal | None:
         """The principal of ``token``: ANONYMOUS for None, None for an unknown token."""
@@ -175,9 +190,13 @@ class AuthSnapshot:
         return who.role is not None or self.is_public(key)
 
     def may_create(self, who: Principal, key: str) -> bool:
-        if who.role in ("admin", "participant"):
+        """Admins anywhere; participants in the hub's org (elsewhere by grant); readers
+        by grant."""
+        if who.role == "admin":
             return True
-        return who.role == "read" and self.granted("read", "create", key)
+        if who.role == "participant" and not _foreign(key):
+            return True
+        return who.role is not None and self.granted(who.role, "create", key)
 
     def owner_for(
         self, who: Principal, action: Literal["update", "delete"], key: str, policy: HubPolicy
@@ -187,214 +206,10 @@ class AuthSnapshot:
             return True, None
         if who.role is None:
             return False, None
-        shared = policy.shared_update_prefixes if action == "update" else policy.shared_delete_prefixes
-        if (who.role == "participant" and _under(key, shared)) or self.granted(who.role, action, key):
+        if self.granted(who.role, action, key):
             return True, None
-        if who.role == "participant":
-            return True, who.name
-        return False, None
-
-
-class TokenStore:
-    """Synchronous access to the ``hub_*`` tables (the CLI uses it directly; the hub in
-    a thread). Thread-safe: one connection guarded by a lock."""
-
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            with self._tx():
-                for stmt in _SCHEMA:
-                    self._conn.execute(stmt)
-        except (sqlite3.Error, OSError) as exc:
-            raise MemoryStoreError(f"cannot open the hub's auth tables in {self.path}: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> TokenStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    class _Tx:
-        def __init__(self, store: TokenStore) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._lock.acquire()
-            try:
-                self.store._conn.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                self.store._lock.release()
-                raise
-            return self.store._conn
-
-        def __exit__(self, exc_type: object, *rest: object) -> None:
-            conn = self.store._conn
-            try:
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            finally:
-                self.store._lock.release()
-
-    def _tx(self) -> TokenStore._Tx:
-        return TokenStore._Tx(self)
-
-    # ---------------------------------------------------------------- tokens
-
-    def add(self, name: str, role: str) -> str:
-        """Create a token for ``name``; returns it (shown once, stored hashed)."""
-        if not _NAME.match(name or ""):
-            raise ConfigError(
-                f"token name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-'",
-                key="name",
-                value=name,
-            )
-        if role not in ROLES:
-            raise ConfigError(f"role {role!r} must be one of {', '.join(ROLES)}", key="role", value=role)
-        token = "swm_" + secrets.token_urlsafe(32)
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT revoked_at FROM hub_tokens WHERE name = ?", (name,)
-            ).fetchone()
-            if row is not None and row[0] is None:
-                raise ConfigError(
-                    f"a token named {name!r} exists; revoke it first (hub token revoke {name})",
-                    key="name",
-                    value=name,
-                )
-            conn.execute(
-                "INSERT OR REPLACE INTO hub_tokens (name, role, token_hash, created_at, revoked_at) "
-                "VALUES (?, ?, ?, ?, NULL)",
-                (name, role, hash_token(token), time.time()),
-            )
-        log.info("hub.token_added", name=name, role=role)
-        return token
-
-    def list(self) -> list[TokenInfo]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT name, role, created_at, revoked_at FROM hub_tokens ORDER BY name"
-            ).fetchall()
-        return [TokenInfo(n, cast(Role, r), c, v) for n, r, c, v in rows]
-
-    def revoke(self, name: str) -> bool:
-        """Revoke the token of ``name``; False when there is no live one."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE hub_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                (time.time(), name),
-            )
-            done = cur.rowcount == 1
-        if done:
-            log.info("hub.token_revoked", name=name)
-        return done
-
-    def set_role(self, name: str, role: Role) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE hub_tokens SET role = ? WHERE name = ?", (role, name))
-
-    # ---------------------------------------------------------------- grants, public
-
-    def grant(self, role: Role, action: Action, pattern: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO hub_grants (role, action, pattern) VALUES (?, ?, ?)",
-                (role, action, pattern),
-            )
-
-    def revoke_grant(self, role: Role, action: Action, pattern: str) -> bool:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "DELETE FROM hub_grants WHERE role = ? AND action = ? AND pattern = ?",
-                (role, action, pattern),
-            )
-            return cur.rowcount == 1
-
-    def make_public(self, pattern: str) -> None:
-        with self._tx() as conn:
-            conn.execute("INSERT OR IGNORE INTO hub_public (pattern) VALUES (?)", (pattern,))
-
-    def make_private(self, pattern: str) -> bool:
-        with self._tx() as conn:
-            return conn.execute("DELETE FROM hub_public WHERE pattern = ?", (pattern,)).rowcount == 1
-
-    def set_external_role(self, role: Role) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO hub_settings (name, value) VALUES ('external_role', ?)",
-                (role,),
-            )
-
-    # ---------------------------------------------------------------- invites
-
-    def create_invite(self, role: Role, created_by: str | None) -> str:
-        token = "inv_" + secrets.token_urlsafe(24)
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO hub_invites (token_hash, role, created_at, created_by) VALUES (?, ?, ?, ?)",
-                (hash_token(token), role, time.time(), created_by),
-            )
-        return token
-
-    def claim_invite(self, invite: str, who: Principal) -> tuple[Role, str | None, str | None]:
-        """Use an invite: upgrade ``who`` to the invite's role, or (anonymous) make a new
-        token. Returns (role, name, new token or None). Raises KeyError for a bad invite."""
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT role FROM hub_invites WHERE token_hash = ?", (hash_token(invite),)
-            ).fetchone()
-            if row is None:
-                raise KeyError("unknown invite token")
-            role = cast(Role, row[0])
-            conn.execute(
-                "UPDATE hub_invites SET uses = uses + 1 WHERE token_hash = ?", (hash_token(invite),)
-            )
-            if who.name is not None and who.role is not None:
-                if ROLES.index(who.role) < ROLES.index(role):
-                    conn.execute("UPDATE hub_tokens SET role = ? WHERE name = ?", (role, who.name))
-                    return role, who.name, None
-                return who.role, who.name, None
-            name = "invitee-" + secrets.token_hex(4)
-            token = "swm_" + secrets.token_urlsafe(32)
-            conn.execute(
-                "INSERT INTO hub_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (name, role, hash_token(token), time.time()),
-            )
-            return role, name, token
-
-    # ---------------------------------------------------------------- snapshot
-
-    def snapshot(self) -> AuthSnapshot:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")
-            try:
-                tokens = conn.execute(
-                    "SELECT token_hash, name, role FROM hub_tokens WHERE revoked_at IS NULL"
-                ).fetchall()
-                grants = conn.execute("SELECT role, action, pattern FROM hub_grants").fetchall()
-                public = conn.execute("SELECT pattern FROM hub_public ORDER BY pattern").fetchall()
-                ext = conn.execute(
-                    "SELECT value FROM hub_settings WHERE name = 'external_role'"
-                ).fetchone()
-            finally:
-                conn.execute("COMMIT")
-        grant_map: dict[tuple[Role, Action], list[str]] = {}
-        for role, action, pattern in grants:
-            grant_map.setdefault((cast(Role, role), cast(Action, action)), []).append(pattern)
-        return AuthSnapshot(
-            tokens={h: Principal(n, cast(Role, r)) for h, n, r in tokens},
-            grants={k: tuple(v) for k, v in grant_map.items()},
-            public=tuple(p for (p,) in public),
-            external_role=cast(Role, ext[0]) if ext else "participant",
-            loaded_at=time.monotonic(),
-        )
+        if who.role != "participant" or _foreign(key):
+            return False, None
+        if policy.shared(action, key):
+            return True, None
+        return True, who.creator

@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from swarm import keys
 from swarm.hub.auth import Principal
+from swarm.hub.limits import RequestBudget
 from swarm.hub.protocol import TOOL_NAMES, RpcError, ToolFailure
 from swarm.hub.tools import HubService
 from swarm.namespace import SwarmMemory
@@ -65,12 +66,13 @@ class HubMetrics:
         """Wrap the service's tool dispatch so that every call is counted and timed."""
         inner = self.service.call
 
-        async def call(who: Principal, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        async def call(who: Principal, name: str, args: Mapping[str, Any],
+                       budget: RequestBudget | None = None) -> dict[str, Any]:
             tool = name if name in TOOL_NAMES else "other"
             t0 = time.perf_counter()
             outcome = "error"
             try:
-                out = await inner(who, name, args)
+                out = await inner(who, name, args, budget)
                 outcome = "ok"
                 return out
             except ToolFailure:

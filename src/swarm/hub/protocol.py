@@ -22,7 +22,9 @@ Results
 Per-item results (create_memory, get_memory, delete_memory)
     ``{"key_name": <as sent>, "status": "success", ...}`` or
     ``{"key_name": <as sent>, "status": "error", "code": CODE, "error": message}`` with
-    CODE one of ``already_exists``, ``not_found``, ``forbidden``, ``invalid``.
+    CODE one of ``already_exists``, ``not_found``, ``forbidden``, ``invalid``, and
+    ``too_large`` (get_memory: the value does not fit in what is left of the request's
+    reply limit; get it in a request of its own).
 
 Tool results
     create_memory   ``{"results": [{key_name, status, created_at, updated_at} ...],
@@ -41,7 +43,9 @@ Tool results
                     updated_at, metadata: {description, created_at, updated_at}}]}``,
                     cosine ``score`` (higher is closer), only embedded items; ``prefix`` as
                     in list_keys.
-    create_invite   ``{"token": "inv_...", "role": ..., "auto_approve": true}`` (admin)
+    create_invite   ``{"token": "inv_...", "invite_id", "role", "max_uses", "expires_at",
+                    ...}`` (admin); ``role`` read|participant, ``max_uses`` 1-1000
+                    (default 1), ``expires_in_s`` 60 s-90 days (default 7 days)
     claim_invite    ``{"status": "success", "org", "role", "name", "api_key"?}``; with a
                     token it upgrades that token's role, without one it makes a new token
                     and returns it once as ``api_key``.
@@ -49,7 +53,9 @@ Tool results
                     ``grant``/``revoke`` (``target: {"type": "group", "group_name"}``,
                     ``action``: read|create|update|delete, ``key_pattern``),
                     ``make_public``/``make_private`` (``key_pattern``), ``create_group``,
-                    ``set_external_group`` (``group_name``), ``list``. Groups are the roles.
+                    ``set_external_group`` (``group_name``: read or participant),
+                    ``revoke_invite`` (``invite_id``), ``list_invites``, ``list``.
+                    Groups are the roles.
 
 Keys come back as sent in per-item results, and in one form in listings and searches:
 bare for the hub's org, ``@org/key`` for any other org.
@@ -57,8 +63,11 @@ bare for the hub's org, ``@org/key`` for any other org.
 Errors
     -32700 body is not JSON (or not UTF-8), -32600 not a JSON-RPC request (HTTP 400 for
     both), -32601 unknown method, -32602 unknown tool or bad arguments (missing, wrong
-    type, more than 100 items), -32001 no or bad token (HTTP 401), -32003 the token's
-    role may not use this tool (HTTP 403), -32603 a fault of the hub (HTTP 500, logged).
+    type, more than 100 items, an integer out of range), -32001 no or bad token (HTTP
+    401), -32003 the token's role may not use this tool (HTTP 403), -32603 a fault of the
+    hub (HTTP 500, logged). Limits (``swarm.hub.limits``): a body too large is HTTP 413,
+    a batch too long HTTP 400, a body too slow HTTP 408, an unsupported
+    ``Content-Encoding`` HTTP 415; more items than a request may carry is -32602.
     Content problems of one item (bad key, invalid base64 or UTF-8, value over the cap,
     a key that exists or is missing) are per-item errors, never a half-written item.
 """
@@ -215,7 +224,7 @@ TOOLS: list[dict[str, Any]] = [
             "properties": {
                 "prefix": {"type": "string"},
                 "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-                "offset": {"type": "integer", "minimum": 0},
+                "offset": {"type": "integer", "minimum": 0, "maximum": 2**31},
             },
         },
     },
@@ -240,6 +249,8 @@ TOOLS: list[dict[str, Any]] = [
             "properties": {
                 "auto_approve": {"type": "boolean"},
                 "role": {"type": "string", "enum": ["read", "participant"]},
+                "max_uses": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "expires_in_s": {"type": "integer", "minimum": 60, "maximum": 7776000},
             },
         },
     },

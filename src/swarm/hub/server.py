@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,8 +22,11 @@ from swarm import __version__
 from swarm._logging import get_logger
 from swarm.embedding import Embedder
 from swarm.errors import ConfigError, TransportError
-from swarm.hub.auth import ANONYMOUS, HubPolicy, Principal, TokenStore
+from swarm.hub.access import AuthState
+from swarm.hub.auth import HubPolicy, Principal
 from swarm.hub.dashboard import mount_dashboard
+from swarm.hub.encode import encode
+from swarm.hub.limits import HubLimits, RequestBudget
 from swarm.hub.metrics import mount_metrics
 from swarm.hub.protocol import (
     ERR_INTERNAL,
@@ -35,7 +39,9 @@ from swarm.hub.protocol import (
     RpcError,
     ToolFailure,
 )
-from swarm.hub.tools import AuthState, HubService
+from swarm.hub.tokens import TokenStore
+from swarm.hub.tools import HubService
+from swarm.hub.transport import GUARDS, BodyError, Listener, RedactingLog, mark_busy, read_body
 from swarm.memory.local import DEFAULT_ORG, LocalStore
 
 __all__ = ["HubHandle", "build_app", "run_hub", "serve_hub"]
@@ -46,10 +52,13 @@ _SERVICE: web.AppKey[HubService] = web.AppKey("hub_service", HubService)
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _NO_ID = object()
+_INLINE = 256 << 10  # bodies and replies larger than this are (de)coded in a thread
+_SWITCH_INTERVAL_S = 0.001
 
 
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+def _dumps(obj: Any, stepped: bool = False) -> bytes:
+    """JSON of ``obj``; ``stepped`` (large replies, in a worker thread) in small steps."""
+    return encode(obj) if stepped else orjson.dumps(obj)
 
 
 def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
@@ -60,8 +69,8 @@ def _result(id_: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id_, "result": result}
 
 
-def _tool_result(structured: dict[str, Any]) -> dict[str, Any]:
-    text = orjson.dumps(structured).decode()
+def _tool_result(structured: dict[str, Any], stepped: bool = False) -> dict[str, Any]:
+    text = _dumps(structured, stepped).decode()
     return {
         "content": [{"type": "text", "text": text}],
         "structuredContent": structured,
@@ -97,8 +106,8 @@ def _wants_sse(request: web.Request) -> bool:
     return _SSE in accept and _JSON not in accept and "*/*" not in accept
 
 
-def _reply(payload: Any, *, status: int, sse: bool) -> web.Response:
-    body = _dumps(payload)
+def _reply(payload: Any, *, status: int, sse: bool, stepped: bool = False) -> web.Response:
+    body = _dumps(payload, stepped)
     if sse:
         return web.Response(
             body=b"data: " + body + b"\n\n",
@@ -113,7 +122,9 @@ class _Dispatcher:
     def __init__(self, service: HubService) -> None:
         self.service = service
 
-    async def message(self, msg: Any, who: Principal) -> tuple[dict[str, Any] | None, int]:
+    async def message(
+        self, msg: Any, who: Principal, budget: RequestBudget
+    ) -> tuple[dict[str, Any] | None, int]:
         """(reply or None for a notification, HTTP status)."""
         if not isinstance(msg, dict):
             return _error(None, ERR_INVALID_REQUEST, "a JSON-RPC request must be an object"), 400
@@ -139,12 +150,14 @@ class _Dispatcher:
                 400,
             )
         try:
-            result = await self._method(method, params, who)
+            result = await self._method(method, params, who, budget)
         except RpcError as exc:
             return _error(reply_id, exc.code, exc.message), exc.http_status
         return _result(reply_id, result), 200
 
-    async def _method(self, method: str, params: dict[str, Any], who: Principal) -> Any:
+    async def _method(
+        self, method: str, params: dict[str, Any], who: Principal, budget: RequestBudget
+    ) -> Any:
         if method == "tools/call":
             name = params.get("name")
             if not isinstance(name, str):
@@ -154,11 +167,14 @@ class _Dispatcher:
                 args = {}
             if not isinstance(args, dict):
                 raise RpcError(-32602, f"tools/call {name}: arguments must be an object")
+            used = budget.reply_used
             try:
-                structured = await self.service.call(who, name, args)
+                structured = await self.service.call(who, name, args, budget)
             except ToolFailure as fail:
                 return _tool_failure(fail)
-            return _tool_result(structured)
+            if budget.reply_used - used < _INLINE:
+                return _tool_result(structured)
+            return await asyncio.to_thread(_tool_result, structured, True)
         if method == "initialize":
             asked = params.get("protocolVersion")
             version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
@@ -181,50 +197,77 @@ class _Dispatcher:
         )
 
 
+def _refuse(status: int, message: str, *, sse: bool, close: bool = False) -> web.Response:
+    resp = _reply(_error(None, ERR_INVALID_REQUEST, message), status=status, sse=sse)
+    if close:
+        resp.force_close()  # the rest of the body is not worth reading
+    return resp
+
+
 async def _handle_post(request: web.Request) -> web.Response:
     service = request.app[_SERVICE]
+    limits = service.limits
     sse = _wants_sse(request)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        resp = _reply(
-            _error(None, ERR_INVALID_REQUEST, f"request body too large ({exc.text}); "
-                   "send fewer or smaller items per call"),
-            status=413,
-            sse=sse,
-        )
-        resp.force_close()  # the rest of the body is not worth reading
+    try:  # who is asking, from the headers alone: no body is read for a bad token
+        token = _bearer(request)
+        who = await service.auth.resolve(token)
+    except RpcError as exc:
+        resp = _reply(_error(None, exc.code, exc.message), status=exc.http_status, sse=sse)
+        if not await _drain_small(request, limits):
+            resp.force_close()
         return resp
+    limit = limits.max_anon_body_bytes if who.anonymous else limits.max_body_bytes
     try:
-        msg = orjson.loads(body)
+        body = await read_body(request, limit=limit, timeout_s=limits.body_timeout_s)
+    except BodyError as exc:
+        hint = " (requests without a token are limited more)" if who.anonymous else ""
+        return _refuse(exc.status, exc.message + hint, sse=sse, close=True)
+    try:
+        msg = orjson.loads(body) if len(body) < _INLINE else await asyncio.to_thread(
+            orjson.loads, body
+        )
     except orjson.JSONDecodeError as exc:
         return _reply(
             _error(None, ERR_PARSE, f"parse error: the body is not UTF-8 JSON ({exc})"),
             status=400,
             sse=sse,
         )
-    try:
-        token = _bearer(request)
-        who = await service.auth.resolve(token) if token or service.auth.open_access else ANONYMOUS
-    except RpcError as exc:
-        msg_id = msg.get("id") if isinstance(msg, dict) else None
-        if isinstance(msg_id, bool) or not isinstance(msg_id, str | int | None):
-            msg_id = None
-        return _reply(_error(msg_id, exc.code, exc.message), status=exc.http_status, sse=sse)
     dispatcher = _Dispatcher(service)
+    budget = RequestBudget(limits)
     if isinstance(msg, list):
         if not msg:
-            return _reply(
-                _error(None, ERR_INVALID_REQUEST, "empty batch"), status=400, sse=sse
-            )
-        replies = [r for r, _ in [await dispatcher.message(m, who) for m in msg] if r is not None]
+            return _refuse(400, "empty batch", sse=sse)
+        if len(msg) > limits.max_batch:
+            return _refuse(400, f"batch of {len(msg)} messages; this hub takes at most "
+                                f"{limits.max_batch} per request", sse=sse)
+        replies = [r for r, _ in [await dispatcher.message(m, who, budget) for m in msg]
+                   if r is not None]
         if not replies:
             return web.Response(status=202)
-        return _reply(replies, status=200, sse=sse)
-    reply, status = await dispatcher.message(msg, who)
+        return await _reply_off_loop(replies, status=200, sse=sse, budget=budget, limits=limits)
+    reply, status = await dispatcher.message(msg, who, budget)
     if reply is None:
         return web.Response(status=202)
-    return _reply(reply, status=status, sse=sse)
+    return await _reply_off_loop(reply, status=status, sse=sse, budget=budget, limits=limits)
+
+
+async def _drain_small(request: web.Request, limits: HubLimits) -> bool:
+    """Read and drop a body no larger than an anonymous one may be, so that the reply
+    reaches the client before the connection closes; False when it is left unread."""
+    try:
+        await read_body(request, limit=limits.max_anon_body_bytes,
+                        timeout_s=min(limits.body_timeout_s, 5.0))
+    except BodyError:
+        return False
+    return True
+
+
+async def _reply_off_loop(payload: Any, *, status: int, sse: bool, budget: RequestBudget,
+                          limits: HubLimits) -> web.Response:
+    """Like ``_reply``; a large reply is encoded in a thread, off the event loop."""
+    if budget.reply_used < _INLINE:
+        return _reply(payload, status=status, sse=sse)
+    return await asyncio.to_thread(_reply, payload, status=status, sse=sse, stepped=True)
 
 
 async def _handle_get(request: web.Request) -> web.Response:
@@ -254,6 +297,7 @@ async def _supervise(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """The supervision edge: an unexpected exception becomes a logged -32603 (HTTP 500)."""
+    mark_busy(request, True)
     try:
         return await handler(request)
     except web.HTTPException:
@@ -268,13 +312,15 @@ async def _supervise(
             _error(None, ERR_INTERNAL, f"internal error of the hub: {type(exc).__name__}"),
             status=500,
         )
+    finally:
+        mark_busy(request, False)
 
 
 def build_app(service: HubService) -> web.Application:
     """The aiohttp application serving ``service``."""
-    max_body = service.store.max_value_bytes * 100 * 4 // 3 + (4 << 20)
-    app = web.Application(middlewares=[_supervise], client_max_size=max_body)
+    app = web.Application(middlewares=[_supervise], client_max_size=service.limits.max_body_bytes)
     app[_SERVICE] = service
+    app[GUARDS] = {}
     for path in ("/", "/mcp"):
         app.router.add_post(path, _handle_post)
         if path != "/":  # GET / is the dashboard (it hands event-stream probes to _handle_get)
@@ -332,9 +378,11 @@ async def serve_hub(
     policy: HubPolicy | None = None,
     embedder: Embedder | None = None,
     max_value_bytes: int = 1 << 20,
+    limits: HubLimits | None = None,
 ) -> AsyncIterator[HubHandle]:
     """Run the hub on ``host:port`` (0: a free port) until the block exits."""
     pol = policy or HubPolicy()
+    lim = limits or HubLimits()
     if public_prefixes:
         pol = HubPolicy(
             shared_update_prefixes=pol.shared_update_prefixes,
@@ -347,19 +395,23 @@ async def serve_hub(
         tokens = await asyncio.to_thread(TokenStore, auth_db or db_path)
         try:
             auth = AuthState(tokens, pol, open_access=open_access)
-            service = HubService(store, auth, embedder=embedder)
+            service = HubService(store, auth, embedder=embedder, limits=lim)
             runner = web.AppRunner(
                 build_app(service),
                 access_log=None,
                 handle_signals=False,
                 shutdown_timeout=10.0,
                 lingering_time=0,  # an over-long body is refused, not drained
+                auto_decompress=False,  # read_body inflates, within the body limit
+                keepalive_timeout=lim.idle_timeout_s,
+                logger=RedactingLog(),
             )
             await runner.setup()
+            assert runner.server is not None
+            listener = Listener(runner.server, lim, runner.app[GUARDS])
             try:
-                site = web.TCPSite(runner, host, port)
                 try:
-                    await site.start()
+                    bound = await listener.start(host, port)
                 except OSError as exc:
                     raise ConfigError(
                         f"the hub cannot listen on {host}:{port}: {exc.strerror or exc}; "
@@ -367,13 +419,14 @@ async def serve_hub(
                         key="port",
                         value=port,
                     ) from exc
-                bound = runner.addresses[0][1]
                 handle = HubHandle(_url(host, bound), bound, service, tokens)
                 log.info("hub.listening", url=handle.url, db=str(db_path), org=org,
                          open_access=open_access)
                 yield handle
             finally:
+                listener.stop_listening()
                 await runner.cleanup()
+                listener.abort_all()
         finally:
             await asyncio.to_thread(tokens.close)
 
@@ -388,6 +441,7 @@ def run_hub(
     open_access: bool = False,
     public_prefixes: Sequence[str] = (),
     policy: HubPolicy | None = None,
+    limits: HubLimits | None = None,
     ready: Callable[[HubHandle], None] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and close. Returns 0."""
@@ -407,6 +461,7 @@ def run_hub(
                 open_access=open_access,
                 public_prefixes=public_prefixes,
                 policy=policy,
+                limits=limits,
             ) as handle:
                 if ready is not None:
                     ready(handle)
@@ -417,6 +472,9 @@ def run_hub(
                 loop.remove_signal_handler(sig)
         log.info("hub.stopped")
 
+    # Large replies are encoded in worker threads in small steps; a short switch interval
+    # lets the event loop take the GIL back between steps sooner (5 ms by default).
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     asyncio.run(main())
     return 0
 

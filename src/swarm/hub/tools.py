@@ -8,25 +8,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from swarm._logging import get_logger
 from swarm.embedding import Embedder, get_embedder
 from swarm.errors import AuthError, InvalidRequestError, KeyNotFoundError
-from swarm.hub.auth import (
-    ACTIONS,
-    Action,
-    AuthSnapshot,
-    HubPolicy,
-    Principal,
-    Role,
-    TokenStore,
-    role_of_group,
-)
+from swarm.hub.access import AuthState
+from swarm.hub.auth import AuthSnapshot, Principal
+from swarm.hub.encode import encoded_size
+from swarm.hub.limits import MAX_OFFSET, HubLimits, RequestBudget
+from swarm.hub.orgtools import OrgTools, forbid, need_token
 from swarm.hub.protocol import (
-    ERR_FORBIDDEN,
     ERR_INVALID_PARAMS,
     ERR_UNAUTHORIZED,
     MAX_ITEMS,
@@ -47,11 +40,13 @@ from swarm.memory.local import (
     split_key,
 )
 
-__all__ = ["AuthState", "HubService", "decode_value"]
+__all__ = ["HubService", "decode_value"]
 
 log = get_logger(__name__)
 
-Tool = Callable[[Principal, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+_INLINE_TEXT = 256 << 10  # characters of values past which replies are measured in a thread
+
+Tool = Callable[[Principal, Mapping[str, Any], RequestBudget], Awaitable[dict[str, Any]]]
 
 
 # --------------------------------------------------------------------------- arguments
@@ -83,7 +78,7 @@ def _opt_bool(args: Mapping[str, Any], name: str, where: str) -> bool | None:
     raise _bad(f"{where}{name} must be true or false, got {v!r}")
 
 
-def _opt_int(args: Mapping[str, Any], name: str, lo: int, default: int) -> int:
+def _opt_int(args: Mapping[str, Any], name: str, lo: int, default: int, hi: int = MAX_OFFSET) -> int:
     v = args.get(name)
     if v is None:
         return default
@@ -94,6 +89,8 @@ def _opt_int(args: Mapping[str, Any], name: str, lo: int, default: int) -> int:
             raise _bad(f"{name} must be an integer, got {v!r}")
     if v < lo:
         raise _bad(f"{name} must be at least {lo}, got {v}")
+    if v > hi:
+        raise _bad(f"{name} must be at most {hi}, got {v}")
     return v
 
 
@@ -147,90 +144,44 @@ def decode_value(value: str, is_b64: bool, key: str, max_bytes: int) -> str:
         ) from exc
 
 
+async def _fit(
+    entries: list[dict[str, Any]], budget: RequestBudget, *, stop_at_first: bool = False
+) -> list[int | None]:
+    """Each entry's reply cost when it fits in what is left of ``budget`` (taken from it),
+    None when it does not (and, with ``stop_at_first``, for every entry after that).
+    Large entries are measured in a thread, off the event loop."""
+
+    def run() -> list[int | None]:
+        out: list[int | None] = []
+        for entry, chars in zip(entries, weights, strict=True):
+            hopeless = (stop_at_first and None in out) or (
+                budget.replied_values and 2 * chars > budget.reply_left  # 1 byte a char, twice
+            )
+            cost = None if hopeless else encoded_size(entry)
+            out.append(cost if cost is not None and budget.take_reply(cost) else None)
+        return out
+
+    weights = [_text_chars(e) for e in entries]
+    # 13 bytes a character at worst (\u0001 in structuredContent, \\u0001 in the text)
+    # plus the fixed fields: an upper bound of encoded_size, charged when all fit anyway
+    bounds = [13 * w + _FIXED_FIELDS for w in weights]
+    if sum(bounds) <= budget.reply_left:
+        return [cost if budget.take_reply(cost) else None for cost in bounds]
+    return await asyncio.to_thread(run) if sum(weights) > _INLINE_TEXT else run()
+
+
+_FIXED_FIELDS = 1024  # >= the encoded size of an entry's keys, numbers and punctuation
+_TEXT_FIELDS = ("key_name", "value", "description")
+
+
+def _text_chars(entry: dict[str, Any]) -> int:
+    """Characters of an entry's text fields (search entries repeat the description)."""
+    n = sum(len(entry.get(f) or "") for f in _TEXT_FIELDS)
+    return n + len(entry["description"] or "") if "metadata" in entry else n
+
+
 def _item_error(key: str, code: str, message: str) -> dict[str, Any]:
     return {"key_name": key, "status": "error", "code": code, "error": message}
-
-
-# --------------------------------------------------------------------------- auth state
-
-
-class AuthState:
-    """A cached AuthSnapshot, refreshed every ``refresh_s`` and on unknown tokens."""
-
-    def __init__(
-        self,
-        tokens: TokenStore,
-        policy: HubPolicy,
-        *,
-        open_access: bool = False,
-        refresh_s: float = 2.0,
-    ) -> None:
-        self.tokens = tokens
-        self.policy = policy
-        self.open_access = open_access
-        self.refresh_s = refresh_s
-        self._snap: AuthSnapshot | None = None
-        self._snap_gen = -1
-        self._gen = 0  # bumped by every local change (token added, share, invite)
-        self._lock = asyncio.Lock()
-        self._last_forced = 0.0
-
-    def invalidate(self) -> None:
-        """Forget the snapshot: the next request reloads it."""
-        self._gen += 1
-
-    def _fresh(self, snap: AuthSnapshot | None) -> bool:
-        return (
-            snap is not None
-            and self._snap_gen == self._gen
-            and time.monotonic() - snap.loaded_at <= self.refresh_s
-        )
-
-    async def _load(self) -> AuthSnapshot:
-        async with self._lock:
-            while True:
-                if self._snap is not None and self._fresh(self._snap):
-                    return self._snap  # loaded by someone else meanwhile
-                gen = self._gen
-                loaded = await asyncio.to_thread(self.tokens.snapshot)
-                if self.policy.public_prefixes:
-                    loaded = AuthSnapshot(
-                        tokens=loaded.tokens,
-                        grants=loaded.grants,
-                        public=tuple(
-                            dict.fromkeys((*loaded.public, *self.policy.public_prefixes))
-                        ),
-                        external_role=loaded.external_role,
-                        loaded_at=loaded.loaded_at,
-                    )
-                self._snap, self._snap_gen = loaded, gen
-                if gen == self._gen:
-                    return loaded
-
-    async def snapshot(self) -> AuthSnapshot:
-        snap = self._snap
-        if snap is None or not self._fresh(snap):
-            snap = await self._load()
-        return snap
-
-    async def resolve(self, token: str | None) -> Principal:
-        """The principal of a bearer token; RpcError(-32001, HTTP 401) for a bad one."""
-        snap = await self.snapshot()
-        who = snap.principal(token)
-        if who is None and time.monotonic() - self._last_forced > 0.2:
-            self._last_forced = time.monotonic()
-            self.invalidate()
-            who = (await self.snapshot()).principal(token)
-        if self.open_access:
-            return Principal(who.name if who and who.name else "open-access", "admin")
-        if who is None:
-            raise RpcError(
-                ERR_UNAUTHORIZED,
-                "unknown or revoked token; ask the hub's admin for one "
-                "(python -m swarm hub token add NAME --role participant)",
-                http_status=401,
-            )
-        return who
 
 
 # --------------------------------------------------------------------------- service
@@ -245,11 +196,14 @@ class HubService:
         auth: AuthState,
         *,
         embedder: Embedder | None = None,
+        limits: HubLimits | None = None,
     ) -> None:
         self.store = store
+        self.limits = limits or HubLimits()
         self.auth = auth
         self.org = store.org
         self.policy = auth.policy
+        self.org_tools = OrgTools(auth, self.org)
         self._embedder = embedder
         self.tools: dict[str, Tool] = {
             "create_memory": self.create_memory,
@@ -270,32 +224,30 @@ class HubService:
             self._embedder = get_embedder()
         return self._embedder
 
-    async def call(self, who: Principal, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def call(
+        self, who: Principal, name: str, args: Mapping[str, Any], budget: RequestBudget | None = None
+    ) -> dict[str, Any]:
         tool = self.tools.get(name)
         if tool is None:
             raise _bad(f"unknown tool {name!r}; this hub serves: {', '.join(TOOL_NAMES)}")
-        return await tool(who, args)
+        return await tool(who, args, budget or RequestBudget(self.limits))
 
     # ------------------------------------------------------------------ helpers
+
+    def _take_items(self, tool: str, n: int, budget: RequestBudget) -> None:
+        if not budget.take_items(n):
+            raise _bad(
+                f"{tool}: {n} more items would take this request past its "
+                f"{self.limits.max_items_per_request}-item limit (the calls of a batch count "
+                "together); send them in another request"
+            )
 
     def _canon(self, key: str) -> str:
         org, k = split_key(key, self.org)
         return public_key(org, k, self.org)
 
-    @staticmethod
-    def _need_token(who: Principal, tool: str) -> None:
-        if who.anonymous:
-            raise RpcError(
-                ERR_UNAUTHORIZED,
-                f"{tool} needs a token: send 'Authorization: Bearer <token>'",
-                http_status=401,
-            )
-
-    @staticmethod
-    def _forbid(who: Principal, tool: str, why: str) -> RpcError:
-        return RpcError(
-            ERR_FORBIDDEN, f"{tool}: token {who.name!r} (role {who.role}) {why}", http_status=403
-        )
+    _need_token = staticmethod(need_token)
+    _forbid = staticmethod(forbid)
 
     def _check_pattern_readable(self, who: Principal, snap: AuthSnapshot, pattern: KeyPattern,
                                 tool: str) -> None:
@@ -314,10 +266,12 @@ class HubService:
 
     # ------------------------------------------------------------------ memory tools
 
-    async def create_memory(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_memory(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
         tool = "create_memory"
         self._need_token(who, tool)
-        snap = await self.auth.snapshot()
+        snap = await self.auth.current()
         if who.role == "read" and not snap.has_any_grant("read", "create"):
             raise self._forbid(who, tool, "may not create items")
         items = args.get("items")
@@ -332,6 +286,7 @@ class HubService:
             raise _bad(f"{tool}: items is empty; give 1-{MAX_ITEMS} items")
         if len(items) > MAX_ITEMS:
             raise _bad(f"{tool}: {len(items)} items in one call; send at most {MAX_ITEMS} per call")
+        self._take_items(tool, len(items), budget)
         parsed: list[tuple[str, str, str | None, bool, bool, str | None]] = []
         for i, it in enumerate(items):
             where = f"items[{i}]."
@@ -374,7 +329,7 @@ class HubService:
                 )
             )
         if todo:
-            outcomes = await self.store.create_checked([m for _, m in todo], creator=who.name)
+            outcomes = await self.store.create_checked([m for _, m in todo], creator=who.creator)
             for (i, mem), out in zip(todo, outcomes, strict=True):
                 if out.ok:
                     results[i] = {
@@ -390,9 +345,12 @@ class HubService:
         created = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "created": created, "failed": len(final) - created}
 
-    async def get_memory(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def get_memory(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
         keys = _key_list(args, "get_memory")
-        snap = await self.auth.snapshot()
+        self._take_items("get_memory", len(keys), budget)
+        snap = await self.auth.current()
         results: list[dict[str, Any] | None] = [None] * len(keys)
         fetch: list[int] = []
         for i, key in enumerate(keys):
@@ -410,13 +368,14 @@ class HubService:
         found: dict[str, StoredItem] = (
             await self.store.get_items([keys[i] for i in fetch]) if fetch else {}
         )
+        hits: list[tuple[int, dict[str, Any]]] = []
         for i in fetch:
             key = keys[i]
             item = found.get(key)
             if item is None:
                 results[i] = _item_error(key, "not_found", f"key {key!r} not found")
             else:
-                results[i] = {
+                hits.append((i, {
                     "key_name": key,
                     "status": "success",
                     "value": item.value,
@@ -425,19 +384,30 @@ class HubService:
                     "updated_at": item.updated_at,
                     "embedded": item.embedded,
                     "size": item.size,
-                }
+                }))
+        costs = await _fit([e for _, e in hits], budget)
+        for (i, entry), cost in zip(hits, costs, strict=True):
+            results[i] = entry if cost is not None else _item_error(
+                keys[i], "too_large",
+                f"{keys[i]!r} ({entry['size']} bytes) does not fit in what is left of this "
+                f"request's {self.limits.max_reply_bytes}-byte reply limit; get it in a "
+                "request of its own",
+            )
         return {"results": results}
 
-    async def update_memory(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def update_memory(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
         tool = "update_memory"
         self._need_token(who, tool)
         key = _req_str(args, "key_name", "", tool)
         value = _req_str(args, "value", "", tool)
+        self._take_items(tool, 1, budget)
         desc = _opt_str(args, "description", "")
         b64 = bool(_opt_bool(args, "base64", ""))
         embed = _opt_bool(args, "embed", "")
         source = _embed_source(args, "")
-        snap = await self.auth.snapshot()
+        snap = await self.auth.current()
         assert who.role is not None
         if who.role == "read" and not snap.has_any_grant("read", "update"):
             raise self._forbid(who, tool, "may not update items")
@@ -473,11 +443,14 @@ class HubService:
             "updated_at": item.updated_at,
         }
 
-    async def delete_memory(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def delete_memory(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
         tool = "delete_memory"
         self._need_token(who, tool)
         keys = _key_list(args, tool)
-        snap = await self.auth.snapshot()
+        self._take_items(tool, len(keys), budget)
+        snap = await self.auth.current()
         assert who.role is not None
         if who.role == "read" and not snap.has_any_grant("read", "delete"):
             raise self._forbid(who, tool, "may not delete items")
@@ -509,7 +482,9 @@ class HubService:
         deleted = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "deleted": deleted, "failed": len(final) - deleted}
 
-    async def list_keys(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def list_keys(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
         tool = "list_keys"
         prefix = _opt_str(args, "prefix", "") or ""
         limit = min(_opt_int(args, "limit", 1, MAX_PAGE), MAX_PAGE)
@@ -518,29 +493,35 @@ class HubService:
             pattern = parse_like(prefix, self.org)
         except InvalidRequestError as exc:
             raise _bad(f"{tool}: {exc}") from exc
-        snap = await self.auth.snapshot()
+        snap = await self.auth.current()
         self._check_pattern_readable(who, snap, pattern, tool)
         rows = await self.store.list_page(pattern, limit=limit + 1, offset=offset)
         has_more = len(rows) > limit
-        rows = rows[:limit]
+        page = [
+            {
+                "key_name": r.key,
+                "description": r.description,
+                "size": r.size,
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            }
+            for r in rows[:limit]
+        ]
+        costs = await _fit(page, budget, stop_at_first=True)
+        keys = [e for e, c in zip(page, costs, strict=True) if c is not None]
+        if len(keys) < len(page):
+            has_more = True  # the rest of the page comes with the next offset
         return {
-            "keys": [
-                {
-                    "key_name": r.key,
-                    "description": r.description,
-                    "size": r.size,
-                    "created_at": r.created_at,
-                    "updated_at": r.updated_at,
-                }
-                for r in rows
-            ],
-            "count": len(rows),
+            "keys": keys,
+            "count": len(keys),
             "offset": offset,
             "limit": limit,
             "has_more": has_more,
         }
 
-    async def search_memories(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def search_memories(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
         tool = "search_memories"
         query = _req_str(args, "query", "", tool)
         if not query.strip():
@@ -555,147 +536,49 @@ class HubService:
             pattern = parse_like(prefix, self.org)
         except InvalidRequestError as exc:
             raise _bad(f"{tool}: {exc}") from exc
-        snap = await self.auth.snapshot()
+        snap = await self.auth.current()
         self._check_pattern_readable(who, snap, pattern, tool)
         vec = (await self.embedder.aembed([query]))[0]
         hits = await self.store.search_vector(vec, limit=limit, prefix=pattern)
-        return {
-            "results": [
-                {
-                    "key_name": item.key,
-                    "score": round(score, 6),
-                    "value": item.value,
+        found = [
+            {
+                "key_name": item.key,
+                "score": round(score, 6),
+                "value": item.value,
+                "description": item.description,
+                "created_at": item.created_at,
+                "updated_at": item.updated_at,
+                "metadata": {
                     "description": item.description,
                     "created_at": item.created_at,
                     "updated_at": item.updated_at,
-                    "metadata": {
-                        "description": item.description,
-                        "created_at": item.created_at,
-                        "updated_at": item.updated_at,
-                    },
-                }
-                for item, score in hits
-            ]
-        }
+                },
+            }
+            for item, score in hits
+        ]
+        costs = await _fit(found, budget, stop_at_first=True)
+        results = [e for e, c in zip(found, costs, strict=True) if c is not None]
+        if len(results) < len(found):
+            return {"results": results, "truncated": True}
+        return {"results": results}
 
     # ------------------------------------------------------------------ org tools
 
-    def _need_admin(self, who: Principal, tool: str) -> None:
-        self._need_token(who, tool)
-        if who.role != "admin":
-            raise self._forbid(who, tool, "is not an admin")
+    async def create_invite(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
+        return await self.org_tools.create_invite(who, args)
 
-    async def create_invite(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
-        tool = "create_invite"
-        self._need_admin(who, tool)
-        auto = _opt_bool(args, "auto_approve", "")
-        role_arg = _opt_str(args, "role", "")
-        snap = await self.auth.snapshot()
-        role: Role = snap.external_role
-        if role_arg is not None:
-            if role_arg not in ("read", "participant"):
-                raise _bad(f"{tool}: role must be 'read' or 'participant', got {role_arg!r}")
-            role = cast(Role, role_arg)
-        token = await asyncio.to_thread(self.auth.tokens.create_invite, role, who.name)
-        return {"token": token, "role": role, "auto_approve": True if auto is None else auto}
+    async def claim_invite(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
+        return await self.org_tools.claim_invite(who, args)
 
-    async def claim_invite(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
-        tool = "claim_invite"
-        invite = _req_str(args, "token", "", tool)
-        try:
-            role, name, new_token = await asyncio.to_thread(
-                self.auth.tokens.claim_invite, invite, who
-            )
-        except KeyError as exc:
-            raise ToolFailure("invalid", "unknown invite token; ask the hub's admin for one") from exc
-        self.auth.invalidate()
-        out: dict[str, Any] = {"status": "success", "org": self.org, "role": role, "name": name}
-        if new_token is not None:
-            out["api_key"] = new_token
-        return out
-
-    async def share(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
-        tool = "share"
-        self._need_admin(who, tool)
-        cmd = args.get("command")
-        if not isinstance(cmd, dict):
-            raise _bad(f"{tool}: command must be an object such as "
-                       '{"command": "make_public", "key_pattern": "best/"}')
-        verb = cmd.get("command")
-        tokens = self.auth.tokens
-
-        def pattern_arg() -> str:
-            pattern = cmd.get("key_pattern")
-            if not isinstance(pattern, str):
-                raise _bad(f"{tool}: {verb} needs key_pattern (a string prefix)")
-            try:
-                parse_like(pattern, self.org)
-            except InvalidRequestError as exc:
-                raise _bad(f"{tool}: {exc}") from exc
-            return pattern
-
-        def group_arg(obj: Any, what: str) -> Role:
-            name = obj.get("group_name") if isinstance(obj, dict) else None
-            if not isinstance(name, str):
-                raise _bad(f"{tool}: {verb} needs {what} with a group_name")
-            try:
-                return role_of_group(name)
-            except ValueError as exc:
-                raise _bad(f"{tool}: {exc}") from exc
-
-        if verb in ("grant", "revoke"):
-            role = group_arg(cmd.get("target"), "target")
-            action = cmd.get("action")
-            if action not in ACTIONS:
-                raise _bad(f"{tool}: action must be one of {', '.join(ACTIONS)}, got {action!r}")
-            pattern = pattern_arg()
-            if verb == "grant":
-                await asyncio.to_thread(tokens.grant, role, cast(Action, action), pattern)
-                done = True
-            else:
-                done = await asyncio.to_thread(
-                    tokens.revoke_grant, role, cast(Action, action), pattern
-                )
-            out: dict[str, Any] = {"status": "success", "command": verb, "role": role,
-                                   "action": action, "key_pattern": pattern, "changed": done}
-        elif verb in ("make_public", "make_private"):
-            pattern = pattern_arg()
-            if verb == "make_public":
-                await asyncio.to_thread(tokens.make_public, pattern)
-                done = True
-            else:
-                done = await asyncio.to_thread(tokens.make_private, pattern)
-            out = {"status": "success", "command": verb, "key_pattern": pattern, "changed": done}
-        elif verb == "create_group":
-            role = group_arg(cmd, "group_name")
-            out = {"status": "success", "command": verb, "group_name": cmd["group_name"],
-                   "role": role}
-        elif verb == "set_external_group":
-            role = group_arg(cmd, "group_name")
-            await asyncio.to_thread(tokens.set_external_role, role)
-            out = {"status": "success", "command": verb, "role": role}
-        elif verb == "list":
-            snap = await self.auth.snapshot()
-            out = {
-                "status": "success",
-                "command": verb,
-                "public": list(snap.public),
-                "grants": [
-                    {"role": r, "action": a, "key_pattern": p}
-                    for (r, a), ps in sorted(snap.grants.items())
-                    for p in ps
-                ],
-                "policy": {
-                    "shared_update_prefixes": list(self.policy.shared_update_prefixes),
-                    "shared_delete_prefixes": list(self.policy.shared_delete_prefixes),
-                },
-            }
-        else:
-            raise _bad(
-                f"{tool}: unknown command {verb!r}; use grant, revoke, make_public, make_private, "
-                "create_group, set_external_group or list"
-            )
-        self.auth.invalidate()
-        log.info("hub.share", by=who.name, command=verb)
-        return out
-
+    async def share(
+        self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
+    ) -> dict[str, Any]:
+        policy = {
+            "shared_update_prefixes": list(self.policy.shared_update_prefixes),
+            "shared_delete_prefixes": list(self.policy.shared_delete_prefixes),
+        }
+        return await self.org_tools.share(who, args, policy)

@@ -66,6 +66,7 @@ from swarm.errors import (
     KeyNotFoundError,
     MemoryStoreError,
 )
+from swarm.memory._like import LikeMatcher
 from swarm.memory._types import (
     EmbedSource,
     ItemResult,
@@ -95,6 +96,7 @@ log = get_logger(__name__)
 DEFAULT_ORG = "autoresearch-at-home"
 MAX_KEY_CHARS = 1024
 MAX_DESCRIPTION_BYTES = 64 * 1024
+MAX_PREFIX_CHARS = 2 * MAX_KEY_CHARS + 130  # every key char escaped, plus "@org/"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ORG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _SQL_CHUNK = 500  # variables per IN (...) query
@@ -173,7 +175,7 @@ class KeyPattern:
 
     org: str
     literal: str
-    regex: re.Pattern[str] | None = None
+    regex: LikeMatcher | None = None  # linear, never backtracks (see swarm.memory._like)
 
     def matches(self, key: str) -> bool:
         """Whether a key of ``org`` (without the ``@org/`` part) matches."""
@@ -211,6 +213,10 @@ def parse_like(pattern: object, default_org: str) -> KeyPattern:
     if pattern is None:
         pattern = ""
     text = check_text(pattern, "prefix")
+    if len(text) > MAX_PREFIX_CHARS:
+        raise InvalidRequestError(
+            f"prefix {text[:40]!r}... is {len(text)} characters, over the {MAX_PREFIX_CHARS} limit"
+        )
     bad = _CONTROL.search(text)
     if bad:
         raise InvalidRequestError(f"prefix {text!r} contains the control character {bad.group()!r}")
@@ -252,15 +258,7 @@ def parse_like(pattern: object, default_org: str) -> KeyPattern:
         j += 1
     if all(w == "%" for w in wild[j:]):
         return KeyPattern(org, "".join(literal))
-    parts = ["^"]
-    for t, w in zip(tokens, wild, strict=True):
-        if w == "%":
-            parts.append(".*")
-        elif w == "_":
-            parts.append(".")
-        else:
-            parts.append(re.escape(t or ""))
-    return KeyPattern(org, "".join(literal), re.compile("".join(parts), re.DOTALL))
+    return KeyPattern(org, "".join(literal), LikeMatcher.build(tokens, wild))
 
 
 def _upper_bound(prefix: str) -> str | None:

@@ -1,0 +1,455 @@
+"""The hub's auth tables (``hub_*`` in its SQLite file): tokens, grants, public prefixes,
+invites, settings, and a generation counter that every change bumps (by trigger, so a
+change made by any process is seen by every hub on its next request).
+
+Tokens are random strings (``swm_...``) shown once when made; only their SHA-256 is
+stored (they carry 256 bits of entropy, so a fast hash is enough). Each token also gets
+a random ``ident``: records are owned by ``name#ident``, so a new token issued under a
+revoked name owns none of the old token's records.
+
+Invites (``inv_...``) give a role no higher than participant, are used at most
+``max_uses`` times before ``expires_at``, can be revoked by id, and stop working when the
+admin token that made them is revoked.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from swarm._logging import get_logger
+from swarm.errors import ConfigError, MemoryStoreError
+from swarm.hub.auth import (
+    NAME_RE,
+    ROLES,
+    Action,
+    AuthSnapshot,
+    Principal,
+    Role,
+    TokenInfo,
+    hash_token,
+)
+
+__all__ = ["INVITE_ROLES", "InviteError", "InviteInfo", "TokenStore"]
+
+log = get_logger(__name__)
+
+INVITE_ROLES: tuple[Role, ...] = ("read", "participant")
+DEFAULT_INVITE_TTL_S = 7 * 86400.0
+_TABLES = ("hub_tokens", "hub_grants", "hub_public", "hub_invites", "hub_settings")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS hub_tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS hub_grants (
+        role TEXT NOT NULL, action TEXT NOT NULL, pattern TEXT NOT NULL,
+        PRIMARY KEY (role, action, pattern)
+    )""",
+    "CREATE TABLE IF NOT EXISTS hub_public (pattern TEXT PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS hub_invites (
+        token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, created_at REAL NOT NULL,
+        created_by TEXT, uses INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE TABLE IF NOT EXISTS hub_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS hub_gen (
+        id INTEGER PRIMARY KEY CHECK (id = 1), gen INTEGER NOT NULL
+    )""",
+    "INSERT OR IGNORE INTO hub_gen (id, gen) VALUES (1, 0)",
+)
+# columns added after the first release (older files are migrated on open)
+_COLUMNS = {
+    "hub_tokens": {"ident": "TEXT"},
+    "hub_invites": {
+        "id": "TEXT",
+        "max_uses": "INTEGER",
+        "expires_at": "REAL",
+        "revoked_at": "REAL",
+        "creator_ident": "TEXT",
+    },
+}
+
+
+class InviteError(Exception):
+    """An invite that cannot be claimed (unknown, used up, expired, revoked, orphaned)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InviteInfo:
+    """An invite as listed (never its token)."""
+
+    id: str
+    role: Role
+    created_by: str | None
+    created_at: float
+    expires_at: float
+    max_uses: int
+    uses: int
+    revoked_at: float | None
+
+
+def _identity(name: str, ident: str | None) -> str | None:
+    return f"{name}#{ident}" if ident else None
+
+
+class TokenStore:
+    """Synchronous access to the ``hub_*`` tables (the CLI uses it directly; the hub in
+    a thread). Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._peek: sqlite3.Connection | None = None  # generation_nowait's own connection
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(self.path),
+                timeout=busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            with self._tx() as conn:
+                for stmt in _SCHEMA:
+                    conn.execute(stmt)
+                self._migrate(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise MemoryStoreError(
+                f"cannot open the hub's auth tables in {self.path}: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        for table, cols in _COLUMNS.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for col, decl in cols.items():
+                if col not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
+        for table in _TABLES:
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                conn.execute(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_gen_{op.lower()} AFTER {op} ON {table} "
+                    "BEGIN UPDATE hub_gen SET gen = gen + 1 WHERE id = 1; END"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+            if self._peek is not None:
+                self._peek.close()
+
+    def __enter__(self) -> TokenStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    class _Tx:
+        def __init__(self, store: TokenStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            try:
+                self.store._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store._lock.release()
+                raise
+            return self.store._conn
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            conn = self.store._conn
+            try:
+                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> TokenStore._Tx:
+        return TokenStore._Tx(self)
+
+    def generation_nowait(self) -> int | None:
+        """The change counter read at once on the caller's thread, or None when the file is
+        busy (then call ``generation`` in a worker thread). A WAL reader takes no lock a
+        writer holds, so this is one indexed row read (microseconds); its busy wait is
+        capped at 20 ms. For one thread only (the hub's event loop)."""
+        try:
+            if self._peek is None:
+                self._peek = sqlite3.connect(
+                    str(self.path), timeout=0.02, isolation_level=None, check_same_thread=False
+                )
+                self._peek.execute("PRAGMA busy_timeout = 20")
+            row = self._peek.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(row[0]) if row else 0
+
+    def generation(self) -> int:
+        """The change counter: it moves whenever any auth table changes, in any process."""
+        with self._lock:
+            row = self._conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    # ---------------------------------------------------------------- tokens
+
+    def add(self, name: str, role: str) -> str:
+        """Create a token for ``name``; returns it (shown once, stored hashed)."""
+        if not NAME_RE.match(name or ""):
+            raise ConfigError(
+                f"token name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-'",
+                key="name",
+                value=name,
+            )
+        if role not in ROLES:
+            raise ConfigError(
+                f"role {role!r} must be one of {', '.join(ROLES)}", key="role", value=role
+            )
+        token = "swm_" + secrets.token_urlsafe(32)
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT revoked_at FROM hub_tokens WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] is None:
+                raise ConfigError(
+                    f"a token named {name!r} exists; revoke it first (hub token revoke {name})",
+                    key="name",
+                    value=name,
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO hub_tokens "
+                "(name, role, token_hash, created_at, revoked_at, ident) VALUES (?, ?, ?, ?, NULL, ?)",
+                (name, role, hash_token(token), time.time(), secrets.token_hex(6)),
+            )
+        log.info("hub.token_added", name=name, role=role)
+        return token
+
+    def list(self) -> list[TokenInfo]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name, role, created_at, revoked_at FROM hub_tokens ORDER BY name"
+            ).fetchall()
+        return [TokenInfo(n, cast(Role, r), c, v) for n, r, c, v in rows]
+
+    def revoke(self, name: str) -> bool:
+        """Revoke the token of ``name``; False when there is no live one."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE hub_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            )
+            done = cur.rowcount == 1
+        if done:
+            log.info("hub.token_revoked", name=name)
+        return done
+
+    # ---------------------------------------------------------------- grants, public
+
+    def grant(self, role: Role, action: Action, pattern: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO hub_grants (role, action, pattern) VALUES (?, ?, ?)",
+                (role, action, pattern),
+            )
+
+    def revoke_grant(self, role: Role, action: Action, pattern: str) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM hub_grants WHERE role = ? AND action = ? AND pattern = ?",
+                (role, action, pattern),
+            )
+            return cur.rowcount == 1
+
+    def make_public(self, pattern: str) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO hub_public (pattern) VALUES (?)", (pattern,))
+
+    def make_private(self, pattern: str) -> bool:
+        with self._tx() as conn:
+            return (
+                conn.execute("DELETE FROM hub_public WHERE pattern = ?", (pattern,)).rowcount == 1
+            )
+
+    def set_external_role(self, role: Role) -> None:
+        if role not in INVITE_ROLES:
+            raise ConfigError(
+                f"the external group may be read or participant, not {role!r}: invites never "
+                "give admin",
+                key="group_name",
+                value=role,
+            )
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO hub_settings (name, value) VALUES ('external_role', ?)",
+                (role,),
+            )
+
+    # ---------------------------------------------------------------- invites
+
+    def create_invite(
+        self,
+        role: Role,
+        creator: Principal,
+        *,
+        max_uses: int = 1,
+        ttl_s: float = DEFAULT_INVITE_TTL_S,
+    ) -> tuple[str, InviteInfo]:
+        """A new invite token and its listing. ``role`` must be read or participant and
+        not above ``creator``'s own role."""
+        if (
+            role not in INVITE_ROLES
+            or creator.role is None
+            or creator.name is None
+            or (ROLES.index(role) > ROLES.index(creator.role))
+        ):
+            raise InviteError(
+                f"an invite may give read or participant, at most the creator's "
+                f"own role ({creator.role}); not {role!r}"
+            )
+        token = "inv_" + secrets.token_urlsafe(24)
+        now = time.time()
+        info = InviteInfo(
+            secrets.token_hex(6), role, creator.name, now, now + ttl_s, max_uses, 0, None
+        )
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO hub_invites (token_hash, role, created_at, created_by, id, max_uses, "
+                "expires_at, creator_ident) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hash_token(token),
+                    role,
+                    now,
+                    creator.name,
+                    info.id,
+                    max_uses,
+                    info.expires_at,
+                    creator.owner,
+                ),
+            )
+        log.info("hub.invite_created", id=info.id, role=role, by=creator.name, max_uses=max_uses)
+        return token, info
+
+    def list_invites(self) -> builtins.list[InviteInfo]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, role, created_by, created_at, expires_at, max_uses, uses, revoked_at "
+                "FROM hub_invites ORDER BY created_at"
+            ).fetchall()
+        return [
+            InviteInfo(
+                i or "",
+                cast(Role, r),
+                by,
+                c,
+                e if e is not None else c + DEFAULT_INVITE_TTL_S,
+                m if m is not None else 1,
+                u,
+                v,
+            )
+            for i, r, by, c, e, m, u, v in rows
+        ]
+
+    def revoke_invite(self, invite_id: str) -> bool:
+        """Revoke the invite with this id; False when there is no such live invite."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE hub_invites SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), invite_id),
+            )
+            return cur.rowcount == 1
+
+    def _check_invite(self, conn: sqlite3.Connection, invite: str) -> Role:
+        row = conn.execute(
+            "SELECT role, created_at, created_by, uses, max_uses, expires_at, revoked_at, "
+            "creator_ident FROM hub_invites WHERE token_hash = ?",
+            (hash_token(invite),),
+        ).fetchone()
+        if row is None:
+            raise InviteError("unknown invite token; ask the hub's admin for one")
+        role, created_at, by, uses, max_uses, expires_at, revoked_at, creator_ident = row
+        if revoked_at is not None:
+            raise InviteError("this invite was revoked; ask the hub's admin for a new one")
+        expires = expires_at if expires_at is not None else created_at + DEFAULT_INVITE_TTL_S
+        if time.time() >= expires:
+            raise InviteError("this invite has expired; ask the hub's admin for a new one")
+        if uses >= (max_uses if max_uses is not None else 1):
+            raise InviteError("this invite was used up; ask the hub's admin for a new one")
+        if role not in INVITE_ROLES:
+            raise InviteError(f"this invite gives {role!r}; invites give read or participant only")
+        maker = conn.execute(
+            "SELECT role, ident FROM hub_tokens WHERE name = ? AND revoked_at IS NULL", (by,)
+        ).fetchone()
+        if (
+            maker is None
+            or maker[0] != "admin"
+            or (creator_ident is not None and creator_ident != _identity(by, maker[1]))
+        ):
+            raise InviteError(
+                "the admin token that made this invite was revoked; the invite no longer works"
+            )
+        return cast(Role, role)
+
+    def claim_invite(self, invite: str, who: Principal) -> tuple[Role, str | None, str | None]:
+        """Use an invite: upgrade ``who`` to the invite's role, or (anonymous) make a new
+        token. Returns (role, name, new token or None). Raises InviteError."""
+        with self._tx() as conn:
+            role = self._check_invite(conn, invite)
+            conn.execute(
+                "UPDATE hub_invites SET uses = uses + 1 WHERE token_hash = ?", (hash_token(invite),)
+            )
+            if who.name is not None and who.role is not None:
+                if ROLES.index(who.role) < ROLES.index(role):
+                    conn.execute(
+                        "UPDATE hub_tokens SET role = ? WHERE name = ? AND revoked_at IS NULL",
+                        (role, who.name),
+                    )
+                    return role, who.name, None
+                return who.role, who.name, None
+            name = "invitee-" + secrets.token_hex(4)
+            token = "swm_" + secrets.token_urlsafe(32)
+            conn.execute(
+                "INSERT INTO hub_tokens (name, role, token_hash, created_at, ident) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, role, hash_token(token), time.time(), secrets.token_hex(6)),
+            )
+            return role, name, token
+
+    # ---------------------------------------------------------------- snapshot
+
+    def snapshot(self) -> AuthSnapshot:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                gen = conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
+                tokens = conn.execute(
+                    "SELECT token_hash, name, role, ident FROM hub_tokens WHERE revoked_at IS NULL"
+                ).fetchall()
+                grants = conn.execute("SELECT role, action, pattern FROM hub_grants").fetchall()
+                public = conn.execute("SELECT pattern FROM hub_public ORDER BY pattern").fetchall()
+                ext = conn.execute(
+                    "SELECT value FROM hub_settings WHERE name = 'external_role'"
+                ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+        grant_map: dict[tuple[Role, Action], list[str]] = {}
+        for role, action, pattern in grants:
+            grant_map.setdefault((cast(Role, role), cast(Action, action)), []).append(pattern)
+        external = cast(Role, ext[0]) if ext and ext[0] in INVITE_ROLES else "participant"
+        return AuthSnapshot(
+            tokens={h: Principal(n, cast(Role, r), _identity(n, i)) for h, n, r, i in tokens},
+            grants={k: tuple(v) for k, v in grant_map.items()},
+            public=tuple(p for (p,) in public),
+            external_role=external,
+            loaded_at=time.monotonic(),
+            generation=int(gen[0]) if gen else 0,
+        )
