@@ -26,7 +26,7 @@ import orjson
 
 from swarm._logging import get_logger
 from swarm.errors import ConfigError
-from swarm.runner import LOG_NAME, META_NAME, SRC_DIR, RunOutcome, classify_run
+from swarm.runner import LOG_NAME, META_NAME, SRC_DIR, RunOutcome, classify_run, read_log_tail
 from swarm.summary import SummaryError, parse_summary
 
 __all__ = ["FINISHED_NAME", "Harvest", "RunMeta", "StateLock", "find_unfinished", "mark_finished"]
@@ -35,7 +35,6 @@ log = get_logger(__name__)
 
 FINISHED_NAME = "finished"
 LOCK_NAME = "supervisor.lock"
-_TAIL_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +115,6 @@ def mark_finished(workdir: Path, status: str) -> None:
         (workdir / FINISHED_NAME).write_text(status + "\n")
 
 
-def _read_tail(path: Path) -> str:
-    with path.open("rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - _TAIL_BYTES))
-        return fh.read().decode("utf-8", errors="replace")
-
-
 def _harvest_one(workdir: Path, agent_id: str, host: str) -> Harvest | None:
     try:
         meta = RunMeta.from_json(orjson.loads((workdir / META_NAME).read_bytes()))
@@ -136,7 +127,7 @@ def _harvest_one(workdir: Path, agent_id: str, host: str) -> Harvest | None:
         src = workdir / "train.py"
     try:
         train_py = src.read_text(encoding="utf-8")
-        text = _read_tail(workdir / LOG_NAME)
+        text = read_log_tail(workdir / LOG_NAME)
         prepare = (src.parent / "prepare.py").read_bytes()
     except OSError:
         return Harvest(meta, workdir, "", None)

@@ -48,6 +48,7 @@ from swarm.errors import RunnerError
 from swarm.gpu_pool import classify_infra_failure
 from swarm.sandbox import CgroupEvents, RunCgroup, Sandbox, allowed_env
 from swarm.summary import Summary, SummaryError, parse_summary
+from swarm.ui.progress import read_tail
 
 __all__ = [
     "LOG_NAME",
@@ -58,6 +59,7 @@ __all__ = [
     "build_child_env",
     "classify_run",
     "last_traceback_line",
+    "read_log_tail",
     "run_experiment",
 ]
 
@@ -276,19 +278,10 @@ def _line_at(text: str, pos: int) -> str:
     return text[start : end if end >= 0 else len(text)].strip()[:300]
 
 
-def _read_tail(path: Path, max_bytes: int = _TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > max_bytes:  # drop the partial first line
-        text = text.split("\n", 1)[-1]
-    return text
+def read_log_tail(path: Path, max_bytes: int = _TAIL_BYTES) -> str:
+    """The last ``max_bytes`` of a run log as text, from a line start ("" when unreadable)."""
+    data = read_tail(path, max_bytes)
+    return "" if data is None else data.decode("utf-8", errors="replace")
 
 
 def _tail_lines(text: str, n: int = TAIL_LINES) -> str:
@@ -578,7 +571,7 @@ async def _supervise(
         await group.wait_gone()
 
     wall_s = time.monotonic() - started
-    text = await asyncio.to_thread(_read_tail, log_path)
+    text = await asyncio.to_thread(read_log_tail, log_path)
     classified = classify_run(proc.returncode, text, timed_out=timed_out, deadline_s=deadline)
     if spec.sandbox is not None:
         events = (start.cgroup.events() if start.cgroup is not None else CgroupEvents())
