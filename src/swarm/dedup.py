@@ -71,6 +71,7 @@ __all__ = [
     "Deduplicator",
     "Verdict",
     "analyse",
+    "clear_analysis_caches",
     "code_diff_summary",
     "semantic_text",
 ]
@@ -172,20 +173,14 @@ def _digest(text: str, size: int = 16) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=size).digest()
 
 
-def _parse_error(exc: Exception) -> TrainPyError:
-    if isinstance(exc, SyntaxError):
-        return TrainPyError(f"train.py does not parse: line {exc.lineno}: {exc.msg}")
-    return TrainPyError(f"train.py does not parse: {exc}")  # null bytes, huge int literals
-
-
 def _literal_constant(node: ast.stmt) -> tuple[str, Value] | None:
     """(name, value) of an ``UPPER_NAME = literal`` statement, else None."""
     if not (isinstance(node, ast.Assign) and len(node.targets) == 1
             and isinstance(node.targets[0], ast.Name)
-            and trainpy._NAME.match(node.targets[0].id)):
+            and trainpy.is_constant_name(node.targets[0].id)):
         return None
     try:
-        return node.targets[0].id, trainpy._eval_literal(node.value)
+        return node.targets[0].id, trainpy.literal_value(node.value)
     except (ValueError, ArithmeticError, TypeError):
         return None  # not a literal: part of the code
 
@@ -228,7 +223,7 @@ def _split_block(source: str) -> tuple[bytes, str] | None:
         return None  # str.splitlines and the parser would disagree on line numbers
     lines = source.split("\n")
     try:
-        start, end = trainpy._block_lines(lines)
+        start, end = trainpy.block_lines(lines)
     except TrainPyError:
         return None
     outside = "\n".join(lines[:start]) + "\n\x00\n" + "\n".join(lines[end:])
@@ -248,7 +243,7 @@ def _analyse_from_template(tpl: _Template, block: str) -> CodeInfo | None:
             return None  # code inside the block: take the full path
         names.append(const[0])
         values.append(const[1])
-    tree = trainpy._Normaliser().visit(tree)
+    tree = trainpy.Normaliser().visit(tree)
     block_parts = ", ".join(_dump(stmt) for stmt in tree.body)
     return _make_info([tpl.prefix, block_parts, tpl.suffix], tpl.skeleton, tpl.stmts,
                       names, values)
@@ -264,8 +259,11 @@ def _is_docstring(node: ast.stmt) -> bool:
             and isinstance(node.value.value, str))
 
 
-def _clear_caches() -> None:
-    """Forget the process-wide analysis caches (tests compare cached and uncached paths)."""
+def clear_analysis_caches() -> None:
+    """Forget the process-wide caches of :func:`analyse` (templates, statement dumps, parents).
+
+    Only needed to compare the cached and the uncached analysis of the same source (the
+    caches are bounded and never change a result)."""
     global _stmts_chars
     with _SHARED_LOCK:
         _STMTS.clear()
@@ -296,10 +294,10 @@ def _normalised_statements(tree: ast.Module, source: str) -> list[tuple[ast.stmt
     if body and _is_docstring(body[0]):
         body = body[1:]
     if not body or _ODD_BREAKS.search(source):  # rare shapes: the plain path
-        norm = trainpy._Normaliser().visit(tree)
+        norm = trainpy.Normaliser().visit(tree)
         return [(stmt, _dump(stmt)) for stmt in norm.body]
     lines = source.split("\n")
-    normaliser = trainpy._Normaliser()
+    normaliser = trainpy.Normaliser()
     out: list[tuple[ast.stmt, str]] = []
     for stmt in body:
         first = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", ()))])
@@ -338,13 +336,10 @@ def analyse(source: str) -> CodeInfo:
             info = _analyse_from_template(tpl, split[1])
             if info is not None:
                 return info
-    try:
-        tree = trainpy.parse_module(source)
-    except (SyntaxError, ValueError) as exc:
-        raise _parse_error(exc) from exc
+    tree = trainpy.parse_train_py(source)
     lines = source.splitlines()
     try:
-        start, end = trainpy._block_lines(lines)
+        start, end = trainpy.block_lines(lines)
     except TrainPyError:
         start = end = -1
     block_ids: set[int] = set()
@@ -447,7 +442,7 @@ def _code_lines(source: str) -> list[str]:
     """Lines of code outside the constants block, comments and blank lines dropped."""
     lines = source.splitlines()
     try:
-        start, end = trainpy._block_lines(lines)
+        start, end = trainpy.block_lines(lines)
     except TrainPyError:
         start = end = -1
     out: list[str] = []

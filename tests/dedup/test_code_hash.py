@@ -132,7 +132,7 @@ def test_constants_only_fast_path_matches_full_analysis(train_py: str) -> None:
                    "ADAM_BETAS": (round(rng.uniform(0.7, 0.95), 3), 0.95)}
         child = apply_changes(train_py, dict(rng.sample(sorted(changes.items()), 2)))
         fast = analyse(child)
-        dedup._clear_caches()
+        dedup.clear_analysis_caches()
         full = analyse(child)
         assert fast.code_hash == full.code_hash == code_hash(child)
         assert (fast.names, fast.values, fast.skeleton, fast.stmts, fast.constants_fp) == \
@@ -161,7 +161,7 @@ def test_statement_cache_matches_full_normalisation(train_py: str) -> None:
         assert old in train_py, old
         src = apply_changes(train_py.replace(old, new, 1), {"DEPTH": 9})
         cached = analyse(src)
-        dedup._clear_caches()
+        dedup.clear_analysis_caches()
         assert cached.code_hash == analyse(src).code_hash == code_hash(src), old
 
 
