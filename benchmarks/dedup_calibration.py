@@ -1,9 +1,11 @@
-#!/usr/bin/env python
-"""Build the labeled dedup pairs and calibrate the deduplicator on them.
+"""The labeled dedup pairs and the calibration of the deduplicator on them (a library).
+
+``scripts/calibrate_dedup.py`` is the command line over it::
 
     python scripts/calibrate_dedup.py build    # (re)write tests/data/dedup_pairs.tsv
-    python scripts/calibrate_dedup.py          # evaluate: per-layer precision/recall,
-                                               # threshold sweep, description-only baseline
+    python scripts/calibrate_dedup.py          # tune the semantic threshold on the tuning
+                                               # part, report every detector on the held-out
+                                               # part (and the description-only baseline)
     python scripts/calibrate_dedup.py --json out.json --markdown out.md
 
 Each row of the TSV is one pair: experiment A is known to the swarm, experiment B is
@@ -22,6 +24,11 @@ are rebuilt from the project's train.py:
 An empty ``a_changes``, ``a_edits`` and ``a_desc`` means there is no A (the pair tests B
 against its lineage only, e.g. a no-op).
 
+The split (:func:`split_pairs`) is fixed: within each kind, pairs are ordered by the
+SHA-256 of their id and the first half (rounded up) is the tuning part, the rest is held
+out. The threshold is chosen on the tuning part only; the figures of docs/dedup.md and the
+README are those of the held-out part, which the choice never saw.
+
 Descriptions come from ``tests/dedup/data/real_experiment_descriptions.tsv`` (a copy of the
 shared real data: agent phrasing, mined by parsing it against train.py) and from paraphrase templates in the
 styles seen there.
@@ -29,38 +36,24 @@ styles seen there.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import hashlib
 import itertools
 import json
 import os
 import random
 import re
-import sys
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from swarm.dedup import Candidate, Deduplicator, Verdict, code_diff_summary, semantic_text
+from swarm.descparse import parse_description, parse_value
+from swarm.trainpy import apply_changes, constants, format_value
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from swarm._logging import configure_logging  # noqa: E402
-from swarm.dedup import (  # noqa: E402
-    LAYERS,
-    Candidate,
-    Deduplicator,
-    code_diff_summary,
-    semantic_text,
-)
-from swarm.descparse import parse_description, parse_value  # noqa: E402
-from swarm.trainpy import apply_changes, constants, format_value  # noqa: E402
 
 PAIRS_TSV = ROOT / "tests" / "data" / "dedup_pairs.tsv"
 TRAIN_PY = ROOT / "train.py"
@@ -202,7 +195,7 @@ def register_lineage(dd: Deduplicator, builder: Builder, spec: str) -> None:
         prev = src
 
 
-def run_pair(dd: Deduplicator, builder: Builder, pair: Pair):  # -> Verdict
+def run_pair(dd: Deduplicator, builder: Builder, pair: Pair) -> Verdict:
     register_lineage(dd, builder, pair.a.parent)
     register_lineage(dd, builder, pair.b.parent)
     if pair.a.present:
@@ -802,8 +795,27 @@ class PairResult:
     text_cos: float  # description + code summary, no gating
 
 
+def split_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
+    """(tuning part, held-out part): the fixed split of the pair set.
+
+    Within each kind, pairs are ordered by the SHA-256 of their id; the first half (rounded
+    up) tunes, the rest is held out. Both parts hold every kind, and a pair's part depends
+    only on its id and the size of its kind, never on the order of the rows.
+    """
+    by_kind: dict[str, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        by_kind[p.kind].append(p)
+    tune_ids: set[str] = set()
+    for group in by_kind.values():
+        ordered = sorted(group, key=lambda p: hashlib.sha256(p.id.encode("utf-8")).hexdigest())
+        tune_ids.update(p.id for p in ordered[: (len(ordered) + 1) // 2])
+    return [p for p in pairs if p.id in tune_ids], [p for p in pairs if p.id not in tune_ids]
+
+
 def evaluate(pairs: Sequence[Pair], base_src: str, embedder: Any = None,
-             progress: bool = False) -> list[PairResult]:
+             progress: Callable[[int, int], None] | None = None) -> list[PairResult]:
+    """Every pair through each layer alone, the code layers, the semantic layer and the
+    description-only cosine; ``progress(done, total)`` is called every 50 pairs."""
     if embedder is None:
         from swarm.embedding import get_embedder
 
@@ -811,31 +823,35 @@ def evaluate(pairs: Sequence[Pair], base_src: str, embedder: Any = None,
     builder = Builder(base_src)
     out: list[PairResult] = []
     for i, pair in enumerate(pairs):
-        hits: dict[str, bool] = {}
-        for layer in ("noop", "exact", "structural"):
-            dd = Deduplicator(embedder, use_semantic=False, layers=[layer])
-            hits[layer] = run_pair(dd, builder, pair).duplicate
-        dd = Deduplicator(embedder, use_semantic=False, layers=["noop", "exact", "structural"])
-        v = run_pair(dd, builder, pair)
-        code_layer = v.layer if v.duplicate else None
-        dd = Deduplicator(embedder, semantic_threshold=1e-6, layers=["semantic"])
-        sv = run_pair(dd, builder, pair)
-        sem = sv.score if sv.layer == "semantic" or not sv.duplicate else 0.0
-        desc_cos = 0.0
-        text_cos = 0.0
-        if pair.a.present:
-            vecs = embedder.embed([pair.a.desc, pair.b.desc])
-            desc_cos = float(vecs[0] @ vecs[1])
-            ap, asrc = builder.side(pair.a, pair.id)
-            bp, bsrc = builder.side(pair.b, pair.id)
-            ta = semantic_text(pair.a.desc, code_diff_summary(ap, asrc))
-            tb = semantic_text(pair.b.desc, code_diff_summary(bp, bsrc))
-            tv = embedder.embed([ta, tb])
-            text_cos = float(tv[0] @ tv[1])
-        out.append(PairResult(pair, hits, code_layer, sem, desc_cos, text_cos))
-        if progress and (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{len(pairs)} pairs", file=sys.stderr)
+        out.append(_evaluate_pair(pair, builder, embedder))
+        if progress is not None and (i + 1) % 50 == 0:
+            progress(i + 1, len(pairs))
     return out
+
+
+def _evaluate_pair(pair: Pair, builder: Builder, embedder: Any) -> PairResult:
+    hits: dict[str, bool] = {}
+    for layer in ("noop", "exact", "structural"):
+        dd = Deduplicator(embedder, use_semantic=False, layers=[layer])
+        hits[layer] = run_pair(dd, builder, pair).duplicate
+    dd = Deduplicator(embedder, use_semantic=False, layers=["noop", "exact", "structural"])
+    v = run_pair(dd, builder, pair)
+    code_layer = v.layer if v.duplicate else None
+    dd = Deduplicator(embedder, semantic_threshold=1e-6, layers=["semantic"])
+    sv = run_pair(dd, builder, pair)
+    sem = sv.score if sv.layer == "semantic" or not sv.duplicate else 0.0
+    desc_cos = 0.0
+    text_cos = 0.0
+    if pair.a.present:
+        vecs = embedder.embed([pair.a.desc, pair.b.desc])
+        desc_cos = float(vecs[0] @ vecs[1])
+        ap, asrc = builder.side(pair.a, pair.id)
+        bp, bsrc = builder.side(pair.b, pair.id)
+        ta = semantic_text(pair.a.desc, code_diff_summary(ap, asrc))
+        tb = semantic_text(pair.b.desc, code_diff_summary(bp, bsrc))
+        tv = embedder.embed([ta, tb])
+        text_cos = float(tv[0] @ tv[1])
+    return PairResult(pair, hits, code_layer, sem, desc_cos, text_cos)
 
 
 def score(results: Iterable[PairResult], pred) -> Counts:
@@ -872,61 +888,88 @@ def _fmt_counts(c: Counts) -> str:
     return f"{c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.tp} | {c.fp} | {c.fn} | {c.tn}"
 
 
-def report(results: Sequence[PairResult]) -> tuple[str, dict[str, Any]]:
-    thresholds = [round(0.50 + 0.02 * i, 2) for i in range(25)]
-    chosen, comb_rows = choose_threshold(results, thresholds)
-    n_pos = sum(r.pair.label for r in results)
-    lines = [f"pairs: {len(results)} ({n_pos} duplicates, {len(results) - n_pos} not)", ""]
-    lines.append("| detector | precision | recall | F1 | TP | FP | FN | TN |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+THRESHOLDS: tuple[float, ...] = tuple(round(0.50 + 0.02 * i, 2) for i in range(25))
+"""The semantic thresholds the tuning part is swept over."""
+
+
+def _counts_json(c: Counts) -> dict[str, Any]:
+    return {"precision": c.precision, "recall": c.recall, "f1": c.f1,
+            "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}
+
+
+def _detector_table(results: Sequence[PairResult], t: float) -> dict[str, Counts]:
+    """Each detector on ``results`` with the semantic layer at ``t``."""
     table: dict[str, Counts] = {}
     for layer in ("noop", "exact", "structural"):
         table[f"{layer} layer alone"] = score(results, lambda r, k=layer: r.layer_hits[k])
     table["code layers (noop+exact+structural)"] = score(results, lambda r: r.code_layer is not None)
-    table[f"semantic layer alone (t={chosen:.2f})"] = score(
-        results, lambda r: r.semantic_score >= chosen)
-    table[f"combination (t={chosen:.2f})"] = score(results, combined(chosen))
+    table[f"semantic layer alone (t={t:.2f})"] = score(results, lambda r: r.semantic_score >= t)
+    table[f"combination (t={t:.2f})"] = score(results, combined(t))
     table[f"description-only cosine >= {ORIGINAL_FORK_THRESHOLD} (original fork)"] = score(
         results, lambda r: r.desc_cos >= ORIGINAL_FORK_THRESHOLD)
-    table[f"description + code summary, ungated, >= {chosen:.2f}"] = score(
-        results, lambda r: r.text_cos >= chosen)
-    for name, c in table.items():
-        lines.append(f"| {name} | {_fmt_counts(c)} |")
-    lines += ["", "Threshold sweep (combination = code layers + semantic layer at t; "
-              "description-only = the original fork's check at t):", "",
+    table[f"description + code summary, ungated, >= {t:.2f}"] = score(
+        results, lambda r: r.text_cos >= t)
+    return table
+
+
+def _per_kind_lines(results: Sequence[PairResult], t: float) -> list[str]:
+    kinds: dict[str, list[PairResult]] = defaultdict(list)
+    for r in results:
+        kinds[r.pair.kind].append(r)
+    lines = ["| kind | label | pairs | combination correct | description-only correct | "
+             "mean description cosine |", "|---|---|---|---|---|---|"]
+    for kind, rs in sorted(kinds.items()):
+        ok = sum(bool(combined(t)(r)) == bool(r.pair.label) for r in rs)
+        dok = sum((r.desc_cos >= ORIGINAL_FORK_THRESHOLD) == bool(r.pair.label) for r in rs)
+        present = [r.desc_cos for r in rs if r.pair.a.present]
+        mean = sum(present) / len(present) if present else float("nan")
+        lines.append(f"| {kind} | {rs[0].pair.label} | {len(rs)} | {ok} | {dok} | {mean:.3f} |")
+    return lines
+
+
+def _sizes(results: Sequence[PairResult]) -> str:
+    n_pos = sum(r.pair.label for r in results)
+    return f"{len(results)} ({n_pos} duplicates, {len(results) - n_pos} not)"
+
+
+def report(results: Sequence[PairResult]) -> tuple[str, dict[str, Any]]:
+    """Markdown and JSON: the threshold tuned on the tuning part, figures on the held-out part."""
+    tune_pairs, _ = split_pairs([r.pair for r in results])
+    tune_ids = {p.id for p in tune_pairs}
+    tune = [r for r in results if r.pair.id in tune_ids]
+    held = [r for r in results if r.pair.id not in tune_ids]
+    chosen, comb_rows = choose_threshold(tune, THRESHOLDS)
+    lines = [f"pairs: {_sizes(results)}; tuning part {_sizes(tune)}, "
+             f"held-out part {_sizes(held)}", "",
+             f"Held-out part (the semantic threshold {chosen:.2f} was chosen on the tuning "
+             "part only):", "",
+             "| detector | precision | recall | F1 | TP | FP | FN | TN |",
+             "|---|---|---|---|---|---|---|---|"]
+    table = _detector_table(held, chosen)
+    lines += [f"| {name} | {_fmt_counts(c)} |" for name, c in table.items()]
+    lines += ["", "Threshold sweep on the tuning part (combination = code layers + semantic "
+              "layer at t; description-only = the original fork's check at t):", "",
               "| t | combination P | combination R | combination F1 | description-only P | "
               "description-only R | description-only F1 |", "|---|---|---|---|---|---|---|"]
-    desc_rows = dict(sweep(results, lambda r: r.desc_cos, thresholds))
+    desc_rows = dict(sweep(tune, lambda r: r.desc_cos, THRESHOLDS))
     for t, c in comb_rows:
         d = desc_rows[t]
         lines.append(f"| {t:.2f} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | "
                      f"{d.precision:.3f} | {d.recall:.3f} | {d.f1:.3f} |")
-    # per kind
-    kinds: dict[str, list[PairResult]] = defaultdict(list)
-    for r in results:
-        kinds[r.pair.kind].append(r)
-    lines += ["", f"Per kind (combination at t={chosen:.2f} vs description-only at "
-              f"{ORIGINAL_FORK_THRESHOLD}): correct / total", "",
-              "| kind | label | pairs | combination correct | description-only correct | "
-              "mean description cosine |", "|---|---|---|---|---|---|"]
-    for kind, rs in sorted(kinds.items()):
-        label = rs[0].pair.label
-        ok = sum(bool(combined(chosen)(r)) == bool(r.pair.label) for r in rs)
-        dok = sum((r.desc_cos >= ORIGINAL_FORK_THRESHOLD) == bool(r.pair.label) for r in rs)
-        present = [r.desc_cos for r in rs if r.pair.a.present]
-        mean = sum(present) / len(present) if present else float("nan")
-        lines.append(f"| {kind} | {label} | {len(rs)} | {ok} | {dok} | {mean:.3f} |")
-    comb = score(results, combined(chosen))
-    lines += ["", f"chosen semantic threshold: {chosen:.2f}",
-              f"combination false positives: {', '.join(comb.fps) or 'none'}",
-              f"combination false negatives: {', '.join(comb.fns) or 'none'}"]
+    lines += ["", f"Per kind on the held-out part (combination at t={chosen:.2f} vs "
+              f"description-only at {ORIGINAL_FORK_THRESHOLD}): correct / total", ""]
+    lines += _per_kind_lines(held, chosen)
+    comb = score(held, combined(chosen))
+    lines += ["", f"chosen semantic threshold (tuning part): {chosen:.2f}",
+              f"held-out false positives: {', '.join(comb.fps) or 'none'}",
+              f"held-out false negatives: {', '.join(comb.fns) or 'none'}"]
     data = {
-        "pairs": len(results), "duplicates": n_pos, "chosen_threshold": chosen,
-        "table": {k: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "tp": c.tp,
-                      "fp": c.fp, "fn": c.fn, "tn": c.tn} for k, c in table.items()},
-        "sweep": [{"t": t, "precision": c.precision, "recall": c.recall, "f1": c.f1,
-                   "desc_precision": desc_rows[t].precision, "desc_recall": desc_rows[t].recall}
-                  for t, c in comb_rows],
+        "pairs": len(results), "tune_pairs": len(tune), "held_out_pairs": len(held),
+        "duplicates": sum(r.pair.label for r in results), "chosen_threshold": chosen,
+        "held_out": {k: _counts_json(c) for k, c in table.items()},
+        "tune_sweep": [{"t": t, "precision": c.precision, "recall": c.recall, "f1": c.f1,
+                        "desc_precision": desc_rows[t].precision,
+                        "desc_recall": desc_rows[t].recall} for t, c in comb_rows],
         "false_positives": comb.fps, "false_negatives": comb.fns,
     }
     return "\n".join(lines), data
@@ -985,49 +1028,6 @@ def parse_report(path: Path = REAL_TSV, names: Iterable[str] | None = None) -> t
                               "kinds": dict(kinds)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", default="evaluate", choices=["build", "evaluate", "parse"])
-    ap.add_argument("--train-py", type=Path, default=TRAIN_PY)
-    ap.add_argument("--pairs", type=Path, default=PAIRS_TSV)
-    ap.add_argument("--json", type=Path, help="write the numbers as JSON here")
-    ap.add_argument("--markdown", type=Path, help="write the report as markdown here")
-    args = ap.parse_args(argv)
-    configure_logging("warning")
-    base_src = args.train_py.read_text(encoding="utf-8")
-    if args.command == "parse":
-        text, _ = parse_report()
-        print(text)
-        return 0
-    if args.command == "build":
-        pairs = build_pairs(base_src)
-        builder = Builder(base_src)
-        for p in pairs:  # every row must rebuild
-            builder.side(p.a, p.id) if p.a.present else None
-            builder.side(p.b, p.id)
-        write_pairs(pairs, args.pairs)
-        kinds = defaultdict(int)
-        for p in pairs:
-            kinds[p.kind] += 1
-        print(f"wrote {len(pairs)} pairs to {args.pairs}: "
-              + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
-        return 0
-    pairs = load_pairs(args.pairs)
-    t0 = time.perf_counter()
-    results = evaluate(pairs, base_src, progress=True)
-    text, data = report(results)
-    print(text)
-    print(f"\n(evaluated in {time.perf_counter() - t0:.1f} s; layers: {', '.join(LAYERS)})")
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-__all__ = ["Builder", "Pair", "PairResult", "Side", "build_pairs", "evaluate", "load_pairs",
-           "report", "run_pair", "semantic_text"]
+__all__ = ["THRESHOLDS", "Builder", "Counts", "Pair", "PairResult", "Side", "build_pairs",
+           "choose_threshold", "evaluate", "load_pairs", "parse_report", "report", "run_pair",
+           "split_pairs", "write_pairs"]
