@@ -132,7 +132,8 @@ def parse_train_py(source: str) -> ast.Module:
     try:
         return parse_module(source)
     except SyntaxError as exc:
-        raise TrainPyError(f"train.py does not parse: line {exc.lineno}: {exc.msg}") from exc
+        where = f"line {exc.lineno}: " if exc.lineno else ""
+        raise TrainPyError(f"train.py does not parse: {where}{exc.msg}") from exc
     except ValueError as exc:  # null bytes (3.11), integer literals too long to convert
         raise TrainPyError(f"train.py does not parse: {exc}") from exc
 

@@ -175,3 +175,13 @@ def test_huge_literal_arithmetic_hashes_without_error() -> None:
     a = code_hash("X = (10**100)**50\n")
     assert a == code_hash("X = (10 ** 100) ** 50  # same\n")
     assert a != code_hash("X = (10**100)**49\n")
+
+
+def test_unparseable_source_is_a_trainpy_error_not_a_value_error() -> None:
+    """A null byte in train.py is reported as TrainPyError ("does not parse"), like bad syntax."""
+    from swarm.trainpy import constants
+
+    with pytest.raises(TrainPyError, match="does not parse: source code string"):
+        code_hash("X = 1\x00\n")
+    with pytest.raises(TrainPyError, match="does not parse: line 2: invalid syntax"):
+        constants("# Hyperparameters\nX = = 1\n")
