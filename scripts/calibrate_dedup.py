@@ -47,14 +47,17 @@ def _build(base_src: str, out: Path) -> None:
         builder.side(p.b, p.id)
     calib.write_pairs(pairs, out)
     kinds = Counter(p.kind for p in pairs)
-    print(f"wrote {len(pairs)} pairs to {out}: "
-          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    print(
+        f"wrote {len(pairs)} pairs to {out}: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("command", nargs="?", default="evaluate",
-                    choices=["build", "evaluate", "parse"])
+    ap.add_argument(
+        "command", nargs="?", default="evaluate", choices=["build", "evaluate", "parse"]
+    )
     ap.add_argument("--train-py", type=Path, default=calib.TRAIN_PY)
     ap.add_argument("--pairs", type=Path, default=calib.PAIRS_TSV)
     ap.add_argument("--json", type=Path, help="write the numbers as JSON here")
