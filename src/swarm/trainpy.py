@@ -37,15 +37,20 @@ from swarm.errors import TrainPyError
 
 __all__ = [
     "Constant",
+    "Normaliser",
     "Value",
     "apply_changes",
+    "block_lines",
     "code_hash",
     "constants",
     "constants_block",
     "diff_constants",
     "format_value",
+    "is_constant_name",
+    "literal_value",
     "normalise_source",
     "parse_module",
+    "parse_train_py",
     "short_hash",
 ]
 
@@ -82,18 +87,26 @@ class Constant:
     comment: str  # trailing comment without '#', may be ''
 
 
-def _eval_literal(node: ast.AST) -> Value:
-    """Value of a literal expression; raises ``ValueError`` for anything else."""
+def is_constant_name(name: str) -> bool:
+    """Whether ``name`` is spelt like a constant of the block (``UPPER_CASE``)."""
+    return _NAME.match(name) is not None
+
+
+def literal_value(node: ast.AST) -> Value:
+    """Value of a literal expression (numbers, strings, booleans, tuples, literal arithmetic).
+
+    Raises ``ValueError`` for anything else; folding may also raise ``ArithmeticError`` or
+    ``TypeError`` (``1 / 0``, ``"a" * 2.5``)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str | bool | None):
         return node.value
     if isinstance(node, ast.Tuple | ast.List):
-        return tuple(_eval_literal(e) for e in node.elts)
+        return tuple(literal_value(e) for e in node.elts)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        v = _eval_literal(node.operand)
+        v = literal_value(node.operand)
         if isinstance(v, int | float) and not isinstance(v, bool):
             return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _eval_literal(node.left), _eval_literal(node.right)
+        left, right = literal_value(node.left), literal_value(node.right)
         if isinstance(left, int | float) and isinstance(right, int | float) \
                 and not isinstance(left, bool) and not isinstance(right, bool):
             if isinstance(node.op, ast.Pow | ast.LShift) and abs(right) > 256:
@@ -114,15 +127,19 @@ def parse_module(source: str) -> ast.Module:
         return ast.parse(source)
 
 
-def _parse(source: str) -> ast.Module:
+def parse_train_py(source: str) -> ast.Module:
+    """:func:`parse_module` for a train.py: ``TrainPyError`` names the line when it does not parse."""
     try:
         return parse_module(source)
     except SyntaxError as exc:
-        raise TrainPyError(f"train.py does not parse: line {exc.lineno}: {exc.msg}") from exc
+        where = f"line {exc.lineno}: " if exc.lineno else ""
+        raise TrainPyError(f"train.py does not parse: {where}{exc.msg}") from exc
+    except ValueError as exc:  # null bytes (3.11), integer literals too long to convert
+        raise TrainPyError(f"train.py does not parse: {exc}") from exc
 
 
-def _block_lines(lines: list[str]) -> tuple[int, int]:
-    """0-based [start, end) line range of the constants block."""
+def block_lines(lines: list[str]) -> tuple[int, int]:
+    """0-based [start, end) range of the constants block in ``lines``; ``TrainPyError`` if absent."""
     for i, line in enumerate(lines):
         if _BLOCK_TITLE.match(line.strip()):
             start = i + 1
@@ -140,9 +157,9 @@ def _block_lines(lines: list[str]) -> tuple[int, int]:
 
 def constants_block(source: str) -> list[Constant]:
     """The constants of the block, in file order. Raises ``TrainPyError`` when absent."""
-    tree = _parse(source)
+    tree = parse_train_py(source)
     lines = source.splitlines()
-    start, end = _block_lines(lines)
+    start, end = block_lines(lines)
     out: list[Constant] = []
     for node in tree.body:
         if not (start < node.lineno <= end):
@@ -152,7 +169,7 @@ def constants_block(source: str) -> list[Constant]:
             continue
         name = node.targets[0].id
         try:
-            value = _eval_literal(node.value)
+            value = literal_value(node.value)
         except ValueError as exc:
             raise TrainPyError(
                 f"constant {name} (line {node.lineno}) is not a plain literal: "
@@ -215,7 +232,7 @@ def apply_changes(source: str, changes: Mapping[str, Value]) -> str:
         raise TrainPyError(
             f"not in the constants block: {', '.join(unknown)} (known: {', '.join(block)})"
         )
-    tree = _parse(source)
+    tree = parse_train_py(source)
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, int, int, str]] = []  # (line0, col0, end_col, text)
     for node in tree.body:
@@ -234,7 +251,7 @@ def apply_changes(source: str, changes: Mapping[str, Value]) -> str:
         new = raw[:col0] + text.encode("utf-8") + raw[col1:]
         lines[line0] = new.decode("utf-8")
     result = "".join(lines)
-    _parse(result)
+    parse_train_py(result)
     return result
 
 
@@ -256,8 +273,11 @@ def _same(a: Value, b: Value) -> bool:
     return type(a) is type(b) and a == b
 
 
-class _Normaliser(ast.NodeTransformer):
-    """Drops docstrings, folds numeric literal arithmetic, canonicalises numbers."""
+class Normaliser(ast.NodeTransformer):
+    """Drops docstrings, folds numeric literal arithmetic, canonicalises numbers.
+
+    ``Normaliser().visit(tree)`` rewrites ``tree`` in place (and returns it); the dump of
+    the result is what :func:`code_hash` hashes."""
 
     def _strip_doc(self, body: list[ast.stmt]) -> list[ast.stmt]:
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
@@ -284,7 +304,7 @@ class _Normaliser(ast.NodeTransformer):
 
     def _fold(self, node: ast.expr) -> ast.AST:
         try:
-            value = _eval_literal(node)
+            value = literal_value(node)
         except (ValueError, ArithmeticError, TypeError):
             return node
         if isinstance(value, int) and value.bit_length() > _MAX_FOLD_BITS:
@@ -304,7 +324,7 @@ class _Normaliser(ast.NodeTransformer):
 
 def normalise_source(source: str) -> str:
     """A canonical text of ``source`` (AST dump after normalisation)."""
-    tree = _Normaliser().visit(_parse(source))
+    tree = Normaliser().visit(parse_train_py(source))
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -36,14 +34,10 @@ def embedder():
 
 @pytest.fixture(scope="session")
 def calib() -> ModuleType:
-    """scripts/calibrate_dedup.py as a module (pair loading, rebuilding, scoring)."""
-    path = ROOT / "scripts" / "calibrate_dedup.py"
-    spec = importlib.util.spec_from_file_location("calibrate_dedup", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["calibrate_dedup"] = module
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/dedup_calibration.py (pair loading, rebuilding, scoring, the split)."""
+    from benchmarks import dedup_calibration
+
+    return dedup_calibration
 
 
 @pytest.fixture(scope="session")

@@ -132,7 +132,7 @@ def test_constants_only_fast_path_matches_full_analysis(train_py: str) -> None:
                    "ADAM_BETAS": (round(rng.uniform(0.7, 0.95), 3), 0.95)}
         child = apply_changes(train_py, dict(rng.sample(sorted(changes.items()), 2)))
         fast = analyse(child)
-        dedup._clear_caches()
+        dedup.clear_analysis_caches()
         full = analyse(child)
         assert fast.code_hash == full.code_hash == code_hash(child)
         assert (fast.names, fast.values, fast.skeleton, fast.stmts, fast.constants_fp) == \
@@ -161,7 +161,7 @@ def test_statement_cache_matches_full_normalisation(train_py: str) -> None:
         assert old in train_py, old
         src = apply_changes(train_py.replace(old, new, 1), {"DEPTH": 9})
         cached = analyse(src)
-        dedup._clear_caches()
+        dedup.clear_analysis_caches()
         assert cached.code_hash == analyse(src).code_hash == code_hash(src), old
 
 
@@ -175,3 +175,13 @@ def test_huge_literal_arithmetic_hashes_without_error() -> None:
     a = code_hash("X = (10**100)**50\n")
     assert a == code_hash("X = (10 ** 100) ** 50  # same\n")
     assert a != code_hash("X = (10**100)**49\n")
+
+
+def test_unparseable_source_is_a_trainpy_error_not_a_value_error() -> None:
+    """A null byte in train.py is reported as TrainPyError ("does not parse"), like bad syntax."""
+    from swarm.trainpy import constants
+
+    with pytest.raises(TrainPyError, match="does not parse: source code string"):
+        code_hash("X = 1\x00\n")
+    with pytest.raises(TrainPyError, match="does not parse: line 2: invalid syntax"):
+        constants("# Hyperparameters\nX = = 1\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -445,4 +444,3 @@ async def test_acheck_does_not_block_the_loop(train_py: str) -> None:
     assert len(ticks) >= elapsed / 0.02 * 0.3
     assert max(gaps) < min(1.0, elapsed / 3), (max(gaps), elapsed)
     assert await d.aremove("results/silu")
-    assert threading.active_count() >= 1

@@ -36,8 +36,11 @@ async def _ensue(hub: Hub, token: str, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    rc = proc.returncode
+    assert rc is not None and rc >= 0, f"ensue was killed by signal {-(rc or 0)}"
+    # an error answer of the hub must reach the user as a message, never crash the client
+    assert b"Traceback (most recent call last)" not in err, err.decode()
+    return rc, out.decode(), err.decode()
 
 
 @pytest.mark.slow

@@ -186,6 +186,17 @@ async def test_mutex_of_a_dead_proposer_is_taken_over(local_swarm: Swarm, clock:
     clock.advance(31)
     d = await mem.propose_best(result("ada", 0.99, n=1))
     assert d.tier_moved
+    # the takeover wrote its own lock generation above the dead one, released it, and
+    # cleared the dead holder's record; the best it set is ada's
+    prefix = keys.mutex_lock_prefix(name)
+    locks = await mem.backend.get([k.key for k in await mem.backend.list_keys(prefix)])
+    records = {k: decode_record(k, m.value) for k, m in locks.items()}
+    assert keys.mutex_lock_key(name, 1) not in records
+    assert records and all(r["agent_id"] == "ada" and r["status"] == "released"
+                           for r in records.values()), records
+    assert all((keys.lock_generation(k) or 0) > 1 for k in records)
+    best = await mem.get_best("standard", "xl")
+    assert best is not None and best.agent_id == "ada" and best.val_bpb == 0.99
 
 
 def test_swarm_memory_rejects_bad_timing() -> None:

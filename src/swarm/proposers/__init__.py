@@ -1,6 +1,7 @@
 """Proposers: where experiments come from (search, swarm hypotheses, an LLM, a coding agent).
 
-See :mod:`swarm.proposers.base` for the interface and DESIGN.md ("Proposers").
+See :mod:`swarm.proposers.base` for the interface, :mod:`swarm.proposers.registry` for
+the name table, and DESIGN.md ("Proposers").
 """
 
 from swarm.proposers.base import (
@@ -9,13 +10,16 @@ from swarm.proposers.base import (
     Proposal,
     ProposalContext,
     Proposer,
+    ProposerFactory,
     ProposerKind,
     ProposerSpec,
-    build_proposer,
+    is_slow,
 )
 from swarm.proposers.fallback import ChainProposer, FallbackProposer
+from swarm.proposers.registry import PROPOSERS, build_proposer, proposer_class
 
 __all__ = [
+    "PROPOSERS",
     "PROPOSER_KINDS",
     "SEQ_LEN_BY_TRACK",
     "ChainProposer",
@@ -23,7 +27,10 @@ __all__ = [
     "Proposal",
     "ProposalContext",
     "Proposer",
+    "ProposerFactory",
     "ProposerKind",
     "ProposerSpec",
     "build_proposer",
+    "is_slow",
+    "proposer_class",
 ]

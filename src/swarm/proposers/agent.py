@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 from swarm._logging import get_logger
 from swarm.errors import ConfigError, ProposalRejected, ProposerError, TrainPyError
 from swarm.proposers.base import Proposal, ProposalContext
+from swarm.proposers.candidate import describe_candidate, validate_candidate
 from swarm.proposers.context import gather_state, render_state
-from swarm.proposers.llm import _describe, default_collab_path, validate_candidate
+from swarm.proposers.llm import default_collab_path
 
 if TYPE_CHECKING:
     from swarm.proposers.base import ProposerSpec
@@ -114,6 +115,8 @@ class AgentProposer:
     """Runs a coding-agent command on a scratch copy of train.py."""
 
     name = "agent"
+    #: runs a coding agent for minutes: proposes ahead, outside the lock
+    slow: bool = True
 
     def __init__(
         self,
@@ -155,7 +158,8 @@ class AgentProposer:
         self.last_output: str = ""
 
     @classmethod
-    def from_spec(cls, spec: ProposerSpec) -> AgentProposer:
+    def from_spec(cls, spec: ProposerSpec, **_options: Any) -> AgentProposer:
+        """The agent proposer of ``spec`` (takes no options: those are the llm proposer's)."""
         return cls(command=spec.agent_cmd or "", timeout_s=spec.agent_timeout_s,
                    env_names=spec.agent_env, collab_path=spec.collab_path,
                    prepare_path=spec.prepare_path, scratch_root=spec.scratch_root)
@@ -283,7 +287,7 @@ class AgentProposer:
                     break
         try:
             fallback = desc_text or "code edit by the agent (no description given)"
-            desc, changes = _describe(ctx.best_train_py, candidate, fallback)
+            desc, changes = describe_candidate(ctx.best_train_py, candidate, fallback)
         except TrainPyError as exc:  # pragma: no cover - validate_candidate parsed it
             raise ProposalRejected(str(exc)) from exc
         if ctx.duplicate(desc, candidate):

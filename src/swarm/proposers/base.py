@@ -5,10 +5,10 @@ swarm already knows) into one candidate experiment, a :class:`Proposal`. The wor
 deduplicates it, claims it, trains it and then calls :meth:`Proposer.observe` with the
 published result so the proposer can learn from it.
 
-``build_proposer(spec)`` builds the proposer a :class:`ProposerSpec` names, wrapped in
-a :class:`~swarm.proposers.fallback.FallbackProposer` whenever the spec names a
-fallback different from the primary kind (``agent -> search`` after N consecutive
-failures, for example).
+Each implementation is a class with a ``name`` (its kind in the config), a ``slow`` flag
+and a ``from_spec`` constructor (:class:`ProposerFactory`); the name table and
+``build_proposer(spec)`` live in :mod:`swarm.proposers.registry`, so that this module
+imports none of the implementations (they all import it).
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ __all__ = [
     "Proposal",
     "ProposalContext",
     "Proposer",
+    "ProposerFactory",
     "ProposerKind",
     "ProposerSpec",
     "TrackShape",
-    "build_proposer",
+    "is_slow",
 ]
 
 ProposerKind = Literal["search", "hypotheses", "llm", "agent"]
@@ -133,6 +134,28 @@ class Proposer(Protocol):
     async def observe(self, proposal: Proposal, result: Result) -> None: ...
 
 
+def is_slow(proposer: Proposer) -> bool:
+    """Whether ``proposer`` waits on something outside this process (a model, an agent).
+
+    A slow proposer proposes ahead of the GPU and outside the machine-wide propose lock;
+    a fast one (in-process CPU work) takes the lock. Read from the proposer's ``slow``
+    attribute; a proposer that does not declare one counts as slow (the safe side: it
+    never holds the lock while it waits)."""
+    return bool(getattr(proposer, "slow", True))
+
+
+class ProposerFactory(Protocol):
+    """A proposer class as the registry knows it: its kind, its speed, how it is built."""
+
+    name: str
+    slow: bool
+
+    @classmethod
+    def from_spec(cls, spec: ProposerSpec, **options: Any) -> Proposer:
+        """The proposer ``spec`` configures; ``options`` are test hooks only the llm kind takes."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProposerSpec:
     """Configuration of one worker's proposer (from the config file or the CLI)."""
@@ -194,44 +217,3 @@ class ProposerSpec:
                               value=self.llm_timeout_s)
         if not 0.0 <= self.explore <= 1.0:
             raise ConfigError("explore must be within [0, 1]", key="explore", value=self.explore)
-
-
-def _build_one(kind: str, spec: ProposerSpec, **kwargs: Any) -> Proposer:
-    if kind == "search":
-        from swarm.proposers.search import SearchProposer
-
-        return SearchProposer(seed=spec.seed, explore=spec.explore)
-    if kind == "hypotheses":
-        from swarm.proposers.hypotheses import HypothesesProposer
-
-        return HypothesesProposer(publish_all=True)
-    if kind == "llm":
-        from swarm.proposers.llm import LlmProposer
-
-        return LlmProposer.from_spec(spec, **kwargs)
-    if kind == "agent":
-        from swarm.proposers.agent import AgentProposer
-
-        return AgentProposer.from_spec(spec)
-    raise ConfigError(f"proposer kind {kind!r} is unknown", key="proposer", value=kind)
-
-
-def build_proposer(spec: ProposerSpec, **kwargs: Any) -> Proposer:
-    """The proposer ``spec`` names, wrapped in a fallback chain when it names a fallback.
-
-    ``search`` is also fed the swarm's hypotheses first (DESIGN.md: hypotheses with a
-    ``suggested_config`` are taken before mutations). Raises ``ConfigError``.
-    """
-    spec.validate()
-    primary = _build_one(spec.kind, spec, **kwargs)
-    if spec.kind == "search":
-        from swarm.proposers.fallback import ChainProposer
-        from swarm.proposers.hypotheses import HypothesesProposer
-
-        primary = ChainProposer("search", [HypothesesProposer(quiet=True), primary])
-    if spec.fallback is None or spec.fallback == spec.kind:
-        return primary
-    from swarm.proposers.fallback import FallbackProposer
-
-    fallback = _build_one(spec.fallback, spec, **kwargs)
-    return FallbackProposer(primary, fallback, after=spec.fallback_after)

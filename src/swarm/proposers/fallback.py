@@ -7,6 +7,9 @@ switch is answered by the fallback for that one call, so no proposal is ever los
 
 ``ChainProposer(name, [a, b, ...])`` asks each in turn and returns the first proposal
 (used to take swarm hypotheses before search mutations).
+
+Both are ``slow`` as their members are: a fallback chain as the proposer in use now, a
+chain when any member is.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarm._logging import get_logger
 from swarm.errors import ProposerError
+from swarm.proposers.base import is_slow
 
 if TYPE_CHECKING:
     from swarm.proposers.base import Proposal, ProposalContext, Proposer
@@ -40,6 +44,11 @@ class FallbackProposer:
         self.switched = False
         self.last_error: str | None = None
         self.name = primary.name
+
+    @property
+    def slow(self) -> bool:
+        """Whether the proposer in use now is slow (see :func:`~swarm.proposers.base.is_slow`)."""
+        return is_slow(self.fallback if self.switched else self.primary)
 
     @property
     def active(self) -> str:
@@ -94,6 +103,11 @@ class ChainProposer:
             raise ValueError("a chain needs at least one proposer")
         self.name = name
         self.proposers = list(proposers)
+
+    @property
+    def slow(self) -> bool:
+        """Slow when any member is (a call may wait on it)."""
+        return any(is_slow(p) for p in self.proposers)
 
     async def propose(self, ctx: ProposalContext) -> Proposal:
         errors: list[str] = []

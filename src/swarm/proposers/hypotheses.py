@@ -20,7 +20,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm._logging import get_logger
 from swarm.errors import MemoryStoreError, ProposerError, TrainPyError
@@ -28,6 +28,9 @@ from swarm.proposers.base import Proposal, ProposalContext, TrackShape
 from swarm.proposers.space import build_space, check_values, describe_changes
 from swarm.records import Hypothesis, Insight, Result
 from swarm.trainpy import Value, apply_changes, code_hash, constants_block
+
+if TYPE_CHECKING:
+    from swarm.proposers.base import ProposerSpec
 
 __all__ = ["HypothesesProposer", "coerce_value", "evidence_hypothesis", "evidence_insight"]
 
@@ -169,6 +172,8 @@ class HypothesesProposer:
     """Takes applicable unclaimed swarm hypotheses; publishes insights and new ones."""
 
     name = "hypotheses"
+    #: in-process: reads the shared memory and edits constants, in a moment
+    slow: bool = False
 
     def __init__(self, *, quiet: bool = False, publish: bool = True, publish_all: bool = False,
                  scan_limit: int = 100, clock: Callable[[], float] = time.time) -> None:
@@ -184,6 +189,11 @@ class HypothesesProposer:
         self.taken: list[str] = []
         self._ctx: ProposalContext | None = None
         self._parent_val: dict[str, float] = {}
+
+    @classmethod
+    def from_spec(cls, spec: ProposerSpec, **_options: Any) -> HypothesesProposer:
+        """The proposer of a worker set to ``hypotheses``: it publishes after every run."""
+        return cls(publish_all=True)
 
     async def propose(self, ctx: ProposalContext) -> Proposal:
         self._ctx = ctx

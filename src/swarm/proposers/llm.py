@@ -39,17 +39,10 @@ from tenacity import (
 )
 
 from swarm._logging import get_logger
-from swarm.errors import ConfigError, ProposalRejected, ProposerError, TrainPyError
+from swarm.errors import ConfigError, ProposalRejected, ProposerError
 from swarm.proposers.base import Proposal, ProposalContext
+from swarm.proposers.candidate import describe_candidate, validate_candidate
 from swarm.proposers.context import estimate_tokens, gather_state, render_state, trim_to_tokens
-from swarm.proposers.space import check_values, describe_changes
-from swarm.trainpy import (
-    apply_changes,
-    code_hash,
-    constants,
-    constants_block,
-    diff_constants,
-)
 
 if TYPE_CHECKING:
     from swarm.proposers.base import ProposerSpec
@@ -173,47 +166,12 @@ def _apply_edits(source: str, edits: list[tuple[str, str]]) -> str:
     return out
 
 
-def validate_candidate(parent: str, candidate: str, ctx: ProposalContext) -> str | None:
-    """Why ``candidate`` cannot be run as a child of ``parent`` on ctx's track, or None."""
-    try:
-        consts = constants(candidate)
-    except TrainPyError as exc:
-        return f"the edited train.py is broken: {exc}"
-    try:
-        compile(candidate, "train.py", "exec")
-    except (SyntaxError, ValueError) as exc:
-        return f"the edited train.py does not compile: {exc}"
-    if code_hash(candidate) == code_hash(parent):
-        return "the edits change nothing that matters (same code as the current best)"
-    reason = check_values(consts, ctx.track_shape())
-    if reason:
-        return f"invalid constants: {reason}"
-    return None
-
-
-def _describe(parent: str, candidate: str, fallback: str) -> tuple[str, dict[str, Any]]:
-    """``PARAM old → new`` when only constants changed, else the model's description."""
-    try:
-        diff = diff_constants(parent, candidate)
-    except TrainPyError:
-        return fallback, {}
-    if not diff:
-        return fallback, {}
-    try:
-        only_consts = code_hash(apply_changes(parent, {n: new for n, (_o, new) in diff.items()
-                                                       if _o is not None})) == code_hash(candidate)
-    except TrainPyError:
-        only_consts = False
-    if only_consts:
-        sources = {c.name: c.source for c in constants_block(parent)}
-        return describe_changes(diff, sources), dict(diff)
-    return fallback, dict(diff)
-
-
 class LlmProposer:
     """Proposals from an OpenAI-compatible chat-completions endpoint."""
 
     name = "llm"
+    #: waits on a remote model for seconds to minutes: proposes ahead, outside the lock
+    slow: bool = True
 
     def __init__(
         self,
@@ -258,6 +216,7 @@ class LlmProposer:
 
     @classmethod
     def from_spec(cls, spec: ProposerSpec, **kwargs: Any) -> LlmProposer:
+        """The llm proposer of ``spec``; ``kwargs`` go to the constructor (``session``, ``sleep``)."""
         collab = None
         if spec.collab_path:
             try:
@@ -407,7 +366,7 @@ class LlmProposer:
                 raise ProposalRejected(
                     f"the LLM's reply was unusable twice: first: {first}; after repair: "
                     f"{second}") from second
-        desc, changes = await asyncio.to_thread(_describe, ctx.best_train_py, candidate,
+        desc, changes = await asyncio.to_thread(describe_candidate, ctx.best_train_py, candidate,
                                                 reply["description"])
         log.info("llm_proposal", description=desc, model=self.model)
         return Proposal(train_py=candidate, description=desc, parent_hash=ctx.parent_hash,

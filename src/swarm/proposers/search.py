@@ -41,7 +41,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm._logging import get_logger
 from swarm.errors import ProposerError, TrainPyError
@@ -53,6 +53,9 @@ from swarm.proposers.space import (
     repair_batch,
 )
 from swarm.trainpy import Value, apply_changes, code_hash, constants, constants_block
+
+if TYPE_CHECKING:
+    from swarm.proposers.base import ProposerSpec
 
 __all__ = ["Observation", "SearchProposer", "observations_from"]
 
@@ -177,6 +180,8 @@ class SearchProposer:
     """Learns from the swarm's results of one track and tier; see the module docstring."""
 
     name = "search"
+    #: in-process CPU work: proposes in a moment, one at a time per machine
+    slow: bool = False
 
     def __init__(self, *, seed: int = 0, explore: float = 0.1, max_level: int = 3,
                  max_pending: int = 64) -> None:
@@ -190,6 +195,11 @@ class SearchProposer:
         self._pending: dict[tuple[str, str], str] = {}  # -> value signature of the changes
         self._calls = 0
         self._hashes: dict[tuple[str, str], str] = {}  # (parent, changes) -> code hash
+
+    @classmethod
+    def from_spec(cls, spec: ProposerSpec, **_options: Any) -> SearchProposer:
+        """The search proposer of ``spec`` (its seed and exploration rate; takes no options)."""
+        return cls(seed=spec.seed, explore=spec.explore)
 
     # ------------------------------------------------------------------ protocol
     async def propose(self, ctx: ProposalContext) -> Proposal:

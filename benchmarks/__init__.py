@@ -1,0 +1,1 @@
+"""Benchmarks (scripts printing figures) and the dedup calibration library they share."""
