@@ -50,7 +50,7 @@ from swarm.errors import (
     TransportError,
 )
 from swarm.faults import Fault, FaultLatch, Reaction, infra_failures
-from swarm.proposers import Proposal, ProposalContext, Proposer
+from swarm.proposers import Proposal, ProposalContext, Proposer, is_slow
 from swarm.records import BestDecision, Claim, Result
 from swarm.recovery import Harvest, RunMeta, mark_finished
 from swarm.runner import LOG_NAME, RunOutcome, RunSpec
@@ -496,8 +496,7 @@ class Worker:
     async def _make_proposal(self, proposer: Proposer) -> _Queued | None:
         """One proposal that passed dedup (and is reserved), or None for a duplicate."""
         deps = self.deps
-        name = getattr(proposer, "name", "")
-        slow = name not in ("search", "hypotheses")
+        slow = is_slow(proposer)
         # in-process proposers are CPU-bound Python: one at a time per machine, so the
         # event loop keeps the GIL often enough and each sees the others' reservations
         guard = contextlib.nullcontext() if slow else deps.propose_lock
