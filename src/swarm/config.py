@@ -34,6 +34,7 @@ import platformdirs
 
 from swarm._logging import get_logger
 from swarm.errors import ConfigError
+from swarm.verify.plausible import base_profile
 
 __all__ = [
     "CONFIG_DIR",
@@ -159,6 +160,9 @@ KEYS: tuple[ConfigKey, ...] = (
        minimum=0),
     _k("max_experiments", "int", 0, "stop after this many published experiments "
        "(0 = run until stopped)", minimum=0, flag="--max-experiments"),
+    _k("verify_runs", "bool", True, "judge every run (swarm.verify): refuse a train.py that "
+       "reaches into the metric before it runs, and a summary that disagrees with the metric "
+       "prepare.py reported or with the measured wall time (status invalid)"),
     _k("noise_margin", "float", 0.0, "improvements smaller than this are confirmed by a "
        "second seed before the best moves", minimum=0, maximum=1),
     _k("adopt_every", "int", 1, "check the swarm's best every N runs (1..5)", minimum=1,
@@ -256,6 +260,7 @@ class SwarmConfig:
     kill_grace_s: float = 10.0
     start_jitter_s: float = 2.0
     max_experiments: int = 0
+    verify_runs: bool = True
     noise_margin: float = 0.0
     adopt_every: int = 1
     prefetch: int = 1
@@ -300,7 +305,7 @@ class SwarmConfig:
 
     def _profile_value(self, name: str, track: str) -> float:
         value = float(getattr(self, name))
-        return value if value > 0 else PROFILE_DEFAULTS[track][name]
+        return value if value > 0 else PROFILE_DEFAULTS[base_profile(track)][name]
 
     def effective_budget_s(self, track: str) -> float:
         return self._profile_value("budget_s", track)

@@ -67,6 +67,7 @@ from swarm.errors import (
 from swarm.memory._types import MemoryBackend, NewMemory, SearchHit
 from swarm.records import (
     DEFAULT_TRACK,
+    STATUSES,
     TIERS,
     Best,
     BestDecision,
@@ -691,9 +692,9 @@ class SwarmMemory:
         Idempotent: publishing the same run again (same agent, code, seed and
         ``completed_at``) returns the existing key. A keep also updates the leaderboard.
         """
-        if result.status not in ("keep", "discard", "crash", "timeout"):
+        if result.status not in STATUSES:
             raise InvalidRequestError(
-                f"result status {result.status!r} is not one of keep, discard, crash, timeout"
+                f"result status {result.status!r} is not one of {', '.join(STATUSES)}"
             )
         if result.status in ("keep", "discard") and result.val_bpb is None:
             raise InvalidRequestError(f"a {result.status} result needs val_bpb")

@@ -55,6 +55,7 @@ from swarm.recovery import Harvest, RunMeta, mark_finished
 from swarm.runner import RunOutcome, RunSpec
 from swarm.status import Counters, LastResult, WorkerStatus
 from swarm.trainpy import code_hash, constants, diff_constants, short_hash
+from swarm.verify import base_profile
 
 __all__ = [
     "BASELINE_DESCRIPTION",
@@ -849,12 +850,13 @@ class Worker:
             work_root=deps.work_root,
             experiment_id=exp_id,
             gpu=None if self.gpu_index is None else str(self.gpu_index),
-            profile=deps.track,
+            profile=base_profile(deps.track),
             budget_s=deps.budget_s,
             startup_allowance_s=deps.startup_allowance_s,
             kill_grace_s=cfg.kill_grace_s,
             env=env,
             python=cfg.python or sys.executable,
+            verify=cfg.verify_runs,
         )
 
     async def _train(self, proposal: Proposal, claim: Claim, item: _Queued,
@@ -907,7 +909,7 @@ class Worker:
             with contextlib.suppress(TrainPyError):
                 changes = parse_retry(diff_constants, self.parent_train_py, proposal.train_py)
         val = s.val_bpb if s is not None else None
-        if val is not None:
+        if val is not None and status != "invalid":
             self.deps.known_vals[item.code_hash] = val
         parent_val = item.parent_val
         if parent_val is None and proposal.parent_hash:
@@ -975,6 +977,10 @@ class Worker:
             status, decision = await self._decide(result, confirming=confirming)
             return replace(result, status=status,
                            verified=confirming and status == "keep"), decision
+        if outcome.status == "invalid":  # never kept, never a metric: the reason says why
+            log.warning("result_invalid", **self.log_ctx, reason=outcome.message)
+            return replace(self._result(item, outcome, "invalid", seed), val_bpb=None,
+                           delta=None, reason=outcome.message[:2000]), None
         status = "timeout" if outcome.status == "timeout" else "crash"
         return self._result(item, outcome, status, seed), None
 
