@@ -657,6 +657,10 @@ class BestDecision:
     global_moved: bool = False
     agent_moved: bool = False
     previous: Best | None = None
+    #: published as a candidate best: it moves a best once a confirming run agrees
+    candidate: bool = False
+    #: a confirming run disagreed with the candidate: it was withdrawn
+    refuted: bool = False
 
 
 # --------------------------------------------------------------------------- Hypothesis
