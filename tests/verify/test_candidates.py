@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "namespace"))
-from ns_support import BACKENDS, FakeClock, Swarm, no_sleep, open_swarm  # noqa: E402
+from ns_support import BACKENDS, FakeClock, Swarm, no_sleep, open_swarm
 
-from swarm.namespace import SwarmMemory  # noqa: E402
-from swarm.records import Claim, Result  # noqa: E402
-from swarm.verify.candidates import TrustPolicy, verification_of  # noqa: E402
+from swarm.namespace import SwarmMemory
+from swarm.records import Claim, Result
+from swarm.verify.candidates import TrustPolicy, verification_of
 
 TRACK, TIER = "smoke", "cpu"
 POLICY = TrustPolicy(k_sigma=3.0, sigma=0.01, solo_after_s=600.0)
