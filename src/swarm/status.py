@@ -109,11 +109,15 @@ class Counters:
     timeouts: int = 0
     duplicates_skipped: int = 0
     claims_lost: int = 0
+    invalid: int = 0
+    #: confirmation runs of candidate bests (this machine's share of the replication)
+    confirmations: int = 0
 
     def add(self, status: str) -> Counters:
         """Counters after one more published result of ``status``."""
         field_name = {
             "keep": "kept", "discard": "discarded", "crash": "crashed", "timeout": "timeouts",
+            "invalid": "invalid",
         }.get(status)
         new = replace(self, done=self.done + 1)
         if field_name:
@@ -391,7 +395,7 @@ def _worker_table(report: StatusReport) -> Table | Text:
         caption=(
             f"done {c.done}  kept {c.kept}  discarded {c.discarded}  crashed {c.crashed}  "
             f"timeouts {c.timeouts}  duplicates skipped {c.duplicates_skipped}  "
-            f"claims lost {c.claims_lost}"
+            f"claims lost {c.claims_lost}  invalid {c.invalid}  confirmations {c.confirmations}"
         ),
         caption_justify="left",
     )

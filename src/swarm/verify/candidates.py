@@ -22,6 +22,7 @@ and mutexes) and holds the replication rules:
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +32,8 @@ from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Result, encode_record
 from swarm.verify.trust_records import AgentTrust, Candidate, NoiseStats, Run
 
-__all__ = ["CandidateBook", "TrustPolicy", "verification_of"]
+__all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
+           "verification_of"]
 
 log = get_logger(__name__)
 
@@ -357,3 +359,23 @@ class CandidateBook:
         return Best(key=pick.key, kind="tier", track=track, tier=tier,
                     result=replace(pick.result, extra=provisional),
                     achieved_by=pick.original.agent_id)
+
+
+def trust_policy(config: Any) -> TrustPolicy:
+    """The policy of a :class:`swarm.config.SwarmConfig`."""
+    return TrustPolicy(k_sigma=config.confirm_k_sigma, sigma=config.sigma,
+                       noise_margin=config.noise_margin, solo_after_s=config.solo_after_s)
+
+
+async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: TrustPolicy,
+                            *, own_only: bool, rng: random.Random) -> tuple[Candidate, int] | None:
+    """The candidate this worker should confirm next and a fresh seed for it (None: none).
+    ``own_only``: this machine runs only its own code (no sandbox works)."""
+    for cand in await book.open_for(track, tier, policy):
+        if own_only and cand.original.agent_id != book.mem.agent_id:
+            continue
+        if not cand.result.train_py:
+            continue
+        used = [r.seed for r in cand.runs if r.seed is not None]
+        return cand, max(used, default=0) + 1 + rng.randrange(1000)
+    return None
