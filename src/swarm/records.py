@@ -661,6 +661,9 @@ class BestDecision:
     candidate: bool = False
     #: a confirming run disagreed with the candidate: it was withdrawn
     refuted: bool = False
+    #: how the best that moved was confirmed: "verified" (another agent on another host) or
+    #: "self-verified" (the same machine, alone in its tier); "" for other decisions
+    verification: str = ""
 
 
 # --------------------------------------------------------------------------- Hypothesis

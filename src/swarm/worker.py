@@ -775,7 +775,6 @@ class Worker:
                             rationale=f"confirm {r.agent_id}'s candidate {r.val_bpb}")
         self._confirmations.append((_Queued(proposal, r.code_hash, cand.previous_val, True),
                                     seed))
-        deps.counters.bump("confirmations")
         log.info("confirmation_taken", **self.log_ctx, candidate=cand.key, by=r.agent_id,
                  seed=seed, suspicious=cand.suspicious)
 
@@ -991,6 +990,8 @@ class Worker:
             decision: BestDecision
             if deps.config.verified_bests:  # a candidate until another run agrees
                 book, policy = deps.memory.candidates, trust_policy(deps.config)
+                if confirming:
+                    deps.counters.bump("confirmations")
                 decision = await (book.confirm(candidate, policy) if confirming
                                   else book.propose(candidate, policy))
             else:
@@ -1013,8 +1014,9 @@ class Worker:
         if outcome.status == "ok" and outcome.summary is not None:
             result = self._result(item, outcome, "discard", seed)
             status, decision = await self._decide(result, confirming=confirming)
+            self_only = decision is not None and decision.verification == "self-verified"
             return replace(result, status=status,
-                           verified=confirming and status == "keep"), decision
+                           verified=confirming and status == "keep" and not self_only), decision
         if outcome.status == "invalid":  # never kept, never a metric: the reason says why
             log.warning("result_invalid", **self.log_ctx, reason=outcome.message)
             return replace(self._result(item, outcome, "invalid", seed), val_bpb=None,

@@ -285,6 +285,7 @@ class CandidateBook:
         return BestDecision(
             moved=any(moved.values()), reason="; ".join(reasons), best=tier_best,
             tier_moved=moved["tier"], global_moved=moved["global"], previous=previous,
+            verification=state,
         )
 
     async def _refute(self, cand: Candidate, this: Run, tolerance: float,
