@@ -420,6 +420,36 @@ def _worker_table(report: StatusReport) -> Table | Text:
     return table
 
 
+def _verified_cell(row: Mapping[str, Any]) -> str:
+    by = ", ".join(row.get("confirmed_by") or [])
+    return f"{row.get('verification') or '-'}" + (f" ({by})" if by else "")
+
+
+def _trust_part(swarm: Mapping[str, Any]) -> list[Any]:
+    """Open and refuted candidates, and the seed noise per track and tier."""
+    parts: list[Any] = []
+    cands = swarm.get("candidates") or []
+    if cands:
+        table = Table(title=f"Candidate bests ({len(cands)})", title_justify="left")
+        for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
+            table.add_column(col)
+        for c in cands:
+            runs = ", ".join(f"{r.get('agent_id')} {_fmt_bpb(r.get('val_bpb'))}"
+                             for r in c.get("runs") or [])
+            state = str(c.get("state", "")) + (" (suspicious)" if c.get("suspicious") else "")
+            table.add_row(state, str(c.get("track", "")), str(c.get("tier", "")),
+                          _fmt_bpb(c.get("val_bpb")), str(c.get("agent_id", "")),
+                          str(c.get("description", "")), runs)
+        parts.append(table)
+    noise = swarm.get("noise") or []
+    if noise:
+        parts.append(Text("Seed noise (sigma): " + "; ".join(
+            f"{n['track']}/{n['tier']} {n['sigma']:.4f} "
+            f"({'measured from ' + str(n['pairs']) + ' pairs' if n['measured'] else 'default'})"
+            for n in noise)))
+    return parts
+
+
 def _swarm_part(report: StatusReport) -> list[Any]:
     if report.swarm is None:
         return [Text(f"Swarm ({report.memory}): unreachable: {report.swarm_error}",
@@ -427,7 +457,7 @@ def _swarm_part(report: StatusReport) -> list[Any]:
     parts: list[Any] = []
     bests = report.swarm.get("bests") or []
     table = Table(title=f"Swarm bests ({report.memory})", title_justify="left")
-    for col in ("track", "tier", "val_bpb", "agent", "description", "age"):
+    for col in ("track", "tier", "val_bpb", "agent", "description", "age", "verified"):
         table.add_column(col)
     now = report.generated_at
     for b in bests:
@@ -436,8 +466,10 @@ def _swarm_part(report: StatusReport) -> list[Any]:
             str(b.get("track", "")), str(b.get("tier", "")), _fmt_bpb(b.get("val_bpb")),
             str(b.get("agent_id", "")), str(b.get("description", "")),
             _fmt_age(now - at) if isinstance(at, int | float) else "-",
+            _verified_cell(b),
         )
     parts.append(table if bests else Text("Swarm bests: none yet"))
+    parts.extend(_trust_part(report.swarm))
     claims = report.swarm.get("live_claims") or []
     ctab = Table(title=f"Live claims ({len(claims)})", title_justify="left")
     for col in ("agent", "description", "track", "tier", "heartbeat age"):
@@ -550,6 +582,8 @@ def result_row(r: Any) -> dict[str, Any]:
 
 async def gather_swarm(memory: Any, *, recent: int = 10) -> dict[str, Any]:
     """Bests per track and tier, live claims and recent results from a SwarmMemory."""
+    from swarm.verify.report import best_fields, candidate_rows, noise_rows
+
     summary = await memory.analyze()
     bests = []
     for (track, tier), b in sorted(summary.bests.items(),
@@ -558,11 +592,13 @@ async def gather_swarm(memory: Any, *, recent: int = 10) -> dict[str, Any]:
             "track": track, "tier": tier or "all", "val_bpb": b.val_bpb,
             "agent_id": b.agent_id, "description": b.result.description,
             "completed_at": b.result.completed_at, "verified": b.verified,
-            "code_hash": b.code_hash,
+            "code_hash": b.code_hash, **best_fields(b),
         })
     results = await memory.results(limit=recent)
     return {
         "bests": bests,
+        "candidates": [c for c in await candidate_rows(memory) if c["state"] != "superseded"],
+        "noise": await noise_rows(memory),
         "live_claims": [_claim_row(c) for c in summary.live_claims],
         "recent": [result_row(r) for r in results],
         "total_results": summary.total_results,

@@ -5,6 +5,7 @@ an honest improvement becomes the verified best once the other agent reproduced 
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from swarm._fake_nvml import FakeNvml
+from swarm.cli import main
 from swarm.config import SwarmConfig, load_config
 from swarm.errors import ProposerError
 from swarm.memory.local import LocalStore
@@ -125,7 +127,9 @@ def best_is(code: str, state: str) -> Callable[[SwarmMemory], Awaitable[bool]]:
     return check
 
 
-async def test_lie_is_refuted_and_honest_improvement_is_verified(tmp_path: Path) -> None:
+async def test_lie_is_refuted_and_honest_improvement_is_verified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """alice (a lying host) self-verifies a lie while alone; bob joins, refutes it (the best
     reverts), and his honest improvement becomes the verified best once alice reproduces it."""
     src = tmp_path / "src"
@@ -172,3 +176,22 @@ async def test_lie_is_refuted_and_honest_improvement_is_verified(tmp_path: Path)
                    for r in results)
         glob = await mem.get_best("smoke")
         assert glob is not None and glob.code_hash == honest
+
+    # 4. `swarm best --json` and `swarm status --json` say what is verified, by whom, and
+    #    which candidate was refuted with which values
+    capsys.readouterr()
+    common = ["--memory-path", str(tmp_path / "memory.sqlite"), "--state-dir",
+              str(tmp_path / "cli-state")]
+    assert await asyncio.to_thread(main, ["best", *common, "--track", "smoke", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    best_rows = [r for r in rows if not r.get("candidate")]
+    assert {r["verification"] for r in best_rows} == {"verified"}
+    assert set(best_rows[0]["confirmed_by"]) == {"alice@host-a", "bob@host-b"}
+    refuted = [r for r in rows if r.get("candidate") and r["state"] == "refuted"]
+    assert [r["code_hash"] for r in refuted] == [cheat]
+    assert [run["agent_id"] for run in refuted[0]["runs"]][-1] == "bob"
+    assert await asyncio.to_thread(main, ["status", *common, "--json"]) == 0
+    swarm = json.loads(capsys.readouterr().out)["swarm"]
+    assert {b["verification"] for b in swarm["bests"]} == {"verified"}
+    assert "refuted" in {c["state"] for c in swarm["candidates"]}
+    assert swarm["noise"] and swarm["noise"][0]["pairs"] >= 2
