@@ -49,6 +49,8 @@ class TrustPolicy:
     noise_margin: float = 0.0
     solo_after_s: float = 600.0
     min_noise_pairs: int = 3
+    #: False: never confirm one's own candidates, however quiet the tier (a large swarm)
+    allow_solo: bool = True
 
 
 def verification_of(best: Best | None) -> str:
@@ -114,6 +116,9 @@ class CandidateBook:
         if existing is not None and existing.open and all(
                 r.seed != result.seed for r in existing.runs):
             return await self.confirm(result, policy)
+        if existing is not None and existing.state != "superseded":
+            # never overwritten: not by a re-run, and not by someone rewriting its values
+            return BestDecision(False, f"this code is already a candidate ({existing.state})")
         reasons: list[str] = []
         scopes: list[str] = []
         tier_best: Best | None = None
@@ -171,6 +176,8 @@ class CandidateBook:
 
     async def solo(self, track: str, tier: str, policy: TrustPolicy) -> bool:
         """No agent on another host was seen in the tier for ``solo_after_s``."""
+        if not policy.allow_solo:
+            return False
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
         since = mem._now() - policy.solo_after_s
@@ -243,6 +250,8 @@ class CandidateBook:
         mem = self.mem
         runs = (*cand.runs, this)
         mean = sum(r.val_bpb for r in runs) / len(runs)
+        # the author's own value must not carry the best: the confirming runs alone beat it too
+        confirming = sum(r.val_bpb for r in runs[1:]) / (len(runs) - 1)
         state = "verified" if independent or cand.state == "self-verified" else "self-verified"
         if any(r.independent_of(cand.original) for r in runs[1:]):
             state = "verified"
@@ -264,7 +273,8 @@ class CandidateBook:
                                                 previous=current.previous)
                     moved[scope.kind] = True
                 elif current is None or current.val_bpb is None or (
-                        mean < current.val_bpb - policy.noise_margin):
+                        mean < current.val_bpb - policy.noise_margin
+                        and confirming < current.val_bpb - policy.noise_margin):
                     now = await mem._write_best(scope, combined, current,
                                                 confirmations=confirmations)
                     moved[scope.kind] = True
