@@ -143,7 +143,7 @@ async def test_finished_leftover_is_published_once(tmp_path: Path) -> None:
             "agent_name": "me", "train_py": str(train), "prepare_py": str(prepare),
             "prepare_on_start": "false", "start_jitter_s": "0", "profile": "smoke",
             "max_experiments": "1", "dedup.semantic": "false", "sandbox": "bwrap",
-            "verify_runs": "false",
+            "verify_runs": "false", "verified_bests": "false",  # no confirmation rerun
         })
 
     os.environ["AUTORESEARCH_TEST_SLEEP"] = "0.2"
