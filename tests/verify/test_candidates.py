@@ -200,3 +200,20 @@ async def test_sigma_is_measured_from_confirmations(swarm: Swarm, clock: FakeClo
         assert (await b.candidates.confirm(result(b, f"c{i}", y, seed=i), measured)).moved
     noise = await a.candidates.noise(TRACK, TIER)
     assert noise.measured() and noise.sigma() == pytest.approx(0.01 / 2**0.5)
+
+
+async def test_adoption_modes(swarm: Swarm, clock: FakeClock) -> None:
+    """verified: the verified best; any: also a better open candidate; trusted: only one by
+    an agent with enough verified candidates in a row; never a suspicious one."""
+    a = await agent(swarm, "alice", "host-a", clock)
+    b = await agent(swarm, "bob", "host-b", clock)
+    await verified_baseline(a, b)
+    await a.candidates.propose(result(a, "open", 2.95, parent=BASE), POLICY)
+    assert (await b.candidates.adoptable(TRACK, TIER, "verified")).code_hash == code("baseline")
+    provisional = await b.candidates.adoptable(TRACK, TIER, "any")
+    assert provisional.code_hash == code("open")
+    assert provisional.result.extra["verification"] == "pending"
+    assert (await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=2)
+            ).code_hash == code("baseline")  # alice has one verified candidate so far
+    assert (await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=1)
+            ).code_hash == code("open")
