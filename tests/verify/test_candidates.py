@@ -217,3 +217,28 @@ async def test_adoption_modes(swarm: Swarm, clock: FakeClock) -> None:
             ).code_hash == code("baseline")  # alice has one verified candidate so far
     assert (await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=1)
             ).code_hash == code("open")
+
+
+async def test_next_confirmation_skips_one_being_confirmed(swarm: Swarm, clock: FakeClock
+                                                            ) -> None:
+    """A candidate someone else is confirming right now (a live claim) is not taken again;
+    a fresh seed differs from every seed the candidate's runs used."""
+    import random
+
+    from swarm.verify.candidates import next_confirmation
+
+    a = await agent(swarm, "alice", "host-a", clock)
+    b = await agent(swarm, "bob", "host-b", clock)
+    c = await agent(swarm, "carol", "host-c", clock)
+    await a.candidates.propose(result(a, "cand", 3.0, seed=42), POLICY)
+    found = await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
+                                    rng=random.Random(1))
+    assert found is not None and found[1] != 42
+    claim = await c.try_claim(parent_hash="", code_hash=code("cand"), description="cand",
+                              track=TRACK, tier=TIER, kind="confirmation")
+    assert claim.won and claim.claim is not None
+    assert claim.claim.lock_key.startswith("locks/confirm/")
+    assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
+                                   rng=random.Random(1)) is None
+    assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=True,
+                                   rng=random.Random(1)) is None

@@ -382,11 +382,18 @@ async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: 
                             *, own_only: bool, rng: random.Random) -> tuple[Candidate, int] | None:
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
     ``own_only``: this machine runs only its own code (no sandbox works)."""
-    for cand in await book.open_for(track, tier, policy):
-        if own_only and cand.original.agent_id != book.mem.agent_id:
+    opened = await book.open_for(track, tier, policy)
+    if not opened:
+        return None
+    mem = book.mem
+    running = {(c.parent_hash, c.code_hash) for c in await mem.live_claims(track)
+               if c.vram_tier == tier and (c.agent_id, c.host) != (mem.agent_id, mem.host)}
+    for cand in opened:
+        if own_only and cand.original.agent_id != mem.agent_id:
             continue
-        if not cand.result.train_py:
-            continue
+        if not cand.result.train_py or (cand.result.parent_hash,
+                                        cand.result.code_hash) in running:
+            continue  # someone is confirming it right now
         used = [r.seed for r in cand.runs if r.seed is not None]
         return cand, max(used, default=0) + 1 + rng.randrange(1000)
     return None
