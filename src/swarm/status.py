@@ -428,12 +428,15 @@ def _verified_cell(row: Mapping[str, Any]) -> str:
 def _trust_part(swarm: Mapping[str, Any]) -> list[Any]:
     """Open and refuted candidates, and the seed noise per track and tier."""
     parts: list[Any] = []
-    cands = swarm.get("candidates") or []
+    from swarm.verify.report import SHOWN_STATES
+
+    cands = [c for c in swarm.get("candidates") or [] if c.get("state") in SHOWN_STATES]
     if cands:
-        table = Table(title=f"Candidate bests ({len(cands)})", title_justify="left")
+        table = Table(title=f"Candidate bests: open and refuted ({len(cands)}, newest 20)",
+                      title_justify="left")
         for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
             table.add_column(col)
-        for c in cands:
+        for c in cands[:20]:
             runs = ", ".join(f"{r.get('agent_id')} {_fmt_bpb(r.get('val_bpb'))}"
                              for r in c.get("runs") or [])
             state = str(c.get("state", "")) + (" (suspicious)" if c.get("suspicious") else "")

@@ -25,7 +25,7 @@ from swarm.errors import ConfigError, MemoryStoreError, ProtocolError
 from swarm.memory._types import MemoryBackend
 from swarm.records import STATUSES, TIERS, Best, Result, decode_record
 from swarm.status import result_row
-from swarm.verify.report import best_fields, candidate_rows
+from swarm.verify.report import SHOWN_STATES, best_fields, candidate_rows
 
 __all__ = ["add_parser", "handle_best", "handle_results", "open_backend"]
 
@@ -145,12 +145,13 @@ def handle_best(args: argparse.Namespace) -> int:
                       b.result.description, fields["verification"] + (f" ({by})" if by else ""),
                       b.code_hash[:12])
     console.print(table)
-    if cands:
-        ctab = Table(title="Candidate bests (waiting for, or judged by, a confirming run)",
+    shown = [c for c in cands if c["state"] in SHOWN_STATES][:20]
+    if shown:
+        ctab = Table(title="Candidate bests: open and refuted (newest 20)",
                      title_justify="left")
         for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
             ctab.add_column(col)
-        for c in cands:
+        for c in shown:
             runs = ", ".join(f"{r['agent_id']} {_fmt(r['val_bpb'])}" for r in c["runs"])
             ctab.add_row(c["state"] + (" (suspicious)" if c["suspicious"] else ""), c["track"],
                          c["tier"] or "", _fmt(c["val_bpb"]), c["agent_id"], c["description"],

@@ -10,7 +10,10 @@ from swarm.records import Best
 from swarm.verify.candidates import verification_of
 from swarm.verify.trust_records import Candidate, NoiseStats
 
-__all__ = ["best_fields", "candidate_rows", "noise_rows"]
+__all__ = ["SHOWN_STATES", "best_fields", "candidate_rows", "noise_rows"]
+
+#: candidates a table shows (verified ones are in the bests; JSON carries them all)
+SHOWN_STATES = frozenset({"pending", "self-verified", "refuted"})
 
 
 def best_fields(best: Best) -> dict[str, Any]:
