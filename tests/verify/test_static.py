@@ -27,12 +27,6 @@ def test_baseline_train_py_passes() -> None:
     assert check_train_py(BASELINE) == []
 
 
-def test_synthetic_stand_in_passes() -> None:
-    """The synthetic trainer the benchmarks and simulations run also passes."""
-    synthetic = ROOT / "tests" / "fixtures" / "synthetic_train.py"
-    assert check_train_py(synthetic.read_text(encoding="utf-8")) == []
-
-
 def test_every_search_mutation_passes() -> None:
     """Every one-step move of every searchable constant keeps the file acceptable."""
     values = constants(BASELINE)
