@@ -748,7 +748,8 @@ class SwarmMemory:
             )
         self._remember(rec)
         log.info("result_published", key=key, status=rec.status, val_bpb=rec.val_bpb)
-        if rec.status == "keep" and rec.val_bpb is not None:
+        # a candidate (or a run confirming one) reaches the leaderboard only once verified
+        if rec.status == "keep" and rec.val_bpb is not None and not rec.extra.get("candidate"):
             try:
                 await self._update_leaderboard(rec)
             except MemoryStoreError as exc:

@@ -1015,8 +1015,12 @@ class Worker:
             result = self._result(item, outcome, "discard", seed)
             status, decision = await self._decide(result, confirming=confirming)
             self_only = decision is not None and decision.verification == "self-verified"
+            in_trial = bool(decision and (decision.candidate or (
+                confirming and self.deps.config.verified_bests)))
             return replace(result, status=status,
-                           verified=confirming and status == "keep" and not self_only), decision
+                           verified=confirming and status == "keep" and not self_only,
+                           extra={**result.extra, "candidate": True} if in_trial
+                           else result.extra), decision
         if outcome.status == "invalid":  # never kept, never a metric: the reason says why
             log.warning("result_invalid", **self.log_ctx, reason=outcome.message)
             return replace(self._result(item, outcome, "invalid", seed), val_bpb=None,

@@ -176,6 +176,11 @@ async def test_lie_is_refuted_and_honest_improvement_is_verified(
                    for r in results)
         glob = await mem.get_best("smoke")
         assert glob is not None and glob.code_hash == honest
+        # the leaderboard (what the original clients show) never saw the lie
+        board = await mem.leaderboard("smoke")
+        assert board and min(e.val_bpb for e in board) > 0.95
+        assert any(e.agent_id == "bob" and e.val_bpb == pytest.approx(best.val_bpb)
+                   for e in board)
 
     # 4. `swarm best --json` and `swarm status --json` say what is verified, by whom, and
     #    which candidate was refuted with which values

@@ -28,6 +28,7 @@ from typing import Any
 
 from swarm import keys
 from swarm._logging import get_logger
+from swarm.errors import MemoryStoreError
 from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Result, encode_record
 from swarm.verify.trust_records import AgentTrust, Candidate, NoiseStats, Run
@@ -288,6 +289,11 @@ class CandidateBook:
                            f"confirmed but not better than the best of {label} "
                            f"({now.val_bpb if now else None})")
         final = state if any(moved.values()) else "superseded"
+        if any(moved.values()) and state == "verified":
+            try:  # the author's result at the mean of the runs; self-verified ones wait
+                await mem._update_leaderboard(replace(combined, extra={}))
+            except MemoryStoreError as exc:
+                log.warning("leaderboard_update_failed", key=cand.key, error=str(exc))
         resolved = None if final == "self-verified" else mem._now()
         await self._write(replace(cand, state=final, runs=runs, resolved_at=resolved,  # type: ignore[arg-type]
                                   reason="; ".join(reasons)), "confirmed")
