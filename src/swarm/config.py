@@ -169,7 +169,8 @@ KEYS: tuple[ConfigKey, ...] = (
     _k("confirm_k_sigma", "float", 3.0, "a confirmation agrees when both runs are within "
        "k x sigma x sqrt(2) of each other", minimum=0.5, maximum=10),
     _k("sigma", "float", 0.0, "seed noise of one run (val_bpb); 0 = measured per track and "
-       "tier from repeated runs (0.002 standard, 0.02 smoke until 3 pairs exist)", minimum=0,
+       "tier from repeated runs (0.002 standard, 0.02 smoke until 8 pairs exist, never "
+       "below half of that)", minimum=0,
        maximum=1),
     _k("solo_after_s", "float", 600.0, "no other agent on another host seen in the tier for "
        "this long: this machine may confirm its own candidates (self-verified)", minimum=0),

@@ -191,15 +191,20 @@ async def test_same_seed_is_not_a_confirmation(swarm: Swarm, clock: FakeClock) -
 
 
 async def test_sigma_is_measured_from_confirmations(swarm: Swarm, clock: FakeClock) -> None:
-    """After three agreeing pairs the measured sigma replaces the default."""
+    """After eight agreeing pairs the measured sigma replaces the default (0.02 on smoke),
+    but never drops below half of it."""
     a = await agent(swarm, "alice", "host-a", clock)
     b = await agent(swarm, "bob", "host-b", clock)
     measured = replace(POLICY, sigma=0.0)
-    for i, (x, y) in enumerate([(3.0, 3.01), (2.99, 2.98), (2.97, 2.96)]):
+    for i in range(8):
+        x = 3.0 - 0.05 * i
+        y = x + 0.03 * (-1) ** i
         await a.candidates.propose(result(a, f"c{i}", x), measured)
+        assert not (await a.candidates.noise(TRACK, TIER)).measured()
         assert (await b.candidates.confirm(result(b, f"c{i}", y, seed=i), measured)).moved
     noise = await a.candidates.noise(TRACK, TIER)
-    assert noise.measured() and noise.sigma() == pytest.approx(0.01 / 2**0.5)
+    assert noise.measured() and noise.sigma() == pytest.approx(0.03 / 2**0.5)
+    assert replace(noise, pairs=((3.0, 3.0),) * 8).sigma() == pytest.approx(0.01)
 
 
 async def test_adoption_modes(swarm: Swarm, clock: FakeClock) -> None:

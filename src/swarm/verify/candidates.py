@@ -31,7 +31,7 @@ from swarm._logging import get_logger
 from swarm.errors import MemoryStoreError
 from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Result, encode_record
-from swarm.verify.trust_records import AgentTrust, Candidate, NoiseStats, Run
+from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
 
 __all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
            "verification_of"]
@@ -49,7 +49,7 @@ class TrustPolicy:
     sigma: float = 0.0
     noise_margin: float = 0.0
     solo_after_s: float = 600.0
-    min_noise_pairs: int = 3
+    min_noise_pairs: int = MIN_PAIRS
     #: False: never confirm one's own candidates, however quiet the tier (a large swarm)
     allow_solo: bool = True
 

@@ -36,6 +36,10 @@ OPEN_STATES: frozenset[str] = frozenset({"pending", "self-verified"})
 
 #: seed noise (standard deviation of val_bpb between seeds) until enough pairs are measured
 DEFAULT_SIGMA: dict[str, float] = {"standard": 0.002, "smoke": 0.02}
+#: pairs before the measured sigma replaces the default (a few pairs can agree by chance)
+MIN_PAIRS = 8
+#: the measured sigma never goes below this share of the default
+SIGMA_FLOOR = 0.5
 MAX_PAIRS = 64
 
 
@@ -190,14 +194,17 @@ class NoiseStats:
     track: str
     pairs: tuple[tuple[float, float], ...] = field(default=())
 
-    def sigma(self, *, default: float | None = None, min_pairs: int = 3) -> float:
-        """The per-run standard deviation: sqrt(mean((a-b)^2) / 2) once ``min_pairs`` exist."""
+    def sigma(self, *, default: float | None = None, min_pairs: int = MIN_PAIRS) -> float:
+        """The per-run standard deviation: sqrt(mean((a-b)^2) / 2) once ``min_pairs`` exist,
+        never below ``SIGMA_FLOOR`` x the default (else the default)."""
+        if default is None:
+            default = DEFAULT_SIGMA.get(base_profile(self.track), DEFAULT_SIGMA["standard"])
         if len(self.pairs) < min_pairs:
-            return default if default is not None else DEFAULT_SIGMA.get(
-                base_profile(self.track), DEFAULT_SIGMA["standard"])
-        return math.sqrt(sum((a - b) ** 2 for a, b in self.pairs) / (2 * len(self.pairs)))
+            return default
+        measured = math.sqrt(sum((a - b) ** 2 for a, b in self.pairs) / (2 * len(self.pairs)))
+        return max(measured, SIGMA_FLOOR * default)
 
-    def measured(self, min_pairs: int = 3) -> bool:
+    def measured(self, min_pairs: int = MIN_PAIRS) -> bool:
         return len(self.pairs) >= min_pairs
 
     def add(self, a: float, b: float) -> NoiseStats:
