@@ -19,6 +19,10 @@ cache). train.py reads the same profile, so one environment variable switches ev
     AUTORESEARCH_DOWNLOAD_BACKOFF_S   first retry delay of a failed download (default 1.0 s)
     AUTORESEARCH_TIME_BUDGET  override of the training budget in seconds; for quick tests only,
                               results produced with it are not comparable with the track's
+    AUTORESEARCH_METRIC_FD    set by a supervisor: a file descriptor it owns; evaluate_bpb also
+                              writes each value it computes there ("val_bpb <value>" lines), so
+                              the supervisor need not believe the printed summary. The variable
+                              is taken out of the environment when this module is imported.
 
 train.py imports the runtime part of this file: MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, the
 profile's model scale (WIDTH_DIVISOR, BATCH_DIVISOR, REFERENCE_SEQ_LEN), Tokenizer,
@@ -187,6 +191,26 @@ def configure(profile: str | None = None, cache_root: str | None = None) -> Prof
 
 if __name__ != "__main__":  # the command line configures from --profile (see main)
     configure()
+
+
+def _take_metric_fd() -> int | None:
+    """The supervisor's metric descriptor (AUTORESEARCH_METRIC_FD), removed from the
+    environment so that code importing this module cannot look it up there."""
+    raw = os.environ.pop("AUTORESEARCH_METRIC_FD", "").strip()
+    if not raw.isdigit():
+        return None
+    return int(raw)
+
+
+_METRIC_FD = _take_metric_fd()
+
+
+def _report_metric(value: float) -> None:
+    """Send ``value`` to the supervisor's descriptor, if there is one (best effort)."""
+    if _METRIC_FD is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(_METRIC_FD, f"val_bpb {value!r}\n".encode("ascii"))
 
 
 def _say(msg: str) -> None:
@@ -937,7 +961,8 @@ def evaluate_bpb(model: Any, tokenizer: Tokenizer, batch_size: int,
     token. The metric is the sum of those losses over the sum of the targets' UTF-8 byte
     lengths, special tokens (byte length 0) excluded from both sums, converted to bits.
     It scores the first EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) rows of the validation
-    split at the fixed MAX_SEQ_LEN, so it does not depend on the model's vocabulary.
+    split at the fixed MAX_SEQ_LEN, so it does not depend on the model's vocabulary. The value
+    also goes to the supervisor's descriptor when one was given (AUTORESEARCH_METRIC_FD).
     """
     dev = torch.device(device) if device is not None else _model_device(model)
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
@@ -956,7 +981,9 @@ def evaluate_bpb(model: Any, tokenizer: Tokenizer, batch_size: int,
         counted = nbytes > 0
         total_nats += torch.where(counted, loss, torch.zeros_like(loss)).sum()
         total_bytes += nbytes.sum()
-    return float(total_nats.item()) / (math.log(2) * int(total_bytes.item()))
+    value = float(total_nats.item()) / (math.log(2) * int(total_bytes.item()))
+    _report_metric(value)
+    return value
 
 
 def unigram_bpb(tokenizer: Tokenizer, batch_size: int = 8) -> float:

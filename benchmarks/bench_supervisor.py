@@ -107,6 +107,9 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "train_py": str(train),
         "prepare_py": str(prepare),
         "prepare_on_start": "false",
+        # the stand-in reads its own constants through globals(), which the static check
+        # refuses; this benchmark measures the supervisor, not the checks
+        "verify_runs": "false",
         "profile": "standard",
         "budget_s": str(args.budget),
         "startup_allowance_s": "30",

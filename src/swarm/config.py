@@ -34,6 +34,7 @@ import platformdirs
 
 from swarm._logging import get_logger
 from swarm.errors import ConfigError
+from swarm.verify.plausible import base_profile
 
 __all__ = [
     "CONFIG_DIR",
@@ -159,6 +160,23 @@ KEYS: tuple[ConfigKey, ...] = (
        minimum=0),
     _k("max_experiments", "int", 0, "stop after this many published experiments "
        "(0 = run until stopped)", minimum=0, flag="--max-experiments"),
+    _k("verify_runs", "bool", True, "judge every run (swarm.verify): refuse a train.py that "
+       "reaches into the metric before it runs, and a summary that disagrees with the metric "
+       "prepare.py reported or with the measured wall time (status invalid)"),
+    _k("verified_bests", "bool", True, "a result that would move a best is a candidate until "
+       "a confirming run (same code, another seed) by another agent on another host agrees; "
+       "alone, this machine confirms it itself (self-verified)"),
+    _k("confirm_k_sigma", "float", 3.0, "a confirmation agrees when both runs are within "
+       "k x sigma x sqrt(2) of each other", minimum=0.5, maximum=10),
+    _k("sigma", "float", 0.0, "seed noise of one run (val_bpb); 0 = measured per track and "
+       "tier from repeated runs (0.002 standard, 0.02 smoke until 8 pairs exist, never "
+       "below half of that)", minimum=0,
+       maximum=1),
+    _k("solo_after_s", "float", 600.0, "no other agent on another host seen in the tier for "
+       "this long: this machine may confirm its own candidates (self-verified)", minimum=0),
+    _k("adopt", "choice", "verified", "what workers build on: verified (bests confirmed by a "
+       "second run), trusted (also open candidates of agents with 3 verified in a row), any "
+       "(also any open candidate)", choices=("verified", "trusted", "any")),
     _k("noise_margin", "float", 0.0, "improvements smaller than this are confirmed by a "
        "second seed before the best moves", minimum=0, maximum=1),
     _k("adopt_every", "int", 1, "check the swarm's best every N runs (1..5)", minimum=1,
@@ -260,6 +278,12 @@ class SwarmConfig:
     kill_grace_s: float = 10.0
     start_jitter_s: float = 2.0
     max_experiments: int = 0
+    verify_runs: bool = True
+    verified_bests: bool = True
+    confirm_k_sigma: float = 3.0
+    sigma: float = 0.0
+    solo_after_s: float = 600.0
+    adopt: str = "verified"
     noise_margin: float = 0.0
     adopt_every: int = 1
     prefetch: int = 1
@@ -306,7 +330,7 @@ class SwarmConfig:
 
     def _profile_value(self, name: str, track: str) -> float:
         value = float(getattr(self, name))
-        return value if value > 0 else PROFILE_DEFAULTS[track][name]
+        return value if value > 0 else PROFILE_DEFAULTS[base_profile(track)][name]
 
     def effective_budget_s(self, track: str) -> float:
         return self._profile_value("budget_s", track)

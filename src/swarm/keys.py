@@ -13,8 +13,10 @@ Layout (keys are relative to the swarm's org, e.g. ``@autoresearch-at-home/``)::
                                            (best/track/smoke/metadata,
                                             best/track/smoke/tier/cpu/metadata,
                                             best/track/smoke/agent/<agent>)
-    best/pending/<track>/<tier>/<exp>      an improvement below the noise margin,
-                                           waiting for a confirming run
+    best/pending/<track>/<tier>/<exp>      a candidate best (an improvement waiting for a
+                                           confirming run; kept once refuted, with both values)
+    best/trust/<track>/<agent>             an agent's record of verified and refuted candidates
+    best/noise/<track>/<tier>              measured seed noise: value pairs of repeated runs
     leaderboard                            standard-track leaderboard ({"entries": [...]})
     leaderboard/<track>                    leaderboard of another track
 
@@ -22,6 +24,7 @@ and the swarm's own coordination records, which other clients never need to read
 
     locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>   experiment lock, generation N
     locks/mutex/<name>/g<NNNNNN>               short mutex (best and leaderboard updates)
+    locks/confirm/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>   confirmation run of a candidate
     locks/hyp/<hypothesis tail>                hypothesis taken (created once)
 
 The standard track keeps the original clients' keys so that they keep seeing the
@@ -47,20 +50,25 @@ from swarm.records import DEFAULT_TRACK
 __all__ = [
     "BEST",
     "CLAIMS",
+    "CONFIRM_LOCKS",
     "EXPERIMENT_LOCKS",
     "HYPOTHESES",
     "HYPOTHESIS_TAKES",
     "INSIGHTS",
     "LOCKS",
     "MUTEX_LOCKS",
+    "NOISE",
     "PENDING",
     "RESULTS",
+    "TRUST",
     "agent_best_key",
     "agent_best_prefix",
     "agent_slug",
     "best_metadata_key",
     "best_train_py_key",
     "claim_key",
+    "confirmation_lock_key",
+    "confirmation_lock_prefix",
     "experiment_id",
     "experiment_lock_key",
     "experiment_lock_prefix",
@@ -72,10 +80,13 @@ __all__ = [
     "lock_generation",
     "mutex_lock_key",
     "mutex_lock_prefix",
+    "noise_key",
     "pending_key",
     "pending_prefix",
     "result_key",
     "slug",
+    "trust_key",
+    "trust_prefix",
 ]
 
 CLAIMS = "claims/"
@@ -87,6 +98,9 @@ PENDING = "best/pending/"
 LOCKS = "locks/"
 EXPERIMENT_LOCKS = "locks/exp/"
 MUTEX_LOCKS = "locks/mutex/"
+CONFIRM_LOCKS = "locks/confirm/"
+TRUST = "best/trust/"
+NOISE = "best/noise/"
 HYPOTHESIS_TAKES = "locks/hyp/"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -191,6 +205,36 @@ def experiment_lock_key(parent_hash: str, code_hash: str, generation: int = 1, *
     """``locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
     prefix = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
     return f"{prefix}g{generation:06d}"
+
+
+def confirmation_lock_prefix(parent_hash: str, code_hash: str, *, track: str,
+                             tier: str | None) -> str:
+    """``locks/confirm/<track>/<tier>/<parent12>--<code12>/``: the confirmation of a candidate
+    (its own lock kind: the experiment's lock was released when the candidate was published)."""
+    exp = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
+    return CONFIRM_LOCKS + exp.removeprefix(EXPERIMENT_LOCKS)
+
+
+def confirmation_lock_key(parent_hash: str, code_hash: str, generation: int = 1, *,
+                          track: str, tier: str | None) -> str:
+    """``locks/confirm/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
+    prefix = confirmation_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
+    return f"{prefix}g{generation:06d}"
+
+
+def trust_prefix(track: str) -> str:
+    """``best/trust/<track>/``."""
+    return f"{TRUST}{_name(track, 'track')}/"
+
+
+def trust_key(track: str, agent_id: str) -> str:
+    """``best/trust/<track>/<agent slug>``: verified and refuted candidates of one agent."""
+    return f"{trust_prefix(track)}{agent_slug(agent_id)}"
+
+
+def noise_key(track: str, tier: str) -> str:
+    """``best/noise/<track>/<tier>``: value pairs of repeated runs of the same code."""
+    return f"{NOISE}{_name(track, 'track')}/{_name(tier, 'tier')}"
 
 
 def mutex_lock_prefix(name: str) -> str:

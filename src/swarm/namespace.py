@@ -41,10 +41,10 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import (
     AsyncRetrying,
@@ -67,6 +67,7 @@ from swarm.errors import (
 from swarm.memory._types import MemoryBackend, NewMemory, SearchHit
 from swarm.records import (
     DEFAULT_TRACK,
+    STATUSES,
     TIERS,
     Best,
     BestDecision,
@@ -91,6 +92,9 @@ __all__ = [
     "SwarmMemory",
     "best_max_step",
 ]
+
+if TYPE_CHECKING:
+    from swarm.verify.candidates import CandidateBook
 
 log = get_logger(__name__)
 
@@ -222,8 +226,18 @@ class SwarmMemory:
         self._sleep = sleep
         self._results_cache: OrderedDict[str, Result] = OrderedDict()
         self._warned_non_atomic = False
+        self._candidates: CandidateBook | None = None
 
     # ------------------------------------------------------------------ basics
+
+    @property
+    def candidates(self) -> CandidateBook:
+        """Candidate bests, trust and noise records (:mod:`swarm.verify.candidates`)."""
+        if self._candidates is None:
+            from swarm.verify.candidates import CandidateBook  # builds on this module
+
+            self._candidates = CandidateBook(self)
+        return self._candidates
 
     @property
     def claims_are_atomic(self) -> bool:
@@ -437,14 +451,18 @@ class SwarmMemory:
         track: str,
         tier: str | None,
         gpu_name: str = "",
+        kind: Literal["experiment", "confirmation"] = "experiment",
     ) -> ClaimOutcome:
         """Claim the experiment ``(parent_hash, code_hash)``; exactly one racer wins.
 
-        The loser gets ``won=False`` and ``holder``, the live claim of the winner.
+        The loser gets ``won=False`` and ``holder``, the live claim of the winner. ``kind``
+        "confirmation" claims the confirming run of a candidate best (its own lock).
         """
         if not code_hash:
             raise InvalidRequestError("try_claim needs code_hash (swarm.trainpy.code_hash(train_py))")
-        prefix = keys.experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
+        lock_prefix = (keys.confirmation_lock_prefix if kind == "confirmation"
+                       else keys.experiment_lock_prefix)
+        prefix = lock_prefix(parent_hash, code_hash, track=track, tier=tier)
         claim_key = keys.claim_key(self.agent_id, description, parent_hash, code_hash)
         nonce = uuid.uuid4().hex
         base = Claim(
@@ -470,12 +488,12 @@ class SwarmMemory:
             stamped[gen] = c
             data = c.to_json()
             data["generation"] = gen
-            data["kind"] = "experiment"
+            data["kind"] = kind
             return data
 
         got = await self._acquire(
             prefix,
-            lambda g: keys.experiment_lock_key(parent_hash, code_hash, g, track=track, tier=tier),
+            lambda g: f"{prefix}g{g:06d}",
             payload,
             fast_first=True,
             legacy_ttl_s=self.lease_s,
@@ -691,9 +709,9 @@ class SwarmMemory:
         Idempotent: publishing the same run again (same agent, code, seed and
         ``completed_at``) returns the existing key. A keep also updates the leaderboard.
         """
-        if result.status not in ("keep", "discard", "crash", "timeout"):
+        if result.status not in STATUSES:
             raise InvalidRequestError(
-                f"result status {result.status!r} is not one of keep, discard, crash, timeout"
+                f"result status {result.status!r} is not one of {', '.join(STATUSES)}"
             )
         if result.status in ("keep", "discard") and result.val_bpb is None:
             raise InvalidRequestError(f"a {result.status} result needs val_bpb")
@@ -730,7 +748,8 @@ class SwarmMemory:
             )
         self._remember(rec)
         log.info("result_published", key=key, status=rec.status, val_bpb=rec.val_bpb)
-        if rec.status == "keep" and rec.val_bpb is not None:
+        # a candidate (or a run confirming one) reaches the leaderboard only once verified
+        if rec.status == "keep" and rec.val_bpb is not None and not rec.extra.get("candidate"):
             try:
                 await self._update_leaderboard(rec)
             except MemoryStoreError as exc:
@@ -826,7 +845,7 @@ class SwarmMemory:
         result: Result,
         *,
         noise_margin: float,
-        confirmations: tuple[dict[str, Any], ...] = (),
+        confirmations: tuple[Mapping[str, Any], ...] = (),
         must_beat: float | None = None,
     ) -> tuple[str, Best | None, Best | None]:
         """Compare-and-set one best. Returns (outcome, best now, previous) where outcome is
@@ -844,37 +863,48 @@ class SwarmMemory:
                     return "too_big", current, current
                 if improvement < noise_margin:
                     return "needs_confirmation", current, current
-            prev = replace(current, previous=None) if current is not None else None
-            new = Best(
-                key=scope.meta_key,
-                kind=scope.kind,
-                track=scope.track,
-                tier=scope.tier,
-                result=result,
-                achieved_by=result.agent_id,
-                achieved_at=self._now(),
-                previous=prev,
-                improvement_over_previous=(
-                    current.val_bpb - result.val_bpb
-                    if current is not None and current.val_bpb is not None
-                    else None
-                ),
-                version=(current.version + 1) if current is not None else 1,
-                confirmations=confirmations,
-            )
-            bpb = f"{result.val_bpb:.6f}"
-            if scope.code_key:
-                await self._upsert(
-                    scope.code_key, result.train_py,
-                    f"[autoresearch] Best train.py for {scope.label()} (val_bpb={bpb})",
-                )
-            await self._upsert(
-                scope.meta_key, encode_record(new.to_json()),
-                f"[autoresearch] Best of {scope.label()}: val_bpb={bpb} by {result.agent_id}",
-            )
-            log.info("best_moved", scope=scope.label(), val_bpb=result.val_bpb,
-                     previous=current.val_bpb if current else None)
+            new = await self._write_best(scope, result, current, confirmations=confirmations)
             return "moved", new, current
+
+    async def _write_best(
+        self, scope: _Scope, result: Result, current: Best | None, *,
+        confirmations: tuple[Mapping[str, Any], ...] = (), previous: Best | None = None,
+    ) -> Best:
+        """Write ``result`` as the best of ``scope`` after ``current`` (hold the scope's mutex).
+        ``previous`` (default: ``current``) is what the record names as the best before it."""
+        assert result.val_bpb is not None
+        before = current if previous is None else previous
+        prev = replace(before, previous=None) if before is not None else None
+        new = Best(
+            key=scope.meta_key,
+            kind=scope.kind,
+            track=scope.track,
+            tier=scope.tier,
+            result=result,
+            achieved_by=result.agent_id,
+            achieved_at=self._now(),
+            previous=prev,
+            improvement_over_previous=(
+                before.val_bpb - result.val_bpb
+                if before is not None and before.val_bpb is not None
+                else None
+            ),
+            version=(current.version + 1) if current is not None else 1,
+            confirmations=confirmations,
+        )
+        bpb = f"{result.val_bpb:.6f}"
+        if scope.code_key:
+            await self._upsert(
+                scope.code_key, result.train_py,
+                f"[autoresearch] Best train.py for {scope.label()} (val_bpb={bpb})",
+            )
+        await self._upsert(
+            scope.meta_key, encode_record(new.to_json()),
+            f"[autoresearch] Best of {scope.label()}: val_bpb={bpb} by {result.agent_id}",
+        )
+        log.info("best_moved", scope=scope.label(), val_bpb=result.val_bpb,
+                 previous=current.val_bpb if current else None)
+        return new
 
     async def propose_best(self, result: Result, noise_margin: float = 0.0) -> BestDecision:
         """Offer a result as the new best of its track and tier, of its track, and of its agent.

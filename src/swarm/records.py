@@ -56,8 +56,9 @@ __all__ = [
 DEFAULT_TRACK = "standard"
 """Track assumed for records written by clients that do not name one."""
 
-STATUSES: tuple[str, ...] = ("keep", "discard", "crash", "timeout")
-"""Outcomes of a finished experiment."""
+STATUSES: tuple[str, ...] = ("keep", "discard", "crash", "timeout", "invalid")
+"""Outcomes of a finished experiment (``invalid``: a check of :mod:`swarm.verify` refused the
+code before it ran, or the summary after; ``reason`` says why; never kept, no val_bpb)."""
 
 TIERS: tuple[str, ...] = ("small", "medium", "large", "xl", "cpu")
 """VRAM tiers (``cpu``: no GPU). Results of different tiers are never compared."""
@@ -247,6 +248,8 @@ class Result:
     sandbox: str = ""
     #: the supervisor's own measured wall time of the run (next to training_seconds)
     wall_s: float | None = None
+    #: why an ``invalid`` result was refused (the checks' reasons, one line)
+    reason: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
@@ -254,7 +257,7 @@ class Result:
         "completed_at", "vram_tier", "track", "parent_hash", "code_hash", "gpu_name",
         "host", "seed", "prepare_hash", "verified", "num_steps", "total_tokens_M",
         "mfu_percent", "training_seconds", "peak_vram_mb", "failure", "log_tail",
-        "changes", "proposer", "delta_vs_best", "delta", "sandbox", "wall_s",
+        "changes", "proposer", "delta_vs_best", "delta", "sandbox", "wall_s", "reason",
     )
 
     @property
@@ -295,6 +298,7 @@ class Result:
                 "proposer": self.proposer,
                 "sandbox": self.sandbox,
                 "wall_s": self.wall_s,
+                **({"reason": self.reason} if self.reason else {}),
             }
         )
         return out
@@ -346,6 +350,7 @@ class Result:
             delta=delta,
             sandbox=_str(data.get("sandbox")),
             wall_s=_float(data.get("wall_s")),
+            reason=_str(data.get("reason")),
             extra=_extra(data, cls.KNOWN),
         )
 
@@ -652,6 +657,13 @@ class BestDecision:
     global_moved: bool = False
     agent_moved: bool = False
     previous: Best | None = None
+    #: published as a candidate best: it moves a best once a confirming run agrees
+    candidate: bool = False
+    #: a confirming run disagreed with the candidate: it was withdrawn
+    refuted: bool = False
+    #: how the best that moved was confirmed: "verified" (another agent on another host) or
+    #: "self-verified" (the same machine, alone in its tier); "" for other decisions
+    verification: str = ""
 
 
 # --------------------------------------------------------------------------- Hypothesis

@@ -31,7 +31,7 @@ __all__ = ["TSV_HEADER", "ResultsLog", "jsonl_record", "tsv_row"]
 log = get_logger(__name__)
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-_FAILED = frozenset({"crash", "timeout"})
+_FAILED = frozenset({"crash", "timeout", "invalid"})
 
 
 def _clean(text: str) -> str:

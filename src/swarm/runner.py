@@ -49,6 +49,15 @@ from swarm.gpu_pool import classify_infra_failure
 from swarm.sandbox import CgroupEvents, RunCgroup, Sandbox, allowed_env
 from swarm.summary import Summary, SummaryError, parse_summary
 from swarm.ui.progress import read_tail
+from swarm.verify import (
+    Expectations,
+    Invalid,
+    MetricChannel,
+    check_train_py,
+    judge_run,
+    prepare_reports_metric,
+    refuse_code,
+)
 
 __all__ = [
     "LOG_NAME",
@@ -65,10 +74,10 @@ __all__ = [
 
 log = get_logger(__name__)
 
-RunStatus = Literal["ok", "crash", "timeout"]
+RunStatus = Literal["ok", "crash", "timeout", "invalid"]
 Failure = Literal[
     "oom", "nan", "exception", "no_summary", "bad_summary", "timeout", "signal", "infra",
-    "disk", "procs", "syntax", "import", "data",
+    "disk", "procs", "syntax", "import", "data", "static", "metric", "implausible",
 ]
 
 LOG_NAME = "run.log"
@@ -133,6 +142,9 @@ class RunSpec:
     prepare_sha256: str = ""
     #: written to ``run.json`` in the scratch dir (what a restart needs to publish the run)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: judge the run (:mod:`swarm.verify`): the static check first (a refused train.py never
+    #: runs), then the trusted metric and plausibility; a failed check is status ``invalid``
+    verify: bool = False
 
     @property
     def deadline_s(self) -> float:
@@ -149,7 +161,8 @@ class RunSpec:
 class RunOutcome:
     """How a run ended.
 
-    ``status``: ok (exit 0 and a valid summary) | crash | timeout. ``failure`` is None when
+    ``status``: ok (exit 0 and a valid summary) | crash | timeout | invalid (a check of
+    :mod:`swarm.verify` refused the code or the summary; ``failure`` says which). ``failure`` is None when
     ok, else one of :data:`Failure`; ``message`` says it in one line (for an exception, the
     last traceback line). ``summary`` is kept whenever one parsed, even on a crash.
     """
@@ -288,8 +301,9 @@ def _tail_lines(text: str, n: int = TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-n:])
 
 
-def _prepare_workdir(spec: RunSpec) -> tuple[Path, Path, str]:
-    """Create the scratch dir; returns (workdir, log, prepare hash).
+def _prepare_workdir(spec: RunSpec) -> tuple[Path, Path, str, bool]:
+    """Create the scratch dir; returns (workdir, log, prepare hash, whether prepare.py
+    reports the trusted metric).
 
     Sandboxed, train.py and prepare.py go to ``src/`` (bound read-only inside); bare, next
     to the log. ``run.json`` holds ``spec.meta`` for a restart after a crash."""
@@ -323,7 +337,7 @@ def _prepare_workdir(spec: RunSpec) -> tuple[Path, Path, str]:
         log_path.touch()
     except OSError as exc:
         raise RunnerError(f"cannot set up the scratch directory {workdir}: {exc}") from exc
-    return workdir, log_path, digest
+    return workdir, log_path, digest, prepare_reports_metric(prepare_bytes)
 
 
 def _validate(spec: RunSpec) -> None:
@@ -445,9 +459,10 @@ class _Start:
     mechanism: str
 
 
-def _start_plan(spec: RunSpec, workdir: Path) -> _Start:
+def _start_plan(spec: RunSpec, workdir: Path, extra_env: Mapping[str, str]) -> _Start:
     """argv/env/cwd of the child (blocking: a sandbox makes the run's cgroup)."""
     env = build_child_env(spec)
+    env.update(extra_env)
     if spec.sandbox is None:
         return _Start([spec.python, "train.py", *spec.args], env, workdir, None, "none")
     try:
@@ -460,12 +475,14 @@ def _start_plan(spec: RunSpec, workdir: Path) -> _Start:
     return _Start(launch.argv, launch.env, launch.cwd, launch.cgroup, spec.sandbox.mechanism)
 
 
-async def _spawn(spec: RunSpec, start: _Start, log_path: Path) -> asyncio.subprocess.Process:
+async def _spawn(spec: RunSpec, start: _Start, log_path: Path,
+                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
     with log_path.open("ab") as log_fh:
         try:
             return await asyncio.create_subprocess_exec(
                 *start.argv, cwd=start.cwd, env=start.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fh, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                pass_fds=pass_fds,
             )  # fmt: skip
         except OSError as exc:
             raise RunnerError(f"cannot start {start.argv[0]} for {spec.experiment_id} in "
@@ -509,22 +526,70 @@ async def run_experiment(
     CancelledError only after the whole process group is gone.
     """
     _validate(spec)
-    workdir, log_path, prepare_hash = await asyncio.to_thread(_prepare_workdir, spec)
-    start = await asyncio.to_thread(_start_plan, spec, workdir)
+    workdir, log_path, prepare_hash, reports = await asyncio.to_thread(_prepare_workdir, spec)
+    if spec.verify:
+        refused = refuse_code(await asyncio.to_thread(check_train_py, spec.train_py))
+        if refused is not None:
+            return await asyncio.to_thread(_refused, spec, refused, workdir, log_path,
+                                           prepare_hash)
+    channel = MetricChannel() if spec.verify and reports else None
     try:
-        return await _supervise(spec, start, workdir, log_path, prepare_hash, on_start)
+        start = await asyncio.to_thread(_start_plan, spec, workdir,
+                                        channel.env if channel else {})
+        try:
+            return await _supervise(spec, start, workdir, log_path, prepare_hash, on_start,
+                                    channel)
+        finally:
+            if start.cgroup is not None:
+                await asyncio.to_thread(start.cgroup.remove)
     finally:
-        if start.cgroup is not None:
-            await asyncio.to_thread(start.cgroup.remove)
+        if channel is not None:
+            channel.close()
+
+
+def _refused(spec: RunSpec, refused: Invalid, workdir: Path, log_path: Path,
+             prepare_hash: str) -> RunOutcome:
+    """The outcome of a train.py the static check refused: never started, reasons logged."""
+    text = refused.message + "\n"
+    with contextlib.suppress(OSError):
+        log_path.write_text(text, encoding="utf-8")
+    log.warning("runner.refused", experiment_id=spec.experiment_id, reasons=refused.reasons)
+    return RunOutcome(
+        status="invalid", failure=refused.kind, summary=None, message=refused.message,
+        log_path=log_path, log_tail=text, returncode=None, wall_s=0.0,
+        prepare_hash=prepare_hash, workdir=workdir,
+        sandbox=spec.sandbox.mechanism if spec.sandbox is not None else "none",
+    )
+
+
+def _verdict(
+    spec: RunSpec, classified: tuple[RunStatus, Failure | None, Summary | None, str],
+    channel: MetricChannel | None, wall_s: float, prepare_hash: str,
+) -> tuple[RunStatus, Failure | None, Summary | None, str]:
+    """Re-classify an ok run whose summary a check of :mod:`swarm.verify` does not believe."""
+    status, _, summary, _ = classified
+    if not spec.verify or status != "ok" or summary is None:
+        return classified
+    expect = Expectations(
+        profile=spec.profile, budget_s=spec.budget_s, prepare_sha256=spec.prepare_sha256,
+        fixed_steps=bool(build_child_env(spec).get("AUTORESEARCH_MAX_STEPS", "").strip("0 ")),
+        real_target=channel is not None,
+    )
+    invalid = judge_run(summary, trusted=channel.read() if channel else None, wall_s=wall_s,
+                        prepare_hash=prepare_hash, train_py=spec.train_py, expect=expect)
+    if invalid is None:
+        return classified
+    return "invalid", invalid.kind, summary, invalid.message
 
 
 async def _supervise(
     spec: RunSpec, start: _Start, workdir: Path, log_path: Path, prepare_hash: str,
-    on_start: Callable[[int, Path], None] | None,
+    on_start: Callable[[int, Path], None] | None, channel: MetricChannel | None = None,
 ) -> RunOutcome:
     # Spawning is shielded: a cancel that lands mid-spawn still gets the child killed.
     started = time.monotonic()
-    spawn = asyncio.ensure_future(_spawn(spec, start, log_path))
+    spawn = asyncio.ensure_future(
+        _spawn(spec, start, log_path, channel.pass_fds if channel else ()))
     try:
         proc = await asyncio.shield(spawn)
     except asyncio.CancelledError:
@@ -537,6 +602,8 @@ async def _supervise(
             await group.wait_gone()
         raise
 
+    if channel is not None:
+        channel.started()
     group = _Group(proc, spec.experiment_id)
     deadline = spec.deadline_s
     log.info(
@@ -577,6 +644,7 @@ async def _supervise(
         events = (start.cgroup.events() if start.cgroup is not None else CgroupEvents())
         size = await asyncio.to_thread(_size, log_path)
         classified = _limit_failure(spec, classified, events, size, text)
+    classified = _verdict(spec, classified, channel, wall_s, prepare_hash)
     status, failure, summary, message = classified
     outcome = RunOutcome(
         status=status,

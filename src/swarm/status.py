@@ -110,11 +110,15 @@ class Counters:
     timeouts: int = 0
     duplicates_skipped: int = 0
     claims_lost: int = 0
+    invalid: int = 0
+    #: confirmation runs of candidate bests (this machine's share of the replication)
+    confirmations: int = 0
 
     def add(self, status: str) -> Counters:
         """Counters after one more published result of ``status``."""
         field_name = {
             "keep": "kept", "discard": "discarded", "crash": "crashed", "timeout": "timeouts",
+            "invalid": "invalid",
         }.get(status)
         new = replace(self, done=self.done + 1)
         if field_name:
@@ -392,7 +396,7 @@ def _worker_table(report: StatusReport) -> Table | Text:
         caption=(
             f"done {c.done}  kept {c.kept}  discarded {c.discarded}  crashed {c.crashed}  "
             f"timeouts {c.timeouts}  duplicates skipped {c.duplicates_skipped}  "
-            f"claims lost {c.claims_lost}"
+            f"claims lost {c.claims_lost}  invalid {c.invalid}  confirmations {c.confirmations}"
         ),
         caption_justify="left",
     )
@@ -417,6 +421,39 @@ def _worker_table(report: StatusReport) -> Table | Text:
     return table
 
 
+def _verified_cell(row: Mapping[str, Any]) -> str:
+    by = ", ".join(row.get("confirmed_by") or [])
+    return f"{row.get('verification') or '-'}" + (f" ({by})" if by else "")
+
+
+def _trust_part(swarm: Mapping[str, Any]) -> list[Any]:
+    """Open and refuted candidates, and the seed noise per track and tier."""
+    parts: list[Any] = []
+    from swarm.verify.report import SHOWN_STATES
+
+    cands = [c for c in swarm.get("candidates") or [] if c.get("state") in SHOWN_STATES]
+    if cands:
+        table = Table(title=f"Candidate bests: open and refuted ({len(cands)}, newest 20)",
+                      title_justify="left")
+        for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
+            table.add_column(col)
+        for c in cands[:20]:
+            runs = ", ".join(f"{r.get('agent_id')} {_fmt_bpb(r.get('val_bpb'))}"
+                             for r in c.get("runs") or [])
+            state = str(c.get("state", "")) + (" (suspicious)" if c.get("suspicious") else "")
+            table.add_row(state, str(c.get("track", "")), str(c.get("tier", "")),
+                          _fmt_bpb(c.get("val_bpb")), str(c.get("agent_id", "")),
+                          str(c.get("description", "")), runs)
+        parts.append(table)
+    noise = swarm.get("noise") or []
+    if noise:
+        parts.append(Text("Seed noise (sigma): " + "; ".join(
+            f"{n['track']}/{n['tier']} {n['sigma']:.4f} "
+            f"({'measured from ' + str(n['pairs']) + ' pairs' if n['measured'] else 'default'})"
+            for n in noise)))
+    return parts
+
+
 def _swarm_part(report: StatusReport) -> list[Any]:
     if report.swarm is None:
         return [Text(f"Swarm ({report.memory}): unreachable: {report.swarm_error}",
@@ -424,7 +461,7 @@ def _swarm_part(report: StatusReport) -> list[Any]:
     parts: list[Any] = []
     bests = report.swarm.get("bests") or []
     table = Table(title=f"Swarm bests ({report.memory})", title_justify="left")
-    for col in ("track", "tier", "val_bpb", "agent", "description", "age"):
+    for col in ("track", "tier", "val_bpb", "agent", "description", "age", "verified"):
         table.add_column(col)
     now = report.generated_at
     for b in bests:
@@ -433,8 +470,10 @@ def _swarm_part(report: StatusReport) -> list[Any]:
             str(b.get("track", "")), str(b.get("tier", "")), _fmt_bpb(b.get("val_bpb")),
             str(b.get("agent_id", "")), str(b.get("description", "")),
             _fmt_age(now - at) if isinstance(at, int | float) else "-",
+            _verified_cell(b),
         )
     parts.append(table if bests else Text("Swarm bests: none yet"))
+    parts.extend(_trust_part(report.swarm))
     claims = report.swarm.get("live_claims") or []
     ctab = Table(title=f"Live claims ({len(claims)})", title_justify="left")
     for col in ("agent", "description", "track", "tier", "heartbeat age"):
@@ -547,6 +586,8 @@ def result_row(r: Any) -> dict[str, Any]:
 
 async def gather_swarm(memory: Any, *, recent: int = 10) -> dict[str, Any]:
     """Bests per track and tier, live claims and recent results from a SwarmMemory."""
+    from swarm.verify.report import best_fields, candidate_rows, noise_rows
+
     summary = await memory.analyze()
     bests = []
     for (track, tier), b in sorted(summary.bests.items(),
@@ -555,11 +596,13 @@ async def gather_swarm(memory: Any, *, recent: int = 10) -> dict[str, Any]:
             "track": track, "tier": tier or "all", "val_bpb": b.val_bpb,
             "agent_id": b.agent_id, "description": b.result.description,
             "completed_at": b.result.completed_at, "verified": b.verified,
-            "code_hash": b.code_hash,
+            "code_hash": b.code_hash, **best_fields(b),
         })
     results = await memory.results(limit=recent)
     return {
         "bests": bests,
+        "candidates": [c for c in await candidate_rows(memory) if c["state"] != "superseded"],
+        "noise": await noise_rows(memory),
         "live_claims": [_claim_row(c) for c in summary.live_claims],
         "recent": [result_row(r) for r in results],
         "total_results": summary.total_results,

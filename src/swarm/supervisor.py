@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm._logging import get_logger
-from swarm.config import SwarmConfig, resolve_agent_name
+from swarm.config import PROFILE_DEFAULTS, SwarmConfig, resolve_agent_name
 from swarm.dedup import Candidate, Deduplicator, Verdict
 from swarm.errors import (
     ConfigError,
@@ -76,6 +76,7 @@ from swarm.runner import RunOutcome, RunSpec, run_experiment
 from swarm.sandbox import Sandbox, SandboxLimits, select_sandbox
 from swarm.status import Snapshot, SnapshotWriter, WorkerStatus
 from swarm.trainpy import code_hash
+from swarm.verify import budget_track
 from swarm.worker import (
     CounterBox,
     Slots,
@@ -679,6 +680,9 @@ class Supervisor:
             if self.cpu_mode and "OMP_NUM_THREADS" not in self._env:
                 threads = max(1, (os.cpu_count() or 1) // max(1, cfg.cpu_workers))
                 self._run_env.setdefault("OMP_NUM_THREADS", str(threads))
+            # another budget is another track: never compared with the profile's bests
+            self.track = budget_track(self.track, budget,
+                                      PROFILE_DEFAULTS[self.track]["budget_s"])
             prepare_py, self._prepare_sha256 = await asyncio.to_thread(
                 pin_prepare, prepare_py, cfg.state_dir)
             self.sandbox = await asyncio.to_thread(

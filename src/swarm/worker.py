@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from swarm._logging import get_logger
 from swarm.errors import (
@@ -56,6 +56,8 @@ from swarm.recovery import Harvest, RunMeta, mark_finished
 from swarm.runner import LOG_NAME, RunOutcome, RunSpec
 from swarm.status import Counters, LastResult, WorkerStatus
 from swarm.trainpy import code_hash, constants, diff_constants, short_hash
+from swarm.verify import base_profile
+from swarm.verify.candidates import next_confirmation, trust_policy
 
 __all__ = [
     "BASELINE_DESCRIPTION",
@@ -563,7 +565,10 @@ class Worker:
             return
         self.runs_since_adopt = 0
         try:
-            best = await deps.memory.get_best(deps.track, self.tier)
+            best = (await deps.memory.candidates.adoptable(deps.track, self.tier,
+                                                           deps.config.adopt)
+                    if deps.config.verified_bests
+                    else await deps.memory.get_best(deps.track, self.tier))
         except MemoryStoreError as exc:
             log.warning("best_unavailable", **self.log_ctx, error=str(exc))
             return
@@ -601,6 +606,8 @@ class Worker:
         between two runs only the GPU check and the process start remain."""
         deps = self.deps
         seed: int | None = None
+        if not self._confirmations and deps.config.verified_bests:
+            await self._take_confirmation()  # confirmation work comes first
         confirming = bool(self._confirmations)
         t_item = time.monotonic()
         claim: Claim | None = None
@@ -620,7 +627,8 @@ class Worker:
             if not deps.stop.stopping.is_set() and await self._gpu_ready():
                 t_ready = time.monotonic()
                 if claim is None:
-                    claim = await self._claim(item)
+                    claim = await self._claim(item, kind="confirmation" if confirming
+                                              and deps.config.verified_bests else "experiment")
                     if claim is not None:
                         await deps.dedup.add_live(self.tier, item.proposal, item.code_hash,
                                                   claim.key or "offline claim",
@@ -752,7 +760,31 @@ class Worker:
             return False
         return info is not None
 
-    async def _claim(self, item: _Queued, *, quiet: bool = False) -> Claim | None:
+    async def _take_confirmation(self) -> None:
+        """Queue an open candidate of the swarm (or, solo, our own) for confirmation."""
+        deps = self.deps
+        try:
+            found = await next_confirmation(
+                deps.memory.candidates, deps.track, self.tier, trust_policy(deps.config),
+                own_only=deps.trusted_only, rng=self.rng)
+        except MemoryStoreError as exc:
+            log.warning("confirmations_unavailable", **self.log_ctx, error=str(exc))
+            return
+        if found is None:
+            return
+        cand, seed = found
+        r = cand.result
+        proposal = Proposal(train_py=r.train_py, description=r.description,
+                            parent_hash=r.parent_hash, proposer="confirm",
+                            rationale=f"confirm {r.agent_id}'s candidate {r.val_bpb}")
+        self._confirmations.append((_Queued(proposal, r.code_hash, cand.previous_val, True),
+                                    seed))
+        log.info("confirmation_taken", **self.log_ctx, candidate=cand.key, by=r.agent_id,
+                 seed=seed, suspicious=cand.suspicious)
+
+    async def _claim(self, item: _Queued, *, quiet: bool = False,
+                     kind: Literal["experiment", "confirmation"] = "experiment"
+                     ) -> Claim | None:
         """Win the experiment's claim; None when another agent holds it. Offline (the
         memory unreachable) the worker trains anyway under a local claim."""
         deps = self.deps
@@ -763,7 +795,7 @@ class Worker:
             outcome = await deps.memory.try_claim(
                 parent_hash=proposal.parent_hash, code_hash=item.code_hash,
                 description=proposal.description, track=deps.track, tier=self.tier,
-                gpu_name=self.gpu_name,
+                gpu_name=self.gpu_name, kind=kind,
             )
         except (TransportError, ServerError) as exc:
             log.warning("claim_offline", **self.log_ctx, description=proposal.description,
@@ -872,12 +904,13 @@ class Worker:
             work_root=deps.work_root,
             experiment_id=exp_id,
             gpu=None if self.gpu_index is None else str(self.gpu_index),
-            profile=deps.track,
+            profile=base_profile(deps.track),
             budget_s=deps.budget_s,
             startup_allowance_s=deps.startup_allowance_s,
             kill_grace_s=cfg.kill_grace_s,
             env=env,
             python=cfg.python or sys.executable,
+            verify=cfg.verify_runs,
         )
 
     async def _train(self, proposal: Proposal, claim: Claim, item: _Queued,
@@ -931,7 +964,7 @@ class Worker:
             with contextlib.suppress(TrainPyError):
                 changes = parse_retry(diff_constants, self.parent_train_py, proposal.train_py)
         val = s.val_bpb if s is not None else None
-        if val is not None:
+        if val is not None and status != "invalid":
             self.deps.known_vals[item.code_hash] = val
         parent_val = item.parent_val
         if parent_val is None and proposal.parent_hash:
@@ -978,11 +1011,19 @@ class Worker:
         deps = self.deps
         try:
             candidate = replace(result, status="keep")
-            decision: BestDecision = (
-                await deps.memory.confirm_best(candidate) if confirming
-                else await deps.memory.propose_best(candidate,
-                                                    noise_margin=deps.config.noise_margin)
-            )
+            decision: BestDecision
+            if deps.config.verified_bests:  # a candidate until another run agrees
+                book, policy = deps.memory.candidates, trust_policy(deps.config)
+                if confirming:
+                    deps.counters.bump("confirmations")
+                decision = await (book.confirm(candidate, policy) if confirming
+                                  else book.propose(candidate, policy))
+            else:
+                decision = (
+                    await deps.memory.confirm_best(candidate) if confirming
+                    else await deps.memory.propose_best(candidate,
+                                                        noise_margin=deps.config.noise_margin)
+                )
         except MemoryStoreError as exc:
             # offline: judge against what we know; the best record is not touched (the
             # outbox judges it again when it replays the result)
@@ -992,15 +1033,24 @@ class Worker:
                 result.val_bpb is not None and result.val_bpb < self.parent_val
             )
             return ("keep" if better else "discard"), None
-        return ("keep" if decision.moved else "discard"), decision
+        return ("keep" if decision.moved or decision.candidate else "discard"), decision
 
     async def _judge(self, item: _Queued, outcome: RunOutcome, seed: int | None = None,
                      *, confirming: bool = False) -> tuple[Result, BestDecision | None]:
         if outcome.status == "ok" and outcome.summary is not None:
             result = self._result(item, outcome, "discard", seed)
             status, decision = await self._decide(result, confirming=confirming)
+            self_only = decision is not None and decision.verification == "self-verified"
+            in_trial = bool(decision and (decision.candidate or (
+                confirming and self.deps.config.verified_bests)))
             return replace(result, status=status,
-                           verified=confirming and status == "keep"), decision
+                           verified=confirming and status == "keep" and not self_only,
+                           extra={**result.extra, "candidate": True} if in_trial
+                           else result.extra), decision
+        if outcome.status == "invalid":  # never kept, never a metric: the reason says why
+            log.warning("result_invalid", **self.log_ctx, reason=outcome.message)
+            return replace(self._result(item, outcome, "invalid", seed), val_bpb=None,
+                           delta=None, reason=outcome.message[:2000]), None
         status = "timeout" if outcome.status == "timeout" else "crash"
         return self._result(item, outcome, status, seed), None
 
@@ -1008,7 +1058,8 @@ class Worker:
                                   seed: int | None = None, confirming: bool = False) -> None:
         result, decision = await self._judge(item, outcome, seed, confirming=confirming)
         await self._finish(item, claim, outcome, result, decision)
-        if confirming or decision is None or not decision.needs_confirmation:
+        if (confirming or decision is None or not decision.needs_confirmation
+                or self.deps.config.verified_bests):  # candidates: confirmed via the memory
             return
         # an improvement below the noise margin: confirm it with another seed (same code),
         # as this worker's next run

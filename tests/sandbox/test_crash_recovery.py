@@ -38,7 +38,10 @@ def _cli(tmp_path: Path, train: Path, prepare: Path, sleep_s: float, *extra: str
         "--set", f"train_py={train}", "--set", f"prepare_py={prepare}",
         "--set", "prepare_on_start=false", "--set", "start_jitter_s=0",
         "--set", "status_interval_s=0.2", "--set", "dedup.semantic=false",
-        "--set", "kill_grace_s=1", *extra,
+        "--set", "kill_grace_s=1",
+        # the stand-in leaves a grandchild behind on purpose: the static check would refuse
+        # it before it runs, and this test is about containing what runs
+        "--set", "verify_runs=false", *extra,
     ]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -140,6 +143,7 @@ async def test_finished_leftover_is_published_once(tmp_path: Path) -> None:
             "agent_name": "me", "train_py": str(train), "prepare_py": str(prepare),
             "prepare_on_start": "false", "start_jitter_s": "0", "profile": "smoke",
             "max_experiments": "1", "dedup.semantic": "false", "sandbox": "bwrap",
+            "verify_runs": "false", "verified_bests": "false",  # no confirmation rerun
         })
 
     os.environ["AUTORESEARCH_TEST_SLEEP"] = "0.2"

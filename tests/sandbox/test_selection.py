@@ -86,7 +86,8 @@ def _config(tmp_path: Path, train: Path, prepare: Path, **extra: str) -> Any:
     flags = {"state_dir": str(tmp_path / "state"), "memory.path": str(tmp_path / "m.sqlite"),
              "agent_name": "careful", "train_py": str(train), "prepare_py": str(prepare),
              "prepare_on_start": "false", "start_jitter_s": "0", "profile": "smoke",
-             "dedup.semantic": "false", "sandbox": "auto"}
+             "dedup.semantic": "false", "sandbox": "auto",
+             "verify_runs": "false"}  # the stand-in starts a process: let it run
     flags.update(extra)
     return load_config(env={}, flags=flags)
 

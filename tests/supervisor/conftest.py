@@ -43,6 +43,9 @@ def make_config(tmp_path: Path) -> Callable[..., SwarmConfig]:
             "status_interval_s": "0.2",
             "agent_name": "tester",
             "prepare_on_start": "false",
+            # one agent alone: bests move without a confirmation round (tests of
+            # swarm.verify.candidates and tests/verify/test_two_agents.py turn it on)
+            "verified_bests": "false",
         }
         base.update({k: str(v) for k, v in flags.items()})
         return load_config(env={}, flags=base)

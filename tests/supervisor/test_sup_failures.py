@@ -67,7 +67,7 @@ async def test_crash_nan_hang_and_no_summary_are_published_and_the_worker_goes_o
     assert "fake trainer exploded" in by_desc["MODE ok → crash"].log_tail
     assert constants(by_desc["MODE ok → crash"].train_py)["MODE"] == "crash"  # full source
     for r in by_desc.values():
-        assert r.track == "smoke" and r.vram_tier == "cpu" and r.agent_id == "tester"
+        assert r.track == "smoke-budget-1" and r.vram_tier == "cpu" and r.agent_id == "tester"
 
     c = sup.counters.value
     assert (c.done, c.kept, c.crashed, c.timeouts) == (6, 2, 3, 1)

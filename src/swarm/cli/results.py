@@ -25,6 +25,7 @@ from swarm.errors import ConfigError, MemoryStoreError, ProtocolError
 from swarm.memory._types import MemoryBackend
 from swarm.records import STATUSES, TIERS, Best, Result, decode_record
 from swarm.status import result_row
+from swarm.verify.report import SHOWN_STATES, best_fields, candidate_rows
 
 __all__ = ["add_parser", "handle_best", "handle_results", "open_backend"]
 
@@ -56,31 +57,39 @@ def _fmt(v: float | None, spec: str = ".6f") -> str:
 
 
 async def _bests(config: SwarmConfig, track: str | None, tier: str | None,
-                 api_key: str | None) -> list[Best]:
+                 api_key: str | None) -> tuple[list[Best], list[dict[str, Any]]]:
+    """The bests and the candidate bests (of ``track`` and ``tier`` when given)."""
     from swarm.namespace import SwarmMemory
 
     async with open_backend(config, api_key) as backend:
         memory = SwarmMemory(backend, agent_id=config.agent_name or "cli")
-        if track:
-            best = await memory.get_best(track, tier)
-            return [best] if best else []
-        summary = await memory.analyze()
-        out = []
-        for (_track, b_tier), best in sorted(summary.bests.items(),
-                                              key=lambda kv: (kv[0][0], kv[0][1] or "")):
-            if tier is None or b_tier == tier:
-                out.append(best)
-        if tier is None:
-            # the global best of each track first; tier bests follow
-            out.sort(key=lambda b: (b.track, b.tier is not None, b.tier or ""))
-        return out
+        cands = [c for c in await candidate_rows(memory, track)
+                 if c["state"] != "superseded" and (tier is None or c["tier"] == tier)]
+        return await _best_list(memory, track, tier), cands
+
+
+async def _best_list(memory: Any, track: str | None, tier: str | None) -> list[Best]:
+    if track:
+        best = await memory.get_best(track, tier)
+        return [best] if best else []
+    summary = await memory.analyze()
+    out = []
+    for (_track, b_tier), best in sorted(summary.bests.items(),
+                                          key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        if tier is None or b_tier == tier:
+            out.append(best)
+    if tier is None:
+        # the global best of each track first; tier bests follow
+        out.sort(key=lambda b: (b.track, b.tier is not None, b.tier or ""))
+    return out
 
 
 def handle_best(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     track = args.track or (config.profile if config.profile != "auto" else None)
     try:
-        bests = asyncio.run(_bests(config, track, args.tier, getattr(args, "ensue_key", None)))
+        bests, cands = asyncio.run(_bests(config, track, args.tier,
+                                          getattr(args, "ensue_key", None)))
     except MemoryStoreError as exc:
         _err(f"memory unreachable ({config.memory_kind}): {exc}")
         return EXIT_UNAVAILABLE
@@ -111,9 +120,10 @@ def handle_best(args: argparse.Namespace) -> int:
             {"track": b.track, "tier": b.tier, "val_bpb": b.val_bpb, "agent_id": b.agent_id,
              "description": b.result.description, "code_hash": b.code_hash,
              "result_key": b.result.key, "verified": b.verified, "key": b.key,
-             **({"train_py": b.train_py} if args.source else {})}
+             **best_fields(b), **({"train_py": b.train_py} if args.source else {})}
             for b in bests
         ]
+        data += [{"candidate": True, **c} for c in cands]
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     console = _console()
@@ -124,9 +134,24 @@ def handle_best(args: argparse.Namespace) -> int:
     for col in ("track", "tier", "val_bpb", "agent", "description", "verified", "code"):
         table.add_column(col)
     for b in bests:
+        fields = best_fields(b)
+        by = ", ".join(fields["confirmed_by"])
         table.add_row(b.track, b.tier or "all", _fmt(b.val_bpb), b.agent_id,
-                      b.result.description, "yes" if b.verified else "no", b.code_hash[:12])
+                      b.result.description, fields["verification"] + (f" ({by})" if by else ""),
+                      b.code_hash[:12])
     console.print(table)
+    shown = [c for c in cands if c["state"] in SHOWN_STATES][:20]
+    if shown:
+        ctab = Table(title="Candidate bests: open and refuted (newest 20)",
+                     title_justify="left")
+        for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
+            ctab.add_column(col)
+        for c in shown:
+            runs = ", ".join(f"{r['agent_id']} {_fmt(r['val_bpb'])}" for r in c["runs"])
+            ctab.add_row(c["state"] + (" (suspicious)" if c["suspicious"] else ""), c["track"],
+                         c["tier"] or "", _fmt(c["val_bpb"]), c["agent_id"], c["description"],
+                         runs)
+        console.print(ctab)
     if args.write:
         console.print(f"wrote the best train.py ({bests[0].track}/{bests[0].tier or 'all'}) "
                       f"to {args.write}")

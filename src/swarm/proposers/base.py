@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from swarm.errors import ConfigError
+from swarm.verify.plausible import base_profile
 
 if TYPE_CHECKING:
     from swarm.namespace import SwarmMemory
@@ -112,7 +113,7 @@ class ProposalContext:
         """The track's shape (for the batch divisibility and model dim rules)."""
         if self.shape is not None:
             return self.shape
-        return TRACK_SHAPES.get(self.track, TRACK_SHAPES["standard"])
+        return TRACK_SHAPES.get(base_profile(self.track), TRACK_SHAPES["standard"])
 
     def sequence_length(self) -> int:
         """Tokens per row on this context's track."""

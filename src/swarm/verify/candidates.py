@@ -1,0 +1,405 @@
+"""Candidate bests: a result that would move a best waits for a confirming run.
+
+:class:`CandidateBook` works on a :class:`swarm.namespace.SwarmMemory` (its records, bests
+and mutexes) and holds the replication rules:
+
+- :meth:`~CandidateBook.propose`: sanity bounds, then compare with the current (verified)
+  bests of the result's track and tier and of its track; an improvement is written as a
+  *candidate* (``best/pending/...``), never as a best;
+- :meth:`~CandidateBook.open_for`: candidates this agent may confirm: another agent's on
+  another host, or its own when it is *solo* (no other agent on another host was seen in
+  the tier, by a live claim or a result, for ``solo_after_s``);
+- :meth:`~CandidateBook.confirm`: a run of the same code with another seed. Both values
+  must agree within ``k_sigma * sigma * sqrt(2)`` (sigma: the measured seed noise of the
+  track and tier, :class:`NoiseStats`) and their mean must beat the best by more than the
+  noise margin; then the best moves, ``verified`` (independent) or ``self-verified``
+  (solo, upgraded later by an independent confirmation). A disagreement *refutes* the
+  candidate: it is kept with both values, the agent's trust is reset, its other open
+  candidates are marked suspicious, and a best that already showed it reverts to the
+  previous one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Any
+
+from swarm import keys
+from swarm._logging import get_logger
+from swarm.errors import MemoryStoreError
+from swarm.namespace import SwarmMemory, best_max_step
+from swarm.records import Best, BestDecision, Result, encode_record
+from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
+
+__all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
+           "verification_of"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """The replication rules (config keys ``confirm_k_sigma``, ``sigma``, ``noise_margin``,
+    ``solo_after_s``)."""
+
+    k_sigma: float = 3.0
+    #: seed noise of one run; 0 = measured per track and tier (default until enough pairs)
+    sigma: float = 0.0
+    noise_margin: float = 0.0
+    solo_after_s: float = 600.0
+    min_noise_pairs: int = MIN_PAIRS
+    #: False: never confirm one's own candidates, however quiet the tier (a large swarm)
+    allow_solo: bool = True
+
+
+def verification_of(best: Best | None) -> str:
+    """``verified`` | ``self-verified`` | ``unverified`` (records of older clients) | ``""``."""
+    if best is None:
+        return ""
+    state = best.result.extra.get("verification")
+    if state in ("verified", "self-verified"):
+        return str(state)
+    return "verified" if best.result.verified else "unverified"
+
+
+class CandidateBook:
+    """Candidates, trust and noise records of one :class:`SwarmMemory` (see the module doc)."""
+
+    def __init__(self, memory: SwarmMemory) -> None:
+        self.mem = memory
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, track: str, tier: str, parent_hash: str, code_hash: str
+                  ) -> Candidate | None:
+        key = keys.pending_key(track, tier, parent_hash, code_hash)
+        rec = (await self.mem._get_json([key])).get(key)
+        return Candidate.from_json(key, rec) if rec is not None else None
+
+    async def listing(self, track: str, tier: str | None = None) -> list[Candidate]:
+        """Every candidate record of ``track`` (and ``tier``), oldest first."""
+        infos = await self.mem.backend.list_keys(keys.pending_prefix(track, tier))
+        data = await self.mem._get_json([i.key for i in infos])
+        out = [Candidate.from_json(k, v) for k, v in data.items()]
+        out.sort(key=lambda c: (c.since or 0.0, c.key))
+        return out
+
+    async def noise(self, track: str, tier: str) -> NoiseStats:
+        key = keys.noise_key(track, tier)
+        rec = (await self.mem._get_json([key])).get(key)
+        return NoiseStats.from_json(track, rec or {})
+
+    async def trust(self, track: str, agent_id: str) -> AgentTrust:
+        key = keys.trust_key(track, agent_id)
+        rec = (await self.mem._get_json([key])).get(key)
+        return AgentTrust.from_json(agent_id, rec or {})
+
+    def sigma(self, noise: NoiseStats, policy: TrustPolicy) -> float:
+        if policy.sigma > 0:
+            return policy.sigma
+        return noise.sigma(min_pairs=policy.min_noise_pairs)
+
+    # ------------------------------------------------------------------ proposing
+
+    async def propose(self, result: Result, policy: TrustPolicy) -> BestDecision:
+        """Offer ``result``: a candidate when it beats a best (see the module docstring)."""
+        mem = self.mem
+        bad = mem._sanity(result)
+        if bad:
+            return BestDecision(False, bad)
+        result = mem._with_key(result)
+        if not result.vram_tier:
+            return BestDecision(False, "a candidate needs a tier (vram_tier)")
+        existing = await self.get(result.track, result.vram_tier, result.parent_hash,
+                                  result.code_hash)
+        if existing is not None and existing.open and all(
+                r.seed != result.seed for r in existing.runs):
+            return await self.confirm(result, policy)
+        if existing is not None and existing.state != "superseded":
+            # never overwritten: not by a re-run, and not by someone rewriting its values
+            return BestDecision(False, f"this code is already a candidate ({existing.state})")
+        reasons: list[str] = []
+        scopes: list[str] = []
+        tier_best: Best | None = None
+        for scope in mem._scopes(result):
+            current = await mem._read_best(scope)
+            if scope.kind == "tier":
+                tier_best = current
+            why = self._beats(result, current, scope.label())
+            if why is None:
+                scopes.append(scope.kind)
+            else:
+                reasons.append(why)
+        agent_moved = await mem._propose_agent_best(result)
+        if not scopes:
+            return BestDecision(False, "; ".join(reasons), best=tier_best,
+                                agent_moved=agent_moved)
+        trust = await self.trust(result.track, result.agent_id)
+        candidate = Candidate(
+            key=keys.pending_key(result.track, result.vram_tier, result.parent_hash,
+                                 result.code_hash),
+            result=result, runs=(Run.of(result),), scopes=tuple(scopes), since=mem._now(),
+            previous_val=tier_best.val_bpb if tier_best else None,
+            suspicious=trust.refuted > 0 and trust.streak == 0,
+        )
+        await self._write(candidate, "waits for a confirming run")
+        reasons.insert(0, f"candidate for {', '.join(scopes)}: a confirming run (same code, "
+                          "another seed, another agent) decides")
+        return BestDecision(False, "; ".join(reasons), needs_confirmation=True, best=tier_best,
+                            agent_moved=agent_moved, candidate=True)
+
+    @staticmethod
+    def _beats(result: Result, current: Best | None, label: str) -> str | None:
+        """None when ``result`` would improve ``current``; else why not."""
+        assert result.val_bpb is not None
+        if current is None or current.val_bpb is None:
+            return None
+        improvement = current.val_bpb - result.val_bpb
+        if improvement <= 0:
+            return f"not better than the best of {label} ({current.val_bpb})"
+        if improvement > best_max_step(result.track):
+            return (f"sanity: improvement over {label} is more than "
+                    f"{best_max_step(result.track)} in one step")
+        return None
+
+    async def _write(self, candidate: Candidate, what: str) -> None:
+        r = candidate.result
+        await self.mem._upsert(
+            candidate.key, encode_record(candidate.to_json()),
+            f"[autoresearch] Candidate best ({candidate.state}, {what}): {r.description}",
+        )
+        log.info("candidate_written", key=candidate.key, state=candidate.state,
+                 val_bpb=r.val_bpb, agent=r.agent_id)
+
+    # ------------------------------------------------------------------ who confirms
+
+    async def solo(self, track: str, tier: str, policy: TrustPolicy) -> bool:
+        """No agent on another host was seen in the tier for ``solo_after_s``."""
+        if not policy.allow_solo:
+            return False
+        mem = self.mem
+        me = Run(mem.agent_id, mem.host, None, 0.0)
+        since = mem._now() - policy.solo_after_s
+        for claim in await mem.live_claims(track):
+            if claim.vram_tier == tier and me.independent_of(
+                    Run(claim.agent_id, claim.host, None, 0.0)):
+                return False
+        for r in await mem.results(track=track, tier=tier, limit=500):
+            if r.completed_at is not None and r.completed_at < since:
+                break
+            if me.independent_of(Run(r.agent_id, r.host, None, 0.0)):
+                return False
+        return True
+
+    async def open_for(self, track: str, tier: str, policy: TrustPolicy) -> list[Candidate]:
+        """Open candidates this agent may confirm now; suspicious ones first, then oldest."""
+        mem = self.mem
+        me = Run(mem.agent_id, mem.host, None, 0.0)
+        out: list[Candidate] = []
+        solo: bool | None = None
+        for c in await self.listing(track, tier):
+            if not c.open or any(r.agent_id == me.agent_id and r.host == me.host
+                                 for r in c.runs[1:]):
+                continue
+            if me.independent_of(c.original):
+                out.append(c)
+            elif c.state == "pending" and c.original.agent_id == me.agent_id:
+                if solo is None:
+                    solo = await self.solo(track, tier, policy)
+                if solo:
+                    out.append(c)
+        out.sort(key=lambda c: (not c.suspicious, c.since or 0.0))
+        return out
+
+    # ------------------------------------------------------------------ confirming
+
+    async def confirm(self, run: Result, policy: TrustPolicy) -> BestDecision:
+        """Judge a confirming run (same code, another seed) of an open candidate."""
+        mem = self.mem
+        bad = mem._sanity(run)
+        if bad:
+            return BestDecision(False, bad)
+        if not run.vram_tier:
+            return BestDecision(False, "no candidate: the run has no vram_tier")
+        tier = run.vram_tier
+        run = mem._with_key(run)
+        cand = await self.get(run.track, tier, run.parent_hash, run.code_hash)
+        if cand is None or not cand.open:
+            return BestDecision(False, "no open candidate for this code")
+        this = Run.of(run)
+        if this.seed is not None and any(r.seed == this.seed for r in cand.runs):
+            return BestDecision(False, f"a confirming run needs another seed ({this.seed} "
+                                       "was used)")
+        independent = this.independent_of(cand.original)
+        if not independent and (cand.state != "pending"
+                                or not await self.solo(run.track, tier, policy)):
+            return BestDecision(False, "other agents are live: the confirmation must come "
+                                       "from another agent on another host")
+        noise = await self.noise(run.track, tier)
+        sigma = self.sigma(noise, policy)
+        a, b = cand.original.val_bpb, this.val_bpb
+        tolerance = policy.k_sigma * sigma * math.sqrt(2.0)
+        if abs(a - b) > tolerance:
+            return await self._refute(cand, this, tolerance, sigma)
+        await self._add_noise(noise, tier, a, b)
+        return await self._accept(cand, this, independent, policy)
+
+    async def _accept(self, cand: Candidate, this: Run, independent: bool,
+                      policy: TrustPolicy) -> BestDecision:
+        mem = self.mem
+        runs = (*cand.runs, this)
+        mean = sum(r.val_bpb for r in runs) / len(runs)
+        # the author's own value must not carry the best: the confirming runs alone beat it too
+        confirming = sum(r.val_bpb for r in runs[1:]) / (len(runs) - 1)
+        state = "verified" if independent or cand.state == "self-verified" else "self-verified"
+        if any(r.independent_of(cand.original) for r in runs[1:]):
+            state = "verified"
+        combined = replace(cand.result, val_bpb=mean, verified=state == "verified",
+                           extra={**cand.result.extra, "verification": state})
+        confirmations = tuple(r.to_json() for r in runs)
+        reasons: list[str] = []
+        tier_best: Best | None = None
+        previous: Best | None = None
+        moved = {"tier": False, "global": False}
+        for scope in mem._scopes(combined):
+            if scope.kind not in cand.scopes:
+                continue
+            async with mem._mutex(scope.mutex):
+                current = await mem._read_best(scope)
+                if current is not None and current.code_hash == cand.result.code_hash:
+                    now = await mem._write_best(scope, combined, current,
+                                                confirmations=confirmations,
+                                                previous=current.previous)
+                    moved[scope.kind] = True
+                elif current is None or current.val_bpb is None or (
+                        mean < current.val_bpb - policy.noise_margin
+                        and confirming < current.val_bpb - policy.noise_margin):
+                    now = await mem._write_best(scope, combined, current,
+                                                confirmations=confirmations)
+                    moved[scope.kind] = True
+                else:
+                    now = current
+            if scope.kind == "tier":
+                tier_best, previous = now, current
+            label = scope.label()
+            reasons.append(f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
+                           if moved[scope.kind] else
+                           f"confirmed but not better than the best of {label} "
+                           f"({now.val_bpb if now else None})")
+        final = state if any(moved.values()) else "superseded"
+        if any(moved.values()) and state == "verified":
+            try:  # the author's result at the mean of the runs; self-verified ones wait
+                await mem._update_leaderboard(replace(combined, extra={}))
+            except MemoryStoreError as exc:
+                log.warning("leaderboard_update_failed", key=cand.key, error=str(exc))
+        resolved = None if final == "self-verified" else mem._now()
+        await self._write(replace(cand, state=final, runs=runs, resolved_at=resolved,  # type: ignore[arg-type]
+                                  reason="; ".join(reasons)), "confirmed")
+        await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
+        return BestDecision(
+            moved=any(moved.values()), reason="; ".join(reasons), best=tier_best,
+            tier_moved=moved["tier"], global_moved=moved["global"], previous=previous,
+            verification=state,
+        )
+
+    async def _refute(self, cand: Candidate, this: Run, tolerance: float,
+                      sigma: float) -> BestDecision:
+        mem = self.mem
+        a = cand.original.val_bpb
+        reason = (f"refuted: {cand.original.agent_id} reported {a:.6f}, {this.agent_id} "
+                  f"measured {this.val_bpb:.6f} (apart {abs(a - this.val_bpb):.6f} > "
+                  f"{tolerance:.6f} = k x sigma {sigma:.4f} x sqrt 2)")
+        await self._write(replace(cand, state="refuted", runs=(*cand.runs, this),
+                                  resolved_at=mem._now(), reason=reason), "refuted")
+        for scope in mem._scopes(cand.result):
+            async with mem._mutex(scope.mutex):
+                current = await mem._read_best(scope)
+                if (current is not None and current.code_hash == cand.result.code_hash
+                        and current.previous is not None):
+                    back = replace(current.previous.result, extra={
+                        **current.previous.result.extra, "withdrawn": cand.key})
+                    await mem._write_best(scope, back, current,
+                                          confirmations=current.previous.confirmations)
+                    log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
+        await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
+        for other in await self.listing(cand.result.track):
+            if other.open and other.key != cand.key and (
+                    other.original.agent_id == cand.original.agent_id):
+                await self._write(replace(other, suspicious=True), "author refuted elsewhere")
+        log.warning("candidate_refuted", key=cand.key, reason=reason)
+        return BestDecision(False, reason, refuted=True)
+
+    async def _add_noise(self, noise: NoiseStats, tier: str, a: float, b: float) -> None:
+        key = keys.noise_key(noise.track, tier)
+        async with self.mem._mutex(f"noise--{noise.track}--{tier}"):
+            fresh = await self.noise(noise.track, tier)
+            await self.mem._upsert(key, encode_record(fresh.add(a, b).to_json()),
+                                   f"[autoresearch] Seed noise of {noise.track}/{tier}")
+
+    async def _bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
+        key = keys.trust_key(track, agent_id)
+        async with self.mem._mutex(f"trust--{track}--{keys.agent_slug(agent_id)}"):
+            t = await self.trust(track, agent_id)
+            if verified:
+                t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
+            else:
+                t = replace(t, streak=0, refuted=t.refuted + 1,
+                            last_refuted_at=self.mem._now())
+            await self.mem._upsert(key, encode_record(t.to_json()),
+                                   f"[autoresearch] Trust of {agent_id} on {track}")
+
+    # ------------------------------------------------------------------ adoption
+
+    async def adoptable(self, track: str, tier: str, mode: str, *, trusted_streak: int = 3
+                        ) -> Best | None:
+        """What a worker builds on: the verified best (``verified``), or also an open
+        candidate that beats it (``any``; ``trusted``: only of agents with a streak of
+        ``trusted_streak`` verified candidates), still verified later."""
+        best = await self.mem.get_best(track, tier)
+        if mode == "verified":
+            return best
+        floor = best.val_bpb if best is not None and best.val_bpb is not None else math.inf
+        pick: Candidate | None = None
+        for c in await self.listing(track, tier):
+            if not c.open or c.suspicious or c.original.val_bpb >= floor:
+                continue
+            if mode == "trusted":
+                trust = await self.trust(track, c.original.agent_id)
+                if trust.streak < trusted_streak:
+                    continue
+            pick, floor = c, c.original.val_bpb
+        if pick is None:
+            return best
+        provisional: dict[str, Any] = {**pick.result.extra, "verification": "pending"}
+        return Best(key=pick.key, kind="tier", track=track, tier=tier,
+                    result=replace(pick.result, extra=provisional),
+                    achieved_by=pick.original.agent_id)
+
+
+def trust_policy(config: Any) -> TrustPolicy:
+    """The policy of a :class:`swarm.config.SwarmConfig`."""
+    return TrustPolicy(k_sigma=config.confirm_k_sigma, sigma=config.sigma,
+                       noise_margin=config.noise_margin, solo_after_s=config.solo_after_s)
+
+
+async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: TrustPolicy,
+                            *, own_only: bool, rng: random.Random) -> tuple[Candidate, int] | None:
+    """The candidate this worker should confirm next and a fresh seed for it (None: none).
+    ``own_only``: this machine runs only its own code (no sandbox works)."""
+    opened = await book.open_for(track, tier, policy)
+    if not opened:
+        return None
+    mem = book.mem
+    running = {(c.parent_hash, c.code_hash) for c in await mem.live_claims(track)
+               if c.vram_tier == tier and (c.agent_id, c.host) != (mem.agent_id, mem.host)}
+    for cand in opened:
+        if own_only and cand.original.agent_id != mem.agent_id:
+            continue
+        if not cand.result.train_py or (cand.result.parent_hash,
+                                        cand.result.code_hash) in running:
+            continue  # someone is confirming it right now
+        used = [r.seed for r in cand.runs if r.seed is not None]
+        return cand, max(used, default=0) + 1 + rng.randrange(1000)
+    return None
