@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sup_helpers import FAKE_TRAIN
+from sup_helpers import FAKE_TRAIN, with_fill
 
 from swarm.config import SwarmConfig, load_config
 from swarm.trainpy import apply_changes
@@ -20,6 +20,8 @@ def fake_sources(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 
     def make(**consts: Any) -> tuple[Path, Path]:
         src = apply_changes(FAKE_TRAIN, consts) if consts else FAKE_TRAIN
+        if consts.get("MODE") == "fill":
+            src = with_fill(src)
         folder = tmp_path / "src"
         folder.mkdir(exist_ok=True)
         train = folder / "train.py"

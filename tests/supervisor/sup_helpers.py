@@ -58,14 +58,6 @@ FAKE_TRAIN = textwrap.dedent(
         print("num_steps:        3")
         print("num_params_M:     1.0")
         print(f"depth:            {DEPTH}", flush=True)
-        if MODE == "fill":  # fill the disk of the state dir (runs/<id>/ is the cwd)
-            try:
-                with open(os.path.join("..", "..", "filler"), "ab") as fh:
-                    while True:
-                        fh.write(b"x" * 65536)
-                        fh.flush()
-            except OSError:
-                pass
         return 0
 
 
@@ -74,6 +66,27 @@ FAKE_TRAIN = textwrap.dedent(
     '''
 )
 
+
+
+# MODE "fill" (the disk-full test, run without the sandbox and without the static check, which
+# refuses a train.py that writes files): after the summary, fill the state dir's disk.
+FILL_BLOCK = """\
+    if MODE == "fill":  # runs/<id>/ is the cwd
+        try:
+            with open(os.path.join("..", "..", "filler"), "ab") as fh:
+                while True:
+                    fh.write(b"x" * 65536)
+                    fh.flush()
+        except OSError:
+            pass
+"""
+
+
+def with_fill(source: str) -> str:
+    """``source`` (FAKE_TRAIN) with the fill block before main's ``return 0``."""
+    marker = "    return 0\n\n\nif __name__"
+    assert marker in source
+    return source.replace(marker, FILL_BLOCK + marker)
 
 
 class ScriptedProposer:

@@ -346,7 +346,8 @@ async def test_disk_full_in_the_state_dir_loses_no_result(
     # A sandboxed run writes only into its own tmpfs and cannot fill the state dir; without
     # the sandbox its scratch dir is in the state dir, which stands for a disk that something
     # else on the machine filled.
-    args = run_args(tmp_path, train, prepare, "--memory-path", str(db), "--sandbox", "none")
+    args = run_args(tmp_path, train, prepare, "--memory-path", str(db), "--sandbox", "none",
+                    "--set", "verify_runs=false")
     wrapped = ["bwrap", "--dev-bind", "/", "/", "--size", str(2 << 20), "--tmpfs", str(state),
                "--die-with-parent", *args]
     proc = start_run(tmp_path, wrapped, clean_env(tmp_path))
