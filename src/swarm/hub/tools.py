@@ -46,6 +46,7 @@ from swarm.memory.local import (
     public_key,
     split_key,
 )
+from swarm.sync import missing_feed_entries
 
 __all__ = ["AuthState", "HubService", "decode_value"]
 
@@ -386,9 +387,22 @@ class HubService:
                 else:
                     code = "already_exists" if out.code == "exists" else out.code
                     results[i] = _item_error(mem.key, code, out.error or code)
+            await self._index_feed(
+                [self._canon(m.key) for (_, m), o in zip(todo, outcomes, strict=True) if o.ok],
+                who.name)
         final = [r for r in results if r is not None]
         created = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "created": created, "failed": len(final) - created}
+
+    async def _index_feed(self, created: list[str], creator: str) -> None:
+        """Write the feed entries of results created without one (clients of the original
+        fork, older clients), so that readers see them by the incremental path (swarm.sync)."""
+        extra = missing_feed_entries(created, time.time())
+        if extra:
+            outcomes = await self.store.create_checked(extra, creator=creator)
+            for mem, out in zip(extra, outcomes, strict=True):
+                if not out.ok and out.code != "exists":
+                    log.warning("feed_index_failed", key=mem.key, error=out.error)
 
     async def get_memory(self, who: Principal, args: Mapping[str, Any]) -> dict[str, Any]:
         keys = _key_list(args, "get_memory")
