@@ -394,7 +394,7 @@ class HubService:
         created = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "created": created, "failed": len(final) - created}
 
-    async def _index_feed(self, created: list[str], creator: str) -> None:
+    async def _index_feed(self, created: list[str], creator: str | None) -> None:
         """Write the feed entries of results created without one (clients of the original
         fork, older clients), so that readers see them by the incremental path (swarm.sync)."""
         extra = missing_feed_entries(created, time.time())
