@@ -24,7 +24,6 @@ lock as free after ``lease_s``: run one version across a swarm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -67,7 +66,6 @@ class Beacon:
         self.beats = 0
         self.failures = 0
         self._held: dict[str, tuple[Claim, Heartbeat]] = {}
-        self._embedded: set[str] = set()  # claim records embedded (a pre-claim is kept twice)
 
     @property
     def holding(self) -> list[str]:
@@ -138,31 +136,14 @@ class Beacon:
 
     @asynccontextmanager
     async def keeping(self, claim: Claim, handle: Heartbeat) -> AsyncIterator[Heartbeat]:
-        """Keep ``claim`` live while the block runs (its record embedded in the background
-        when the memory embeds records)."""
-        memory = self.memory
+        """Keep ``claim`` live while the block runs (its record was embedded when it was
+        written, see ``SwarmMemory.try_claim``)."""
         self._held[claim.lock_key] = (claim, handle)
-
-        async def embed() -> None:
-            try:
-                await memory.embed_claim(claim)
-                handle.embedded = True
-                self._embedded.add(claim.lock_key)
-            except MemoryStoreError as exc:
-                log.warning("claim_embed_failed", key=claim.key, error=str(exc))
-
-        wanted = memory.embed_records and claim.lock_key not in self._embedded
-        task = asyncio.create_task(embed(), name=f"embed:{claim.key}") if wanted else None
+        handle.embedded = self.memory.embed_records
         try:
             yield handle
         finally:
             self._held.pop(claim.lock_key, None)
-            if len(self._embedded) > 256:
-                self._embedded.intersection_update(self._held)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
 
 async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Claim]],

@@ -519,8 +519,11 @@ class SwarmMemory:
             # Written without an embedding: embedding costs tens of milliseconds on a CPU and
             # the claimer should not wait for it. heartbeating() embeds it right away in the
             # background (embed_claim) so that other clients' semantic checks see it.
-            if not await self._create_one(claim_key, text, desc, embed=False):
-                await self.backend.update(claim_key, text, description=desc)
+            # Under a beacon most claims are taken ahead, while a run trains: the record is
+            # embedded at once then, which saves the separate embedding write.
+            embed = self.embed_records and self.beacon is not None
+            if not await self._create_one(claim_key, text, desc, embed=embed):
+                await self.backend.update(claim_key, text, description=desc, embed=embed or None)
         except MemoryStoreError as exc:
             # The lock is what counts; a missing human-readable record only hides the claim
             # from other clients. Keep the claim and say so.

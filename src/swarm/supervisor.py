@@ -69,7 +69,7 @@ from swarm.results_log import ResultsLog
 from swarm.runner import RunOutcome, RunSpec, run_experiment
 from swarm.sandbox import Sandbox, SandboxLimits, select_sandbox
 from swarm.status import Snapshot, SnapshotWriter, WorkerStatus
-from swarm.sync import ResultFeed
+from swarm.sync import POLLS_PER_HEARTBEATS, ResultFeed
 from swarm.trainpy import code_hash
 from swarm.worker import (
     CounterBox,
@@ -688,7 +688,7 @@ class Supervisor:
         self.feed = feed = ResultFeed(memory, track=self.track, cache_dir=cfg.state_dir / "sync",
                                       label=self._memory_label)
         memory.beacon = Beacon(memory)
-        view = SwarmView(memory, self.track, feed=feed)
+        view = SwarmView(memory, self.track, feed=feed, ttl_s=POLLS_PER_HEARTBEATS * cfg.heartbeat_s)
         try:
             known = await feed.start()
             loaded = await dedup.load(known)
@@ -806,7 +806,8 @@ class Supervisor:
         async with asyncio.TaskGroup() as tg:
             drain = tg.create_task(self._drain_watch(writer), name="drain-watch")
             aux = [
-                tg.create_task(self._sync_loop(), name="dedup-sync"),
+                tg.create_task(self._sync_loop(POLLS_PER_HEARTBEATS * self.config.heartbeat_s),
+                               name="dedup-sync"),
                 tg.create_task(self._beacon_loop(), name="beacon"),
                 tg.create_task(self._outbox_loop(), name="outbox"),
             ]

@@ -5,8 +5,8 @@ Every result is published together with a feed entry (one create call carries bo
     results/<agent>--<slug>--<hash6>
     feed/<YYYYMMDDHHMM>/results/<agent>--<slug>--<hash6>      (the UTC minute of writing)
 
-A :class:`ResultFeed` lists only the feed buckets written since its last poll (less a
-clock-skew allowance, ``skew_s``): a minute bucket for a recent minute, an hour or a day
+A :class:`ResultFeed` lists only the feed buckets written since its last poll (less an
+allowance for write latency and clock offset between machines, ``skew_s``, 30 s): a minute bucket for a recent minute, an hour or a day
 prefix (``feed/2026112710``, ``feed/20261127``) for whole hours and days, so a poll after
 a day's absence is still a handful of calls. Entries already seen are skipped; the new
 results are read in batches of 100. A full paged listing of ``results/`` happens only at
@@ -39,9 +39,14 @@ from swarm.records import Result, decode_record, encode_record
 if TYPE_CHECKING:
     from swarm.namespace import SwarmMemory
 
-__all__ = ["ResultFeed", "feed_prefixes", "missing_feed_entries"]
+__all__ = ["POLLS_PER_HEARTBEATS", "ResultFeed", "feed_prefixes", "missing_feed_entries"]
 
 log = get_logger(__name__)
+
+POLLS_PER_HEARTBEATS = 4
+"""A supervisor polls the feed every this many heartbeat intervals (2 minutes at 30 s):
+exact duplicates are stopped by the claim lock at once, the feed only feeds the
+near-duplicate check and the proposers' view of the swarm."""
 
 _CACHE_VERSION = 1
 _DAY, _HOUR, _MINUTE = 86400, 3600, 60
@@ -99,7 +104,7 @@ class ResultFeed:
     """
 
     def __init__(self, memory: SwarmMemory, *, track: str, cache_dir: Path | None = None,
-                 label: str = "", keep: int = 5000, skew_s: float = 120.0,
+                 label: str = "", keep: int = 5000, skew_s: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.memory = memory
         self.track = track
