@@ -214,7 +214,8 @@ async def one(args: argparse.Namespace, work: Path, history: int) -> dict[str, A
     after = proxy.by_tool - at_start
     per = {k: round(v / max(done, 1), 1) for k, v in sorted(after.items())}
     return {
-        "history": history, "experiments": done, "exit_code": code,
+        "history": history, "experiments": done, "keeps": sup.counters.value.kept,
+        "exit_code": code,
         "start_rpcs": sum(at_start.values()), "start_list_keys": at_start["list_keys"],
         "rpcs": proxy.total(),
         "rpcs_per_experiment": round(sum(after.values()) / max(done, 1), 1),
@@ -247,12 +248,13 @@ def main() -> int:
           f"(as a 5-minute run at 30 s), {os.cpu_count()} CPUs")
     print()
     print("| results already in memory | RPCs per experiment | of which list_keys | "
-          "first start (once, cached) | per tool, per experiment |")
-    print("|---|---|---|---|---|")
+          "keeps (move bests: +mutexes) | first start (once, cached) | per tool, per experiment |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         tools = ", ".join(f"{k} {v}" for k, v in r["per_tool"].items())
         print(f"| {r['history']:,} | {r['rpcs_per_experiment']} | "
-              f"{r['list_keys_per_experiment']} | {r['start_rpcs']} RPCs, "
+              f"{r['list_keys_per_experiment']} | {r['keeps']} of {r['experiments']} | "
+              f"{r['start_rpcs']} RPCs, "
               f"{r['start_list_keys']} list_keys | {tools} |")
     return 0
 

@@ -57,7 +57,7 @@ class Beacon:
     here instead of beating each one.
     """
 
-    def __init__(self, memory: SwarmMemory, *, check_every: int = 5) -> None:
+    def __init__(self, memory: SwarmMemory, *, check_every: int = 10) -> None:
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
         self.memory = memory
