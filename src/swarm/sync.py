@@ -8,7 +8,8 @@ Every result is published together with a feed entry (one create call carries bo
 A :class:`ResultFeed` lists only the feed buckets written since its last poll (less an
 allowance for write latency and clock offset between machines, ``skew_s``, 30 s): a minute bucket for a recent minute, an hour or a day
 prefix (``feed/2026112710``, ``feed/20261127``) for whole hours and days, so a poll after
-a day's absence is still a handful of calls. Entries already seen are skipped; the new
+a day's absence is still a handful of calls; the minutes of the current hour are listed as
+their hour when that is fewer pages at the rate of the last poll (a quiet swarm: one call). Entries already seen are skipped; the new
 results are read in batches of 100. A full paged listing of ``results/`` happens only at
 the first start; its outcome and the cursor are cached in the state directory
 (``<state_dir>/sync/``) and a restart catches up from the cursor.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +52,7 @@ near-duplicate check and the proposers' view of the swarm."""
 
 _CACHE_VERSION = 1
 _DAY, _HOUR, _MINUTE = 86400, 3600, 60
+_PAGE = 100  # entries per list_keys page
 
 Listener = Callable[[list[Result]], Awaitable[Any]]
 
@@ -121,6 +124,7 @@ class ResultFeed:
         self._polled_at = float("-inf")
         self._lock = asyncio.Lock()
         self._cache_lines = 0
+        self._rate = 0.0  # feed entries per minute, as the last poll listed them
 
     # ------------------------------------------------------------------ reading
 
@@ -183,8 +187,10 @@ class ResultFeed:
             started = self.clock()
             self._polled_at = started
             since = (self.cursor if self.cursor is not None else started) - self.skew_s
-            prefixes = feed_prefixes(since, started)
+            prefixes = feed_prefixes(since, started, max_minutes=self._max_minutes())
             listings = await asyncio.gather(*(self.memory.backend.list_keys(p) for p in prefixes))
+            listed = sum(len(infos) for infos in listings)
+            self._rate = listed / max(1.0, (started - since) / _MINUTE)
             targets = list(dict.fromkeys(
                 t for infos in listings for i in infos
                 if (t := keys.feed_target(i.key)) is not None and t not in self._seen))
@@ -202,6 +208,12 @@ class ResultFeed:
             for listener in self.listeners:
                 await listener(new)
         return new
+
+    def _max_minutes(self) -> int:
+        """Minute buckets worth listing one by one before the whole hour is cheaper: an hour
+        costs a page per 100 entries at the rate the last poll saw (a quiet swarm lists
+        its hour in one call, a busy one its minutes)."""
+        return max(1, math.ceil(self._rate * 60 / _PAGE))
 
     async def _fetch(self, result_keys: list[str]) -> list[Result]:
         found = await self.memory.backend.get(result_keys)
