@@ -163,8 +163,8 @@ def test_feed_prefixes_cover_every_minute_with_few_listings() -> None:
 
 def test_a_quiet_swarm_lists_its_hour_in_one_call() -> None:
     """Five and a half minutes of a quiet swarm: the hour prefix, not six minute buckets."""
-    now = 1_760_000_000 + 1800  # mid-hour
+    now = 1_760_000_000 + 1000  # 09:23 UTC, the range stays inside one hour
     quiet = feed_prefixes(now - 330, now, max_minutes=1)
     busy = feed_prefixes(now - 330, now, max_minutes=10)
     assert quiet == [f"feed/{keys.feed_stamp(now - 330, 10)}"]
-    assert len(busy) == 6 and all(p.endswith("/") and len(p) == len("feed/") + 13 for p in busy)
+    assert len(busy) == 7 and all(p.endswith("/") and len(p) == len("feed/") + 13 for p in busy)
