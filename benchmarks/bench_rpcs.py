@@ -58,6 +58,7 @@ class CountingProxy:
         self.by_tool: collections.Counter[str] = collections.Counter()
         self.http_requests = 0
         self.trace: list[str] = []
+        self.by_kind: collections.Counter[str] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
 
     def _count(self, body: bytes) -> None:
@@ -72,7 +73,9 @@ class CountingProxy:
             if m.get("method") == "tools/call":
                 params = m.get("params") or {}
                 self.by_tool[str(params.get("name"))] += 1
-                self.trace.append(f"{params.get('name')} {_what(params.get('arguments'))}")
+                what = _what(params.get("arguments"))
+                self.trace.append(f"{params.get('name')} {what}")
+                self.by_kind[_kind(what)] += 1
             else:
                 self.by_tool[f"<{m.get('method')}>"] += 1
 
@@ -116,6 +119,18 @@ def _what(arguments: Any) -> str:
     names = arguments.get("key_names") or [i.get("key_name") for i in arguments.get("items", [])
                                             if isinstance(i, dict)]
     return " ".join(str(n) for n in names) if names else str(arguments.get("key_name", ""))
+
+
+def _kind(what: str) -> str:
+    """``beacon`` (heartbeats), ``bests`` (best and leaderboard reads, mutexes, writes) or
+    ``other`` (claims, results, the feed, adopting the best)."""
+    name = what.removeprefix("prefix=")
+    if name.startswith(keys.BEACONS):
+        return "beacon"
+    if name.startswith((keys.MUTEX_LOCKS, keys.PENDING, "leaderboard")) or (
+            name.startswith(keys.BEST) and "best/agent/" in what):
+        return "bests"
+    return "other"
 
 
 def free_port() -> int:
@@ -205,6 +220,7 @@ async def one(args: argparse.Namespace, work: Path, history: int) -> dict[str, A
             while sup.state != "running" and not run.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             at_start = collections.Counter(proxy.by_tool)
+            kinds_at_start = collections.Counter(proxy.by_kind)
             code = await run
             elapsed = time.monotonic() - t1
     done = sup.counters.value.done
@@ -212,6 +228,7 @@ async def one(args: argparse.Namespace, work: Path, history: int) -> dict[str, A
         trace = Path(f"{args.trace}.{history}")
         trace.write_text("\n".join(proxy.trace) + "\n", encoding="utf-8")  # noqa: ASYNC240
     after = proxy.by_tool - at_start
+    kinds = {k: round(v / max(done, 1), 1) for k, v in (proxy.by_kind - kinds_at_start).items()}
     per = {k: round(v / max(done, 1), 1) for k, v in sorted(after.items())}
     return {
         "history": history, "experiments": done, "keeps": sup.counters.value.kept,
@@ -220,6 +237,7 @@ async def one(args: argparse.Namespace, work: Path, history: int) -> dict[str, A
         "rpcs": proxy.total(),
         "rpcs_per_experiment": round(sum(after.values()) / max(done, 1), 1),
         "list_keys_per_experiment": per.get("list_keys", 0.0), "per_tool": per,
+        "per_kind": kinds,
         "http_requests": proxy.http_requests, "elapsed_s": round(elapsed, 1),
         "populate_s": round(populate_s, 1),
     }
@@ -247,15 +265,18 @@ def main() -> int:
           f"{args.budget:g} s runs, a heartbeat every {args.budget / 10:g} s "
           f"(as a 5-minute run at 30 s), {os.cpu_count()} CPUs")
     print()
-    print("| results already in memory | RPCs per experiment | of which list_keys | "
-          "keeps (move bests: +mutexes) | first start (once, cached) | per tool, per experiment |")
-    print("|---|---|---|---|---|---|")
+    print("| results already in memory | RPCs per experiment | of which list_keys | heartbeat "
+          "(beacon) | bests, leaderboard | keeps | first start (once, then cached) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        tools = ", ".join(f"{k} {v}" for k, v in r["per_tool"].items())
+        k = r["per_kind"]
         print(f"| {r['history']:,} | {r['rpcs_per_experiment']} | "
-              f"{r['list_keys_per_experiment']} | {r['keeps']} of {r['experiments']} | "
-              f"{r['start_rpcs']} RPCs, "
-              f"{r['start_list_keys']} list_keys | {tools} |")
+              f"{r['list_keys_per_experiment']} | {k.get('beacon', 0.0)} | {k.get('bests', 0.0)} | "
+              f"{r['keeps']} of {r['experiments']} | {r['start_rpcs']} RPCs "
+              f"({r['start_list_keys']} list_keys) |")
+    print()
+    for r in rows:
+        print(f"{r['history']:,}: " + ", ".join(f"{t} {v}" for t, v in r["per_tool"].items()))
     return 0
 
 
