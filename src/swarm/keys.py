@@ -19,6 +19,10 @@ Layout (keys are relative to the swarm's org, e.g. ``@autoresearch-at-home/``)::
     best/noise/<track>/<tier>              measured seed noise: value pairs of repeated runs
     leaderboard                            standard-track leaderboard ({"entries": [...]})
     leaderboard/<track>                    leaderboard of another track
+    feed/<YYYYMMDDHHMM>/results/<tail>     index entry of results/<tail>, bucketed by the
+                                           minute (UTC) it was written: a reader lists
+                                           only the buckets since its last sync (any
+                                           prefix of the stamp is a coarser bucket)
 
 and the swarm's own coordination records, which other clients never need to read::
 
@@ -26,6 +30,7 @@ and the swarm's own coordination records, which other clients never need to read
     locks/mutex/<name>/g<NNNNNN>               short mutex (best and leaderboard updates)
     locks/confirm/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>   confirmation run of a candidate
     locks/hyp/<hypothesis tail>                hypothesis taken (created once)
+    locks/beacon/<agent>--<host>--<hash6>      one supervisor's heartbeat for all its claims
 
 The standard track keeps the original clients' keys so that they keep seeing the
 community best. An experiment lock is keyed by the experiment's identity, the pair
@@ -43,15 +48,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 from swarm.errors import InvalidRequestError
 from swarm.records import DEFAULT_TRACK
 
 __all__ = [
+    "BEACONS",
     "BEST",
     "CLAIMS",
     "CONFIRM_LOCKS",
     "EXPERIMENT_LOCKS",
+    "FEED",
     "HYPOTHESES",
     "HYPOTHESIS_TAKES",
     "INSIGHTS",
@@ -64,6 +72,7 @@ __all__ = [
     "agent_best_key",
     "agent_best_prefix",
     "agent_slug",
+    "beacon_key",
     "best_metadata_key",
     "best_train_py_key",
     "claim_key",
@@ -72,6 +81,9 @@ __all__ = [
     "experiment_id",
     "experiment_lock_key",
     "experiment_lock_prefix",
+    "feed_key",
+    "feed_stamp",
+    "feed_target",
     "hash6",
     "hypothesis_key",
     "hypothesis_take_key",
@@ -96,12 +108,14 @@ INSIGHTS = "insights/"
 BEST = "best/"
 PENDING = "best/pending/"
 LOCKS = "locks/"
+FEED = "feed/"
 EXPERIMENT_LOCKS = "locks/exp/"
 MUTEX_LOCKS = "locks/mutex/"
 CONFIRM_LOCKS = "locks/confirm/"
 TRUST = "best/trust/"
 NOISE = "best/noise/"
 HYPOTHESIS_TAKES = "locks/hyp/"
+BEACONS = "locks/beacon/"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _GEN_RE = re.compile(r"/g(\d+)$")
@@ -247,6 +261,12 @@ def mutex_lock_key(name: str, generation: int) -> str:
     return f"{mutex_lock_prefix(name)}g{generation:06d}"
 
 
+def beacon_key(agent_id: str, host: str) -> str:
+    """``locks/beacon/<agent>--<host>``: the heartbeat of an agent's supervisor on one host."""
+    host_part = slug(host or "host", max_len=40)
+    return f"{BEACONS}{agent_slug(agent_id)}--{host_part}--{hash6(agent_id, host)}"
+
+
 def lock_generation(key: str) -> int | None:
     """The generation number of a lock key, ``None`` if the key is not a generation key."""
     m = _GEN_RE.search(key)
@@ -303,3 +323,31 @@ def leaderboard_key(track: str = DEFAULT_TRACK) -> str:
     """``leaderboard`` (standard track) or ``leaderboard/<track>``."""
     t = _name(track, "track")
     return "leaderboard" if t == DEFAULT_TRACK else f"leaderboard/{t}"
+
+
+_FEED_KINDS = (RESULTS,)
+
+
+def feed_stamp(epoch_s: float, digits: int = 12) -> str:
+    """``YYYYMMDDHHMM`` (UTC) of ``epoch_s``, cut to ``digits`` (8: the day, 10: the hour)."""
+    return time.strftime("%Y%m%d%H%M", time.gmtime(epoch_s))[:digits]
+
+
+def feed_key(record_key: str, epoch_s: float) -> str:
+    """``feed/<YYYYMMDDHHMM>/results/<tail>``: the feed entry of ``record_key`` written at ``epoch_s``."""
+    if not record_key.startswith(_FEED_KINDS) or record_key.startswith("@"):
+        raise InvalidRequestError(
+            f"only keys under {', '.join(_FEED_KINDS)} of the own org have feed entries, "
+            f"not {record_key!r}"
+        )
+    return f"{FEED}{feed_stamp(epoch_s)}/{record_key}"
+
+
+def feed_target(feed_key_: str) -> str | None:
+    """The record a feed entry points at, ``None`` when ``feed_key_`` is no feed entry."""
+    if not feed_key_.startswith(FEED):
+        return None
+    stamp, _, target = feed_key_[len(FEED):].partition("/")
+    if len(stamp) != 12 or not stamp.isdigit() or not target.startswith(_FEED_KINDS):
+        return None
+    return target

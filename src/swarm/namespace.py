@@ -56,6 +56,7 @@ from tenacity import (
 
 from swarm import keys
 from swarm._logging import get_logger
+from swarm.beacon import Beacon, beacon_keeps
 from swarm.errors import (
     InvalidRequestError,
     KeyExistsError,
@@ -64,7 +65,7 @@ from swarm.errors import (
     ProtocolError,
     ToolError,
 )
-from swarm.memory._types import MemoryBackend, NewMemory, SearchHit
+from swarm.memory._types import Memory, MemoryBackend, NewMemory, SearchHit
 from swarm.records import (
     DEFAULT_TRACK,
     STATUSES,
@@ -83,6 +84,7 @@ from swarm.records import (
     encode_record,
     to_iso,
 )
+from swarm.sync import feed_entry
 
 __all__ = [
     "BEST_MAX_STEP",
@@ -227,6 +229,8 @@ class SwarmMemory:
         self._results_cache: OrderedDict[str, Result] = OrderedDict()
         self._warned_non_atomic = False
         self._candidates: CandidateBook | None = None
+        #: one heartbeat for all claims of this session (swarm.beacon); None: a beat per claim
+        self.beacon: Beacon | None = None
 
     # ------------------------------------------------------------------ basics
 
@@ -270,6 +274,20 @@ class SwarmMemory:
         if res.exists:
             return False
         raise ToolError(f"create of {key!r} failed: {res.error or 'unknown error'}", key=key)
+
+    async def _create_result(self, key: str, value: str, description: str) -> bool:
+        """Create-if-absent of a result together with its feed entry (swarm.sync), one call."""
+        items = [NewMemory(key=key, value=value, description=description, embed=self.embed_records)]
+        if key.startswith(keys.RESULTS):
+            items.append(feed_entry(key, self._now()))
+        res = await self.backend.create(items)
+        if len(res) > 1 and not res[1].ok and not res[1].exists:
+            log.warning("feed_entry_failed", key=key, error=res[1].error)
+        if res[0].ok:
+            return True
+        if res[0].exists:
+            return False
+        raise ToolError(f"create of {key!r} failed: {res[0].error or 'unknown error'}", key=key)
 
     async def _upsert(self, key: str, value: str, description: str, *, embed: bool = False) -> None:
         """Update ``key``, creating it when absent (and updating again if a racer created it)."""
@@ -330,7 +348,7 @@ class SwarmMemory:
                     else:
                         holder = Claim.from_json(top_key, current[top_key])
                         own_stale = reclaim is not None and reclaim(holder)
-                        if holder.is_live(self._now(), legacy_ttl_s) and not own_stale:
+                        if not own_stale and await self._holder_live(top_key, holder, legacy_ttl_s):
                             return _Acquired(False, top_key, top, holder=holder)
                         target = top + 1
                         took_over = holder.released_at is None  # dead, not released
@@ -368,6 +386,13 @@ class SwarmMemory:
             if top_key in cur:
                 last = Claim.from_json(top_key, cur[top_key])
         return _Acquired(False, key_for(max(gens) if gens else 1), max(gens) if gens else 1, last)
+
+    async def _holder_live(self, key: str, holder: Claim, legacy_ttl_s: float) -> bool:
+        """Live by its own heartbeat, or kept live by its supervisor's beacon."""
+        now = self._now()
+        if holder.is_live(now, legacy_ttl_s):
+            return True
+        return key in await beacon_keeps(self.backend, [(key, holder)], now)
 
     @asynccontextmanager
     async def _mutex(self, name: str) -> AsyncIterator[str]:
@@ -478,7 +503,7 @@ class SwarmMemory:
             host=self.host,
             lease_s=self.lease_s,
             nonce=nonce,
-            extra={"session": self.session},
+            extra={"session": self.session, **({"beacon": self.beacon.key} if self.beacon else {})},
         )
         stamped: dict[int, Claim] = {}
 
@@ -512,8 +537,11 @@ class SwarmMemory:
             # Written without an embedding: embedding costs tens of milliseconds on a CPU and
             # the claimer should not wait for it. heartbeating() embeds it right away in the
             # background (embed_claim) so that other clients' semantic checks see it.
-            if not await self._create_one(claim_key, text, desc, embed=False):
-                await self.backend.update(claim_key, text, description=desc)
+            # Under a beacon most claims are taken ahead, while a run trains: the record is
+            # embedded at once then, which saves the separate embedding write.
+            embed = self.embed_records and self.beacon is not None
+            if not await self._create_one(claim_key, text, desc, embed=embed):
+                await self.backend.update(claim_key, text, description=desc, embed=embed or None)
         except MemoryStoreError as exc:
             # The lock is what counts; a missing human-readable record only hides the claim
             # from other clients. Keep the claim and say so.
@@ -595,8 +623,11 @@ class SwarmMemory:
         lock_data["generation"] = keys.lock_generation(claim.lock_key)
         lock_data["kind"] = "experiment"
         try:
-            if await self.still_held(claim):
-                await self.backend.update(claim.lock_key, encode_record(lock_data))
+            # No check that the lock is still ours: after a takeover the holder is a later
+            # generation, and marking our own generation released changes nothing for it.
+            await self.backend.update(claim.lock_key, encode_record(lock_data))
+        except KeyNotFoundError:
+            log.warning("claim_lock_missing", key=claim.key, lock=claim.lock_key)
         finally:
             await self.backend.delete([claim.key])
         log.info("claim_released", key=claim.key)
@@ -606,14 +637,13 @@ class SwarmMemory:
         infos = await self.backend.list_keys(keys.CLAIMS)
         data = await self._get_json([i.key for i in infos])
         now = self._now()
-        out: list[Claim] = []
-        for key, rec in data.items():
-            c = Claim.from_json(key, rec)
-            if c.status == "released" or not c.is_live(now, self.legacy_claim_ttl_s):
-                continue
-            if track is not None and c.track != track:
-                continue
-            out.append(c)
+        found = [(k, Claim.from_json(k, rec)) for k, rec in data.items()]
+        found = [(k, c) for k, c in found if c.status != "released"
+                 and (track is None or c.track == track)]
+        beaconed = await beacon_keeps(
+            self.backend, [(k, c) for k, c in found if not c.is_live(now, self.legacy_claim_ttl_s)],
+            now)
+        out = [c for k, c in found if k in beaconed or c.is_live(now, self.legacy_claim_ttl_s)]
         out.sort(key=lambda c: c.claimed_at or 0.0, reverse=True)
         return out
 
@@ -648,6 +678,12 @@ class SwarmMemory:
         """
         interval = float(interval_s) if interval_s is not None else self.heartbeat_s
         handle = Heartbeat(claim)
+        if self.beacon is not None and claim.extra.get("beacon") == self.beacon.key:
+            async with self.beacon.keeping(claim, handle):
+                yield handle
+            if release_on_exit and not handle.lost:
+                await self.release(claim)
+            return
 
         async def beat() -> None:
             if self.embed_records:
@@ -733,7 +769,7 @@ class SwarmMemory:
                 filled.seed, attempt,
             )
             rec = replace(filled, key=key)
-            if await self._create_one(key, encode_record(rec.to_json()), desc, embed=self.embed_records):
+            if await self._create_result(key, encode_record(rec.to_json()), desc):
                 break
             existing = await self._get_json([key])
             if key in existing and self._same_run(Result.from_json(key, existing[key]), rec):
@@ -790,8 +826,21 @@ class SwarmMemory:
     # ------------------------------------------------------------------ bests
 
     async def _read_best(self, scope: _Scope) -> Best | None:
-        wanted = [scope.meta_key] + ([scope.code_key] if scope.code_key else [])
+        return (await self._read_bests([scope]))[scope.meta_key]
+
+    async def _read_bests(self, scopes: Sequence[_Scope]) -> dict[str, Best | None]:
+        """The bests of ``scopes`` by metadata key, in one read."""
+        return (await self._read_bests_and(scopes, []))[0]
+
+    async def _read_bests_and(
+        self, scopes: Sequence[_Scope], more: Sequence[str]
+    ) -> tuple[dict[str, Best | None], dict[str, Memory]]:
+        """The bests of ``scopes`` and the items ``more``, in one read."""
+        wanted = [k for s in scopes for k in (s.meta_key, s.code_key) if k] + list(more)
         found = await self.backend.get(wanted)
+        return {s.meta_key: self._parse_best(s, found) for s in scopes}, found
+
+    def _parse_best(self, scope: _Scope, found: dict[str, Any]) -> Best | None:
         meta = found.get(scope.meta_key)
         if meta is None:
             return None
@@ -847,10 +896,18 @@ class SwarmMemory:
         noise_margin: float,
         confirmations: tuple[Mapping[str, Any], ...] = (),
         must_beat: float | None = None,
+        seen: Best | None = None,
     ) -> tuple[str, Best | None, Best | None]:
         """Compare-and-set one best. Returns (outcome, best now, previous) where outcome is
-        ``moved``, ``worse``, ``too_big``, ``needs_confirmation`` or ``not_confirmed``."""
+        ``moved``, ``worse``, ``too_big``, ``needs_confirmation`` or ``not_confirmed``.
+
+        ``seen``: the best as read without the mutex (in the same call as the other scopes).
+        A result not better than it is judged worse without taking the mutex: the same
+        verdict it would have had a moment earlier (a refuted candidate reverting the best
+        in between is the one race this accepts)."""
         assert result.val_bpb is not None
+        if seen is not None and seen.val_bpb is not None and seen.val_bpb <= result.val_bpb:
+            return "worse", seen, seen
         async with self._mutex(scope.mutex):
             current = await self._read_best(scope)
             if current is not None and current.val_bpb is not None:
@@ -920,8 +977,22 @@ class SwarmMemory:
         if bad:
             return BestDecision(False, bad)
         result = self._with_key(result)
-        if result.vram_tier:
-            pending = await self._read_pending(result.track, result.vram_tier, result.parent_hash, result.code_hash)
+        agent_scope = _Scope("agent", result.track, None, result.agent_id)
+        try:
+            agent_scopes = [agent_scope] if agent_scope.meta_key else []
+        except InvalidRequestError:
+            agent_scopes = []  # no personal best for this agent name (see _propose_agent_best)
+        pkey = (keys.pending_key(result.track, result.vram_tier, result.parent_hash, result.code_hash)
+                if result.vram_tier else None)
+        # one read: every best this result could move, and a pending improvement it confirms
+        seen, found = await self._read_bests_and([*self._scopes(result), *agent_scopes],
+                                                 [pkey] if pkey else [])
+        if pkey and pkey in found:
+            try:
+                pending = self._parse_pending(pkey, decode_record(pkey, found[pkey].value))
+            except ProtocolError as exc:
+                log.warning("record_unreadable", key=pkey, error=str(exc))
+                pending = None
             if pending is not None and pending[0].seed != result.seed:
                 return await self._confirm(pending, result)
         reasons: list[str] = []
@@ -930,7 +1001,8 @@ class SwarmMemory:
         previous: Best | None = None
         parked: list[str] = []
         for scope in self._scopes(result):
-            outcome, now_best, prev = await self._cas_best(scope, result, noise_margin=noise_margin)
+            outcome, now_best, prev = await self._cas_best(scope, result, noise_margin=noise_margin,
+                                                           seen=seen[scope.meta_key])
             if scope.kind == "tier" or (tier_best is None and not result.vram_tier):
                 tier_best, previous = now_best, prev
             if outcome == "moved":
@@ -951,7 +1023,8 @@ class SwarmMemory:
             else:
                 cur = now_best.val_bpb if now_best else None
                 reasons.append(f"not better than the best of {scope.label()} ({cur})")
-        agent_moved = await self._propose_agent_best(result)
+        agent_moved = await self._propose_agent_best(
+            result, seen.get(agent_scope.meta_key) if agent_scopes else None)
         if needs and result.vram_tier:
             await self._write_pending(result, parked, noise_margin)
         return BestDecision(
@@ -965,13 +1038,14 @@ class SwarmMemory:
             previous=previous,
         )
 
-    async def _propose_agent_best(self, result: Result) -> bool:
+    async def _propose_agent_best(self, result: Result, seen: Best | None = None) -> bool:
         try:
             keys.agent_best_key(result.agent_id, result.track)
         except InvalidRequestError:
             return False
         outcome, _, _ = await self._cas_best(
-            _Scope("agent", result.track, None, result.agent_id), result, noise_margin=0.0
+            _Scope("agent", result.track, None, result.agent_id), result, noise_margin=0.0,
+            seen=seen,
         )
         return outcome == "moved"
 
@@ -981,7 +1055,10 @@ class SwarmMemory:
         self, track: str, tier: str, parent_hash: str, code_hash: str
     ) -> tuple[Result, list[str], str] | None:
         key = keys.pending_key(track, tier, parent_hash, code_hash)
-        rec = (await self._get_json([key])).get(key)
+        return self._parse_pending(key, (await self._get_json([key])).get(key))
+
+    @staticmethod
+    def _parse_pending(key: str, rec: dict[str, Any] | None) -> tuple[Result, list[str], str] | None:
         if rec is None or rec.get("resolved_at"):
             return None
         scopes = [s for s in rec.get("pending_scopes", []) if s in ("tier", "global")]
@@ -1083,6 +1160,10 @@ class SwarmMemory:
 
     async def _update_leaderboard(self, result: Result) -> None:
         key = keys.leaderboard_key(result.track)
+        seen = self._parse_board(key, (await self._get_json([key])).get(key, {}))
+        if any(e.agent_id == result.agent_id and e.vram_tier == result.vram_tier
+               and e.val_bpb <= (result.val_bpb or 0.0) for e in seen):
+            return  # an agent's entry only improves: this result cannot change the board
         async with self._mutex(f"board--{result.track}"):
             data = (await self._get_json([key])).get(key, {})
             entries = self._parse_board(key, data)

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm._logging import get_logger
+from swarm.beacon import Beacon
 from swarm.config import PROFILE_DEFAULTS, SwarmConfig, resolve_agent_name
 from swarm.dedup import Candidate, Deduplicator, Verdict
 from swarm.errors import (
@@ -75,6 +76,7 @@ from swarm.results_log import ResultsLog
 from swarm.runner import RunOutcome, RunSpec, run_experiment
 from swarm.sandbox import Sandbox, SandboxLimits, select_sandbox
 from swarm.status import Snapshot, SnapshotWriter, WorkerStatus
+from swarm.sync import POLLS_PER_HEARTBEATS, ResultFeed
 from swarm.trainpy import code_hash
 from swarm.verify import budget_track
 from swarm.worker import (
@@ -413,6 +415,7 @@ class Supervisor:
         self.exit_code: int | None = None
         self.memory: SwarmMemory | None = None
         self.deps: WorkerDeps | None = None
+        self.feed: ResultFeed | None = None
         self.pool: GpuPool | None = None
         self._signals_installed: list[int] = []
         self._memory_label = ""
@@ -718,13 +721,17 @@ class Supervisor:
         dedup = TierDedup(self._make_dedup)
         for tier in tiers:
             await dedup.warm(tier)
-        view = SwarmView(memory, self.track)
+        self.feed = feed = ResultFeed(memory, track=self.track, cache_dir=cfg.state_dir / "sync",
+                                      label=self._memory_label)
+        memory.beacon = Beacon(memory)
+        view = SwarmView(memory, self.track, feed=feed, ttl_s=POLLS_PER_HEARTBEATS * cfg.heartbeat_s)
         try:
-            known = await memory.results(track=self.track, limit=5000)
+            known = await feed.start()
             loaded = await dedup.load(known)
             log.info("dedup_loaded", results=loaded, track=self.track)
         except MemoryStoreError as exc:
             log.warning("dedup_load_failed", error=str(exc))
+        feed.listeners.append(dedup.load)
         # The model, the swarm's records and their vectors live for the whole run: move them
         # out of the cyclic collector's view so its pauses stay short (dedup p99 halves).
         gc.collect()
@@ -845,7 +852,9 @@ class Supervisor:
         async with asyncio.TaskGroup() as tg:
             drain = tg.create_task(self._drain_watch(writer), name="drain-watch")
             aux = [
-                tg.create_task(self._sync_loop(), name="dedup-sync"),
+                tg.create_task(self._sync_loop(POLLS_PER_HEARTBEATS * self.config.heartbeat_s),
+                               name="dedup-sync"),
+                tg.create_task(self._beacon_loop(), name="beacon"),
                 tg.create_task(self._outbox_loop(), name="outbox"),
             ]
             tasks = [tg.create_task(supervise(w), name=f"worker-{w.index}")
@@ -878,17 +887,18 @@ class Supervisor:
 
     async def _sync_loop(self, interval_s: float = 30.0) -> None:
         """Register results other agents published (for dedup) every ``interval_s``."""
-        assert self.memory is not None and self.deps is not None
+        assert self.feed is not None
         while True:
             await asyncio.sleep(interval_s)
             try:
-                recent = await self.memory.results(track=self.track, limit=200)
+                await self.feed.refresh(interval_s)  # new results reach the dedup as listener
             except MemoryStoreError as exc:
                 log.warning("dedup_sync_failed", error=str(exc))
-                continue
-            added = await self.deps.dedup.load(recent)
-            if added:
-                log.info("dedup_synced", added=added)
+
+    async def _beacon_loop(self) -> None:
+        """One heartbeat for all of this machine's claims (swarm.beacon)."""
+        assert self.memory is not None and self.memory.beacon is not None
+        await self.memory.beacon.run()
 
     def _status_line(self) -> str:
         c = self.counters.value

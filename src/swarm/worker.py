@@ -164,8 +164,9 @@ class SwarmView:
     ``ttl_s``; this machine's own results are added at once)."""
 
     def __init__(self, memory: Any, track: str, *, ttl_s: float = 10.0, limit: int = 300,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, feed: Any = None) -> None:
         self.memory = memory
+        self.feed = feed  # swarm.sync.ResultFeed: incremental (None: list every result)
         self.track = track
         self.ttl_s = ttl_s
         self.limit = limit
@@ -175,6 +176,12 @@ class SwarmView:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def history(self, tier: str) -> list[Result]:
+        if self.feed is not None:
+            try:
+                await self.feed.refresh(self.ttl_s)
+            except MemoryStoreError as exc:
+                log.warning("swarm_history_unavailable", tier=tier, error=str(exc))
+            return list(self.feed.recent(tier, self.limit))
         lock = self._locks.setdefault(tier, asyncio.Lock())
         async with lock:
             now = self.clock()
@@ -191,6 +198,9 @@ class SwarmView:
             return list(self._history[tier])
 
     def add(self, result: Result) -> None:
+        if self.feed is not None:
+            self.feed.remember(result)
+            return
         tier = result.vram_tier or "cpu"
         known = self._history.setdefault(tier, [])
         known.insert(0, result)

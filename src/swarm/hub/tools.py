@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
@@ -39,6 +40,7 @@ from swarm.memory.local import (
     public_key,
     split_key,
 )
+from swarm.sync import missing_feed_entries
 
 __all__ = ["HubService", "decode_value"]
 
@@ -341,9 +343,22 @@ class HubService:
                 else:
                     code = "already_exists" if out.code == "exists" else out.code
                     results[i] = _item_error(mem.key, code, out.error or code)
+            await self._index_feed(
+                [self._canon(m.key) for (_, m), o in zip(todo, outcomes, strict=True) if o.ok],
+                who.creator)
         final = [r for r in results if r is not None]
         created = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "created": created, "failed": len(final) - created}
+
+    async def _index_feed(self, created: list[str], creator: str | None) -> None:
+        """Write the feed entries of results created without one (clients of the original
+        fork, older clients), so that readers see them by the incremental path (swarm.sync)."""
+        extra = missing_feed_entries(created, time.time())
+        if extra:
+            outcomes = await self.store.create_checked(extra, creator=creator)
+            for mem, out in zip(extra, outcomes, strict=True):
+                if not out.ok and out.code != "exists":
+                    log.warning("feed_index_failed", key=mem.key, error=out.error)
 
     async def get_memory(
         self, who: Principal, args: Mapping[str, Any], budget: RequestBudget

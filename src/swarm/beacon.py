@@ -1,0 +1,179 @@
+"""One heartbeat per supervisor for every claim it holds.
+
+A claim used to be kept alive by its own heartbeat: every ``heartbeat_s`` a read of the
+lock (was it taken over?) and two writes (lock and claim record), for the running
+experiment and for the one claimed ahead -- six calls per beat per GPU, most of a
+supervisor's traffic. A :class:`Beacon` replaces them with one record per agent and host,
+``locks/beacon/<agent>--<host>``, rewritten once per beat whatever the number of claims::
+
+    {"agent_id", "host", "session", "heartbeat_at", "lease_s", "holding": [lock keys]}
+
+A lock record written under a beacon names it (``"beacon": key``). Whoever finds the lock
+past its own lease asks the beacon (:func:`beacon_keeps`): the lock is still live while
+the beacon is younger than its lease, belongs to the same session and lists the lock.
+Every ``check_every`` beats one batched read of all held locks and their next generations
+finds a claim that was taken over anyway (after a stall longer than the lease) and marks
+its :class:`~swarm.namespace.Heartbeat` lost, as the per-claim heartbeat did.
+
+Claim records (``claims/...``) are no longer rewritten per beat; :meth:`SwarmMemory.live_claims`
+asks the beacons of claims past their own lease. Clients of the original fork judge claims
+by ``claimed_at`` and are unaffected. Swarm clients older than the beacon see a beaconed
+lock as free after ``lease_s``: run one version across a swarm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from swarm import keys
+from swarm._logging import get_logger
+from swarm.errors import KeyNotFoundError, MemoryStoreError, ProtocolError
+from swarm.memory._types import MemoryBackend, NewMemory
+from swarm.records import Claim, decode_record, encode_record, from_iso, to_iso
+
+if TYPE_CHECKING:
+    from swarm.namespace import Heartbeat, SwarmMemory
+
+__all__ = ["Beacon", "beacon_keeps"]
+
+log = get_logger(__name__)
+
+
+def _next_generation(lock_key: str) -> str | None:
+    gen = keys.lock_generation(lock_key)
+    if gen is None:
+        return None
+    return f"{lock_key[: lock_key.rfind('/g') + 1]}g{gen + 1:06d}"
+
+
+class Beacon:
+    """The heartbeat of one supervisor session (see the module docstring).
+
+    Attach it with ``memory.beacon = Beacon(memory)`` before claiming and run :meth:`run`
+    in the supervisor's task group; ``SwarmMemory.heartbeating`` then registers claims
+    here instead of beating each one.
+    """
+
+    def __init__(self, memory: SwarmMemory, *, check_every: int = 10) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.memory = memory
+        self.key = keys.beacon_key(memory.agent_id, memory.host)
+        self.check_every = check_every
+        self.beats = 0
+        self.failures = 0
+        self._held: dict[str, tuple[Claim, Heartbeat]] = {}
+
+    @property
+    def holding(self) -> list[str]:
+        """Lock keys this beacon keeps live, sorted."""
+        return sorted(self._held)
+
+    def record(self) -> dict[str, Any]:
+        m = self.memory
+        return {"agent_id": m.agent_id, "host": m.host, "session": m.session,
+                "heartbeat_at": to_iso(m.clock()), "lease_s": m.lease_s,
+                "holding": self.holding, "kind": "beacon"}
+
+    async def beat(self) -> None:
+        """Rewrite the beacon record (one call); every ``check_every`` beats also look for
+        claims taken over (one more call)."""
+        backend = self.memory.backend
+        text = encode_record(self.record())
+        try:
+            await backend.update(self.key, text)
+        except KeyNotFoundError:
+            (res,) = await backend.create([NewMemory(key=self.key, value=text,
+                                                     description="[autoresearch] beacon")])
+            if not res.ok and not res.exists:
+                raise MemoryStoreError(f"cannot write the beacon {self.key!r}: {res.error}") from None
+        self.beats += 1
+        for _, handle in self._held.values():
+            handle.beats += 1
+        if self._held and self.beats % self.check_every == 0:
+            await self.check_lost()
+
+    async def check_lost(self) -> list[str]:
+        """Mark held claims that are no longer ours lost (one batched read); returns their keys."""
+        held = dict(self._held)
+        wanted: list[str] = []
+        for lock_key in held:
+            wanted.append(lock_key)
+            nxt = _next_generation(lock_key)
+            if nxt:
+                wanted.append(nxt)
+        found = await self.memory.backend.get(wanted)
+        lost: list[str] = []
+        for lock_key, (claim, handle) in held.items():
+            nxt = _next_generation(lock_key)
+            mine = found.get(lock_key)
+            ours = False
+            if mine is not None and (nxt is None or nxt not in found):
+                try:
+                    data = decode_record(lock_key, mine.value)
+                    ours = data.get("nonce") == claim.nonce and not data.get("released_at")
+                except ProtocolError:
+                    ours = False
+            if not ours:
+                handle.lost = True
+                self._held.pop(lock_key, None)
+                lost.append(lock_key)
+                log.warning("heartbeat_lost_claim", key=claim.key, lock=lock_key)
+        return lost
+
+    async def run(self) -> None:
+        """Beat every ``heartbeat_s`` until cancelled; store errors are logged and retried."""
+        while True:
+            try:
+                await self.beat()
+            except MemoryStoreError as exc:
+                self.failures += 1
+                log.warning("beacon_failed", key=self.key, error=str(exc), failures=self.failures)
+            await asyncio.sleep(self.memory.heartbeat_s)
+
+    @asynccontextmanager
+    async def keeping(self, claim: Claim, handle: Heartbeat) -> AsyncIterator[Heartbeat]:
+        """Keep ``claim`` live while the block runs (its record was embedded when it was
+        written, see ``SwarmMemory.try_claim``)."""
+        self._held[claim.lock_key] = (claim, handle)
+        handle.embedded = self.memory.embed_records
+        try:
+            yield handle
+        finally:
+            self._held.pop(claim.lock_key, None)
+
+
+async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Claim]],
+                       now: float, *, max_lease_s: float = 600.0) -> set[str]:
+    """Which of ``holders`` (lock or claim key, record) a live beacon keeps: one read.
+
+    A beacon's own ``lease_s`` counts up to ``max_lease_s``: a record that claims a
+    longer lease cannot keep dead locks for ever."""
+    wanted = {str(c.extra.get("beacon")) for _, c in holders if c.extra.get("beacon")}
+    if not wanted:
+        return set()
+    found = await backend.get(sorted(wanted))
+    beacons: dict[str, dict[str, Any]] = {}
+    for key, mem in found.items():
+        try:
+            beacons[key] = decode_record(key, mem.value)
+        except ProtocolError:
+            continue
+    kept: set[str] = set()
+    for key, c in holders:
+        b = beacons.get(str(c.extra.get("beacon")))
+        if b is None or c.released_at is not None:
+            continue
+        beat = from_iso(b.get("heartbeat_at"))
+        lease = b.get("lease_s")
+        lease_s = float(lease) if isinstance(lease, (int, float)) and lease > 0 else 90.0
+        lease_s = min(lease_s, max_lease_s)
+        raw = b.get("holding")
+        holding: list[Any] = raw if isinstance(raw, list) else []
+        if (beat is not None and now < beat + lease_s
+                and b.get("session") == c.extra.get("session") and c.lock_key in holding):
+            kept.add(key)
+    return kept

@@ -1,0 +1,124 @@
+"""One heartbeat per supervisor (swarm.beacon): claims stay held past their own lease while
+the beacon beats, are taken over once it stops, a forged beacon keeps nothing, and a
+result that beats no best takes no lock."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ns_support import FakeClock, Swarm, experiment, no_sleep
+from spy import CallLog
+
+from swarm import keys
+from swarm.beacon import Beacon
+from swarm.memory import NewMemory
+from swarm.namespace import SwarmMemory
+from swarm.records import Result, encode_record, to_iso
+
+LEASE = 90.0
+
+
+async def beaconed(swarm: Swarm, agent: str, clock: FakeClock) -> SwarmMemory:
+    mem = await swarm.memory(agent, clock=clock, lease_s=LEASE, heartbeat_s=30.0, sleep=no_sleep)
+    mem.beacon = Beacon(mem)
+    return mem
+
+
+async def claim(mem: SwarmMemory, i: int = 1) -> object:
+    p, c = experiment(i)
+    out = await mem.try_claim(parent_hash=p, code_hash=c, description=f"exp {i}", track="standard",
+                              tier="xl")
+    return out
+
+
+async def test_a_beating_beacon_keeps_a_claim_past_its_own_lease(swarm: Swarm, clock: FakeClock) -> None:
+    """Ten minutes after claiming, with beats only on the beacon, the claim is still held."""
+    ada = await beaconed(swarm, "ada", clock)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE, heartbeat_s=30.0)
+    won = await claim(ada)
+    assert won.won  # type: ignore[attr-defined]
+    async with ada.heartbeating(won.claim) as handle:  # type: ignore[attr-defined]
+        for _ in range(20):
+            clock.advance(30)
+            await ada.beacon.beat()  # type: ignore[union-attr]
+        lost = await claim(bob)
+        assert not lost.won and lost.holder.agent_id == "ada"  # type: ignore[attr-defined]
+        assert [c.agent_id for c in await bob.live_claims()] == ["ada"]
+        assert not handle.lost and handle.beats == 20
+        # the beacon went silent (the machine died): after its lease the claim is free
+        clock.advance(LEASE + 1)
+        taken = await claim(bob)
+        assert taken.won  # type: ignore[attr-defined]
+        assert await bob.live_claims() != [] and (await bob.live_claims())[0].agent_id == "bob"
+        await ada.beacon.check_lost()  # type: ignore[union-attr]
+        assert handle.lost
+
+
+async def test_one_beacon_write_per_beat_for_any_number_of_claims(swarm: Swarm, clock: FakeClock) -> None:
+    """Three held claims cost one write per beat, plus one read every check_every beats."""
+    spy = CallLog(await swarm.backend("ada"))
+    ada = SwarmMemory(spy, agent_id="ada", host="h", clock=clock, lease_s=LEASE,  # type: ignore[arg-type]
+                      heartbeat_s=30.0, embed_records=False, sleep=no_sleep)
+    ada.beacon = Beacon(ada, check_every=5)
+    claims = [await claim(ada, i) for i in range(3)]
+    async with ada.heartbeating(claims[0].claim), ada.heartbeating(claims[1].claim), \
+            ada.heartbeating(claims[2].claim):  # type: ignore[attr-defined]
+        spy.reset()
+        for _ in range(10):
+            clock.advance(30)
+            await ada.beacon.beat()
+    assert spy.count("update") == 10 - 1 + spy.count("create")  # the first beat creates it
+    assert spy.count("get") == 2
+
+
+async def test_a_forged_beacon_keeps_nothing(swarm: Swarm, clock: FakeClock) -> None:
+    """A beacon of another session, one not listing the lock, or one claiming an endless lease
+    does not keep a dead lock."""
+    ada = await beaconed(swarm, "ada", clock)
+    won = await claim(ada)
+    lock = won.claim.lock_key  # type: ignore[attr-defined]
+    mallory = await swarm.backend("mallory")
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE, heartbeat_s=30.0)
+    base = {"agent_id": "ada", "host": "test-host", "session": ada.session, "lease_s": LEASE,
+            "holding": [lock], "kind": "beacon"}
+    clock.advance(LEASE + 1)
+    forged = [
+        {**base, "session": "not-adas"},
+        {**base, "holding": ["locks/exp/other/g000001"]},
+        {**base, "holding": "everything"},
+    ]
+    key = ada.beacon.key  # type: ignore[union-attr]
+    for i, rec in enumerate(forged):
+        rec["heartbeat_at"] = to_iso(clock())
+        if i == 0:
+            await mallory.create([NewMemory(key=key, value=encode_record(rec))])
+        else:
+            await mallory.update(key, encode_record(rec))
+        assert await bob.live_claims() == [], rec
+    # an endless lease counts as ten minutes at most
+    await mallory.update(key, encode_record({**base, "lease_s": 1e12,
+                                             "heartbeat_at": to_iso(clock() - 601)}))
+    assert await bob.live_claims() == []
+    taken = await claim(bob)
+    assert taken.won  # type: ignore[attr-defined]
+
+
+async def test_a_result_that_beats_no_best_takes_no_lock(swarm: Swarm, clock: FakeClock) -> None:
+    """propose_best of a worse result is one read: no mutex, no write."""
+    ada = await swarm.memory("ada", clock=clock, sleep=no_sleep)
+    parent = hashlib.sha256(b"parent").hexdigest()
+
+    def res(n: int, val: float) -> Result:
+        code = hashlib.sha256(f"code-{n}".encode()).hexdigest()
+        return Result(agent_id="ada", status="keep", description=f"change {n}", train_py=f"X = {n}\n",
+                      val_bpb=val, vram_tier="xl", track="standard", parent_hash=parent,
+                      code_hash=code, seed=n)
+
+    assert (await ada.propose_best(res(1, 0.99))).moved
+    spy = CallLog(ada.backend)
+    ada.backend = spy  # type: ignore[assignment]
+    d = await ada.propose_best(res(2, 0.995))
+    assert not d.moved and not d.agent_moved and d.best is not None and d.best.val_bpb == 0.99
+    assert d.best.train_py == "X = 1\n"
+    assert [op for op, _ in spy.calls] == ["get"]
+    assert spy.count("list_keys", keys.MUTEX_LOCKS) == 0
