@@ -12,8 +12,9 @@ the Python environment      the interpreter's prefixes (``sys.prefix``, ``sys.ba
                             (nothing can be added beside them: ``import prepare`` always
                             finds the pinned file)
 ``/sandbox/cache``          the track's data cache, read-only (``AUTORESEARCH_CACHE``)
-``/sandbox/work``, ``home``, one size-capped tmpfs: the only writable place (the working
-``tmp`` (``/tmp``)           directory, ``HOME``, ``TMPDIR``), gone when the run ends
+``/sandbox/work``, ``home``, one size-capped tmpfs (the working directory, ``HOME``,
+``tmp``; ``/tmp``           ``TMPDIR``) and a second one at ``/tmp``: the only writable places,
+                            gone when the run ends
 ``/proc``, ``/dev``         a new proc for the run's own PID namespace; ``null``, ``zero``,
                             ``full``, ``random``, ``urandom``, ``tty``, a capped ``/dev/shm``,
                             and on a GPU run only that GPU's ``/dev/nvidia<N>`` plus the
@@ -89,6 +90,8 @@ class MountPlan:
         args: list[str] = []
         for link, text in self.links:
             args += ["--symlink", text, link]
+        # /tmp first: a Python environment that lives under /tmp is bound inside it below
+        args += ["--size", size, "--tmpfs", "/tmp"]
         for b in self.binds:
             if b.device or b.target.startswith(INSIDE.root + "/"):
                 continue  # devices after /dev; these after the tmpfs holding their targets
@@ -103,7 +106,7 @@ class MountPlan:
         for b in self.binds:
             if not b.device and b.target.startswith(INSIDE.root + "/"):
                 args += ["--ro-bind", b.source, b.target]
-        args += ["--symlink", INSIDE.tmp, "/tmp", "--remount-ro", "/"]
+        args += ["--remount-ro", "/"]
         return args
 
     # ------------------------------------------------------------------ unshare
@@ -129,6 +132,9 @@ class MountPlan:
 
         for link, text in self.links:
             lines.append(f"mkdir -p {q(r + os.path.dirname(link))}; ln -s {q(text)} {q(r + link)}")
+        # /tmp first: a Python environment that lives under /tmp is bound inside it below
+        lines += [f"mkdir -p {q(r + '/tmp')}",
+                  f"mount -t tmpfs -o size={size},mode=1777 swarm-tmp {q(r + '/tmp')}"]
         outside = [b for b in self.binds if not b.target.startswith(INSIDE.root + "/")]
         inside = [b for b in self.binds if b.target.startswith(INSIDE.root + "/")]
         for b in outside:
@@ -154,7 +160,6 @@ class MountPlan:
             f"mkdir -p {root}",
             f"mount -t tmpfs -o mode=0755,size={size} swarm-rw {root}",
             " ".join(["mkdir -p", *(q(r + d) for d in (INSIDE.work, INSIDE.home, INSIDE.tmp))]),
-            f"ln -s {INSIDE.tmp} {q(r + '/tmp')}",
         ]
         for b in inside:
             mount_point(b.target, os.path.isdir(b.source))
