@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ui_helpers import HISTORY, fill_history, source
 
+from swarm import keys
 from swarm.embedding import Embedder, get_embedder
 from swarm.hub import serve_hub
 from swarm.hub.dashboard import noise_sigma
@@ -218,3 +219,20 @@ async def test_dashboard_works_over_the_newest_window_of_results(
     assert data["total_results"] == len(HISTORY) and data["window"] == 3
     assert data["series"][0]["count"] == 3
     assert [x["description"] for x in data["recent"]] == [h[1] for h in HISTORY[-3:]][::-1]
+
+
+async def test_garbage_under_pending_is_skipped_not_fatal(filled_hub: Filled) -> None:
+    """A participant writes junk under best/pending/: the dashboard still answers 200 and
+    its leaderboard simply leaves the junk out."""
+    from swarm.memory._types import NewMemory
+
+    junk = keys.PENDING + "smoke/cpu/junk"
+    backend = filled_hub.memories["alice"].backend
+    created = await backend.create([NewMemory(junk, "not json {", "junk")])
+    assert created[0].ok
+    async with aiohttp.ClientSession() as s, s.get(
+            filled_hub.url + "api/dashboard",
+            headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]}) as r:
+        assert r.status == 200
+        data = await r.json()
+    assert all(row.get("key") != junk for row in data["leaderboard"])

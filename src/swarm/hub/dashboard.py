@@ -27,11 +27,15 @@ from typing import Any
 from aiohttp import web
 
 from swarm import keys
+from swarm._logging import get_logger
+from swarm.errors import ProtocolError
 from swarm.hub.auth import ANONYMOUS, Principal
 from swarm.hub.protocol import ERR_UNAUTHORIZED, RpcError
 from swarm.hub.tools import HubService
 from swarm.namespace import SwarmMemory
 from swarm.records import Result, decode_record
+
+log = get_logger(__name__)
 
 __all__ = ["WINDOW", "dashboard_data", "mount_dashboard", "noise_sigma"]
 
@@ -150,7 +154,8 @@ async def _pending_rows(store: Any) -> list[dict[str, Any]]:
     for key, mem in got.items():
         try:
             rec = decode_record(key, mem.value)
-        except Exception:  # a foreign record under best/pending/: skipped, not fatal
+        except ProtocolError as exc:  # another client's garbage under best/pending/: skipped
+            log.debug("dashboard_pending_unreadable", key=key, error=str(exc))
             continue
         outcome = rec.get("outcome")
         if rec.get("resolved_at") and outcome == "confirmed":

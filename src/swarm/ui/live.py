@@ -337,7 +337,9 @@ class LiveView:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
+        try:
             await self.frame()  # the final state stays on the screen
+        except Exception as exc:  # supervision edge of the view, as in run()
+            log.warning("live_view_frame_failed", error=repr(exc), final=True)
         self._live.stop()
 
