@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Any
 
-from swarm.cli.results import EXIT_UNAVAILABLE, open_backend
+from swarm.cli.results import EXIT_UNAVAILABLE, open_backend, track_arg
 from swarm.cli.run import add_config_arguments, config_from_args
 from swarm.config import SwarmConfig
 from swarm.errors import ConfigError, MemoryStoreError
@@ -84,7 +84,7 @@ def add_parser(subparsers: Any) -> None:
                         help="PNG to write (default progress.png)")
     parser.add_argument("--x", choices=("number", "time"), default="number",
                         help="x axis: experiment number (default) or completion time")
-    parser.add_argument("--track", choices=("smoke", "standard"), help="only this track")
+    parser.add_argument("--track", type=track_arg, metavar="TRACK", help="only this track")
     parser.add_argument("--tier", choices=TIERS, help="only this VRAM tier")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="only the newest N results (default all)")

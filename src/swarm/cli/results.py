@@ -25,9 +25,10 @@ from swarm.errors import ConfigError, MemoryStoreError, ProtocolError
 from swarm.memory._types import MemoryBackend
 from swarm.records import STATUSES, TIERS, Best, Result, decode_record
 from swarm.status import result_row
+from swarm.verify.plausible import parse_track
 from swarm.verify.report import SHOWN_STATES, best_fields, candidate_rows
 
-__all__ = ["add_parser", "handle_best", "handle_results", "open_backend"]
+__all__ = ["add_parser", "handle_best", "handle_results", "open_backend", "track_arg"]
 
 EXIT_UNAVAILABLE = 1
 
@@ -84,6 +85,14 @@ async def _best_list(memory: Any, track: str | None, tier: str | None) -> list[B
     return out
 
 
+def track_arg(value: str) -> str:
+    """argparse type of ``--track``: a profile or a budget track (``smoke-budget-2``)."""
+    try:
+        return parse_track(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def handle_best(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     track = args.track or (config.profile if config.profile != "auto" else None)
@@ -93,43 +102,71 @@ def handle_best(args: argparse.Namespace) -> int:
     except MemoryStoreError as exc:
         _err(f"memory unreachable ({config.memory_kind}): {exc}")
         return EXIT_UNAVAILABLE
+    written: Best | None = None
     if args.write:
-        candidates = [b for b in bests if b.train_py]
-        if track is None and len({b.track for b in candidates}) > 1:
-            raise ConfigError(
-                f"--write: bests of several tracks exist ({', '.join(sorted({b.track for b in candidates}))}); "
-                "name one with --track",
-                key="--track", value=None,
-            )
-        if not candidates:
-            _err("no best yet" + (f" for track {track}" if track else "") +
-                 (f", tier {args.tier}" if args.tier else ""))
+        written = _pick_to_write(bests, track, args.tier)
+        if written is None:
             return EXIT_UNAVAILABLE
-        best = candidates[0]
-        path = Path(args.write)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(best.train_py, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ConfigError(f"--write {args.write}: {exc.strerror}", key="--write",
-                              value=args.write) from exc
+        _write_source(written, args.write)
     if args.json:
-        data = [
-            {"track": b.track, "tier": b.tier, "val_bpb": b.val_bpb, "agent_id": b.agent_id,
-             "description": b.result.description, "code_hash": b.code_hash,
-             "result_key": b.result.key, "verified": b.verified, "key": b.key,
-             **best_fields(b), **({"train_py": b.train_py} if args.source else {})}
-            for b in bests
-        ]
-        data += [{"candidate": True, **c} for c in cands]
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_best_json(bests, cands, source=args.source)
         return 0
     console = _console()
     if not bests:
         console.print("no best yet" + (f" for track {track}" if track else ""))
         return 0
+    _print_best_tables(console, bests, cands)
+    if written is not None:
+        console.print(f"wrote the best train.py ({written.track}/{written.tier or 'all'}) "
+                      f"to {args.write}")
+    elif args.source:
+        console.print(bests[0].train_py, markup=False, highlight=False)
+    return 0
+
+
+def _pick_to_write(bests: list[Best], track: str | None, tier: str | None) -> Best | None:
+    """The best whose source ``--write`` saves (None, after saying why, when there is none)."""
+    candidates = [b for b in bests if b.train_py]
+    tracks = sorted({b.track for b in candidates})
+    if track is None and len(tracks) > 1:
+        raise ConfigError(
+            f"--write: bests of several tracks exist ({', '.join(tracks)}); name one with --track",
+            key="--track", value=None,
+        )
+    if not candidates:
+        _err("no best yet" + (f" for track {track}" if track else "") +
+             (f", tier {tier}" if tier else ""))
+        return None
+    return candidates[0]
+
+
+def _write_source(best: Best, target: str) -> None:
+    """Write ``best``'s train.py to ``target`` atomically (a temporary file, then rename)."""
+    path = Path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(best.train_py, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"--write {target}: {exc.strerror}", key="--write",
+                          value=target) from exc
+
+
+def _print_best_json(bests: list[Best], cands: list[dict[str, Any]], *, source: bool) -> None:
+    data = [
+        {"track": b.track, "tier": b.tier, "val_bpb": b.val_bpb, "agent_id": b.agent_id,
+         "description": b.result.description, "code_hash": b.code_hash,
+         "result_key": b.result.key, "verified": b.verified, "key": b.key,
+         **best_fields(b), **({"train_py": b.train_py} if source else {})}
+        for b in bests
+    ]
+    data += [{"candidate": True, **c} for c in cands]
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _print_best_tables(console: Console, bests: list[Best],
+                       cands: list[dict[str, Any]]) -> None:
     table = Table(title="Best train.py per track and tier", title_justify="left")
     for col in ("track", "tier", "val_bpb", "agent", "description", "verified", "code"):
         table.add_column(col)
@@ -141,23 +178,16 @@ def handle_best(args: argparse.Namespace) -> int:
                       b.code_hash[:12])
     console.print(table)
     shown = [c for c in cands if c["state"] in SHOWN_STATES][:20]
-    if shown:
-        ctab = Table(title="Candidate bests: open and refuted (newest 20)",
-                     title_justify="left")
-        for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
-            ctab.add_column(col)
-        for c in shown:
-            runs = ", ".join(f"{r['agent_id']} {_fmt(r['val_bpb'])}" for r in c["runs"])
-            ctab.add_row(c["state"] + (" (suspicious)" if c["suspicious"] else ""), c["track"],
-                         c["tier"] or "", _fmt(c["val_bpb"]), c["agent_id"], c["description"],
-                         runs)
-        console.print(ctab)
-    if args.write:
-        console.print(f"wrote the best train.py ({bests[0].track}/{bests[0].tier or 'all'}) "
-                      f"to {args.write}")
-    elif args.source and bests:
-        console.print(bests[0].train_py, markup=False, highlight=False)
-    return 0
+    if not shown:
+        return
+    ctab = Table(title="Candidate bests: open and refuted (newest 20)", title_justify="left")
+    for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
+        ctab.add_column(col)
+    for c in shown:
+        runs = ", ".join(f"{r['agent_id']} {_fmt(r['val_bpb'])}" for r in c["runs"])
+        ctab.add_row(c["state"] + (" (suspicious)" if c["suspicious"] else ""), c["track"],
+                     c["tier"] or "", _fmt(c["val_bpb"]), c["agent_id"], c["description"], runs)
+    console.print(ctab)
 
 
 # --------------------------------------------------------------------------- results
@@ -251,7 +281,9 @@ def add_parser(subparsers: Any) -> None:
         "train.py (of --track, and --tier when given).",
     )
     add_config_arguments(best)
-    best.add_argument("--track", choices=("smoke", "standard"), help="track (default: all)")
+    best.add_argument("--track", type=track_arg, metavar="TRACK",
+                      help="track: smoke, standard or a budget track such as smoke-budget-2 "
+                      "(default: all)")
     best.add_argument("--tier", choices=TIERS, help="VRAM tier (default: the track's best)")
     best.add_argument("--write", metavar="PATH", help="write the best train.py to PATH")
     best.add_argument("--source", action="store_true", help="print (or include) the source")
@@ -266,7 +298,7 @@ def add_parser(subparsers: Any) -> None:
     add_config_arguments(res)
     res.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (20)")
     res.add_argument("--search", metavar="QUERY", help="semantic search over descriptions")
-    res.add_argument("--track", choices=("smoke", "standard"), help="only this track")
+    res.add_argument("--track", type=track_arg, metavar="TRACK", help="only this track")
     res.add_argument("--tier", choices=TIERS, help="only this VRAM tier")
     res.add_argument("--status", choices=STATUSES, help="only this outcome")
     res.add_argument("--source", action="store_true", help="include train.py in --json")

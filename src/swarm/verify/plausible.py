@@ -22,7 +22,13 @@ from swarm.errors import TrainPyError
 from swarm.summary import Summary
 from swarm.trainpy import constants
 
-__all__ = ["Expectations", "base_profile", "budget_track", "check_plausible"]
+__all__ = [
+    "Expectations",
+    "base_profile",
+    "budget_track",
+    "check_plausible",
+    "parse_track",
+]
 
 BUDGET_MARK = "-budget-"
 
@@ -49,6 +55,27 @@ def budget_track(profile: str, budget_s: float, default_s: float) -> str:
 def base_profile(track: str) -> str:
     """The profile a track trains (``smoke-budget-2`` -> ``smoke``)."""
     return track.split(BUDGET_MARK, 1)[0]
+
+
+def parse_track(value: str) -> str:
+    """``value`` if it names a track (``smoke``, ``standard``, ``smoke-budget-2``, ...); else
+    :class:`ValueError` naming the accepted forms (argparse turns it into exit 2)."""
+    profile, mark, budget = value.partition(BUDGET_MARK)
+    ok = profile in GEOMETRY
+    if ok and mark:
+        try:
+            seconds = float(budget)
+        except ValueError:
+            ok = False
+        else:
+            ok = seconds > 0 and budget == f"{seconds:g}"
+    if not ok:
+        names = ", ".join(sorted(GEOMETRY))
+        raise ValueError(
+            f"unknown track {value!r}: use a profile ({names}) or <profile>{BUDGET_MARK}<seconds> "
+            f"as `swarm run --budget` names it (e.g. smoke{BUDGET_MARK}2)"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
