@@ -37,7 +37,7 @@ from typing import Literal
 from swarm._logging import get_logger
 from swarm.errors import ConfigError
 from swarm.sandbox._cgroup import CgroupSupport, RunCgroup, cgroup_support
-from swarm.sandbox._layout import INSIDE, build_plan
+from swarm.sandbox._layout import INSIDE, MountPlan, build_plan
 
 __all__ = ["MECHANISMS", "Launch", "Mechanism", "Sandbox", "SandboxLimits", "select_sandbox"]
 
@@ -117,41 +117,48 @@ class Sandbox:
         the run's environment before the allow-list.
         """
         child_env = self._env(env, python, gpu)
-        gpu_index = int(gpu) if gpu not in (None, "") and str(gpu).isdigit() else None
         limits = self._rlimits(cpu_run=gpu is None or gpu == "")
         if self.mechanism == "none":
-            death = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-            argv = [*death, *limits, python, str(src_dir / "train.py"), *args]
-            cwd = workdir
-            child_env["HOME"] = str(workdir / "home")
-            child_env["TMPDIR"] = str(workdir / "tmp")
-            for sub in ("home", "tmp"):
-                (workdir / sub).mkdir(exist_ok=True)
-            if self.cache_dir is not None:
-                child_env["AUTORESEARCH_CACHE"] = str(self.cache_dir)
+            argv = self._bare_argv(workdir, child_env, [*limits, python,
+                                                        str(src_dir / "train.py"), *args])
         else:
+            gpu_index = int(gpu) if gpu not in (None, "") and str(gpu).isdigit() else None
             plan = build_plan(src_dir=src_dir, cache_dir=self.cache_dir,
                               python_roots=self.python_roots, tmpfs_mb=self.limits.scratch_mb,
                               gpu_index=gpu_index)
-            inner = [*limits, python, f"{INSIDE.src}/train.py", *args]
-            if self.mechanism == "bwrap":
-                argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                        "--hostname", "sandbox", *plan.bwrap_args(), "--chdir", INSIDE.work,
-                        "--", *inner]
-            else:
-                newroot = workdir / ".root"
-                newroot.mkdir(exist_ok=True)
-                argv = ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--user",
-                        "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts",
-                        "--fork", "--kill-child", "--propagation", "private", "--",
-                        "/bin/sh", "-c", plan.unshare_script(str(newroot)), "sh", *inner]
-            cwd = workdir
+            argv = self._isolated_argv(plan, workdir,
+                                       [*limits, python, f"{INSIDE.src}/train.py", *args])
         cgroup = None
         if self.cgroups is not None:
             cgroup = self.cgroups.create(f"swarm-{name}", memory_mb=self.limits.memory_mb,
                                          procs=self.limits.procs)
             argv = cgroup.enter(argv)
-        return Launch(argv=argv, env=child_env, cwd=cwd, cgroup=cgroup)
+        return Launch(argv=argv, env=child_env, cwd=workdir, cgroup=cgroup)
+
+    def _bare_argv(self, workdir: Path, child_env: dict[str, str],
+                   inner: list[str]) -> list[str]:
+        """``inner`` unconfined (mechanism none): own HOME/TMPDIR under ``workdir``."""
+        child_env["HOME"] = str(workdir / "home")
+        child_env["TMPDIR"] = str(workdir / "tmp")
+        for sub in ("home", "tmp"):
+            (workdir / sub).mkdir(exist_ok=True)
+        if self.cache_dir is not None:
+            child_env["AUTORESEARCH_CACHE"] = str(self.cache_dir)
+        death = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+        return [*death, *inner]
+
+    def _isolated_argv(self, plan: MountPlan, workdir: Path, inner: list[str]) -> list[str]:
+        """``inner`` inside the mount plan, by bubblewrap or by unshare + the plan's script."""
+        if self.mechanism == "bwrap":
+            return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+                    "--hostname", "sandbox", *plan.bwrap_args(), "--chdir", INSIDE.work,
+                    "--", *inner]
+        newroot = workdir / ".root"
+        newroot.mkdir(exist_ok=True)
+        return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--user",
+                "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts",
+                "--fork", "--kill-child", "--propagation", "private", "--",
+                "/bin/sh", "-c", plan.unshare_script(str(newroot)), "sh", *inner]
 
     def _rlimits(self, *, cpu_run: bool) -> list[str]:
         if self.mechanism == "none" and shutil.which("prlimit") is None:
