@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -48,54 +48,74 @@ def _x(r: Result, i: int, axis: XAxis) -> Any:
     return i + 1
 
 
+@dataclass(slots=True)
+class _Series:
+    """One panel's points, sorted into what is drawn how."""
+
+    keep: tuple[list[Any], list[float]] = field(default_factory=lambda: ([], []))
+    discard: tuple[list[Any], list[float]] = field(default_factory=lambda: ([], []))
+    mine: tuple[list[Any], list[float]] = field(default_factory=lambda: ([], []))
+    best_step: tuple[list[Any], list[float]] = field(default_factory=lambda: ([], []))
+    crashes: list[Any] = field(default_factory=list)
+    best: float | None = None
+
+    @classmethod
+    def of(cls, results: Sequence[Result], axis: XAxis, mine: str | None) -> _Series:
+        out = cls()
+        for i, r in enumerate(results):
+            x = _x(r, i, axis)
+            v = r.val_bpb
+            if r.status in ("crash", "timeout") or v is None or not math.isfinite(v):
+                out.crashes.append(x)
+                continue
+            if r.status == "keep":
+                _add(out.keep, x, v)
+                out.best = v if out.best is None else min(out.best, v)
+            else:
+                _add(out.discard, x, v)
+            if mine and r.host == mine:
+                _add(out.mine, x, v)
+            if out.best is not None:
+                _add(out.best_step, x, out.best)
+        return out
+
+
+def _add(series: tuple[list[Any], list[float]], x: Any, y: float) -> None:
+    series[0].append(x)
+    series[1].append(y)
+
+
 def _draw_panel(ax: Any, results: Sequence[Result], axis: XAxis, mine: str | None,
                 verified: Sequence[tuple[float, float]]) -> float | None:
     """Draw one panel; returns the panel's best val_bpb."""
-    xs_keep, ys_keep, xs_disc, ys_disc, xs_mine, ys_mine, xs_crash = [], [], [], [], [], [], []
-    step_x, step_y = [], []
-    best: float | None = None
-    for i, r in enumerate(results):
-        x = _x(r, i, axis)
-        ok = r.val_bpb is not None and math.isfinite(r.val_bpb)
-        if r.status in ("crash", "timeout") or not ok:
-            xs_crash.append(x)
-            continue
-        assert r.val_bpb is not None
-        if r.status == "keep":
-            xs_keep.append(x)
-            ys_keep.append(r.val_bpb)
-            if best is None or r.val_bpb < best:
-                best = r.val_bpb
-        else:
-            xs_disc.append(x)
-            ys_disc.append(r.val_bpb)
-        if mine and r.host == mine:
-            xs_mine.append(x)
-            ys_mine.append(r.val_bpb)
-        if best is not None:
-            step_x.append(x)
-            step_y.append(best)
-    ax.scatter(xs_disc, ys_disc, s=14, c=_DISCARD, alpha=0.7, label="discarded", zorder=2)
-    ax.scatter(xs_keep, ys_keep, s=46, c=_KEEP, edgecolors="black", linewidths=0.4,
+    s = _Series.of(results, axis, mine)
+    ax.scatter(*s.discard, s=14, c=_DISCARD, alpha=0.7, label="discarded", zorder=2)
+    ax.scatter(*s.keep, s=46, c=_KEEP, edgecolors="black", linewidths=0.4,
                label="kept", zorder=3)
-    if xs_mine:
-        ax.scatter(xs_mine, ys_mine, s=90, facecolors="none", edgecolors="#e08a00",
+    if s.mine[0]:
+        ax.scatter(*s.mine, s=90, facecolors="none", edgecolors="#e08a00",
                    linewidths=1.2, label=f"this machine ({mine})", zorder=4)
-    if step_x:
-        ax.step(step_x, step_y, where="post", c=_BEST, lw=1.8, label="running best", zorder=1)
+    if s.best_step[0]:
+        ax.step(*s.best_step, where="post", c=_BEST, lw=1.8, label="running best", zorder=1)
     if verified:
         vx = [datetime.fromtimestamp(t, tz=UTC) if axis == "time" else _index_at(results, t)
               for t, _ in verified]
         ax.scatter(vx, [v for _, v in verified], marker="*", s=220, c="#f2c200",
                    edgecolors="black", linewidths=0.6, label="verified best", zorder=5)
-    if xs_crash:
-        ax.scatter(xs_crash, [0.0] * len(xs_crash), marker="|", s=80, c=_CRASH,
+    if s.crashes:
+        ax.scatter(s.crashes, [0.0] * len(s.crashes), marker="|", s=80, c=_CRASH,
                    transform=ax.get_xaxis_transform(), label="crash / timeout", zorder=2,
                    clip_on=False)
-    if best is not None:
-        ax.axhline(best, c=_BEST, lw=0.6, ls=":", zorder=0)
-        ax.annotate(f"best {best:.6f}", xy=(0.99, best), xycoords=("axes fraction", "data"),
+    if s.best is not None:
+        ax.axhline(s.best, c=_BEST, lw=0.6, ls=":", zorder=0)
+        ax.annotate(f"best {s.best:.6f}", xy=(0.99, s.best), xycoords=("axes fraction", "data"),
                     ha="right", va="bottom", fontsize=9, color=_BEST)
+    _dress_axes(ax, axis)
+    _zoom(ax, s.keep[1] + s.discard[1])
+    return s.best
+
+
+def _dress_axes(ax: Any, axis: XAxis) -> None:
     if axis == "number":
         from matplotlib.ticker import MaxNLocator
 
@@ -104,8 +124,6 @@ def _draw_panel(ax: Any, results: Sequence[Result], axis: XAxis, mine: str | Non
     ax.set_ylabel("val_bpb (lower is better)")
     ax.set_xlabel("experiment (completion time, UTC)" if axis == "time" else "experiment #")
     ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
-    _zoom(ax, ys_keep + ys_disc)
-    return best
 
 
 def _index_at(results: Sequence[Result], t: float) -> int:
