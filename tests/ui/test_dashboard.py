@@ -133,6 +133,31 @@ async def test_metrics_are_prometheus_text(filled_hub: Filled) -> None:
     assert not any("wp-admin" in str(k) for k in samples)
 
 
+async def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as s, s.get(url + "metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+async def test_metrics_scrapers_share_one_store_read(
+        filled_hub: Filled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes within the gauge interval reuse one read of the store; the next read after
+    the interval sees new records."""
+    import swarm.hub.metrics as hub_metrics
+
+    results = ("swarm_hub_records", (("namespace", "results"),))
+    assert (await _scrape(filled_hub.url))[results] == len(HISTORY)
+    extra = Result(agent_id="bob", status="discard", description="one more", val_bpb=9.0,
+                   train_py=source(0.5, 6), code_hash=code_hash(source(0.5, 6)),
+                   track="smoke", vram_tier="cpu")
+    await filled_hub.memories["bob"].publish_result(extra)
+    assert (await _scrape(filled_hub.url))[results] == len(HISTORY)
+    monkeypatch.setattr(hub_metrics, "STORE_GAUGE_INTERVAL_S", 0.0)
+    assert (await _scrape(filled_hub.url))[results] == len(HISTORY) + 1
+
+
 @pytest.mark.slow
 async def test_dashboard_in_headless_chromium(filled_hub: Filled, tmp_path: Path) -> None:
     """Real Chromium loads the page with the hub's data, draws the chart as SVG, shows a

@@ -5,7 +5,9 @@
 - ``swarm_hub_tool_calls_total{tool,outcome}`` and ``swarm_hub_tool_seconds{tool}``:
   every tools/call (outcome ``ok``, ``failed`` for a tool-level failure such as an
   existing key, ``error`` for a refused call such as a missing permission);
-- ``swarm_hub_records{namespace}`` and ``swarm_hub_live_claims``: read at scrape time.
+- ``swarm_hub_records{namespace}`` and ``swarm_hub_live_claims``: read from the store at
+  scrape time, at most once per ``STORE_GAUGE_INTERVAL_S`` (a listing of every key is not
+  free on a large hub: scrapers in a tight loop share one read, concurrent ones wait for it).
 
 Each app has its own registry (several hubs in one process do not mix their counts).
 Unknown paths are counted as ``other`` so that a scanner cannot grow the label set.
@@ -13,6 +15,7 @@ Unknown paths are counted as ``other`` so that a scanner cannot grow the label s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -38,13 +41,19 @@ _NAMESPACES = (*(p.rstrip("/") for p in (keys.RESULTS, keys.CLAIMS, keys.HYPOTHE
                                           keys.INSIGHTS, keys.BEST, keys.LOCKS)),
                keys.leaderboard_key(DEFAULT_TRACK))
 _METRICS: web.AppKey[HubMetrics] = web.AppKey("hub_metrics")
+#: seconds between two reads of the store-derived gauges
+STORE_GAUGE_INTERVAL_S = 10.0
 
 
 class HubMetrics:
     """The hub's instruments, in their own registry."""
 
-    def __init__(self, service: HubService) -> None:
+    def __init__(self, service: HubService, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
+        self._clock = clock
+        self._read_at: float | None = None
+        self._refreshing = asyncio.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = PromCounter("swarm_hub_http_requests", "HTTP requests",
@@ -88,7 +97,15 @@ class HubMetrics:
         self.service.call = call  # type: ignore[method-assign]
 
     async def refresh(self) -> None:
-        """Gauges that are read from the store at scrape time."""
+        """Gauges that are read from the store, unless read less than the interval ago."""
+        async with self._refreshing:
+            now = self._clock()
+            if self._read_at is not None and now - self._read_at < STORE_GAUGE_INTERVAL_S:
+                return
+            await self._read_store()
+            self._read_at = self._clock()
+
+    async def _read_store(self) -> None:
         infos = await self.service.store.list_keys("")
         per: Counter[str] = Counter()
         for info in infos:
