@@ -3,7 +3,8 @@
 * :func:`read_sources`: the seed train.py (it must parse) and prepare.py (it must exist);
   a missing or broken one is a :class:`~swarm.errors.ConfigError` naming the key;
 * :func:`choose_devices`: the GPUs to train on, or CPU mode with the reason said once;
-  the track follows (smoke on a CPU unless configured);
+  the track follows (smoke on a CPU unless configured); :func:`training_budget` and
+  :func:`cpu_threads_env`: what the runs get for it;
 * :func:`pin_prepare`: a read-only copy of prepare.py named by its hash, so every run gets
   exactly the bytes the supervisor started with;
 * :func:`select_sandbox`: the configured isolation, probed; refuses code this machine did
@@ -36,11 +37,13 @@ __all__ = [
     "Devices",
     "auto_memory_mb",
     "choose_devices",
+    "cpu_threads_env",
     "make_dedup",
     "pin_prepare",
     "proposer_spec",
     "read_sources",
     "select_sandbox",
+    "training_budget",
 ]
 
 log = get_logger(__name__)
@@ -100,6 +103,26 @@ def choose_devices(cfg: SwarmConfig, pool: GpuPool) -> Devices:
         log.info("gpus_selected", gpus=[f"{g.index}:{g.name}:{g.tier}" for g in gpus],
                  track=track)
     return Devices(gpus=gpus, cpu_mode=not gpus, track=track)
+
+
+def training_budget(cfg: SwarmConfig, track: str) -> tuple[float, dict[str, str]]:
+    """The track's training budget, and ``AUTORESEARCH_TIME_BUDGET`` for the runs when the
+    configuration overrides it (logged: such results are not comparable with the track's)."""
+    budget = cfg.effective_budget_s(track)
+    if cfg.budget_s <= 0:
+        return budget, {}
+    log.warning("budget_override", budget_s=budget, track=track,
+                note="results with another budget are not comparable with the track's")
+    return budget, {"AUTORESEARCH_TIME_BUDGET": f"{budget:g}"}
+
+
+def cpu_threads_env(cfg: SwarmConfig, devices: Devices, env: Mapping[str, str]
+                    ) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` for the runs in CPU mode (the cores shared by the CPU workers),
+    unless ``env`` sets it."""
+    if not devices.cpu_mode or "OMP_NUM_THREADS" in env:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, cfg.cpu_workers)))}
 
 
 def auto_memory_mb(workers: int) -> int:

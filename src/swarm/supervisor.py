@@ -88,11 +88,13 @@ from swarm.sandbox import Sandbox
 from swarm.signals import STOP_SIGNALS, SignalHandlers
 from swarm.startup import (
     choose_devices,
+    cpu_threads_env,
     make_dedup,
     pin_prepare,
     proposer_spec,
     read_sources,
     select_sandbox,
+    training_budget,
 )
 from swarm.status import Snapshot, SnapshotWriter, WorkerStatus, write_snapshot
 from swarm.sync import POLLS_PER_HEARTBEATS, ResultFeed
@@ -335,7 +337,6 @@ class Supervisor:
         self.pool: GpuPool | None = None
         self._memory_label = ""
         self.sandbox: Sandbox | None = None
-        self._prepare_sha256 = ""
         self.faults = FaultLatch(on_trip=self._on_fault)
         self.replay_interval_s = 5.0
         self.publisher: Publisher | None = None
@@ -447,12 +448,8 @@ class Supervisor:
             self.pool = pool
             devices = choose_devices(cfg, pool)
             self.cpu_mode, self.track = devices.cpu_mode, devices.track
-            budget = cfg.effective_budget_s(self.track)
-            if cfg.budget_s > 0:
-                self._run_env["AUTORESEARCH_TIME_BUDGET"] = f"{budget:g}"
-                log.warning("budget_override", budget_s=budget, track=self.track,
-                            note="results with another budget are not comparable with the "
-                            "track's")
+            budget, budget_env = training_budget(cfg, devices.track)
+            self._run_env.update(budget_env)
             if cfg.prepare_on_start:
                 await ensure_data(
                     self.track, prepare_py, python=cfg.python or sys.executable,
@@ -464,15 +461,12 @@ class Supervisor:
                 self._final_snapshot()
                 return EXIT_FORCED if self.stop.forced.is_set() else EXIT_OK
             workers = cfg.cpu_workers if self.cpu_mode else len(devices.gpus)
-            if self.cpu_mode and "OMP_NUM_THREADS" not in self._env:
-                threads = max(1, (os.cpu_count() or 1) // max(1, cfg.cpu_workers))
-                self._run_env.setdefault("OMP_NUM_THREADS", str(threads))
+            self._run_env = {**cpu_threads_env(cfg, devices, self._env), **self._run_env}
             # another budget is another track: never compared with the profile's bests
             self.track = budget_track(self.track, budget,
                                       PROFILE_DEFAULTS[self.track]["budget_s"])
             launch = _Launch(seed_src, *await asyncio.to_thread(
                 pin_prepare, prepare_py, cfg.state_dir), budget, devices.gpus)
-            self._prepare_sha256 = launch.prepare_sha256
             self.sandbox = await asyncio.to_thread(select_sandbox, cfg, workers, self._env)
             # The embedded store embeds records with the local model; with the semantic
             # layer off no model is loaded at all (hub and Ensue embed server-side).
