@@ -224,6 +224,18 @@ async def _start(command: Sequence[str] | str, log_path: Path,
         out.close()
 
 
+async def _kill_spawned(spawn: asyncio.Future[asyncio.subprocess.Process], name: str,
+                        also_sweep: Callable[[], Awaitable[object]] | None) -> None:
+    """SIGKILL and reap a child whose spawn outlived a cancel (nothing when it failed)."""
+    try:
+        proc = await spawn
+    except Exception:
+        return
+    group = ProcessGroup(proc, name=name, grace_s=0.0, also_sweep=also_sweep)
+    group.signal(signal.SIGKILL)
+    await group.aclose()
+
+
 async def spawn_group(
     command: Sequence[str] | str, *, name: str, log_path: Path, grace_s: float,
     also_sweep: Callable[[], Awaitable[object]] | None = None, **kwargs: Any,
@@ -237,10 +249,9 @@ async def spawn_group(
     try:
         proc = await asyncio.shield(spawn)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            group = ProcessGroup(await spawn, name=name, grace_s=0.0, also_sweep=also_sweep)
-            group.signal(signal.SIGKILL)
-            await group.aclose()
+        # the kill is shielded too: a second cancel cannot leave the new child running
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(_kill_spawned(spawn, name, also_sweep))
         raise
     except OSError as exc:
         argv0 = command if isinstance(command, str) else command[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -174,3 +175,32 @@ async def test_shell_command_and_extra_sweep(tmp_path: Path) -> None:
     assert ended.ended == "exited" and ended.returncode == 7
     assert swept == [7]  # after the leader was reaped
     assert (tmp_path / "sh.log").read_text() == "earlier\nhello from sh\n"  # appended
+
+
+def _running_with(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+async def test_cancel_mid_spawn_leaves_no_child(tmp_path: Path) -> None:
+    """A cancel that lands before the child exists still kills and reaps it once it does."""
+    marker = f"procgroup-mid-spawn-{os.getpid()}-{time.monotonic_ns()}"
+    task = asyncio.create_task(spawn_group(
+        [sys.executable, "-c", f"import time; time.sleep(120)  # {marker}"], name="mid-spawn",
+        log_path=tmp_path / "spawn.log", grace_s=30.0))
+    await asyncio.sleep(0)  # the task starts spawning; the child does not exist yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _running_with(marker) == []
