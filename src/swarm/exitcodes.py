@@ -1,14 +1,8 @@
 """The supervisor's exit statuses, and the one function that picks one when it ends.
 
-====  ==========================================================================
-0     clean: drained within the grace period, or ``max_experiments`` reached
-1     failure: the supervisor could not start or every worker failed
-3     drained, but the grace period ran out and running experiments were cut short
-4     stopped by a fault retrying cannot fix (:mod:`swarm.faults`)
-130   forced by a second signal
-====  ==========================================================================
-
-(2, bad configuration, is the CLI's.)
+0 clean, 1 failure, 3 the grace period ran out, 4 a permanent fault (:mod:`swarm.faults`),
+130 forced by a second signal; 2 (bad configuration) is the CLI's. The full table, as
+users read it, is in :mod:`swarm.supervisor`'s docstring and ``swarm run --help``.
 """
 
 from __future__ import annotations

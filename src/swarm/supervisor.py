@@ -30,7 +30,8 @@ workers start, ``STATUS=`` lines while they run, ``WATCHDOG=1`` pings when the u
 ``WatchdogSec``, and ``STOPPING=1`` when it drains (:mod:`swarm.notify`).
 
 Rooms of its own: start-up checks, device choice and pinning in :mod:`swarm.startup`, the
-track's data in :mod:`swarm.trackdata`, signal handlers in :mod:`swarm.signals`.
+track's data in :mod:`swarm.trackdata`, signal handlers in :mod:`swarm.signals`, the exit
+status in :mod:`swarm.exitcodes`, the outbox replay in :mod:`swarm.replay`.
 
 Results go through the durable outbox (:mod:`swarm.outbox`): written ahead of publishing,
 replayed while the memory is back and on the next start.
