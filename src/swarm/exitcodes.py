@@ -40,8 +40,9 @@ class ExitStatus:
     reason: str
 
 
-def exit_status(stop: StopControl, fault: Fault | None, *, failures: int, workers: int,
-                slots: Slots) -> ExitStatus:
+def exit_status(
+    stop: StopControl, fault: Fault | None, *, failures: int, workers: int, slots: Slots
+) -> ExitStatus:
     """How the run ended, in order of precedence: a permanent fault, a forced stop, runs cut
     short by the grace period, every worker failed; otherwise clean (drained, the
     experiment budget reached, or the workers simply finished)."""
@@ -50,8 +51,10 @@ def exit_status(stop: StopControl, fault: Fault | None, *, failures: int, worker
     if stop.forced.is_set():
         return ExitStatus(EXIT_FORCED, f"forced ({stop.reason})")
     if stop.aborted_runs:
-        return ExitStatus(EXIT_GRACE_EXPIRED, f"grace period ran out ({stop.reason}); "
-                                              f"{stop.aborted_runs} run(s) cut short")
+        return ExitStatus(
+            EXIT_GRACE_EXPIRED,
+            f"grace period ran out ({stop.reason}); {stop.aborted_runs} run(s) cut short",
+        )
     if failures and failures == workers:
         return ExitStatus(EXIT_FAILURE, "every worker failed")
     if stop.reason:

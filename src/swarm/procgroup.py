@@ -131,8 +131,7 @@ class ProcessGroup:
                     await self.terminate()
                 raise
             if ended != "exited":
-                log.warning(f"group_{ended}", name=self.name, pgid=self.pgid,
-                            timeout_s=timeout_s)
+                log.warning(f"group_{ended}", name=self.name, pgid=self.pgid, timeout_s=timeout_s)
                 await self.terminate()
         finally:
             await self._sweep_all()
@@ -149,8 +148,11 @@ class ProcessGroup:
         waiter = asyncio.ensure_future(self.proc.wait())
         stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
         try:
-            await asyncio.wait({waiter} if stopper is None else {waiter, stopper},
-                               timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter} if stopper is None else {waiter, stopper},
+                timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             waiter.cancel()
             if stopper is not None:
@@ -182,8 +184,9 @@ class ProcessGroup:
             if live is not None and not live:
                 return  # only zombies left, waiting for their new parent to reap them
             if time.monotonic() >= deadline:
-                log.warning("group_survivors", name=self.name, pgid=self.pgid, pids=live,
-                            waited_s=timeout_s)
+                log.warning(
+                    "group_survivors", name=self.name, pgid=self.pgid, pids=live, waited_s=timeout_s
+                )
                 return
             self.sweep()
             await asyncio.sleep(0.02)
@@ -209,13 +212,17 @@ def live_group_members(pgid: int) -> list[int] | None:
     return live
 
 
-async def _start(command: Sequence[str] | str, log_path: Path,
-                 kwargs: dict[str, Any]) -> asyncio.subprocess.Process:
+async def _start(
+    command: Sequence[str] | str, log_path: Path, kwargs: dict[str, Any]
+) -> asyncio.subprocess.Process:
     out = await asyncio.to_thread(log_path.open, "ab")
     try:
         common: dict[str, Any] = {
-            "stdin": asyncio.subprocess.DEVNULL, "stdout": out,
-            "stderr": asyncio.subprocess.STDOUT, "start_new_session": True, **kwargs,
+            "stdin": asyncio.subprocess.DEVNULL,
+            "stdout": out,
+            "stderr": asyncio.subprocess.STDOUT,
+            "start_new_session": True,
+            **kwargs,
         }
         if isinstance(command, str):
             return await asyncio.create_subprocess_shell(command, **common)
@@ -224,8 +231,11 @@ async def _start(command: Sequence[str] | str, log_path: Path,
         out.close()
 
 
-async def _kill_spawned(spawn: asyncio.Future[asyncio.subprocess.Process], name: str,
-                        also_sweep: Callable[[], Awaitable[object]] | None) -> None:
+async def _kill_spawned(
+    spawn: asyncio.Future[asyncio.subprocess.Process],
+    name: str,
+    also_sweep: Callable[[], Awaitable[object]] | None,
+) -> None:
     """SIGKILL and reap a child whose spawn outlived a cancel (nothing when it failed)."""
     try:
         proc = await spawn
@@ -237,8 +247,13 @@ async def _kill_spawned(spawn: asyncio.Future[asyncio.subprocess.Process], name:
 
 
 async def spawn_group(
-    command: Sequence[str] | str, *, name: str, log_path: Path, grace_s: float,
-    also_sweep: Callable[[], Awaitable[object]] | None = None, **kwargs: Any,
+    command: Sequence[str] | str,
+    *,
+    name: str,
+    log_path: Path,
+    grace_s: float,
+    also_sweep: Callable[[], Awaitable[object]] | None = None,
+    **kwargs: Any,
 ) -> ProcessGroup:
     """Start ``command`` (argv, or a string for ``/bin/sh``) in a new session, stdout and
     stderr appended to ``log_path``; ``kwargs`` go to asyncio (``cwd``, ``env``,
@@ -255,6 +270,7 @@ async def spawn_group(
         raise
     except OSError as exc:
         argv0 = command if isinstance(command, str) else command[0]
-        raise RunnerError(f"cannot start {argv0} for {name} in {kwargs.get('cwd') or '.'}: "
-                          f"{exc}") from exc
+        raise RunnerError(
+            f"cannot start {argv0} for {name} in {kwargs.get('cwd') or '.'}: {exc}"
+        ) from exc
     return ProcessGroup(proc, name=name, grace_s=grace_s, also_sweep=also_sweep)

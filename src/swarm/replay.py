@@ -23,8 +23,7 @@ if TYPE_CHECKING:
     from swarm.records import Result
     from swarm.results_log import ResultsLog
 
-__all__ = ["FINAL_REPLAY_S", "KnownResults", "OutboxReplay", "record_replayed",
-           "register_queued"]
+__all__ = ["FINAL_REPLAY_S", "KnownResults", "OutboxReplay", "record_replayed", "register_queued"]
 
 log = get_logger(__name__)
 
@@ -35,8 +34,15 @@ FINAL_REPLAY_S = 60.0
 class KnownResults(Protocol):
     """The deduplicator's index of known experiments (``TierDedup``)."""
 
-    async def add_known(self, tier: str, item: Proposal | Result, chash: str, key: str, *,
-                        parent_train_py: str | None = None) -> None: ...
+    async def add_known(
+        self,
+        tier: str,
+        item: Proposal | Result,
+        chash: str,
+        key: str,
+        *,
+        parent_train_py: str | None = None,
+    ) -> None: ...
 
 
 async def register_queued(outbox: Outbox, dedup: KnownResults, track: str) -> None:
@@ -47,8 +53,9 @@ async def register_queued(outbox: Outbox, dedup: KnownResults, track: str) -> No
             await dedup.add_known(r.vram_tier or "cpu", r, r.code_hash, f"queued:{entry.id}")
 
 
-def record_replayed(results_log: ResultsLog, dedup: KnownResults
-                    ) -> Callable[[Result], Awaitable[None]]:
+def record_replayed(
+    results_log: ResultsLog, dedup: KnownResults
+) -> Callable[[Result], Awaitable[None]]:
     """The hook for a result a replay published: its key goes to results.jsonl and to the
     dedup index."""
 
@@ -58,8 +65,7 @@ def record_replayed(results_log: ResultsLog, dedup: KnownResults
         except OSError as exc:
             log.error("results_log_failed", error=str(exc))
         if result.code_hash:
-            await dedup.add_known(result.vram_tier or "cpu", result, result.code_hash,
-                                  result.key)
+            await dedup.add_known(result.vram_tier or "cpu", result, result.code_hash, result.key)
 
     return replayed
 
@@ -83,9 +89,15 @@ class OutboxReplay:
         publisher = self.publisher
         if publisher.outbox.pending():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(publisher.replay(stop=forced if final else None),
-                                       timeout=FINAL_REPLAY_S if final else None)
+                await asyncio.wait_for(
+                    publisher.replay(stop=forced if final else None),
+                    timeout=FINAL_REPLAY_S if final else None,
+                )
         left = len(publisher.outbox)
         if final and left:
-            log.error("results_unpublished", count=left, saved_to=str(publisher.outbox.path),
-                      note="replayed on the next start")
+            log.error(
+                "results_unpublished",
+                count=left,
+                saved_to=str(publisher.outbox.path),
+                note="replayed on the next start",
+            )

@@ -34,8 +34,9 @@ class SignalHandlers:
     still are.
     """
 
-    def __init__(self, on_signal: Callable[[str], None],
-                 signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
+    def __init__(
+        self, on_signal: Callable[[str], None], signals: Sequence[signal.Signals] = STOP_SIGNALS
+    ) -> None:
         self._on_signal = on_signal
         self._signals = tuple(signals)
         self._installed: list[signal.Signals] = []
@@ -67,6 +68,10 @@ class SignalHandlers:
                 loop.remove_signal_handler(sig)
         self._installed.clear()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.restore()

@@ -70,18 +70,21 @@ def read_sources(cfg: SwarmConfig) -> tuple[str, Path]:
         raise ConfigError(
             f"train_py = {str(train_path)!r}: cannot read it ({exc.strerror}); run from a "
             "checkout holding train.py or set train_py / SWARM_TRAIN_PY",
-            key="train_py", value=str(train_path),
+            key="train_py",
+            value=str(train_path),
         ) from exc
     try:
         code_hash(seed)
     except TrainPyError as exc:
-        raise ConfigError(f"train_py = {str(train_path)!r}: {exc}", key="train_py",
-                          value=str(train_path)) from exc
+        raise ConfigError(
+            f"train_py = {str(train_path)!r}: {exc}", key="train_py", value=str(train_path)
+        ) from exc
     prepare = cfg.prepare_py_path()
     if not prepare.is_file():
         raise ConfigError(
             f"prepare_py = {str(prepare)!r}: no such file (set prepare_py)",
-            key="prepare_py", value=str(prepare),
+            key="prepare_py",
+            value=str(prepare),
         )
     return seed, prepare
 
@@ -97,11 +100,13 @@ def choose_devices(cfg: SwarmConfig, pool: GpuPool) -> Devices:
             note="no GPU: training on the CPU (smoke track unless configured)",
         )  # fmt: skip
         if track != "smoke":
-            log.warning("cpu_mode_standard_track", track=track,
-                        note="the standard track on a CPU will mostly time out")
+            log.warning(
+                "cpu_mode_standard_track",
+                track=track,
+                note="the standard track on a CPU will mostly time out",
+            )
     else:
-        log.info("gpus_selected", gpus=[f"{g.index}:{g.name}:{g.tier}" for g in gpus],
-                 track=track)
+        log.info("gpus_selected", gpus=[f"{g.index}:{g.name}:{g.tier}" for g in gpus], track=track)
     return Devices(gpus=gpus, cpu_mode=not gpus, track=track)
 
 
@@ -111,13 +116,16 @@ def training_budget(cfg: SwarmConfig, track: str) -> tuple[float, dict[str, str]
     budget = cfg.effective_budget_s(track)
     if cfg.budget_s <= 0:
         return budget, {}
-    log.warning("budget_override", budget_s=budget, track=track,
-                note="results with another budget are not comparable with the track's")
+    log.warning(
+        "budget_override",
+        budget_s=budget,
+        track=track,
+        note="results with another budget are not comparable with the track's",
+    )
     return budget, {"AUTORESEARCH_TIME_BUDGET": f"{budget:g}"}
 
 
-def cpu_threads_env(cfg: SwarmConfig, devices: Devices, env: Mapping[str, str]
-                    ) -> dict[str, str]:
+def cpu_threads_env(cfg: SwarmConfig, devices: Devices, env: Mapping[str, str]) -> dict[str, str]:
     """``OMP_NUM_THREADS`` for the runs in CPU mode (the cores shared by the CPU workers),
     unless ``env`` sets it."""
     if not devices.cpu_mode or "OMP_NUM_THREADS" in env:
@@ -152,12 +160,19 @@ def pin_prepare(source: Path, state_dir: Path) -> tuple[Path, str]:
 
 def select_sandbox(cfg: SwarmConfig, workers: int, env: Mapping[str, str]) -> Sandbox:
     """Probe the configured mechanism (blocking); refuse strangers' code without one."""
-    limits = SandboxLimits(memory_mb=cfg.sandbox_memory_mb or auto_memory_mb(workers),
-                           procs=cfg.sandbox_procs, scratch_mb=cfg.sandbox_scratch_mb,
-                           log_mb=cfg.sandbox_log_mb)
+    limits = SandboxLimits(
+        memory_mb=cfg.sandbox_memory_mb or auto_memory_mb(workers),
+        procs=cfg.sandbox_procs,
+        scratch_mb=cfg.sandbox_scratch_mb,
+        log_mb=cfg.sandbox_log_mb,
+    )
     cache = env.get("AUTORESEARCH_CACHE") or str(Path.home() / ".cache" / "autoresearch")
-    sandbox = probe_sandbox(cfg.sandbox, limits, python=cfg.python or sys.executable,
-                            cache_dir=Path(cache).expanduser().resolve())
+    sandbox = probe_sandbox(
+        cfg.sandbox,
+        limits,
+        python=cfg.python or sys.executable,
+        cache_dir=Path(cache).expanduser().resolve(),
+    )
     if sandbox.trusted_only:
         kinds = {cfg.proposer_for(i).kind for i in range(max(1, workers))}
         foreign = sorted(kinds & FOREIGN_CODE_KINDS)
@@ -165,22 +180,29 @@ def select_sandbox(cfg: SwarmConfig, workers: int, env: Mapping[str, str]) -> Sa
             raise ConfigError(
                 f"proposer {', '.join(foreign)} writes code this machine did not write, "
                 f"and no sandbox works here ({sandbox.reason}); install bubblewrap "
-                "(apt-get install bubblewrap) or set sandbox = \"none\" to accept the risk",
-                key="sandbox", value=cfg.sandbox,
+                '(apt-get install bubblewrap) or set sandbox = "none" to accept the risk',
+                key="sandbox",
+                value=cfg.sandbox,
             )
-        log.warning("sandbox_trusted_only", reason=sandbox.reason,
-                    note="no sandbox: only this agent's own code runs (other agents' "
-                    "bests are not adopted)")
+        log.warning(
+            "sandbox_trusted_only",
+            reason=sandbox.reason,
+            note="no sandbox: only this agent's own code runs (other agents' "
+            "bests are not adopted)",
+        )
     elif sandbox.mechanism == "none":
-        log.warning("sandbox_off", reason=sandbox.reason,
-                    note="training runs are not isolated: a hostile train.py can read "
-                    "your files and keys")
+        log.warning(
+            "sandbox_off",
+            reason=sandbox.reason,
+            note="training runs are not isolated: a hostile train.py can read your files and keys",
+        )
     log.info("sandbox_selected", sandbox=sandbox.describe(), cgroup=sandbox.cgroup_reason)
     return sandbox
 
 
-def proposer_spec(cfg: SwarmConfig, agent_id: str, kind: str, fallback: str | None,
-                  worker_index: int) -> ProposerSpec:
+def proposer_spec(
+    cfg: SwarmConfig, agent_id: str, kind: str, fallback: str | None, worker_index: int
+) -> ProposerSpec:
     """The proposer settings of one worker (its seed differs per agent and worker)."""
     seed = cfg.proposer_seed or (
         (sum(map(ord, agent_id)) * 1009 + worker_index * 7919) & 0x7FFFFFFF

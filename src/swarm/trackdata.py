@@ -61,8 +61,7 @@ async def ensure_data(
     environ = dict(os.environ if env is None else env)
     if data_ready(track, environ):
         return False
-    log.info("prepare_data_started", track=track, prepare_py=str(prepare_py),
-             log=str(log_path))
+    log.info("prepare_data_started", track=track, prepare_py=str(prepare_py), log=str(log_path))
     await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
     t0 = time.monotonic()
     group = await spawn_group(

@@ -41,8 +41,13 @@ print("leaving", flush=True)
 
 
 async def _spawn(tmp_path: Path, code: str, grace_s: float) -> ProcessGroup:
-    return await spawn_group([sys.executable, "-c", code], name="test child",
-                             log_path=tmp_path / "child.log", grace_s=grace_s, cwd=tmp_path)
+    return await spawn_group(
+        [sys.executable, "-c", code],
+        name="test child",
+        log_path=tmp_path / "child.log",
+        grace_s=grace_s,
+        cwd=tmp_path,
+    )
 
 
 async def _wait_for_text(path: Path, text: str, timeout_s: float = 10.0) -> None:
@@ -141,8 +146,9 @@ async def test_cancel_is_reraised_only_after_the_group_is_gone(
     assert not alive(group.pid) and not alive(grandchild)
 
 
-async def test_stop_event_terminates_the_group(tmp_path: Path, alive: Callable[[int], bool],
-                                               reap_leftovers: list[int]) -> None:
+async def test_stop_event_terminates_the_group(
+    tmp_path: Path, alive: Callable[[int], bool], reap_leftovers: list[int]
+) -> None:
     """Setting the stop event ends the wait as ``stopped`` after SIGTERM and the reap."""
     group = await _spawn(tmp_path, POLITE, grace_s=5.0)
     reap_leftovers.append(group.pid)
@@ -155,8 +161,12 @@ async def test_stop_event_terminates_the_group(tmp_path: Path, alive: Callable[[
 async def test_a_command_that_cannot_start_is_a_runner_error(tmp_path: Path) -> None:
     """A missing program raises RunnerError naming it and what it was for."""
     with pytest.raises(RunnerError, match=r"no-such-program.*for test child"):
-        await spawn_group([str(tmp_path / "no-such-program")], name="test child",
-                          log_path=tmp_path / "x.log", grace_s=1.0)
+        await spawn_group(
+            [str(tmp_path / "no-such-program")],
+            name="test child",
+            log_path=tmp_path / "x.log",
+            grace_s=1.0,
+        )
 
 
 async def test_shell_command_and_extra_sweep(tmp_path: Path) -> None:
@@ -168,8 +178,13 @@ async def test_shell_command_and_extra_sweep(tmp_path: Path) -> None:
         swept.append(holder[0].proc.returncode)
 
     (tmp_path / "sh.log").write_text("earlier\n")
-    group = await spawn_group("echo hello from sh; exit 7", name="sh",
-                              log_path=tmp_path / "sh.log", grace_s=1.0, also_sweep=extra)
+    group = await spawn_group(
+        "echo hello from sh; exit 7",
+        name="sh",
+        log_path=tmp_path / "sh.log",
+        grace_s=1.0,
+        also_sweep=extra,
+    )
     holder.append(group)
     ended = await group.wait(timeout_s=30)
     assert ended.ended == "exited" and ended.returncode == 7
@@ -196,9 +211,14 @@ def _running_with(marker: str) -> list[int]:
 async def test_cancel_mid_spawn_leaves_no_child(tmp_path: Path) -> None:
     """A cancel that lands before the child exists still kills and reaps it once it does."""
     marker = f"procgroup-mid-spawn-{os.getpid()}-{time.monotonic_ns()}"
-    task = asyncio.create_task(spawn_group(
-        [sys.executable, "-c", f"import time; time.sleep(120)  # {marker}"], name="mid-spawn",
-        log_path=tmp_path / "spawn.log", grace_s=30.0))
+    task = asyncio.create_task(
+        spawn_group(
+            [sys.executable, "-c", f"import time; time.sleep(120)  # {marker}"],
+            name="mid-spawn",
+            log_path=tmp_path / "spawn.log",
+            grace_s=30.0,
+        )
+    )
     await asyncio.sleep(0)  # the task starts spawning; the child does not exist yet
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

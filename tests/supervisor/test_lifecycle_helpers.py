@@ -106,8 +106,12 @@ def fake_prepare(tmp_path: Path) -> Path:
 
 
 def _env(tmp_path: Path, mode: str) -> dict[str, str]:
-    return {**os.environ, "AUTORESEARCH_CACHE": str(tmp_path / "cache"),
-            "FAKE_PREPARE_MODE": mode, "FAKE_PREPARE_PID": str(tmp_path / "prepare.pid")}
+    return {
+        **os.environ,
+        "AUTORESEARCH_CACHE": str(tmp_path / "cache"),
+        "FAKE_PREPARE_MODE": mode,
+        "FAKE_PREPARE_PID": str(tmp_path / "prepare.pid"),
+    }
 
 
 async def test_ensure_data_prepares_once(tmp_path: Path, fake_prepare: Path) -> None:
@@ -115,27 +119,36 @@ async def test_ensure_data_prepares_once(tmp_path: Path, fake_prepare: Path) -> 
     env = _env(tmp_path, "ok")
     log_path = tmp_path / "logs" / "prepare.log"
     assert not data_ready("smoke", env)
-    assert await ensure_data("smoke", fake_prepare, python=sys.executable, log_path=log_path,
-                             env=env)
+    assert await ensure_data(
+        "smoke", fake_prepare, python=sys.executable, log_path=log_path, env=env
+    )
     assert data_ready("smoke", env)
     assert "prepare.py --profile smoke" in log_path.read_text()
-    assert not await ensure_data("smoke", fake_prepare, python=sys.executable,
-                                 log_path=log_path, env=env)
+    assert not await ensure_data(
+        "smoke", fake_prepare, python=sys.executable, log_path=log_path, env=env
+    )
     assert log_path.read_text().count("prepare.py --profile smoke") == 1
 
 
-async def test_ensure_data_failure_names_the_exit_and_the_log(tmp_path: Path,
-                                                             fake_prepare: Path) -> None:
+async def test_ensure_data_failure_names_the_exit_and_the_log(
+    tmp_path: Path, fake_prepare: Path
+) -> None:
     """A failing prepare.py is a RunnerError with its exit status, log path and log tail."""
     log_path = tmp_path / "prepare.log"
     with pytest.raises(RunnerError, match=r"(?s)failed with exit 5.*prepare\.log.*no text") as err:
-        await ensure_data("smoke", fake_prepare, python=sys.executable, log_path=log_path,
-                          env=_env(tmp_path, "fail"))
+        await ensure_data(
+            "smoke",
+            fake_prepare,
+            python=sys.executable,
+            log_path=log_path,
+            env=_env(tmp_path, "fail"),
+        )
     assert "--profile smoke" in str(err.value)
 
 
-async def test_ensure_data_stopped_terminates_the_preparation(tmp_path: Path,
-                                                              fake_prepare: Path) -> None:
+async def test_ensure_data_stopped_terminates_the_preparation(
+    tmp_path: Path, fake_prepare: Path
+) -> None:
     """The stop event set while prepare.py runs: SIGTERM to its group, reaped, RunnerError."""
     stop = asyncio.Event()
     pidfile = tmp_path / "prepare.pid"
@@ -149,9 +162,17 @@ async def test_ensure_data_stopped_terminates_the_preparation(tmp_path: Path,
     t0 = time.monotonic()
     with pytest.raises(RunnerError, match="stopped by a signal"):
         await asyncio.wait_for(
-            ensure_data("smoke", fake_prepare, python=sys.executable,
-                        log_path=tmp_path / "prepare.log", env=_env(tmp_path, "hang"),
-                        stop=stop, grace_s=30.0), 60)
+            ensure_data(
+                "smoke",
+                fake_prepare,
+                python=sys.executable,
+                log_path=tmp_path / "prepare.log",
+                env=_env(tmp_path, "hang"),
+                stop=stop,
+                grace_s=30.0,
+            ),
+            60,
+        )
     await setter
     assert time.monotonic() - t0 < 20  # SIGTERM sufficed: the 30 s grace was not waited out
     pid = int(pidfile.read_text())
@@ -181,20 +202,45 @@ def test_exit_status_precedence() -> None:
     full.take()
     full.take()
     cases = [
-        (exit_status(_stop("SIGTERM", forced=True, aborted=2), fault, failures=2, workers=2,
-                     slots=slots), EXIT_PERMANENT, fault.line),
-        (exit_status(_stop("SIGTERM", forced=True, aborted=2), None, failures=2, workers=2,
-                     slots=slots), EXIT_FORCED, "forced (SIGTERM)"),
-        (exit_status(_stop("SIGTERM", aborted=2), None, failures=2, workers=2, slots=slots),
-         EXIT_GRACE_EXPIRED, "grace period ran out (SIGTERM); 2 run(s) cut short"),
-        (exit_status(_stop(), None, failures=2, workers=2, slots=slots), EXIT_FAILURE,
-         "every worker failed"),
-        (exit_status(_stop(), None, failures=1, workers=2, slots=slots), EXIT_OK,
-         "workers finished"),
-        (exit_status(_stop("SIGINT"), None, failures=0, workers=2, slots=slots), EXIT_OK,
-         "drained (SIGINT)"),
-        (exit_status(_stop(), None, failures=0, workers=2, slots=full), EXIT_OK,
-         "max_experiments (2) reached"),
+        (
+            exit_status(
+                _stop("SIGTERM", forced=True, aborted=2), fault, failures=2, workers=2, slots=slots
+            ),
+            EXIT_PERMANENT,
+            fault.line,
+        ),
+        (
+            exit_status(
+                _stop("SIGTERM", forced=True, aborted=2), None, failures=2, workers=2, slots=slots
+            ),
+            EXIT_FORCED,
+            "forced (SIGTERM)",
+        ),
+        (
+            exit_status(_stop("SIGTERM", aborted=2), None, failures=2, workers=2, slots=slots),
+            EXIT_GRACE_EXPIRED,
+            "grace period ran out (SIGTERM); 2 run(s) cut short",
+        ),
+        (
+            exit_status(_stop(), None, failures=2, workers=2, slots=slots),
+            EXIT_FAILURE,
+            "every worker failed",
+        ),
+        (
+            exit_status(_stop(), None, failures=1, workers=2, slots=slots),
+            EXIT_OK,
+            "workers finished",
+        ),
+        (
+            exit_status(_stop("SIGINT"), None, failures=0, workers=2, slots=slots),
+            EXIT_OK,
+            "drained (SIGINT)",
+        ),
+        (
+            exit_status(_stop(), None, failures=0, workers=2, slots=full),
+            EXIT_OK,
+            "max_experiments (2) reached",
+        ),
     ]
     for status, code, reason in cases:
         assert (status.code, status.reason) == (code, reason)
