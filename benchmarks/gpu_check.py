@@ -24,6 +24,7 @@ each stage, as a compact table. The whole check stays within ``--deadline`` (8 m
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import importlib.util
@@ -31,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from swarm.procgroup import GroupExit, spawn_group
 from swarm.summary import SummaryError, parse_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,26 +227,19 @@ def run_stage(
 ) -> tuple[int | None, float]:
     """Run one stage in its own process group, output to ``log``. (exit code or None when
     it ran past ``limit_s`` and was stopped, wall seconds). SIGTERM first (the swarm drains
-    on it), SIGKILL ``term_grace_s`` later; the group never outlives the call."""
+    on it), SIGKILL ``term_grace_s`` later; the group never outlives the call
+    (:mod:`swarm.procgroup`)."""
     t0 = time.monotonic()
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+
+    async def stage() -> GroupExit:
+        group = await spawn_group(
+            argv, name=" ".join(argv[1:4]) or argv[0], log_path=log, grace_s=term_grace_s,
+            cwd=REPO, env=env,
         )
-        try:
-            rc: int | None = proc.wait(timeout=max(1.0, limit_s))
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            for sig, wait_s in ((signal.SIGTERM, term_grace_s), (signal.SIGKILL, 10.0)):
-                if proc.poll() is not None:
-                    break
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=wait_s)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever the leader left behind
+        return await group.wait(timeout_s=max(1.0, limit_s))
+
+    ended = asyncio.run(stage())
+    rc = None if ended.ended == "timeout" else ended.returncode
     return rc, time.monotonic() - t0
 
 

@@ -1,6 +1,6 @@
-"""systemd's notify protocol while the workers run: STATUS lines and watchdog pings.
+"""systemd's notify protocol: single messages, STATUS lines and watchdog pings.
 
-``sd_notify`` (in :mod:`swarm.supervisor`) sends single messages (READY=1, STOPPING=1);
+:func:`sd_notify` sends single messages (READY=1, STOPPING=1) to ``NOTIFY_SOCKET``;
 :func:`notify_loop` runs beside the workers: it sends ``STATUS=<one line>`` whenever the
 line changes and, when the unit sets ``WatchdogSec`` (systemd then passes
 ``WATCHDOG_USEC`` and ``WATCHDOG_PID``), ``WATCHDOG=1`` every half period. The pings come
@@ -11,11 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Callable, Mapping
 
-__all__ = ["notify_loop", "watchdog_interval_s"]
+from swarm._logging import get_logger
+
+__all__ = ["notify_loop", "sd_notify", "watchdog_interval_s"]
+
+log = get_logger(__name__)
 
 _STATUS_PERIOD_S = 10.0
+
+
+def sd_notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to systemd's notify socket; False when not under it."""
+    environ = os.environ if env is None else env
+    address = environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # never stall the event loop on a full notify queue
+            sock.connect(address)
+            sock.sendall(state.encode("utf-8"))
+    except OSError as exc:
+        log.warning("sd_notify_failed", state=state, error=str(exc))
+        return False
+    return True
 
 
 def watchdog_interval_s(env: Mapping[str, str]) -> float | None:

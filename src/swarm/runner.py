@@ -15,7 +15,8 @@ restart needs, see :mod:`swarm.recovery`) and ``run.log``, then runs ``python tr
   ``AUTORESEARCH_*``, never a credential-like name, URLs without userinfo), plus
   ``spec.env`` which is passed as given;
 - under a hard deadline of ``2 x budget + startup allowance``: then SIGTERM to the group,
-  ``kill_grace_s``, SIGKILL, reap.
+  ``kill_grace_s``, SIGKILL, reap (:mod:`swarm.procgroup`, the package's one way to stop
+  a process group).
 
 Cancelling the task that awaits :func:`run_experiment` is the supported way to stop a run
 (graceful shutdown): the group gets SIGTERM, the grace period, SIGKILL, and is reaped before
@@ -46,6 +47,7 @@ import orjson
 from swarm._logging import get_logger
 from swarm.errors import RunnerError
 from swarm.gpu_pool import classify_infra_failure
+from swarm.procgroup import spawn_group
 from swarm.sandbox import CgroupEvents, RunCgroup, Sandbox, allowed_env
 from swarm.summary import Summary, SummaryError, parse_summary
 from swarm.ui.progress import read_tail
@@ -85,7 +87,6 @@ META_NAME = "run.json"
 SRC_DIR = "src"
 TAIL_LINES = 50
 _TAIL_BYTES = 256 * 1024
-_GONE_WAIT_S = 5.0
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 _DISK = re.compile(r"No space left on device|File too large|\[Errno 2[78]\]|Disk quota exceeded")
@@ -353,103 +354,6 @@ def _validate(spec: RunSpec) -> None:
         )
 
 
-class _Group:
-    """The child's process group: signals sent to it, and the uncancellable stop sequence."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, experiment_id: str) -> None:
-        self.proc = proc
-        self.pgid = proc.pid  # start_new_session=True: the child leads its own group
-        self.experiment_id = experiment_id
-        self.sent: list[int] = []
-
-    def signal(self, signum: int) -> None:
-        try:
-            os.killpg(self.pgid, signum)
-        except ProcessLookupError:
-            return
-        except PermissionError as exc:  # the group id was reused by someone else's process
-            log.warning("runner.killpg_refused", pgid=self.pgid, error=str(exc))
-            return
-        self.sent.append(signum)
-
-    async def stop(self, grace_s: float) -> bool:
-        """SIGTERM, grace, SIGKILL, reap; never interrupted. True if a cancel came meanwhile."""
-        cancelled = False
-        if self.proc.returncode is None:
-            log.info("runner.sigterm", experiment_id=self.experiment_id, pgid=self.pgid)
-            self.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        forced = False
-        while self.proc.returncode is None:
-            try:
-                if forced:
-                    await self.proc.wait()
-                else:
-                    await asyncio.wait_for(self.proc.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                log.warning(
-                    "runner.sigkill", experiment_id=self.experiment_id, pgid=self.pgid,
-                    reason=f"still running {grace_s:g} s after SIGTERM",
-                )  # fmt: skip
-                self.signal(signal.SIGKILL)
-                forced = True
-            except asyncio.CancelledError:
-                cancelled = True
-                if not forced:
-                    log.warning(
-                        "runner.sigkill", experiment_id=self.experiment_id, pgid=self.pgid,
-                        reason="cancelled again while stopping",
-                    )  # fmt: skip
-                    self.signal(signal.SIGKILL)
-                    forced = True
-        return cancelled
-
-    def sweep(self) -> None:
-        """SIGKILL whatever is left of the group after the leader was reaped."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, signal.SIGKILL)
-
-    async def wait_gone(self, timeout_s: float = _GONE_WAIT_S) -> None:
-        """Wait until no live process is left in the group (a killed one takes a moment)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                os.killpg(self.pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            live = await asyncio.to_thread(_live_group_members, self.pgid)
-            if live is not None and not live:
-                return  # only zombies left, waiting for their new parent to reap them
-            if time.monotonic() >= deadline:
-                log.warning(
-                    "runner.group_survivors", experiment_id=self.experiment_id, pgid=self.pgid,
-                    pids=live, waited_s=timeout_s,
-                )  # fmt: skip
-                return
-            self.sweep()
-            await asyncio.sleep(0.02)
-
-
-def _live_group_members(pgid: int) -> list[int] | None:
-    """Pids of non-zombie processes in group ``pgid`` (None where /proc cannot tell)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    live = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        # fields: state ppid pgrp ...
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            live.append(int(entry.name))
-    return live
-
-
 @dataclass(frozen=True, slots=True)
 class _Start:
     argv: list[str]
@@ -473,20 +377,6 @@ def _start_plan(spec: RunSpec, workdir: Path, extra_env: Mapping[str, str]) -> _
     except OSError as exc:
         raise RunnerError(f"cannot set up the sandbox of {spec.experiment_id}: {exc}") from exc
     return _Start(launch.argv, launch.env, launch.cwd, launch.cgroup, spec.sandbox.mechanism)
-
-
-async def _spawn(spec: RunSpec, start: _Start, log_path: Path,
-                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
-    with log_path.open("ab") as log_fh:
-        try:
-            return await asyncio.create_subprocess_exec(
-                *start.argv, cwd=start.cwd, env=start.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fh, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                pass_fds=pass_fds,
-            )  # fmt: skip
-        except OSError as exc:
-            raise RunnerError(f"cannot start {start.argv[0]} for {spec.experiment_id} in "
-                              f"{start.cwd}: {exc}") from exc
 
 
 def _limit_failure(
@@ -553,7 +443,7 @@ def _refused(spec: RunSpec, refused: Invalid, workdir: Path, log_path: Path,
     text = refused.message + "\n"
     with contextlib.suppress(OSError):
         log_path.write_text(text, encoding="utf-8")
-    log.warning("runner.refused", experiment_id=spec.experiment_id, reasons=refused.reasons)
+    log.warning("run_refused", experiment_id=spec.experiment_id, reasons=refused.reasons)
     return RunOutcome(
         status="invalid", failure=refused.kind, summary=None, message=refused.message,
         log_path=log_path, log_tail=text, returncode=None, wall_s=0.0,
@@ -586,56 +476,30 @@ async def _supervise(
     spec: RunSpec, start: _Start, workdir: Path, log_path: Path, prepare_hash: str,
     on_start: Callable[[int, Path], None] | None, channel: MetricChannel | None = None,
 ) -> RunOutcome:
-    # Spawning is shielded: a cancel that lands mid-spawn still gets the child killed.
     started = time.monotonic()
-    spawn = asyncio.ensure_future(
-        _spawn(spec, start, log_path, channel.pass_fds if channel else ()))
-    try:
-        proc = await asyncio.shield(spawn)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            proc = await spawn
-            group = _Group(proc, spec.experiment_id)
-            group.signal(signal.SIGKILL)
-            await proc.wait()
-            group.sweep()
-            await group.wait_gone()
-        raise
-
-    if channel is not None:
-        channel.started()
-    group = _Group(proc, spec.experiment_id)
+    cgroup = start.cgroup
+    group = await spawn_group(
+        start.argv, name=spec.experiment_id, log_path=log_path, grace_s=spec.kill_grace_s,
+        also_sweep=(lambda: asyncio.to_thread(cgroup.kill_all)) if cgroup is not None else None,
+        cwd=start.cwd, env=start.env, pass_fds=channel.pass_fds if channel else (),
+    )  # fmt: skip
     deadline = spec.deadline_s
     log.info(
-        "runner.started", experiment_id=spec.experiment_id, pid=proc.pid, gpu=spec.gpu,
+        "run_started", experiment_id=spec.experiment_id, pid=group.pid, gpu=spec.gpu,
         profile=spec.profile, deadline_s=deadline, workdir=str(workdir),
         sandbox=start.mechanism,
     )  # fmt: skip
-    timed_out = False
     try:
+        if channel is not None:
+            channel.started()
         if on_start is not None:
-            on_start(proc.pid, log_path)
-        try:
-            await asyncio.wait_for(proc.wait(), deadline)
-        except TimeoutError:
-            timed_out = True
-            log.warning(
-                "runner.deadline", experiment_id=spec.experiment_id, deadline_s=deadline,
-                budget_s=spec.budget_s,
-            )  # fmt: skip
-            if await group.stop(spec.kill_grace_s):
-                raise asyncio.CancelledError() from None
+            on_start(group.pid, log_path)
     except BaseException:
-        # Cancelled (or interrupted): stop the group, reap it, then let the cancel through.
-        if proc.returncode is None:
-            log.info("runner.cancelled", experiment_id=spec.experiment_id, pid=proc.pid)
-            await group.stop(spec.kill_grace_s)
+        await group.aclose()
         raise
-    finally:
-        group.sweep()
-        if start.cgroup is not None:
-            await asyncio.to_thread(start.cgroup.kill_all)
-        await group.wait_gone()
+    ended = await group.wait(timeout_s=deadline)
+    timed_out = ended.ended == "timeout"
+    proc = group.proc
 
     wall_s = time.monotonic() - started
     text = await asyncio.to_thread(read_log_tail, log_path)
@@ -660,7 +524,7 @@ async def _supervise(
         sandbox=start.mechanism,
     )
     log.info(
-        "runner.finished", experiment_id=spec.experiment_id, status=status, failure=failure,
+        "run_finished", experiment_id=spec.experiment_id, status=status, failure=failure,
         returncode=proc.returncode, wall_s=round(wall_s, 3), message=message,
         sandbox=start.mechanism,
     )  # fmt: skip

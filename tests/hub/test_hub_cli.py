@@ -91,7 +91,7 @@ async def test_server_process_serves_revokes_and_stops_gracefully(tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         _out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         assert proc.returncode == 0, err.decode()[-2000:]
-        assert b"hub.stopped" in err
+        assert b"hub_stopped" in err
     finally:
         if proc.returncode is None:
             proc.kill()

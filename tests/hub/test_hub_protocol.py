@@ -343,6 +343,6 @@ async def test_unexpected_fault_is_a_logged_internal_error(
     status, body = await hub.rpc.tool("list_keys", {}, token=hub.tokens["alice"])
     assert status == 500 and body["error"]["code"] == -32603
     assert "RuntimeError" in body["error"]["message"] and "boom" not in body["error"]["message"]
-    assert "hub.internal_error" in caplog.text and "boom" in caplog.text
+    assert "hub_internal_error" in caplog.text and "boom" in caplog.text
     status, body = await hub.rpc.call("ping")
     assert status == 200

@@ -60,7 +60,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, floa
 
 
 def _child_pids(output: str) -> list[int]:
-    return [int(p) for p in re.findall(r"runner\.started.* pid=(\d+)", output)]
+    return [int(p) for p in re.findall(r"run_started.* pid=(\d+)", output)]
 
 
 def _alive(pid: int) -> bool:

@@ -8,7 +8,6 @@ The wire protocol is described in ``swarm.hub.protocol``.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -43,6 +42,7 @@ from swarm.hub.tokens import TokenStore
 from swarm.hub.tools import HubService
 from swarm.hub.transport import GUARDS, BodyError, Listener, RedactingLog, mark_busy, read_body
 from swarm.memory.local import DEFAULT_ORG, LocalStore
+from swarm.signals import SignalHandlers
 
 __all__ = ["HubHandle", "build_app", "run_hub", "serve_hub"]
 
@@ -306,7 +306,7 @@ async def _supervise(
         raise
     except Exception as exc:  # supervision edge: log with context, answer -32603
         log.exception(
-            "hub.internal_error", method=request.method, path=request.path, error=repr(exc)
+            "hub_internal_error", method=request.method, path=request.path, error=repr(exc)
         )
         return web.json_response(
             _error(None, ERR_INTERNAL, f"internal error of the hub: {type(exc).__name__}"),
@@ -420,7 +420,7 @@ async def serve_hub(
                         value=port,
                     ) from exc
                 handle = HubHandle(_url(host, bound), bound, service, tokens)
-                log.info("hub.listening", url=handle.url, db=str(db_path), org=org,
+                log.info("hub_listening", url=handle.url, db=str(db_path), org=org,
                          open_access=open_access)
                 yield handle
             finally:
@@ -448,10 +448,7 @@ def run_hub(
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
+        with SignalHandlers(lambda _name: stop.set()):
             async with serve_hub(
                 db_path,
                 host=host,
@@ -466,11 +463,8 @@ def run_hub(
                 if ready is not None:
                     ready(handle)
                 await stop.wait()
-                log.info("hub.stopping", url=handle.url)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        log.info("hub.stopped")
+                log.info("hub_stopping", url=handle.url)
+        log.info("hub_stopped")
 
     # Large replies are encoded in worker threads in small steps; a short switch interval
     # lets the event loop take the GIL back between steps sooner (5 ms by default).

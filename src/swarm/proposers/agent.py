@@ -13,7 +13,8 @@ directory holding:
 Placeholders: ``{prompt_file}``, ``{workdir}``, ``{train_py}``, ``{state_file}``,
 ``{collab_file}``, ``{description_file}`` (absolute paths). The process runs in its own
 process group with a time limit: on expiry the group gets SIGTERM, a grace period, then
-SIGKILL, and is reaped; a cancelled proposal does the same and re-raises. Its environment
+SIGKILL, and is reaped; a cancelled proposal does the same and re-raises
+(:mod:`swarm.procgroup`). Its environment
 holds only PATH, HOME, locale and temp-dir basics plus the variables the user lists
 (``agent_env``, e.g. the agent's own API key) -- never the swarm's credentials.
 
@@ -30,7 +31,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import tempfile
 from collections.abc import Sequence
@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swarm._logging import get_logger
-from swarm.errors import ConfigError, ProposalRejected, ProposerError, TrainPyError
+from swarm.errors import (
+    ConfigError,
+    ProposalRejected,
+    ProposerError,
+    RunnerError,
+    TrainPyError,
+)
+from swarm.procgroup import spawn_group
 from swarm.proposers.base import Proposal, ProposalContext
 from swarm.proposers.candidate import describe_candidate, validate_candidate
 from swarm.proposers.context import gather_state, render_state
@@ -104,11 +111,6 @@ def agent_environment(extra_names: Sequence[str], source: dict[str, str] | None 
 def _q(path: Path) -> str:
     s = str(path)
     return s if _SAFE_PATH.match(s) else shlex.quote(s)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 class AgentProposer:
@@ -205,43 +207,24 @@ class AgentProposer:
     async def _run(self, cmd: str, workdir: Path) -> tuple[int | None, str]:
         """(exit code or None on timeout, output tail)."""
         out_path = workdir.parent / f"{workdir.name}.agent.log"
-        with open(out_path, "wb") as out:  # noqa: ASYNC230 -- a local file handle for the child
-            proc = await asyncio.create_subprocess_shell(
-                cmd, cwd=workdir, env=agent_environment(self.env_names),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)
-        self.last_pid = proc.pid
-        pgid = proc.pid  # start_new_session: the child leads its own group
-        rc: int | None
         try:
-            try:
-                rc = await asyncio.wait_for(proc.wait(), timeout=self.timeout_s)
-            except TimeoutError:
-                rc = None
-                log.warning("agent_timeout", timeout_s=self.timeout_s, pid=proc.pid)
-                await self._stop_group(proc, pgid)
-            else:
-                _signal_group(pgid, signal.SIGKILL)  # leftovers the agent spawned and left
-        except asyncio.CancelledError:
-            await asyncio.shield(self._stop_group(proc, pgid))
-            raise
+            group = await spawn_group(cmd, name="agent", log_path=out_path,
+                                      grace_s=self.kill_grace_s, cwd=workdir,
+                                      env=agent_environment(self.env_names))
+            self.last_pid = group.pid
+            ended = await group.wait(timeout_s=self.timeout_s)
+        except RunnerError as exc:
+            raise ProposerError(f"the agent command cannot start: {exc}") from exc
         finally:
             with contextlib.suppress(OSError):
                 data = out_path.read_bytes()
                 self.last_output = data[-4000:].decode("utf-8", "replace")
             with contextlib.suppress(OSError):
                 out_path.unlink()
-        return rc, self.last_output
-
-    async def _stop_group(self, proc: asyncio.subprocess.Process, pgid: int) -> None:
-        """SIGTERM the group, wait the grace period, SIGKILL it, reap the child."""
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=self.kill_grace_s)
-        except TimeoutError:
-            pass
-        _signal_group(pgid, signal.SIGKILL)
-        await proc.wait()
+        if ended.ended == "timeout":
+            log.warning("agent_timeout", timeout_s=self.timeout_s, pid=group.pid)
+            return None, self.last_output
+        return ended.returncode, self.last_output
 
     # ------------------------------------------------------------------ protocol
     async def propose(self, ctx: ProposalContext) -> Proposal:
