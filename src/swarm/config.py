@@ -35,6 +35,7 @@ import platformdirs
 from swarm._logging import get_logger
 from swarm.errors import ConfigError
 from swarm.proposers.registry import PROPOSERS
+from swarm.resources import packaged_dir, packaged_file
 from swarm.tracks import TRACKS
 from swarm.verify.plausible import base_profile
 
@@ -53,8 +54,8 @@ __all__ = [
 
 log = get_logger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The ``configs/`` folder of a source checkout (profiles shipped with the project)."""
+CONFIG_DIR = packaged_dir("configs")
+"""The profile configs shipped with the package (``configs/`` of the repository)."""
 
 ENV_PREFIX = "SWARM_"
 _ENV_RESERVED = frozenset({"SWARM_CONFIG", "SWARM_VENV", "SWARM_TORCH"})
@@ -348,11 +349,11 @@ class SwarmConfig:
         return default_local_path()
 
     def train_py_path(self) -> Path:
-        """The seed train.py: configured, else ./train.py, else the source checkout's."""
+        """The seed train.py: configured, else ./train.py, else the one shipped with the package."""
         if self.train_py:
             return Path(self.train_py).expanduser().resolve()
-        for candidate in (Path.cwd() / "train.py", CONFIG_DIR.parent / "train.py"):
-            if candidate.is_file():
+        for candidate in (Path.cwd() / "train.py", packaged_file("train.py")):
+            if candidate is not None and candidate.is_file():
                 return candidate.resolve()
         return (Path.cwd() / "train.py").resolve()
 
