@@ -40,18 +40,19 @@ too (an LRU of sources; the compact analysis of every known hash is kept).
 The class is thread-safe; ``aadd``/``acheck`` run the work in a thread so the event loop
 never blocks on parsing or on the embedding model.
 
-Layout: ``_types`` (candidate, verdict, analysis records), ``_analysis`` (one parse per
-train.py, structural signatures), ``_text`` (what the semantic layer embeds),
-``_semantic`` (vectors per group), ``_index`` (known experiments and their indexes),
-``_deduplicator`` (the layers in order) and ``_tier`` (one deduplicator per VRAM tier,
-as the supervisor uses it).
+This module is the public surface; the parts live in the private package
+``swarm._dedup``: ``model`` (candidate, verdict, analysis records), ``analysis`` (one
+parse per train.py, structural signatures), ``text`` (what the semantic layer embeds),
+``semantic`` (vectors per group), ``index`` (known experiments and their indexes),
+``deduplicator`` (the layers in order) and ``tier`` (one deduplicator per VRAM tier, as
+the supervisor uses it).
 """
 
-from swarm.dedup._analysis import analyse, clear_analysis_caches
-from swarm.dedup._deduplicator import Deduplicator
-from swarm.dedup._text import code_diff_summary, semantic_text
-from swarm.dedup._tier import TierDedup
-from swarm.dedup._types import DEFAULT_SEMANTIC_THRESHOLD, LAYERS, Candidate, CodeInfo, Verdict
+from swarm._dedup.analysis import analyse, clear_analysis_caches
+from swarm._dedup.deduplicator import Deduplicator
+from swarm._dedup.model import DEFAULT_SEMANTIC_THRESHOLD, LAYERS, Candidate, CodeInfo, Verdict
+from swarm._dedup.text import code_diff_summary, semantic_text
+from swarm._dedup.tier import TierDedup
 
 __all__ = [
     "DEFAULT_SEMANTIC_THRESHOLD",

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from swarm import trainpy
-from swarm.dedup._analysis import Signature
+from swarm._dedup.analysis import Signature
 from swarm.descparse import description_head
 from swarm.errors import TrainPyError
 from swarm.trainpy import Value

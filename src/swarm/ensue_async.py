@@ -22,15 +22,16 @@ Keys: the client may be bound to an ``org``. Keys without an ``@`` are then sent
 ``@org/key`` and every key that comes back for that org is returned without the prefix,
 whichever form the server used. Keys of other orgs (``@other/...``) pass through as is.
 
-Layout: ``_policy`` (retry policy), ``_rpc`` (request and answer encoding, no I/O),
-``_transport`` (session, retries, HTTP statuses), ``_client`` (the memory tools,
-:class:`EnsueClient`), ``_register`` (agent registration).
+This module is the public surface; the parts live in the private package ``swarm._ensue``:
+``policy`` (retry policy), ``rpc`` (request and answer encoding, no I/O), ``transport``
+(session, retries, HTTP statuses), ``client`` (the memory tools, :class:`EnsueClient`),
+``register`` (agent registration).
 """
 
-from swarm.ensue_async._client import DEFAULT_URL, MAX_SEARCH_LIMIT, PAGE_SIZE, EnsueClient
-from swarm.ensue_async._policy import NO_RETRY, RetryPolicy, Sleep
-from swarm.ensue_async._register import AgentRegistration, register_agent
-from swarm.ensue_async._rpc import like_escape
+from swarm._ensue.client import DEFAULT_URL, MAX_SEARCH_LIMIT, PAGE_SIZE, EnsueClient
+from swarm._ensue.policy import NO_RETRY, RetryPolicy, Sleep
+from swarm._ensue.register import AgentRegistration, register_agent
+from swarm._ensue.rpc import like_escape
 
 __all__ = [
     "DEFAULT_URL",

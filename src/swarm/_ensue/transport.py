@@ -28,9 +28,8 @@ from tenacity import (
     stop_after_delay,
 )
 
-from swarm._logging import get_logger
-from swarm.ensue_async._policy import RetryPolicy, Sleep
-from swarm.ensue_async._rpc import (
+from swarm._ensue.policy import RetryPolicy, Sleep
+from swarm._ensue.rpc import (
     decode_body,
     encode_request,
     is_retryable,
@@ -38,6 +37,7 @@ from swarm.ensue_async._rpc import (
     retry_after_s,
     rpc_error,
 )
+from swarm._logging import get_logger
 from swarm.errors import (
     AuthError,
     ConfigError,

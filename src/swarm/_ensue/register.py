@@ -11,9 +11,9 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from yarl import URL
 
+from swarm._ensue.client import DEFAULT_URL
+from swarm._ensue.policy import RetryPolicy, Sleep
 from swarm._logging import get_logger
-from swarm.ensue_async._client import DEFAULT_URL
-from swarm.ensue_async._policy import RetryPolicy, Sleep
 from swarm.errors import MemoryTimeout, ProtocolError, ServerError, ToolError, TransportError
 
 log = get_logger("swarm.ensue_async")

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from swarm.ensue_async._policy import RetryPolicy, Sleep
-from swarm.ensue_async._rpc import (
+from swarm._ensue.policy import RetryPolicy, Sleep
+from swarm._ensue.rpc import (
     b64,
     decode_value,
     epoch,
@@ -30,7 +30,7 @@ from swarm.ensue_async._rpc import (
     row_missing,
     tool_error,
 )
-from swarm.ensue_async._transport import RpcTransport
+from swarm._ensue.transport import RpcTransport
 from swarm.errors import ConfigError, InvalidRequestError
 from swarm.memory._types import (
     MAX_BATCH,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from swarm.dedup._text import Words, other_setting
+from swarm._dedup.text import Words, other_setting
 from swarm.errors import DedupError
 
 GroupKey = tuple[str, bytes]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm import trainpy
-from swarm.dedup._types import CodeInfo
+from swarm._dedup.model import CodeInfo
 from swarm.errors import TrainPyError
 from swarm.trainpy import Value
 

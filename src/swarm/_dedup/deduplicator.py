@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from swarm._dedup.analysis import Signature, canon, constant_changes, shared_analysis, signature
+from swarm._dedup.index import KnownIndex
+from swarm._dedup.model import DEFAULT_SEMANTIC_THRESHOLD, LAYERS, Candidate, CodeInfo, Verdict
+from swarm._dedup.semantic import SemanticLayer
+from swarm._dedup.text import fmt_changes, fmt_value, words_of
 from swarm._logging import get_logger
-from swarm.dedup._analysis import Signature, canon, constant_changes, shared_analysis, signature
-from swarm.dedup._index import KnownIndex
-from swarm.dedup._semantic import SemanticLayer
-from swarm.dedup._text import fmt_changes, fmt_value, words_of
-from swarm.dedup._types import DEFAULT_SEMANTIC_THRESHOLD, LAYERS, Candidate, CodeInfo, Verdict
 from swarm.descparse import parse_description
 from swarm.errors import DedupError
 from swarm.trainpy import Value, short_hash

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from swarm.dedup._analysis import Signature, signature
-from swarm.dedup._semantic import GroupKey, SemanticLayer
-from swarm.dedup._types import CodeInfo
+from swarm._dedup.analysis import Signature, signature
+from swarm._dedup.model import CodeInfo
+from swarm._dedup.semantic import GroupKey, SemanticLayer
 
 
 @dataclass(slots=True)

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from swarm._dedup.deduplicator import Deduplicator
+from swarm._dedup.model import Candidate, Verdict
 from swarm._logging import get_logger
-from swarm.dedup._deduplicator import Deduplicator
-from swarm.dedup._types import Candidate, Verdict
 from swarm.errors import DedupError, TrainPyError
 from swarm.trainpy import code_hash
 
