@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from swarm.config import PROFILE_DEFAULTS, PROFILES
+from swarm.namespace import BEST_MAX_STEP_BY_TRACK
 from swarm.proposers.base import SEQ_LEN_BY_TRACK, TRACK_SHAPES
 from swarm.tracks import REFERENCE_SEQ_LEN, TRACKS, get_track
+from swarm.verify.plausible import GEOMETRY
+from swarm.verify.trust_records import DEFAULT_SIGMA
 
 PREPARE_PY = Path(__file__).resolve().parents[1] / "prepare.py"
 
@@ -108,13 +111,17 @@ def test_parser_sees_a_changed_value(tmp_path: Path) -> None:
 
 
 def test_every_copy_reads_the_table() -> None:
-    """Config defaults and the proposers' shapes are the table's values, not copies."""
+    """Config defaults, proposer shapes, plausibility geometry and trust defaults agree with
+    the table."""
     for name, track in TRACKS.items():
         assert PROFILE_DEFAULTS[name] == {"budget_s": track.budget_s,
                                           "startup_allowance_s": track.startup_allowance_s,
                                           "grace_s": track.grace_s}
         assert TRACK_SHAPES[name] == track.shape
         assert SEQ_LEN_BY_TRACK[name] == track.seq_len
+        assert GEOMETRY[name] == (track.seq_len, track.batch_divisor, REFERENCE_SEQ_LEN)
+        assert DEFAULT_SIGMA[name] == track.seed_sigma
+        assert BEST_MAX_STEP_BY_TRACK[name] == track.best_max_step
 
 
 def test_unknown_track_reads_as_standard() -> None:

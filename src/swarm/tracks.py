@@ -5,7 +5,7 @@ and the training budget; results of different tracks are never compared. prepare
 holds the same facts in its ``PROFILES`` (it must stay a standalone script, so it cannot
 import this module); ``tests/test_tracks.py`` parses prepare.py and fails when the two
 disagree. Everything else (config defaults, the data cache check, the proposers' batch
-and width rules) reads this table.
+and width rules, the plausibility geometry, the trust defaults) reads this table.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ class Track:
     startup_allowance_s: float
     #: seconds a stopping supervisor lets running experiments finish
     grace_s: float
+    #: seed noise (std of val_bpb between seeds) assumed until enough pairs are measured
+    seed_sigma: float
+    #: the largest believable single-step improvement of a best
+    best_max_step: float
 
     @property
     def shape(self) -> TrackShape:
@@ -77,11 +81,13 @@ TRACKS: Mapping[str, Track] = MappingProxyType({
         name="smoke", seq_len=256, width_divisor=4, batch_divisor=64, vocab_size=2048,
         eval_tokens=2**15, cache_subdir="smoke", val_filename="val.parquet",
         budget_s=25.0, startup_allowance_s=60.0, grace_s=90.0,
+        seed_sigma=0.02, best_max_step=1.0,  # val_bpb starts near 3; early keeps gain tenths
     ),
     "standard": Track(
         name="standard", seq_len=2048, width_divisor=1, batch_divisor=1, vocab_size=8192,
         eval_tokens=40 * 524288, cache_subdir="", val_filename="shard_06542.parquet",
         budget_s=300.0, startup_allowance_s=120.0, grace_s=420.0,
+        seed_sigma=0.002, best_max_step=0.1,
     ),
 })
 """name -> :class:`Track` (read-only)."""

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 
 from swarm.errors import TrainPyError
 from swarm.summary import Summary
+from swarm.tracks import REFERENCE_SEQ_LEN, TRACKS
 from swarm.trainpy import constants
 
 __all__ = ["Expectations", "base_profile", "budget_track", "check_plausible"]
 
 BUDGET_MARK = "-budget-"
 
-#: per profile: (tokens per row, divisor of DEVICE_BATCH_SIZE, reference row length);
-#: mirrors prepare.PROFILES (prepare.py is not imported: it pulls in torch)
+#: per profile: (tokens per row, divisor of DEVICE_BATCH_SIZE, reference row length),
+#: from the track table
 GEOMETRY: dict[str, tuple[int, int, int]] = {
-    "standard": (2048, 1, 2048),
-    "smoke": (256, 64, 2048),
+    name: (t.seq_len, t.batch_divisor, REFERENCE_SEQ_LEN) for name, t in TRACKS.items()
 }
 
 #: the summary prints seconds with one decimal; wall time also covers interpreter start-up
