@@ -337,9 +337,10 @@ class Deduplicator:
             return new
         if res.sig is not None and not res.sig.code_changed:
             return new  # a pure constants change: the structure has decided
-        words = words_of(candidate.description, res.parent_source, candidate.train_py,
-                         res.sig)
-        near = self._semantic.nearest((res.parent_hash or "", res.info.constants_fp), words)
+        near = self._semantic.nearest(
+            (res.parent_hash or "", res.info.constants_fp),
+            lambda: words_of(candidate.description, res.parent_source, candidate.train_py,
+                             res.sig))
         if near is None:
             return new
         threshold = self._semantic.threshold

@@ -9,6 +9,7 @@ runs outside it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,11 +151,12 @@ class SemanticLayer:
             done += len(chunk)
         return done
 
-    def nearest(self, gkey: GroupKey, words: Words) -> Nearest | None:
-        """The closest eligible row of the group to ``words`` (None: nothing to compare).
+    def nearest(self, gkey: GroupKey, make_words: Callable[[], Words]) -> Nearest | None:
+        """The closest eligible row of the group to the candidate (None: nothing to compare).
 
-        Rows at or above the threshold that make another choice of names or numbers are
-        skipped (the first such is reported as ``vetoed``).
+        ``make_words`` describes the candidate; it is called only when the group has rows
+        to compare with (a code diff is not free). Rows at or above the threshold that make
+        another choice of names or numbers are skipped (the first such is ``vetoed``).
         """
         with self._lock:
             group = self.groups.get(gkey)
@@ -164,6 +166,7 @@ class SemanticLayer:
             if len(rows) == 0:
                 return None
             pending = [(int(r), group.pending[int(r)]) for r in rows if int(r) in group.pending]
+        words = make_words()
         vecs = self.embed([t for _, t in pending] + [words.text])
         with self._lock:
             group = self.groups.get(gkey)
