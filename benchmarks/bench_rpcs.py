@@ -37,13 +37,13 @@ import aiohttp
 from aiohttp import web
 
 from swarm import keys
-from swarm._fake_nvml import FakeNvml
 from swarm._logging import configure_logging
 from swarm.config import load_config
 from swarm.memory import NewMemory
 from swarm.memory.local import LocalStore
 from swarm.records import Result, encode_record
 from swarm.supervisor import Supervisor
+from swarm.testing import FakeNvml
 from swarm.trainpy import code_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

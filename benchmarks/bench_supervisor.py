@@ -1,6 +1,6 @@
 """Benchmark: how busy the supervisor keeps its GPUs.
 
-Eight simulated GPUs (swarm._fake_nvml.FakeNvml) run a fake trainer that trains for
+Eight simulated GPUs (swarm.testing.FakeNvml) run a fake trainer that trains for
 exactly its budget (``--budget``, default 5 s: it sleeps, then prints a valid summary whose
 val_bpb is the synthetic function of its constants block) on the embedded local store,
 for ``--minutes`` (default 5). Everything else is the real thing: supervisor, workers,
@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swarm._fake_nvml import FakeNvml
 from swarm._logging import configure_logging
 from swarm.config import load_config
 from swarm.proposers import Proposal, ProposalContext, ProposerSpec, build_proposer
 from swarm.supervisor import Supervisor
+from swarm.testing import FakeNvml
 from swarm.trainpy import apply_changes, constants, format_value
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,6 +34,9 @@ import platformdirs
 
 from swarm._logging import get_logger
 from swarm.errors import ConfigError
+from swarm.proposers.registry import PROPOSERS
+from swarm.resources import packaged_dir, packaged_file
+from swarm.tracks import TRACKS
 from swarm.verify.plausible import base_profile
 
 __all__ = [
@@ -51,26 +54,22 @@ __all__ = [
 
 log = get_logger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The ``configs/`` folder of a source checkout (profiles shipped with the project)."""
+CONFIG_DIR = packaged_dir("configs")
+"""The profile configs shipped with the package (``configs/`` of the repository)."""
 
 ENV_PREFIX = "SWARM_"
 _ENV_RESERVED = frozenset({"SWARM_CONFIG", "SWARM_VENV", "SWARM_TORCH"})
 """SWARM_* variables that are not configuration keys (the config file, and the
 install scripts' virtual-env location and torch pin)."""
 
-PROFILES = ("smoke", "standard")
+PROFILES = tuple(sorted(TRACKS))
 TRACK_AUTO = "auto"
 
-PROFILE_DEFAULTS: dict[str, dict[str, float]] = {
-    # budget_s: the training budget the runner enforces (deadline = 2 x budget + startup).
-    "smoke": {"budget_s": 25.0, "startup_allowance_s": 60.0, "grace_s": 90.0},
-    "standard": {"budget_s": 300.0, "startup_allowance_s": 120.0, "grace_s": 420.0},
-}
+PROFILE_DEFAULTS: dict[str, dict[str, float]] = {name: t.defaults for name, t in TRACKS.items()}
 """Values of ``budget_s``, ``startup_allowance_s`` and ``grace_s`` when left at 0 (auto)."""
 
 _AGENT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.]|-(?!-)){0,47}$")
-_PROPOSER_KINDS = ("search", "hypotheses", "llm", "agent")
+_PROPOSER_KINDS = tuple(PROPOSERS)
 
 
 # --------------------------------------------------------------------------- schema
@@ -350,11 +349,11 @@ class SwarmConfig:
         return default_local_path()
 
     def train_py_path(self) -> Path:
-        """The seed train.py: configured, else ./train.py, else the source checkout's."""
+        """The seed train.py: configured, else ./train.py, else the one shipped with the package."""
         if self.train_py:
             return Path(self.train_py).expanduser().resolve()
-        for candidate in (Path.cwd() / "train.py", CONFIG_DIR.parent / "train.py"):
-            if candidate.is_file():
+        for candidate in (Path.cwd() / "train.py", packaged_file("train.py")):
+            if candidate is not None and candidate.is_file():
                 return candidate.resolve()
         return (Path.cwd() / "train.py").resolve()
 

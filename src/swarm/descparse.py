@@ -401,19 +401,6 @@ def _parse_clause(toks: list[_Tok], names: frozenset[str] | None) -> _ClauseResu
     factor: float | None = None
     i, n = 0, len(toks)
 
-    def take_name_after(j: int) -> tuple[str | None, int, str]:
-        """Longest name phrase starting at token j (for 'VALUE name' forms)."""
-        words: list[str] = []
-        k = j
-        while k < n and toks[k].kind == "word" and len(words) < 4:
-            words.append(toks[k].text)
-            k += 1
-        for m in range(len(words), 0, -1):
-            nm = canonical_name(" ".join(words[:m]), names)
-            if nm:
-                return nm, j + m, " ".join(words[:m])
-        return None, j, " ".join(words)
-
     while i < n:
         tok = toks[i]
         low = tok.text.lower()
@@ -446,7 +433,7 @@ def _parse_clause(toks: list[_Tok], names: frozenset[str] | None) -> _ClauseResu
             name = canonical_name(" ".join(buf), names) if buf else None
             postfix_end = i + 2
             if name is None and not buf:
-                name, postfix_end, phrase = take_name_after(i + 2)
+                name, postfix_end, phrase = _name_after(toks, i + 2, names)
             else:
                 phrase = " ".join(buf)
             _emit(res, name, phrase, None, new_tok, factor, tok.text + " " + new_tok.text)
@@ -463,7 +450,7 @@ def _parse_clause(toks: list[_Tok], names: frozenset[str] | None) -> _ClauseResu
             phrase = " ".join(buf)
             name = canonical_name(phrase, names) if buf else None
             if name is None and not buf:
-                name, j2, phrase = take_name_after(j)
+                name, j2, phrase = _name_after(toks, j, names)
                 if name is not None:
                     j = j2
             text = (old_tok.text + " -> " if old_tok else "") + new_tok.text
@@ -478,16 +465,37 @@ def _parse_clause(toks: list[_Tok], names: frozenset[str] | None) -> _ClauseResu
             i += 1
             continue
         i += 1  # stray punctuation
+    _finish_clause(res, buf, factor, names)
+    return res
+
+
+def _name_after(toks: list[_Tok], j: int, names: frozenset[str] | None,
+                ) -> tuple[str | None, int, str]:
+    """Longest name phrase starting at token j (for 'VALUE name' forms): (name, end, phrase)."""
+    words: list[str] = []
+    k = j
+    while k < len(toks) and toks[k].kind == "word" and len(words) < 4:
+        words.append(toks[k].text)
+        k += 1
+    for m in range(len(words), 0, -1):
+        nm = canonical_name(" ".join(words[:m]), names)
+        if nm:
+            return nm, j + m, " ".join(words[:m])
+    return None, j, " ".join(words)
+
+
+def _finish_clause(res: _ClauseResult, buf: list[str], factor: float | None,
+                   names: frozenset[str] | None) -> None:
+    """The words left at the clause's end: a factor's name ("double batch"), else leftovers."""
     if buf:
         if factor is not None:
             name = canonical_name(" ".join(buf), names)
             if name is not None:
                 res.changes.append(ParsedChange(name, None, None, factor, " ".join(buf)))
-                buf = []
+                return
         res.leftover.extend(w for w in buf if w.lower() not in _FILLERS | _UNITS)
     elif factor is not None:
         res.leftover.append("factor")
-    return res
 
 
 def _is_multiplier(tok: _Tok) -> float | None:

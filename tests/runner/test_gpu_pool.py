@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from swarm._fake_nvml import FakeGpu, FakeNvml
 from swarm.errors import ConfigError, GpuError
 from swarm.gpu_pool import (
     GpuPool,
@@ -19,6 +18,7 @@ from swarm.gpu_pool import (
     is_infra_failure,
     vram_tier,
 )
+from swarm.testing import FakeGpu, FakeNvml
 
 
 def _mixed() -> FakeNvml:

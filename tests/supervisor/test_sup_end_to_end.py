@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from swarm._fake_nvml import FakeNvml
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
 from swarm.results_log import ResultsLog
 from swarm.status import read_snapshot
 from swarm.supervisor import EXIT_OK, Supervisor, data_ready
+from swarm.testing import FakeNvml
 from swarm.trainpy import code_hash
 from swarm.worker import BASELINE_DESCRIPTION
 

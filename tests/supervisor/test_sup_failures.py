@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from sup_helpers import ScriptedProposer
 
-from swarm._fake_nvml import FakeNvml
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
 from swarm.outbox import OUTBOX_NAME, Outbox
@@ -19,6 +18,7 @@ from swarm.proposers import ProposerSpec, build_proposer
 from swarm.results_log import ResultsLog
 from swarm.status import read_snapshot
 from swarm.supervisor import EXIT_OK, Supervisor
+from swarm.testing import FakeNvml
 from swarm.trainpy import constants
 from swarm.worker import BASELINE_DESCRIPTION
 

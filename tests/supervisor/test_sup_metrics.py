@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sup_helpers import FAKE_TRAIN
 
 from pty_helpers import PtyProcess
-from swarm._fake_nvml import FakeNvml
 from swarm.errors import ConfigError, TransportError
 from swarm.metrics import CountingBackend
 from swarm.supervisor import EXIT_OK, Supervisor
+from swarm.testing import FakeNvml
 from swarm.ui.live import gather_live
 
 # the fake trainer, printing train.py's step lines while it "trains"

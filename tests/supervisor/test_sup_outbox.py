@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from swarm._fake_nvml import FakeNvml
 from swarm.ensue_async import NO_RETRY
 from swarm.errors import (
     AuthError,
@@ -35,6 +34,7 @@ from swarm.outbox import OUTBOX_NAME, Outbox, Publisher
 from swarm.records import Result
 from swarm.results_log import ResultsLog
 from swarm.supervisor import EXIT_OK, Supervisor
+from swarm.testing import FakeNvml
 from swarm.trainpy import code_hash
 
 SRC = "import os\n\nLR = 0.04\n"

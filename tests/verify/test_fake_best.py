@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from swarm._fake_nvml import FakeNvml
 from swarm.config import load_config
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
 from swarm.supervisor import EXIT_OK, Supervisor
+from swarm.testing import FakeNvml
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from swarm._fake_nvml import FakeNvml
 from swarm.cli import main
 from swarm.config import SwarmConfig, load_config
 from swarm.errors import ProposerError
@@ -22,6 +21,7 @@ from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
 from swarm.proposers import Proposal, ProposalContext
 from swarm.supervisor import EXIT_OK, Supervisor
+from swarm.testing import FakeNvml
 from swarm.trainpy import apply_changes, code_hash
 from swarm.verify import check_train_py
 from swarm.verify.candidates import verification_of

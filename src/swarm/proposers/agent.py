@@ -50,6 +50,7 @@ from swarm.proposers.base import Proposal, ProposalContext
 from swarm.proposers.candidate import describe_candidate, validate_candidate
 from swarm.proposers.context import gather_state, render_state
 from swarm.proposers.llm import default_collab_path
+from swarm.resources import packaged_file
 
 if TYPE_CHECKING:
     from swarm.proposers.base import ProposerSpec
@@ -91,9 +92,8 @@ matter: only train.py and {description_file} are read back.
 
 
 def default_prepare_path() -> Path | None:
-    """prepare.py at the repository root, if it exists."""
-    p = Path(__file__).resolve().parents[3] / "prepare.py"
-    return p if p.is_file() else None
+    """The prepare.py shipped with the package, if it is there."""
+    return packaged_file("prepare.py")
 
 
 def agent_environment(extra_names: Sequence[str], source: dict[str, str] | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from swarm.errors import ConfigError
+from swarm.tracks import TRACKS, TrackShape
 from swarm.verify.plausible import base_profile
 
 if TYPE_CHECKING:
@@ -42,28 +43,8 @@ __all__ = [
 ProposerKind = Literal["search", "hypotheses", "llm", "agent"]
 PROPOSER_KINDS: tuple[str, ...] = ("search", "hypotheses", "llm", "agent")
 
-
-
-@dataclass(frozen=True, slots=True)
-class TrackShape:
-    """How train.py scales its constants block on a track (mirrors prepare.py's profiles).
-
-    The block is written for ``reference_seq_len`` (2048) on every track; on a smaller
-    track train.py divides head dim and width by ``width_divisor``, device batch rows by
-    ``batch_divisor`` and the optimizer batch by ``batch_divisor * reference / seq_len``.
-    """
-
-    seq_len: int
-    reference_seq_len: int = 2048
-    width_divisor: int = 1
-    batch_divisor: int = 1
-
-
-#: Per track, kept in sync with prepare.py's PROFILES (max_seq_len, width/batch divisors).
-TRACK_SHAPES: dict[str, TrackShape] = {
-    "standard": TrackShape(seq_len=2048),
-    "smoke": TrackShape(seq_len=256, width_divisor=4, batch_divisor=16),
-}
+#: Per track, how train.py scales the block (from the track table, swarm.tracks).
+TRACK_SHAPES: dict[str, TrackShape] = {name: t.shape for name, t in TRACKS.items()}
 
 #: Sequence length (tokens per row) of each track.
 SEQ_LEN_BY_TRACK: dict[str, int] = {name: t.seq_len for name, t in TRACK_SHAPES.items()}

@@ -43,6 +43,7 @@ from swarm.errors import ConfigError, ProposalRejected, ProposerError
 from swarm.proposers.base import Proposal, ProposalContext
 from swarm.proposers.candidate import describe_candidate, validate_candidate
 from swarm.proposers.context import estimate_tokens, gather_state, render_state, trim_to_tokens
+from swarm.resources import packaged_file
 
 if TYPE_CHECKING:
     from swarm.proposers.base import ProposerSpec
@@ -80,9 +81,8 @@ class _Invalid(Exception):
 
 
 def default_collab_path() -> Path | None:
-    """collab.md at the repository root (next to src/), if it exists."""
-    p = Path(__file__).resolve().parents[3] / "collab.md"
-    return p if p.is_file() else None
+    """The collab.md shipped with the package, if it is there."""
+    return packaged_file("collab.md")
 
 
 def _extract_json(text: str) -> Any:

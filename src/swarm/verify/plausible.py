@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from swarm.errors import TrainPyError
 from swarm.summary import Summary
+from swarm.tracks import REFERENCE_SEQ_LEN, TRACKS
 from swarm.trainpy import constants
 
 __all__ = [
@@ -32,11 +33,10 @@ __all__ = [
 
 BUDGET_MARK = "-budget-"
 
-#: per profile: (tokens per row, divisor of DEVICE_BATCH_SIZE, reference row length);
-#: mirrors prepare.PROFILES (prepare.py is not imported: it pulls in torch)
+#: per profile: (tokens per row, divisor of DEVICE_BATCH_SIZE, reference row length),
+#: from the track table
 GEOMETRY: dict[str, tuple[int, int, int]] = {
-    "standard": (2048, 1, 2048),
-    "smoke": (256, 64, 2048),
+    name: (t.seq_len, t.batch_divisor, REFERENCE_SEQ_LEN) for name, t in TRACKS.items()
 }
 
 #: the summary prints seconds with one decimal; wall time also covers interpreter start-up

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from swarm.records import Result, from_iso, to_iso
+from swarm.tracks import TRACKS
 from swarm.verify.plausible import base_profile
 
 __all__ = [
@@ -35,7 +36,7 @@ CANDIDATE_STATES: tuple[str, ...] = ("pending", "self-verified", "verified", "re
 OPEN_STATES: frozenset[str] = frozenset({"pending", "self-verified"})
 
 #: seed noise (standard deviation of val_bpb between seeds) until enough pairs are measured
-DEFAULT_SIGMA: dict[str, float] = {"standard": 0.002, "smoke": 0.02}
+DEFAULT_SIGMA: dict[str, float] = {name: t.seed_sigma for name, t in TRACKS.items()}
 #: pairs before the measured sigma replaces the default (a few pairs can agree by chance)
 MIN_PAIRS = 8
 #: the measured sigma never goes below this share of the default
