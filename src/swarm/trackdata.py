@@ -18,6 +18,7 @@ from pathlib import Path
 from swarm._logging import get_logger
 from swarm.errors import RunnerError
 from swarm.procgroup import spawn_group
+from swarm.tracks import get_track
 
 __all__ = ["PREPARE_GRACE_S", "data_ready", "ensure_data"]
 
@@ -26,18 +27,11 @@ log = get_logger(__name__)
 #: seconds prepare.py gets between SIGTERM and SIGKILL
 PREPARE_GRACE_S = 10.0
 
-# what prepare.py writes per track (kept in step with prepare.PROFILES; prepare.py is not
-# imported here: it pulls in torch, and the supervisor must not depend on the target)
-_TRACK_CACHE = {
-    "standard": ("", "shard_06542.parquet"),
-    "smoke": ("smoke", "val.parquet"),
-}
-
-
 def data_ready(track: str, env: Mapping[str, str] | None = None) -> bool:
     """Whether the track's cache holds the tokenizer and the data (what prepare.py writes)."""
     environ = os.environ if env is None else env
-    subdir, val_name = _TRACK_CACHE.get(track, _TRACK_CACHE["standard"])
+    facts = get_track(track)  # where prepare.py writes it (swarm.tracks mirrors prepare.py)
+    subdir, val_name = facts.cache_subdir, facts.val_filename
     root = Path(environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch")
     cache = root.expanduser() / subdir if subdir else root.expanduser()
     data, tok = cache / "data", cache / "tokenizer"
