@@ -42,6 +42,7 @@ from swarm.hub.protocol import (
 from swarm.hub.tokens import TokenStore
 from swarm.hub.tools import HubService
 from swarm.hub.transport import GUARDS, BodyError, Listener, RedactingLog, mark_busy, read_body
+from swarm.memory._store import HubStore
 from swarm.memory.local import DEFAULT_ORG, LocalStore
 
 __all__ = ["HubHandle", "build_app", "run_hub", "serve_hub"]
@@ -343,7 +344,7 @@ class HubHandle:
         self._tokens = tokens
 
     @property
-    def store(self) -> LocalStore:
+    def store(self) -> HubStore:
         return self.service.store
 
     def add_token(self, name: str, role: str = "participant") -> str:

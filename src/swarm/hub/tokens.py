@@ -15,10 +15,12 @@ admin token that made them is revoked.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -155,28 +157,18 @@ class TokenStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    class _Tx:
-        def __init__(self, store: TokenStore) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._lock.acquire()
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one BEGIN IMMEDIATE transaction, under the lock."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self.store._conn.execute("BEGIN IMMEDIATE")
+                yield conn
             except BaseException:
-                self.store._lock.release()
+                conn.execute("ROLLBACK")
                 raise
-            return self.store._conn
-
-        def __exit__(self, exc_type: object, *rest: object) -> None:
-            conn = self.store._conn
-            try:
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            finally:
-                self.store._lock.release()
-
-    def _tx(self) -> TokenStore._Tx:
-        return TokenStore._Tx(self)
+            conn.execute("COMMIT")
 
     def generation_nowait(self) -> int | None:
         """The change counter read at once on the caller's thread, or None when the file is
