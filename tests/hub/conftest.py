@@ -1,5 +1,5 @@
 """Fixtures of the hub tests: a LocalStore in a tmp dir, a running hub with tokens of
-every role, and a small raw JSON-RPC client over aiohttp."""
+every role (on SQLite and on PostgreSQL), and a small raw JSON-RPC client over aiohttp."""
 
 from __future__ import annotations
 
@@ -27,10 +27,17 @@ async def store(tmp_path: Path, embedder: Embedder) -> AsyncIterator[LocalStore]
         yield s
 
 
-@pytest.fixture
-async def hub(tmp_path: Path, embedder: Embedder) -> AsyncIterator[Hub]:
-    """A hub on a free port with tokens: reader (read), alice and bob (participant), root (admin)."""
-    async with serve_hub(tmp_path / "hub.db", embedder=embedder) as handle:
+HUB_DBS = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=HUB_DBS)
+async def hub(
+    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
+) -> AsyncIterator[Hub]:
+    """A hub on a free port with tokens: reader (read), alice and bob (participant), root
+    (admin); once on a SQLite file and once on a PostgreSQL database."""
+    db = request.getfixturevalue("pg_url") if request.param == "postgres" else tmp_path / "hub.db"
+    async with serve_hub(db, embedder=embedder) as handle:
         tokens = {
             "reader": handle.add_token("reader", "read"),
             "alice": handle.add_token("alice", "participant"),
@@ -38,4 +45,4 @@ async def hub(tmp_path: Path, embedder: Embedder) -> AsyncIterator[Hub]:
             "root": handle.add_token("root", "admin"),
         }
         async with aiohttp.ClientSession() as session:
-            yield Hub(handle, Rpc(session, handle.url), tokens)
+            yield Hub(handle, Rpc(session, handle.url), tokens, db)
