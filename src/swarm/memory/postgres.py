@@ -218,6 +218,8 @@ class PgStore:
         self._need_pool()
         query, args = sql.search_query(pattern, sql.vector_text(vec), int(vec.shape[0]), limit)
         rows = await self._fetch("search", query, *args)
+        if not rows:
+            await self._check_dim(int(vec.shape[0]))
         hits: list[tuple[StoredItem, float]] = []
         for row in rows:
             if pattern.regex is not None and pattern.regex.match(row["key"]) is None:
@@ -226,6 +228,18 @@ class PgStore:
             if len(hits) >= limit:
                 break
         return hits
+
+    async def _check_dim(self, dim: int) -> None:
+        """InvalidRequestError when the stored vectors have another dimension (as the
+        SQLite store's index says)."""
+        rows = await self._fetch(
+            "search", "SELECT vector_dims(embedding) FROM memories "
+            "WHERE embedding IS NOT NULL LIMIT 1"
+        )
+        if rows and int(rows[0][0]) != dim:
+            raise InvalidRequestError(
+                f"query vector has {dim} dimensions; the stored vectors have {rows[0][0]}"
+            )
 
     async def search(
         self, query: str, *, limit: int = 10, prefix: str | None = None
