@@ -21,6 +21,8 @@ __all__ = [
     "create_vectors",
     "delete_outcomes",
     "embed_plan",
+    "prepare_create",
+    "prepare_delete",
     "raise_update_error",
     "unit",
     "vector_change",
@@ -84,6 +86,32 @@ async def create_vectors(
         for i, v in zip(to_embed, await embed(texts), strict=True):
             vecs[i] = np.asarray(v, dtype=np.float32)
     return vecs, sources
+
+
+async def prepare_create(
+    items: Sequence[NewMemory],
+    vectors: np.ndarray | Sequence[np.ndarray | None] | None,
+    org: str,
+    max_value_bytes: int,
+    embed: EmbedFn,
+) -> tuple[list[tuple[str, str]], list[np.ndarray | None], list[str | None]]:
+    """Every item checked (before anything is written), then its (org, key), vector and
+    embed source."""
+    if vectors is not None and len(vectors) != len(items):
+        raise InvalidRequestError(f"{len(vectors)} vectors given for {len(items)} items")
+    split = [check_item(it, org, max_value_bytes) for it in items]
+    vecs, sources = await create_vectors(items, vectors, embed)
+    return split, vecs, sources
+
+
+def prepare_delete(
+    keys: Sequence[str], owners: Sequence[str | None] | None, org: str
+) -> tuple[list[tuple[str, str]], list[str | None]]:
+    """(org, key) and the required owner (None: anyone) of each key to delete."""
+    if owners is not None and len(owners) != len(keys):
+        raise InvalidRequestError(f"{len(owners)} owners given for {len(keys)} keys")
+    split = [split_key(k, org) for k in keys]
+    return split, list(owners) if owners is not None else [None] * len(keys)
 
 
 def create_outcomes(

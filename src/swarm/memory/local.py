@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from swarm._logging import get_logger
-from swarm.embedding import Embedder, get_embedder
+from swarm.embedding import Embedder
 from swarm.errors import InvalidRequestError, MemoryStoreError
 from swarm.memory import _sqlite_ops as ops
+from swarm.memory._base import StoreBase
 from swarm.memory._batch import TickBatcher
 from swarm.memory._keys import (
     DEFAULT_ORG,
@@ -52,15 +53,15 @@ from swarm.memory._keys import (
 )
 from swarm.memory._records import KeyRow, Outcome, OutcomeCode, StoredItem, collect_page
 from swarm.memory._sqlite_io import SqliteFile
-from swarm.memory._types import EmbedSource, ItemResult, KeyInfo, Memory, NewMemory, SearchHit
+from swarm.memory._types import EmbedSource, NewMemory
 from swarm.memory._vector_index import VectorIndex, single_threaded_blas
 from swarm.memory._writes import (
-    check_item,
     check_update,
     create_outcomes,
-    create_vectors,
     delete_outcomes,
     embed_plan,
+    prepare_create,
+    prepare_delete,
     raise_update_error,
     vector_change,
 )
@@ -105,7 +106,7 @@ def item_from_row(row: Sequence[Any], default_org: str) -> StoredItem:
     )
 
 
-class LocalStore:
+class LocalStore(StoreBase):
     """MemoryBackend over one SQLite file in WAL mode (see the module docstring).
 
     Use as ``async with LocalStore(path) as store: ...``. Besides the protocol methods
@@ -151,13 +152,6 @@ class LocalStore:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> LocalStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     async def open(self) -> None:
         """Create the file and schema if needed and start the worker threads."""
         if self._file.is_open:
@@ -168,17 +162,6 @@ class LocalStore:
     async def close(self) -> None:
         """Stop the threads and close every connection."""
         await self._file.close()
-
-    def _embedder_or_default(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = get_embedder()
-        return self._embedder
-
-    async def _embed(self, texts: list[str]) -> np.ndarray:
-        return await self._embedder_or_default().aembed(texts)
-
-    def _public(self, org: str, key: str) -> str:
-        return public_key(org, key, self.org)
 
     def _item(self, row: Sequence[Any]) -> StoredItem:
         return item_from_row(row, self.org)
@@ -219,11 +202,6 @@ class LocalStore:
                     out[asked] = item
         return out
 
-    async def get(self, keys: Sequence[str]) -> dict[str, Memory]:
-        """Items by key (canonical form); missing keys are absent from the mapping."""
-        items = await self.get_items(keys)
-        return {item.key: item.to_memory() for item in items.values()}
-
     async def list_page(
         self, pattern: KeyPattern, *, limit: int | None = None, offset: int = 0
     ) -> list[KeyRow]:
@@ -241,12 +219,6 @@ class LocalStore:
             )
 
         return await self._file.read(fn)
-
-    async def list_keys(self, prefix: str, *, limit: int | None = None) -> list[KeyInfo]:
-        """Every key starting with ``prefix`` (literally), sorted by key."""
-        pattern = parse_prefix(prefix, self.org)
-        rows = await self.list_page(pattern, limit=limit)
-        return [KeyInfo(r.key, r.description, r.created_at, r.updated_at) for r in rows]
 
     # ------------------------------------------------------------------ search
 
@@ -293,46 +265,14 @@ class LocalStore:
 
         Searches issued in the same event-loop tick share one pass over the vectors.
         """
-        pattern = (
-            prefix if isinstance(prefix, KeyPattern) else parse_prefix(prefix or "", self.org)
-        )
-        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-        norm = float(np.linalg.norm(vec))
-        if norm > 0:
-            vec = vec / norm
+        pattern, vec = self._query(vector, prefix)
         if limit <= 0:
             return []
         if not self._file.is_open:
             raise MemoryStoreError(f"LocalStore({self.path}) is not open; use 'async with'")
         return await self._searches((vec, int(limit), pattern))
 
-    async def search(
-        self, query: str, *, limit: int = 10, prefix: str | None = None
-    ) -> list[SearchHit]:
-        """Embedded items closest to ``query``, best first, optionally under ``prefix``."""
-        check_text(query, "query")
-        pattern = parse_prefix(prefix or "", self.org)
-        vec = (await self._embed([query]))[0]
-        hits = await self.search_vector(vec, limit=limit, prefix=pattern)
-        return [SearchHit(item.key, score, item.value, item.description) for item, score in hits]
-
     # ------------------------------------------------------------------ writes
-
-    async def create(
-        self,
-        items: Sequence[NewMemory],
-        *,
-        creator: str | None = None,
-        vectors: np.ndarray | Sequence[np.ndarray | None] | None = None,
-    ) -> list[ItemResult]:
-        """Create-if-absent per item, atomically per key; results in order.
-
-        Every item is validated before anything is written (InvalidRequestError names
-        the first bad one). ``vectors`` (one per item, or None) bypass the embedder:
-        an item with a vector is stored as embedded whatever its ``embed`` flag says.
-        """
-        outcomes = await self.create_checked(items, creator=creator, vectors=vectors)
-        return [o.to_item_result() for o in outcomes]
 
     async def create_checked(
         self,
@@ -342,14 +282,14 @@ class LocalStore:
         vectors: np.ndarray | Sequence[np.ndarray | None] | None = None,
     ) -> list[Outcome]:
         """``create`` with machine-readable outcomes."""
-        if vectors is not None and len(vectors) != len(items):
-            raise InvalidRequestError(f"{len(vectors)} vectors given for {len(items)} items")
-        split = [check_item(it, self.org, self.max_value_bytes) for it in items]
-        vecs, sources = await create_vectors(items, vectors, self._embed)
+        split, vecs, sources = await prepare_create(
+            items, vectors, self.org, self.max_value_bytes, self._embed
+        )
         now = self._clock()
+        blobs = [None if v is None else v.tobytes() for v in vecs]
         rows = [
             (org, key, it.value, it.description, len(it.value.encode("utf-8")), now, now,
-             sources[i], None if vecs[i] is None else vecs[i].tobytes(), creator)  # type: ignore[union-attr]
+             sources[i], blobs[i], creator)
             for i, ((org, key), it) in enumerate(zip(split, items, strict=True))
         ]
         created: list[bool] = []
@@ -395,18 +335,11 @@ class LocalStore:
         raise_update_error(code, key, owner, info)
         return self._item(info)
 
-    async def delete(self, keys: Sequence[str]) -> list[ItemResult]:
-        """Delete keys; a missing key gives a failed item, never an exception."""
-        return [o.to_item_result() for o in await self.delete_checked(keys)]
-
     async def delete_checked(
         self, keys: Sequence[str], *, owners: Sequence[str | None] | None = None
     ) -> list[Outcome]:
         """Delete keys; ``owners[i]`` (when not None) must be the creator of ``keys[i]``."""
-        if owners is not None and len(owners) != len(keys):
-            raise InvalidRequestError(f"{len(owners)} owners given for {len(keys)} keys")
-        split = [split_key(k, self.org) for k in keys]
-        owner_list: list[str | None] = list(owners) if owners is not None else [None] * len(keys)
+        split, owner_list = prepare_delete(keys, owners, self.org)
         results: list[tuple[OutcomeCode, str | None]] = []
         for i in range(0, len(split), ops.CHUNK):
             fn = functools.partial(

@@ -27,30 +27,27 @@ from typing import Any
 import numpy as np
 
 from swarm._logging import get_logger
-from swarm.embedding import Embedder, get_embedder
+from swarm.embedding import Embedder
 from swarm.errors import InvalidRequestError, MemoryStoreError
 from swarm.memory import _pg_sql as sql
+from swarm.memory._base import StoreBase
 from swarm.memory._keys import (
     DEFAULT_ORG,
     KeyPattern,
     check_org_name,
-    check_text,
-    parse_prefix,
-    public_key,
     split_key,
 )
 from swarm.memory._pg import MEMORY_SCHEMA, ensure_schema, import_asyncpg, parse_db_url, pg_errors
 from swarm.memory._records import KeyRow, Outcome, OutcomeCode, StoredItem, collect_page
-from swarm.memory._types import EmbedSource, ItemResult, KeyInfo, Memory, NewMemory, SearchHit
+from swarm.memory._types import EmbedSource, NewMemory
 from swarm.memory._writes import (
-    check_item,
     check_update,
     create_outcomes,
-    create_vectors,
     delete_outcomes,
     embed_plan,
+    prepare_create,
+    prepare_delete,
     raise_update_error,
-    unit,
     vector_change,
 )
 
@@ -59,7 +56,7 @@ __all__ = ["PgStore"]
 log = get_logger(__name__)
 
 
-class PgStore:
+class PgStore(StoreBase):
     """MemoryBackend (and HubStore) over a PostgreSQL database with pgvector.
 
     Use as ``async with PgStore("postgresql://...") as store: ...``.
@@ -90,13 +87,6 @@ class PgStore:
         self._pool: Any = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def __aenter__(self) -> PgStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect, and create or migrate the schema (idempotent, under an advisory lock)."""
@@ -132,17 +122,6 @@ class PgStore:
         with pg_errors(what, self.where):
             return list(await pool.fetch(query, *args))
 
-    def _embedder_or_default(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = get_embedder()
-        return self._embedder
-
-    async def _embed(self, texts: list[str]) -> np.ndarray:
-        return await self._embedder_or_default().aembed(texts)
-
-    def _public(self, org: str, key: str) -> str:
-        return public_key(org, key, self.org)
-
     def _item(self, row: Any) -> StoredItem:
         return sql.item(row, self.org)
 
@@ -175,11 +154,6 @@ class PgStore:
                 out[asked] = item
         return out
 
-    async def get(self, keys: Sequence[str]) -> dict[str, Memory]:
-        """Items by key (canonical form); missing keys are absent from the mapping."""
-        items = await self.get_items(keys)
-        return {item.key: item.to_memory() for item in items.values()}
-
     async def list_page(
         self, pattern: KeyPattern, *, limit: int | None = None, offset: int = 0
     ) -> list[KeyRow]:
@@ -194,11 +168,6 @@ class PgStore:
             public=lambda key: self._public(pattern.org, key),
         )
 
-    async def list_keys(self, prefix: str, *, limit: int | None = None) -> list[KeyInfo]:
-        """Every key starting with ``prefix`` (literally), sorted by key."""
-        rows = await self.list_page(parse_prefix(prefix, self.org), limit=limit)
-        return [KeyInfo(r.key, r.description, r.created_at, r.updated_at) for r in rows]
-
     # ------------------------------------------------------------------ search
 
     async def search_vector(
@@ -209,10 +178,7 @@ class PgStore:
         prefix: KeyPattern | str | None = None,
     ) -> list[tuple[StoredItem, float]]:
         """Embedded items closest to ``vector`` (cosine), best first, as (item, score)."""
-        pattern = (
-            prefix if isinstance(prefix, KeyPattern) else parse_prefix(prefix or "", self.org)
-        )
-        vec = unit(vector)
+        pattern, vec = self._query(vector, prefix)
         if limit <= 0:
             return []
         self._need_pool()
@@ -241,28 +207,7 @@ class PgStore:
                 f"query vector has {dim} dimensions; the stored vectors have {rows[0][0]}"
             )
 
-    async def search(
-        self, query: str, *, limit: int = 10, prefix: str | None = None
-    ) -> list[SearchHit]:
-        """Embedded items closest to ``query``, best first, optionally under ``prefix``."""
-        check_text(query, "query")
-        pattern = parse_prefix(prefix or "", self.org)
-        vec = (await self._embed([query]))[0]
-        hits = await self.search_vector(vec, limit=limit, prefix=pattern)
-        return [SearchHit(item.key, score, item.value, item.description) for item, score in hits]
-
     # ------------------------------------------------------------------ writes
-
-    async def create(
-        self,
-        items: Sequence[NewMemory],
-        *,
-        creator: str | None = None,
-        vectors: np.ndarray | Sequence[np.ndarray | None] | None = None,
-    ) -> list[ItemResult]:
-        """Create-if-absent per item, atomically per key; results in order."""
-        outcomes = await self.create_checked(items, creator=creator, vectors=vectors)
-        return [o.to_item_result() for o in outcomes]
 
     async def create_checked(
         self,
@@ -272,10 +217,9 @@ class PgStore:
         vectors: np.ndarray | Sequence[np.ndarray | None] | None = None,
     ) -> list[Outcome]:
         """``create`` with machine-readable outcomes."""
-        if vectors is not None and len(vectors) != len(items):
-            raise InvalidRequestError(f"{len(vectors)} vectors given for {len(items)} items")
-        split = [check_item(it, self.org, self.max_value_bytes) for it in items]
-        vecs, sources = await create_vectors(items, vectors, self._embed)
+        split, vecs, sources = await prepare_create(
+            items, vectors, self.org, self.max_value_bytes, self._embed
+        )
         now = self._clock()
         if not items:
             return []
@@ -323,18 +267,11 @@ class PgStore:
         raise_update_error(code, key, owner, info)
         return self._item(info)
 
-    async def delete(self, keys: Sequence[str]) -> list[ItemResult]:
-        """Delete keys; a missing key gives a failed item, never an exception."""
-        return [o.to_item_result() for o in await self.delete_checked(keys)]
-
     async def delete_checked(
         self, keys: Sequence[str], *, owners: Sequence[str | None] | None = None
     ) -> list[Outcome]:
         """Delete keys; ``owners[i]`` (when not None) must be the creator of ``keys[i]``."""
-        if owners is not None and len(owners) != len(keys):
-            raise InvalidRequestError(f"{len(owners)} owners given for {len(keys)} keys")
-        split = [split_key(k, self.org) for k in keys]
-        owner_list: list[str | None] = list(owners) if owners is not None else [None] * len(keys)
+        split, owner_list = prepare_delete(keys, owners, self.org)
         if not split:
             return []
         rows = await self._fetch(
