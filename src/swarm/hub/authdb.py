@@ -45,6 +45,9 @@ class AuthDb(Protocol):
 
     def read(self) -> contextlib.AbstractContextManager[AuthConn]: ...
 
+    def generation(self) -> int:
+        """The change counter of the auth tables (``hub_gen``), read now."""
+
     def generation_nowait(self) -> int | None: ...
 
     def close(self) -> None: ...
@@ -151,6 +154,11 @@ class SqliteAuthDb:
                 yield conn
             finally:
                 conn.execute("COMMIT")
+
+    def generation(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
 
     def generation_nowait(self) -> int | None:
         """The change counter read at once on the caller's thread, or None when the file is

@@ -151,6 +151,12 @@ class PgAuthDb:
             finally:
                 self.call(self.conn.execute("COMMIT"))
 
+    def generation(self) -> int:
+        """One statement, one round trip (every hub process runs it per request)."""
+        with self._lock:
+            gen = self.call(self.conn.fetchval("SELECT gen FROM hub_gen WHERE id = 1"))
+        return int(gen) if gen is not None else 0
+
     def generation_nowait(self) -> int | None:
         """None: reading PostgreSQL means waiting, so the hub reads in a thread."""
         return None

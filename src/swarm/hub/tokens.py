@@ -97,9 +97,7 @@ class TokenStore:
 
     def generation(self) -> int:
         """The change counter: it moves whenever any auth table changes, in any process."""
-        with self._db.read() as conn:
-            row = conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
-        return int(row[0]) if row else 0
+        return self._db.generation()
 
     # ---------------------------------------------------------------- tokens
 
