@@ -20,6 +20,7 @@ asyncpg is imported lazily: nothing in the default install needs it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -252,18 +253,19 @@ class PgStore(StoreBase):
             row = await self._fetch("update", sql.UPDATE_PLAIN, org, k, *sets.args(), owner)
             if row:
                 return self._item(row[0])
+        decide = functools.partial(
+            embed_plan, embed=embed, embed_source=embed_source, value=value,
+            description=description,
+        )
         pool = self._need_pool()
         with pg_errors("update", self.where):
             async with pool.acquire() as conn:
-                code, info = await sql.update_locked(conn, org, k, sets, owner, change, lambda cur:
-                    embed_plan(cur, embed=embed, embed_source=embed_source, value=value,
-                               description=description))
-                if code == "embed":
+                locked = functools.partial(sql.update_locked, conn, org, k, sets, owner)
+                code, info = await locked(change, decide)
+                if code == "embed":  # embedded outside the transaction, then written
                     source, text = info
                     vec = np.asarray((await self._embed([text]))[0], dtype=np.float32)
-                    code, info = await sql.update_locked(
-                        conn, org, k, sets, owner, (source, vec), lambda cur: None
-                    )
+                    code, info = await locked((source, vec), decide)
         raise_update_error(code, key, owner, info)
         return self._item(info)
 
