@@ -60,7 +60,6 @@ from swarm.errors import (
     ConfigError,
     MemoryStoreError,
     SwarmError,
-    TrainPyError,
 )
 from swarm.exitcodes import (
     EXIT_FAILURE,
@@ -78,7 +77,6 @@ from swarm.namespace import SwarmMemory
 from swarm.notify import notify_loop, sd_notify
 from swarm.outbox import OUTBOX_NAME, Outbox, Publisher
 from swarm.proposers import Proposer, ProposerSpec, build_proposer
-from swarm.records import Result
 from swarm.recovery import StateLock, find_unfinished
 from swarm.replay import OutboxReplay, record_replayed, register_queued
 from swarm.results_log import ResultsLog
@@ -98,7 +96,6 @@ from swarm.startup import (
 from swarm.status import Snapshot, SnapshotWriter, WorkerStatus, write_snapshot
 from swarm.sync import POLLS_PER_HEARTBEATS, ResultFeed
 from swarm.trackdata import data_ready, ensure_data
-from swarm.trainpy import code_hash
 from swarm.verify import budget_track
 from swarm.worker import (
     CounterBox,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -69,6 +70,7 @@ class Hub:
     handle: HubHandle
     rpc: Rpc
     tokens: dict[str, str] = field(default_factory=dict)
+    db: Path | str = ""  # the hub's database: a SQLite file or a postgresql:// URL
 
     @property
     def url(self) -> str:

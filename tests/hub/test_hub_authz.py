@@ -16,8 +16,9 @@ from hub_helpers import Hub, Rpc
 from hub_proc import ENV
 
 from swarm.errors import ConfigError
-from swarm.hub import TokenStore, serve_hub
+from swarm.hub import serve_hub
 from swarm.hub.auth import DEFAULT_SHARED_DELETE, DEFAULT_SHARED_UPDATE, HubPolicy
+from swarm.hub.backends import open_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +136,7 @@ async def test_invites_are_bounded_revocable_and_never_admin(hub: Hub) -> None:
 
 async def test_expired_invites_do_not_work(hub: Hub) -> None:
     """Finding 9: an invite past its expiry is refused."""
-    with TokenStore(hub.handle.store.path) as ts:
+    with open_tokens(hub.db) as ts:
         who = next(p for p in ts.snapshot().tokens.values() if p.name == "root")
         token, _ = ts.create_invite("participant", who, max_uses=5, ttl_s=0.05)
     await asyncio.sleep(0.1)
@@ -169,7 +170,7 @@ async def test_revocation_is_immediate_from_another_process(hub: Hub) -> None:
 
     async def revoker() -> None:
         await asyncio.sleep(0.3)
-        with TokenStore(hub.handle.store.path) as ts:
+        with open_tokens(hub.db) as ts:
             assert await asyncio.to_thread(ts.revoke, "alice")
         revoked_at.append(time.monotonic())
 

@@ -13,6 +13,7 @@ import pytest
 
 from swarm.embedding import Embedder
 from swarm.errors import AuthError, InvalidRequestError, KeyNotFoundError, MemoryStoreError
+from swarm.memory._store import HubStore
 from swarm.memory._types import MemoryBackend, NewMemory
 from swarm.memory.local import LocalStore, parse_like, parse_prefix, split_key
 
@@ -20,9 +21,9 @@ HERE = Path(__file__).parent
 
 
 async def test_is_a_memory_backend(store: LocalStore) -> None:
-    """LocalStore satisfies the MemoryBackend protocol and pings."""
-    assert isinstance(store, MemoryBackend)
-    assert store.name == "local"
+    """LocalStore and PgStore satisfy the MemoryBackend and HubStore protocols and ping."""
+    assert isinstance(store, MemoryBackend) and isinstance(store, HubStore)
+    assert store.name == ("local" if isinstance(store, LocalStore) else "postgres")
     await store.ping()
 
 

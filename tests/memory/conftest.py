@@ -29,16 +29,24 @@ def fake_sleep() -> FakeSleep:
 
 # --------------------------------------------------------------------------- contract backends
 
-BACKENDS = ("local", "hub", "hub-hosted-like")
+BACKENDS = ("local", "hub", "hub-hosted-like", "postgres", "hub-postgres")
 """``hub-hosted-like``: a hub whose default org differs from the client's, so every key is
-addressed as ``@autoresearch-at-home/...`` as against the hosted service."""
+addressed as ``@autoresearch-at-home/...`` as against the hosted service. ``postgres``:
+the PostgreSQL store itself; ``hub-postgres``: a hub serving a PostgreSQL database (both
+on the session's PostgreSQL server, tests/pg_support.py)."""
 
 SWARM_ORG = "autoresearch-at-home"
 
 
 @asynccontextmanager
-async def open_backend(kind: str, tmp: Path) -> AsyncIterator[Any]:
-    """One of the three backends of the contract suite, entered, on fresh storage."""
+async def open_backend(kind: str, tmp: Path, pg_url: str = "") -> AsyncIterator[Any]:
+    """One of the backends of the contract suite, entered, on fresh storage."""
+    if kind == "postgres":
+        from swarm.memory.postgres import PgStore
+
+        async with PgStore(pg_url, org=SWARM_ORG) as store:
+            yield store
+        return
     if kind == "local":
         from swarm.memory.local import LocalStore
 
@@ -48,8 +56,9 @@ async def open_backend(kind: str, tmp: Path) -> AsyncIterator[Any]:
     from swarm.hub import serve_hub
     from swarm.memory.ensue import EnsueBackend
 
-    if kind == "hub":
-        async with serve_hub(tmp / "hub.sqlite", port=0, org=SWARM_ORG) as hub:
+    if kind in ("hub", "hub-postgres"):
+        db = pg_url if kind == "hub-postgres" else tmp / "hub.sqlite"
+        async with serve_hub(db, port=0, org=SWARM_ORG) as hub:
             token = hub.add_token("contract-admin", "admin")
             async with EnsueBackend(hub.url, token, name="hub") as backend:
                 yield backend
@@ -66,5 +75,6 @@ async def open_backend(kind: str, tmp: Path) -> AsyncIterator[Any]:
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     """Each contract test runs once per backend."""
-    async with open_backend(request.param, tmp_path) as b:
+    pg_url = request.getfixturevalue("pg_url") if "postgres" in request.param else ""
+    async with open_backend(request.param, tmp_path, pg_url) as b:
         yield b

@@ -34,7 +34,7 @@ async def create_ok(backend: MemoryBackend, *items: NewMemory) -> None:
 async def test_is_a_memory_backend(backend) -> None:
     """Every backend satisfies the MemoryBackend protocol and pings."""
     assert isinstance(backend, MemoryBackend)
-    assert backend.name in ("local", "hub", "ensue")
+    assert backend.name in ("local", "hub", "ensue", "postgres")
     await backend.ping()
 
 

@@ -2,14 +2,17 @@
 
 ::
 
-    python -m swarm hub --host 127.0.0.1 --port 8765 --db PATH [--org autoresearch-at-home]
+    python -m swarm hub --host 127.0.0.1 --port 8765 --db PATH|URL [--org autoresearch-at-home]
     python -m swarm hub token add NAME --role read|participant|admin [--db PATH]
     python -m swarm hub token list [--db PATH]
     python -m swarm hub token revoke NAME [--db PATH]
     python -m swarm hub invite list|revoke ID [--db PATH]
 
-Tokens live in the hub's database file (or in ``--auth-db`` when the hub was started
-with one: pass that file as ``--db`` to the token commands).
+``--db`` is a SQLite file (the default) or ``postgresql://USER:PASSWORD@HOST:PORT/DB``:
+several hub processes on one PostgreSQL database serve the same memory and tokens
+(asyncpg: ``pip install 'swarm[postgres]'``). Tokens live in the hub's database (or in
+``--auth-db`` when the hub was started with one: pass that as ``--db`` to the token
+commands).
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def _port(text: str) -> int:
     return port
 
 
+def _db(text: str) -> str | Path:
+    """A ``--db`` value: a database URL (checked when used) or a file path."""
+    return text if "://" in text else Path(text)
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "hub",
@@ -51,9 +59,16 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 = any free)")
-    p.add_argument("--db", type=Path, default=None, help=f"SQLite file (default {default_db()})")
+    p.add_argument(
+        "--db",
+        type=_db,
+        default=None,
+        help=f"SQLite file (default {default_db()}) or postgresql://USER:PW@HOST:PORT/DB",
+    )
     p.add_argument("--org", default="autoresearch-at-home", help="the hub's default org")
-    p.add_argument("--auth-db", type=Path, default=None, help="keep tokens in another file")
+    p.add_argument(
+        "--auth-db", type=_db, default=None, help="keep tokens in another file or database"
+    )
     p.add_argument(
         "--public-prefix",
         action="append",
@@ -110,7 +125,7 @@ def _add_commands(sub: Any, group: str, help_: str,
             cmd.add_argument(arg)
         if group == "token" and name == "add":
             cmd.add_argument("--role", required=True, choices=("read", "participant", "admin"))
-        cmd.add_argument("--db", type=Path, default=None, dest="token_db")
+        cmd.add_argument("--db", type=_db, default=None, dest="token_db")
         cmd.set_defaults(handler=handler)
 
 
@@ -156,17 +171,19 @@ def _limits(args: argparse.Namespace) -> Any:
 
 
 def _token_store(args: argparse.Namespace) -> Any:
-    from swarm.hub.tokens import TokenStore
+    from swarm.hub.backends import check_db, open_tokens, shown_db
 
     path = args.token_db or args.db or default_db()
+    check_db(path)
     try:
-        return TokenStore(path)
+        return open_tokens(path)
     except MemoryStoreError as exc:
-        raise ConfigError(str(exc), key="db", value=str(path)) from exc
+        raise ConfigError(str(exc), key="db", value=shown_db(path)) from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
     from swarm.hub.auth import HubPolicy
+    from swarm.hub.backends import check_db, shown_db
     from swarm.hub.server import run_hub
 
     defaults = HubPolicy()
@@ -180,6 +197,9 @@ def _serve(args: argparse.Namespace) -> int:
         public_prefixes=tuple(args.public_prefix),
     )
     db = args.db or default_db()
+    for value in (db, args.auth_db):
+        if value is not None:
+            check_db(value)
     limits = _limits(args)
     try:
         return run_hub(
@@ -193,7 +213,8 @@ def _serve(args: argparse.Namespace) -> int:
             limits=limits,
         )
     except MemoryStoreError as exc:
-        raise ConfigError(f"cannot serve {db}: {exc}", key="db", value=str(db)) from exc
+        shown = shown_db(db)
+        raise ConfigError(f"cannot serve {shown}: {exc}", key="db", value=shown) from exc
 
 
 def _token_add(args: argparse.Namespace) -> int:

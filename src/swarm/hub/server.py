@@ -23,6 +23,7 @@ from swarm.embedding import Embedder
 from swarm.errors import ConfigError, TransportError
 from swarm.hub.access import AuthState
 from swarm.hub.auth import HubPolicy, Principal
+from swarm.hub.backends import open_store, open_tokens, shown_db
 from swarm.hub.dashboard import mount_dashboard
 from swarm.hub.encode import encode
 from swarm.hub.limits import HubLimits, RequestBudget
@@ -41,7 +42,8 @@ from swarm.hub.protocol import (
 from swarm.hub.tokens import TokenStore
 from swarm.hub.tools import HubService
 from swarm.hub.transport import GUARDS, BodyError, Listener, RedactingLog, mark_busy, read_body
-from swarm.memory.local import DEFAULT_ORG, LocalStore
+from swarm.memory._store import HubStore
+from swarm.memory.local import DEFAULT_ORG
 from swarm.signals import SignalHandlers
 
 __all__ = ["HubHandle", "build_app", "run_hub", "serve_hub"]
@@ -343,7 +345,7 @@ class HubHandle:
         self._tokens = tokens
 
     @property
-    def store(self) -> LocalStore:
+    def store(self) -> HubStore:
         return self.service.store
 
     def add_token(self, name: str, role: str = "participant") -> str:
@@ -389,10 +391,9 @@ async def serve_hub(
             shared_delete_prefixes=pol.shared_delete_prefixes,
             public_prefixes=(*pol.public_prefixes, *public_prefixes),
         )
-    async with LocalStore(
-        db_path, org=org, embedder=embedder, max_value_bytes=max_value_bytes
-    ) as store:
-        tokens = await asyncio.to_thread(TokenStore, auth_db or db_path)
+    store = open_store(db_path, org=org, embedder=embedder, max_value_bytes=max_value_bytes)
+    async with store:
+        tokens = await asyncio.to_thread(open_tokens, auth_db or db_path)
         try:
             auth = AuthState(tokens, pol, open_access=open_access)
             service = HubService(store, auth, embedder=embedder, limits=lim)
@@ -420,7 +421,7 @@ async def serve_hub(
                         value=port,
                     ) from exc
                 handle = HubHandle(_url(host, bound), bound, service, tokens)
-                log.info("hub_listening", url=handle.url, db=str(db_path), org=org,
+                log.info("hub_listening", url=handle.url, db=shown_db(db_path), org=org,
                          open_access=open_access)
                 yield handle
             finally:

@@ -15,16 +15,15 @@ admin token that made them is revoked.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from swarm._logging import get_logger
-from swarm.errors import ConfigError, MemoryStoreError
+from swarm.errors import ConfigError
 from swarm.hub.auth import (
     NAME_RE,
     ROLES,
@@ -35,6 +34,7 @@ from swarm.hub.auth import (
     TokenInfo,
     hash_token,
 )
+from swarm.hub.authdb import AuthConn, AuthDb, SqliteAuthDb
 
 __all__ = ["INVITE_ROLES", "InviteError", "InviteInfo", "TokenStore"]
 
@@ -42,42 +42,6 @@ log = get_logger(__name__)
 
 INVITE_ROLES: tuple[Role, ...] = ("read", "participant")
 DEFAULT_INVITE_TTL_S = 7 * 86400.0
-_TABLES = ("hub_tokens", "hub_grants", "hub_public", "hub_invites", "hub_settings")
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS hub_tokens (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    )""",
-    """CREATE TABLE IF NOT EXISTS hub_grants (
-        role TEXT NOT NULL, action TEXT NOT NULL, pattern TEXT NOT NULL,
-        PRIMARY KEY (role, action, pattern)
-    )""",
-    "CREATE TABLE IF NOT EXISTS hub_public (pattern TEXT PRIMARY KEY)",
-    """CREATE TABLE IF NOT EXISTS hub_invites (
-        token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, created_at REAL NOT NULL,
-        created_by TEXT, uses INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE TABLE IF NOT EXISTS hub_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS hub_gen (
-        id INTEGER PRIMARY KEY CHECK (id = 1), gen INTEGER NOT NULL
-    )""",
-    "INSERT OR IGNORE INTO hub_gen (id, gen) VALUES (1, 0)",
-)
-# columns added after the first release (older files are migrated on open)
-_COLUMNS = {
-    "hub_tokens": {"ident": "TEXT"},
-    "hub_invites": {
-        "id": "TEXT",
-        "max_uses": "INTEGER",
-        "expires_at": "REAL",
-        "revoked_at": "REAL",
-        "creator_ident": "TEXT",
-    },
-}
 
 
 class InviteError(Exception):
@@ -104,50 +68,18 @@ def _identity(name: str, ident: str | None) -> str | None:
 
 class TokenStore:
     """Synchronous access to the ``hub_*`` tables (the CLI uses it directly; the hub in
-    a thread). Thread-safe: one connection guarded by a lock."""
+    a thread). Thread-safe. ``TokenStore(path)`` keeps them in a SQLite file;
+    ``TokenStore.open(db)`` takes a database URL or path (``swarm.hub.backends``)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._peek: sqlite3.Connection | None = None  # generation_nowait's own connection
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                str(self.path),
-                timeout=busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            with self._tx() as conn:
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                self._migrate(conn)
-        except (sqlite3.Error, OSError) as exc:
-            raise MemoryStoreError(
-                f"cannot open the hub's auth tables in {self.path}: {exc}"
-            ) from exc
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        for table, cols in _COLUMNS.items():
-            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            for col, decl in cols.items():
-                if col not in have:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
-        for table in _TABLES:
-            for op in ("INSERT", "UPDATE", "DELETE"):
-                conn.execute(
-                    f"CREATE TRIGGER IF NOT EXISTS {table}_gen_{op.lower()} AFTER {op} ON {table} "
-                    "BEGIN UPDATE hub_gen SET gen = gen + 1 WHERE id = 1; END"
-                )
+    def __init__(self, path: str | Path | AuthDb, *, busy_timeout_s: float = 30.0) -> None:
+        if isinstance(path, (str, Path)):
+            self._db: AuthDb = SqliteAuthDb(path, busy_timeout_s=busy_timeout_s)
+        else:
+            self._db = path
+        self.where = self._db.where
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-            if self._peek is not None:
-                self._peek.close()
+        self._db.close()
 
     def __enter__(self) -> TokenStore:
         return self
@@ -155,50 +87,17 @@ class TokenStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    class _Tx:
-        def __init__(self, store: TokenStore) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._lock.acquire()
-            try:
-                self.store._conn.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                self.store._lock.release()
-                raise
-            return self.store._conn
-
-        def __exit__(self, exc_type: object, *rest: object) -> None:
-            conn = self.store._conn
-            try:
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            finally:
-                self.store._lock.release()
-
-    def _tx(self) -> TokenStore._Tx:
-        return TokenStore._Tx(self)
+    def _tx(self) -> contextlib.AbstractContextManager[AuthConn]:
+        return self._db.tx()
 
     def generation_nowait(self) -> int | None:
-        """The change counter read at once on the caller's thread, or None when the file is
-        busy (then call ``generation`` in a worker thread). A WAL reader takes no lock a
-        writer holds, so this is one indexed row read (microseconds); its busy wait is
-        capped at 20 ms. For one thread only (the hub's event loop)."""
-        try:
-            if self._peek is None:
-                self._peek = sqlite3.connect(
-                    str(self.path), timeout=0.02, isolation_level=None, check_same_thread=False
-                )
-                self._peek.execute("PRAGMA busy_timeout = 20")
-            row = self._peek.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
-        except sqlite3.Error:
-            return None
-        return int(row[0]) if row else 0
+        """The change counter read at once on the caller's thread, or None when that
+        cannot be done without waiting (then call ``generation`` in a worker thread)."""
+        return self._db.generation_nowait()
 
     def generation(self) -> int:
         """The change counter: it moves whenever any auth table changes, in any process."""
-        with self._lock:
-            row = self._conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
-        return int(row[0]) if row else 0
+        return self._db.generation()
 
     # ---------------------------------------------------------------- tokens
 
@@ -226,16 +125,18 @@ class TokenStore:
                     value=name,
                 )
             conn.execute(
-                "INSERT OR REPLACE INTO hub_tokens "
-                "(name, role, token_hash, created_at, revoked_at, ident) VALUES (?, ?, ?, ?, NULL, ?)",
+                "INSERT INTO hub_tokens (name, role, token_hash, created_at, revoked_at, ident) "
+                "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT (name) DO UPDATE SET "
+                "role = excluded.role, token_hash = excluded.token_hash, "
+                "created_at = excluded.created_at, revoked_at = NULL, ident = excluded.ident",
                 (name, role, hash_token(token), time.time(), secrets.token_hex(6)),
             )
         log.info("hub.token_added", name=name, role=role)
         return token
 
     def list(self) -> list[TokenInfo]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._db.read() as conn:
+            rows = conn.execute(
                 "SELECT name, role, created_at, revoked_at FROM hub_tokens ORDER BY name"
             ).fetchall()
         return [TokenInfo(n, cast(Role, r), c, v) for n, r, c, v in rows]
@@ -257,7 +158,8 @@ class TokenStore:
     def grant(self, role: Role, action: Action, pattern: str) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO hub_grants (role, action, pattern) VALUES (?, ?, ?)",
+                "INSERT INTO hub_grants (role, action, pattern) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (role, action, pattern),
             )
 
@@ -271,7 +173,9 @@ class TokenStore:
 
     def make_public(self, pattern: str) -> None:
         with self._tx() as conn:
-            conn.execute("INSERT OR IGNORE INTO hub_public (pattern) VALUES (?)", (pattern,))
+            conn.execute(
+                "INSERT INTO hub_public (pattern) VALUES (?) ON CONFLICT DO NOTHING", (pattern,)
+            )
 
     def make_private(self, pattern: str) -> bool:
         with self._tx() as conn:
@@ -289,7 +193,8 @@ class TokenStore:
             )
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO hub_settings (name, value) VALUES ('external_role', ?)",
+                "INSERT INTO hub_settings (name, value) VALUES ('external_role', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (role,),
             )
 
@@ -339,8 +244,8 @@ class TokenStore:
         return token, info
 
     def list_invites(self) -> builtins.list[InviteInfo]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._db.read() as conn:
+            rows = conn.execute(
                 "SELECT id, role, created_by, created_at, expires_at, max_uses, uses, revoked_at "
                 "FROM hub_invites ORDER BY created_at"
             ).fetchall()
@@ -367,7 +272,7 @@ class TokenStore:
             )
             return cur.rowcount == 1
 
-    def _check_invite(self, conn: sqlite3.Connection, invite: str) -> Role:
+    def _check_invite(self, conn: AuthConn, invite: str) -> Role:
         row = conn.execute(
             "SELECT role, created_at, created_by, uses, max_uses, expires_at, revoked_at, "
             "creator_ident FROM hub_invites WHERE token_hash = ?",
@@ -426,21 +331,16 @@ class TokenStore:
     # ---------------------------------------------------------------- snapshot
 
     def snapshot(self) -> AuthSnapshot:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")
-            try:
-                gen = conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
-                tokens = conn.execute(
-                    "SELECT token_hash, name, role, ident FROM hub_tokens WHERE revoked_at IS NULL"
-                ).fetchall()
-                grants = conn.execute("SELECT role, action, pattern FROM hub_grants").fetchall()
-                public = conn.execute("SELECT pattern FROM hub_public ORDER BY pattern").fetchall()
-                ext = conn.execute(
-                    "SELECT value FROM hub_settings WHERE name = 'external_role'"
-                ).fetchone()
-            finally:
-                conn.execute("COMMIT")
+        with self._db.read() as conn:
+            gen = conn.execute("SELECT gen FROM hub_gen WHERE id = 1").fetchone()
+            tokens = conn.execute(
+                "SELECT token_hash, name, role, ident FROM hub_tokens WHERE revoked_at IS NULL"
+            ).fetchall()
+            grants = conn.execute("SELECT role, action, pattern FROM hub_grants").fetchall()
+            public = conn.execute("SELECT pattern FROM hub_public ORDER BY pattern").fetchall()
+            ext = conn.execute(
+                "SELECT value FROM hub_settings WHERE name = 'external_role'"
+            ).fetchone()
         grant_map: dict[tuple[Role, Action], list[str]] = {}
         for role, action, pattern in grants:
             grant_map.setdefault((cast(Role, role), cast(Action, action)), []).append(pattern)

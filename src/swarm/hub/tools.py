@@ -1,13 +1,11 @@
-"""The hub's tools over a LocalStore: argument checking, permissions, result shapes.
+"""The hub's tools over a store (``swarm.memory._store.HubStore``: SQLite or PostgreSQL):
+permissions and result shapes. Argument checking lives in ``swarm.hub.toolargs``.
 
 Shapes and error codes are described in ``swarm.hub.protocol``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
@@ -17,184 +15,52 @@ from swarm.embedding import Embedder, get_embedder
 from swarm.errors import AuthError, InvalidRequestError, KeyNotFoundError
 from swarm.hub.access import AuthState
 from swarm.hub.auth import AuthSnapshot, Principal
-from swarm.hub.encode import encoded_size
-from swarm.hub.limits import MAX_OFFSET, HubLimits, RequestBudget
+from swarm.hub.limits import HubLimits, RequestBudget
 from swarm.hub.orgtools import OrgTools, forbid, need_token
-from swarm.hub.protocol import (
-    ERR_INVALID_PARAMS,
-    ERR_UNAUTHORIZED,
-    MAX_ITEMS,
-    MAX_PAGE,
-    TOOL_NAMES,
-    RpcError,
-    ToolFailure,
+from swarm.hub.protocol import ERR_UNAUTHORIZED, MAX_PAGE, TOOL_NAMES, RpcError, ToolFailure
+from swarm.hub.toolargs import (
+    ItemArgs,
+    bad,
+    decode_value,
+    embed_source_arg,
+    fit,
+    item_error,
+    key_list,
+    opt_bool,
+    opt_int,
+    opt_str,
+    parse_items,
+    req_str,
 )
-from swarm.memory._types import NewMemory
-from swarm.memory.local import (
+from swarm.memory._keys import (
     MAX_DESCRIPTION_BYTES,
     KeyPattern,
-    LocalStore,
-    StoredItem,
     check_text,
     parse_like,
     public_key,
     split_key,
 )
+from swarm.memory._records import StoredItem
+from swarm.memory._store import HubStore
+from swarm.memory._types import NewMemory
 from swarm.sync import missing_feed_entries
 
 __all__ = ["HubService", "decode_value"]
 
 log = get_logger(__name__)
 
-_INLINE_TEXT = 256 << 10  # characters of values past which replies are measured in a thread
-
 Tool = Callable[[Principal, Mapping[str, Any], RequestBudget], Awaitable[dict[str, Any]]]
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-def _bad(message: str) -> RpcError:
-    return RpcError(ERR_INVALID_PARAMS, message)
-
-
-def _opt_str(args: Mapping[str, Any], name: str, where: str) -> str | None:
-    v = args.get(name)
-    if v is None or isinstance(v, str):
-        return v
-    raise _bad(f"{where}{name} must be a string, got {type(v).__name__}")
-
-
-def _req_str(args: Mapping[str, Any], name: str, where: str, tool: str) -> str:
-    if name not in args or args[name] is None:
-        raise _bad(f"{tool}: missing required argument {where}{name} (a string)")
-    v = _opt_str(args, name, where)
-    assert v is not None
-    return v
-
-
-def _opt_bool(args: Mapping[str, Any], name: str, where: str) -> bool | None:
-    v = args.get(name)
-    if v is None or isinstance(v, bool):
-        return v
-    raise _bad(f"{where}{name} must be true or false, got {v!r}")
-
-
-def _opt_int(args: Mapping[str, Any], name: str, lo: int, default: int, hi: int = MAX_OFFSET) -> int:
-    v = args.get(name)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        else:
-            raise _bad(f"{name} must be an integer, got {v!r}")
-    if v < lo:
-        raise _bad(f"{name} must be at least {lo}, got {v}")
-    if v > hi:
-        raise _bad(f"{name} must be at most {hi}, got {v}")
-    return v
-
-
-def _embed_source(args: Mapping[str, Any], where: str) -> str | None:
-    v = args.get("embed_source")
-    if v is None:
-        return None
-    if v not in ("description", "value"):
-        raise _bad(f"{where}embed_source must be 'description' or 'value', got {v!r}")
-    return cast(str, v)
-
-
-def _key_list(args: Mapping[str, Any], tool: str) -> list[str]:
-    keys = args.get("key_names")
-    if keys is None:
-        raise _bad(f"{tool}: missing required argument key_names (a list of 1-{MAX_ITEMS} keys)")
-    if not isinstance(keys, list):
-        raise _bad(f"{tool}: key_names must be a list of strings, got {type(keys).__name__}")
-    if not keys:
-        raise _bad(f"{tool}: key_names is empty; give 1-{MAX_ITEMS} keys")
-    if len(keys) > MAX_ITEMS:
-        raise _bad(f"{tool}: {len(keys)} keys in one call; send at most {MAX_ITEMS} per call")
-    for i, k in enumerate(keys):
-        if not isinstance(k, str):
-            raise _bad(f"{tool}: key_names[{i}] must be a string, got {type(k).__name__}")
-    return keys
-
-
-def decode_value(value: str, is_b64: bool, key: str, max_bytes: int) -> str:
-    """The text of a wire value (base64-decoded when flagged); InvalidRequestError if bad."""
-    if not is_b64:
-        return check_text(value, f"value of {key!r}", max_bytes=max_bytes)
-    if len(value) > (max_bytes + 2) // 3 * 4 + 4:
-        raise InvalidRequestError(
-            f"value of {key!r} is over the {max_bytes}-byte limit ({len(value)} base64 characters)"
-        )
-    try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise InvalidRequestError(f"value of {key!r} is not valid base64: {exc}") from exc
-    if len(raw) > max_bytes:
-        raise InvalidRequestError(
-            f"value of {key!r} is {len(raw)} bytes, over the {max_bytes}-byte limit"
-        )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequestError(
-            f"value of {key!r} decodes from base64 to bytes that are not UTF-8 text "
-            f"(byte {exc.start}); the hub stores text only"
-        ) from exc
-
-
-async def _fit(
-    entries: list[dict[str, Any]], budget: RequestBudget, *, stop_at_first: bool = False
-) -> list[int | None]:
-    """Each entry's reply cost when it fits in what is left of ``budget`` (taken from it),
-    None when it does not (and, with ``stop_at_first``, for every entry after that).
-    Large entries are measured in a thread, off the event loop."""
-
-    def run() -> list[int | None]:
-        out: list[int | None] = []
-        for entry, chars in zip(entries, weights, strict=True):
-            hopeless = (stop_at_first and None in out) or (
-                budget.replied_values and 2 * chars > budget.reply_left  # 1 byte a char, twice
-            )
-            cost = None if hopeless else encoded_size(entry)
-            out.append(cost if cost is not None and budget.take_reply(cost) else None)
-        return out
-
-    weights = [_text_chars(e) for e in entries]
-    # 13 bytes a character at worst (\u0001 in structuredContent, \\u0001 in the text)
-    # plus the fixed fields: an upper bound of encoded_size, charged when all fit anyway
-    bounds = [13 * w + _FIXED_FIELDS for w in weights]
-    if sum(bounds) <= budget.reply_left:
-        return [cost if budget.take_reply(cost) else None for cost in bounds]
-    return await asyncio.to_thread(run) if sum(weights) > _INLINE_TEXT else run()
-
-
-_FIXED_FIELDS = 1024  # >= the encoded size of an entry's keys, numbers and punctuation
-_TEXT_FIELDS = ("key_name", "value", "description")
-
-
-def _text_chars(entry: dict[str, Any]) -> int:
-    """Characters of an entry's text fields (search entries repeat the description)."""
-    n = sum(len(entry.get(f) or "") for f in _TEXT_FIELDS)
-    return n + len(entry["description"] or "") if "metadata" in entry else n
-
-
-def _item_error(key: str, code: str, message: str) -> dict[str, Any]:
-    return {"key_name": key, "status": "error", "code": code, "error": message}
 
 
 # --------------------------------------------------------------------------- service
 
 
 class HubService:
-    """Runs tools for principals against one LocalStore."""
+    """Runs tools for principals against one store (SQLite or PostgreSQL)."""
 
     def __init__(
         self,
-        store: LocalStore,
+        store: HubStore,
         auth: AuthState,
         *,
         embedder: Embedder | None = None,
@@ -231,14 +97,14 @@ class HubService:
     ) -> dict[str, Any]:
         tool = self.tools.get(name)
         if tool is None:
-            raise _bad(f"unknown tool {name!r}; this hub serves: {', '.join(TOOL_NAMES)}")
+            raise bad(f"unknown tool {name!r}; this hub serves: {', '.join(TOOL_NAMES)}")
         return await tool(who, args, budget or RequestBudget(self.limits))
 
     # ------------------------------------------------------------------ helpers
 
     def _take_items(self, tool: str, n: int, budget: RequestBudget) -> None:
         if not budget.take_items(n):
-            raise _bad(
+            raise bad(
                 f"{tool}: {n} more items would take this request past its "
                 f"{self.limits.max_items_per_request}-item limit (the calls of a batch count "
                 "together); send them in another request"
@@ -276,60 +142,16 @@ class HubService:
         snap = await self.auth.current()
         if who.role == "read" and not snap.has_any_grant("read", "create"):
             raise self._forbid(who, tool, "may not create items")
-        items = args.get("items")
-        if items is None:
-            raise _bad(
-                f"{tool}: missing required argument items (a list of 1-{MAX_ITEMS} objects "
-                "{key_name, value, description?, base64?, embed?, embed_source?})"
-            )
-        if not isinstance(items, list):
-            raise _bad(f"{tool}: items must be a list, got {type(items).__name__}")
-        if not items:
-            raise _bad(f"{tool}: items is empty; give 1-{MAX_ITEMS} items")
-        if len(items) > MAX_ITEMS:
-            raise _bad(f"{tool}: {len(items)} items in one call; send at most {MAX_ITEMS} per call")
-        self._take_items(tool, len(items), budget)
-        parsed: list[tuple[str, str, str | None, bool, bool, str | None]] = []
-        for i, it in enumerate(items):
-            where = f"items[{i}]."
-            if not isinstance(it, dict):
-                raise _bad(f"{tool}: items[{i}] must be an object, got {type(it).__name__}")
-            key = _req_str(it, "key_name", where, tool)
-            value = _req_str(it, "value", where, tool)
-            desc = _opt_str(it, "description", where)
-            b64 = bool(_opt_bool(it, "base64", where))
-            embed = bool(_opt_bool(it, "embed", where))
-            source = _embed_source(it, where)
-            parsed.append((key, value, desc, b64, embed, source))
+        parsed = parse_items(args.get("items"), tool)
+        self._take_items(tool, len(parsed), budget)
         results: list[dict[str, Any] | None] = [None] * len(parsed)
         todo: list[tuple[int, NewMemory]] = []
-        for i, (key, value, desc, b64, embed, source) in enumerate(parsed):
-            try:
-                canon = self._canon(key)
-                text = decode_value(value, b64, key, self.store.max_value_bytes)
-                description = check_text(
-                    desc or "", f"description of {key!r}", max_bytes=MAX_DESCRIPTION_BYTES
-                )
-            except InvalidRequestError as exc:
-                results[i] = _item_error(key, "invalid", str(exc))
-                continue
-            if not snap.may_create(who, canon):
-                results[i] = _item_error(
-                    key, "forbidden", f"token {who.name!r} (role {who.role}) may not create {key!r}"
-                )
-                continue
-            todo.append(
-                (
-                    i,
-                    NewMemory(
-                        key=key,
-                        value=text,
-                        description=description,
-                        embed=embed,
-                        embed_source=cast(Any, source or "description"),
-                    ),
-                )
-            )
+        for i, item in enumerate(parsed):
+            checked = self._new_memory(who, snap, item)
+            if isinstance(checked, NewMemory):
+                todo.append((i, checked))
+            else:
+                results[i] = checked
         if todo:
             outcomes = await self.store.create_checked([m for _, m in todo], creator=who.creator)
             for (i, mem), out in zip(todo, outcomes, strict=True):
@@ -342,13 +164,38 @@ class HubService:
                     }
                 else:
                     code = "already_exists" if out.code == "exists" else out.code
-                    results[i] = _item_error(mem.key, code, out.error or code)
+                    results[i] = item_error(mem.key, code, out.error or code)
             await self._index_feed(
                 [self._canon(m.key) for (_, m), o in zip(todo, outcomes, strict=True) if o.ok],
                 who.creator)
         final = [r for r in results if r is not None]
         created = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "created": created, "failed": len(final) - created}
+
+    def _new_memory(
+        self, who: Principal, snap: AuthSnapshot, item: ItemArgs
+    ) -> NewMemory | dict[str, Any]:
+        """The item to create, or its error entry (invalid, or not allowed)."""
+        key, value, desc, b64, embed, source = item
+        try:
+            canon = self._canon(key)
+            text = decode_value(value, b64, key, self.store.max_value_bytes)
+            description = check_text(
+                desc or "", f"description of {key!r}", max_bytes=MAX_DESCRIPTION_BYTES
+            )
+        except InvalidRequestError as exc:
+            return item_error(key, "invalid", str(exc))
+        if not snap.may_create(who, canon):
+            return item_error(
+                key, "forbidden", f"token {who.name!r} (role {who.role}) may not create {key!r}"
+            )
+        return NewMemory(
+            key=key,
+            value=text,
+            description=description,
+            embed=embed,
+            embed_source=cast(Any, source or "description"),
+        )
 
     async def _index_feed(self, created: list[str], creator: str | None) -> None:
         """Write the feed entries of results created without one (clients of the original
@@ -363,7 +210,7 @@ class HubService:
     async def get_memory(
         self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
     ) -> dict[str, Any]:
-        keys = _key_list(args, "get_memory")
+        keys = key_list(args, "get_memory")
         self._take_items("get_memory", len(keys), budget)
         snap = await self.auth.current()
         results: list[dict[str, Any] | None] = [None] * len(keys)
@@ -372,10 +219,10 @@ class HubService:
             try:
                 canon = self._canon(key)
             except InvalidRequestError as exc:
-                results[i] = _item_error(key, "invalid", str(exc))
+                results[i] = item_error(key, "invalid", str(exc))
                 continue
             if not snap.may_read(who, canon):
-                results[i] = _item_error(
+                results[i] = item_error(
                     key, "forbidden", f"{key!r} is not public; reading it needs a token"
                 )
                 continue
@@ -388,7 +235,7 @@ class HubService:
             key = keys[i]
             item = found.get(key)
             if item is None:
-                results[i] = _item_error(key, "not_found", f"key {key!r} not found")
+                results[i] = item_error(key, "not_found", f"key {key!r} not found")
             else:
                 hits.append((i, {
                     "key_name": key,
@@ -400,9 +247,9 @@ class HubService:
                     "embedded": item.embedded,
                     "size": item.size,
                 }))
-        costs = await _fit([e for _, e in hits], budget)
+        costs = await fit([e for _, e in hits], budget)
         for (i, entry), cost in zip(hits, costs, strict=True):
-            results[i] = entry if cost is not None else _item_error(
+            results[i] = entry if cost is not None else item_error(
                 keys[i], "too_large",
                 f"{keys[i]!r} ({entry['size']} bytes) does not fit in what is left of this "
                 f"request's {self.limits.max_reply_bytes}-byte reply limit; get it in a "
@@ -415,13 +262,13 @@ class HubService:
     ) -> dict[str, Any]:
         tool = "update_memory"
         self._need_token(who, tool)
-        key = _req_str(args, "key_name", "", tool)
-        value = _req_str(args, "value", "", tool)
+        key = req_str(args, "key_name", "", tool)
+        value = req_str(args, "value", "", tool)
         self._take_items(tool, 1, budget)
-        desc = _opt_str(args, "description", "")
-        b64 = bool(_opt_bool(args, "base64", ""))
-        embed = _opt_bool(args, "embed", "")
-        source = _embed_source(args, "")
+        desc = opt_str(args, "description", "")
+        b64 = bool(opt_bool(args, "base64", ""))
+        embed = opt_bool(args, "embed", "")
+        source = embed_source_arg(args, "")
         snap = await self.auth.current()
         assert who.role is not None
         if who.role == "read" and not snap.has_any_grant("read", "update"):
@@ -463,7 +310,7 @@ class HubService:
     ) -> dict[str, Any]:
         tool = "delete_memory"
         self._need_token(who, tool)
-        keys = _key_list(args, tool)
+        keys = key_list(args, tool)
         self._take_items(tool, len(keys), budget)
         snap = await self.auth.current()
         assert who.role is not None
@@ -476,11 +323,11 @@ class HubService:
             try:
                 canon = self._canon(key)
             except InvalidRequestError as exc:
-                results[i] = _item_error(key, "invalid", str(exc))
+                results[i] = item_error(key, "invalid", str(exc))
                 continue
             allowed, owner = snap.owner_for(who, "delete", canon, self.policy)
             if not allowed:
-                results[i] = _item_error(
+                results[i] = item_error(
                     key, "forbidden", f"token {who.name!r} (role {who.role}) may not delete {key!r}"
                 )
                 continue
@@ -492,7 +339,7 @@ class HubService:
                 if out.ok:
                     results[i] = {"key_name": keys[i], "status": "success"}
                 else:
-                    results[i] = _item_error(keys[i], out.code, out.error or out.code)
+                    results[i] = item_error(keys[i], out.code, out.error or out.code)
         final = [r for r in results if r is not None]
         deleted = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "deleted": deleted, "failed": len(final) - deleted}
@@ -501,13 +348,13 @@ class HubService:
         self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
     ) -> dict[str, Any]:
         tool = "list_keys"
-        prefix = _opt_str(args, "prefix", "") or ""
-        limit = min(_opt_int(args, "limit", 1, MAX_PAGE), MAX_PAGE)
-        offset = _opt_int(args, "offset", 0, 0)
+        prefix = opt_str(args, "prefix", "") or ""
+        limit = min(opt_int(args, "limit", 1, MAX_PAGE), MAX_PAGE)
+        offset = opt_int(args, "offset", 0, 0)
         try:
             pattern = parse_like(prefix, self.org)
         except InvalidRequestError as exc:
-            raise _bad(f"{tool}: {exc}") from exc
+            raise bad(f"{tool}: {exc}") from exc
         snap = await self.auth.current()
         self._check_pattern_readable(who, snap, pattern, tool)
         rows = await self.store.list_page(pattern, limit=limit + 1, offset=offset)
@@ -522,7 +369,7 @@ class HubService:
             }
             for r in rows[:limit]
         ]
-        costs = await _fit(page, budget, stop_at_first=True)
+        costs = await fit(page, budget, stop_at_first=True)
         keys = [e for e, c in zip(page, costs, strict=True) if c is not None]
         if len(keys) < len(page):
             has_more = True  # the rest of the page comes with the next offset
@@ -538,19 +385,19 @@ class HubService:
         self, who: Principal, args: Mapping[str, Any], budget: RequestBudget
     ) -> dict[str, Any]:
         tool = "search_memories"
-        query = _req_str(args, "query", "", tool)
+        query = req_str(args, "query", "", tool)
         if not query.strip():
-            raise _bad(f"{tool}: query is empty; give the text to search for")
+            raise bad(f"{tool}: query is empty; give the text to search for")
         try:
             check_text(query, "query", max_bytes=MAX_DESCRIPTION_BYTES)
         except InvalidRequestError as exc:
-            raise _bad(f"{tool}: {exc}") from exc
-        limit = min(_opt_int(args, "limit", 1, 10), MAX_PAGE)
-        prefix = _opt_str(args, "prefix", "") or ""
+            raise bad(f"{tool}: {exc}") from exc
+        limit = min(opt_int(args, "limit", 1, 10), MAX_PAGE)
+        prefix = opt_str(args, "prefix", "") or ""
         try:
             pattern = parse_like(prefix, self.org)
         except InvalidRequestError as exc:
-            raise _bad(f"{tool}: {exc}") from exc
+            raise bad(f"{tool}: {exc}") from exc
         snap = await self.auth.current()
         self._check_pattern_readable(who, snap, pattern, tool)
         vec = (await self.embedder.aembed([query]))[0]
@@ -571,7 +418,7 @@ class HubService:
             }
             for item, score in hits
         ]
-        costs = await _fit(found, budget, stop_at_first=True)
+        costs = await fit(found, budget, stop_at_first=True)
         results = [e for e, c in zip(found, costs, strict=True) if c is not None]
         if len(results) < len(found):
             return {"results": results, "truncated": True}
