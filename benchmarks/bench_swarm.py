@@ -61,7 +61,7 @@ from typing import Any
 from swarm._logging import configure_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_harness import HubProcess, proc_cpu_s, proc_peak_rss_mb, read_memory, run_jobs
+from sim_harness import HubProcess, proc_cpu_s, read_memory, run_jobs
 from swarm_sim import (
     MachineSpec,
     ProcessReport,
@@ -69,6 +69,7 @@ from swarm_sim import (
     SimJob,
     load_objective,
     optimum,
+    peak_rss_mb,
 )
 
 RUN_GPU_H = 5 / 60  # GPU-hours of one simulated run
@@ -95,6 +96,19 @@ def repeats(runs: list[RunRecord]) -> list[RunRecord]:
             out.append(r)
         seen.add(key)
     return out
+
+
+def repeats_while_running(runs: list[RunRecord]) -> int:
+    """Duplicates that started while an earlier run of the same code and seed still ran (a
+    claim taken over); the others started after it ended (its lock released or expired)."""
+    first: dict[tuple[str, int], RunRecord] = {}
+    count = 0
+    for r in sorted(runs, key=lambda r: r.started):
+        key = (r.code_hash, r.seed)
+        if key in first and r.started < first[key].ended:
+            count += 1
+        first.setdefault(key, r)
+    return count
 
 
 def best_curve(runs: list[RunRecord]) -> list[tuple[float, float, float]]:
@@ -153,6 +167,7 @@ class ScaleRow:
     rpcs_per_exp: float
     lost_per_exp: float
     duplicates: int
+    duplicates_overlapping: int
     unpublished: int
     hub_cpu_s: float
     hub_rss_mb: float
@@ -162,6 +177,7 @@ class ScaleRow:
     best_ok: bool | None  # None: verified bests (the best is the mean of its runs)
     embedded: int
     by_tool: dict[str, float]
+    kb_by_namespace: dict[str, float]
 
 
 def auto_run_s(n: int) -> float:
@@ -179,7 +195,7 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
                        runs_per_gpu=args.runs, proposer=args.proposer, seed=args.seed)
                 for i, g in enumerate(groups)]
         reports = await run_jobs(jobs, work, timeout_s=args.timeout)
-        hub_cpu, hub_rss = proc_cpu_s(hub.pid), proc_peak_rss_mb(hub.pid)
+        hub_cpu, hub_rss = proc_cpu_s(hub.pid), peak_rss_mb(hub.pid)
         calls, _ = await hub.tool_calls()
         track = f"standard-budget-{run_s:g}"
         view = await read_memory(url=hub.url, track=track, tier=TIER, sizes=True)
@@ -201,7 +217,8 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
         publish_p50_ms=1000 * percentile(publish, 50),
         publish_p99_ms=1000 * percentile(publish, 99),
         rpcs_per_exp=total / len(runs), lost_per_exp=lost / len(runs),
-        duplicates=len(repeats(runs)), unpublished=publication_errors(runs, view.results),
+        duplicates=len(repeats(runs)), duplicates_overlapping=repeats_while_running(runs),
+        unpublished=publication_errors(runs, view.results),
         hub_cpu_s=hub_cpu, hub_rss_mb=hub_rss,
         client_cpu_s=sum(rep.cpu_s for rep in reports),
         bytes_per_exp=sum(view.bytes_by_namespace.values()) / len(runs),
@@ -211,6 +228,8 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
             and abs(view.best_val_bpb - kept_min) < 1e-12),
         embedded=sum(rep.embedded_texts for rep in reports),
         by_tool={k: v / len(runs) for k, v in sorted(calls.items())},
+        kb_by_namespace={k: v / 1024 / len(runs)
+                         for k, v in sorted(view.bytes_by_namespace.items())},
     )
 
 
@@ -230,7 +249,8 @@ def print_scale_head(args: argparse.Namespace) -> None:
 def print_scale_row(r: ScaleRow) -> None:
     print(f"| {r.n:,} | {r.machines} / {r.procs} | {r.run_s:g} | {r.runs:,} | "
           f"{r.claims_per_s:.1f} | {r.publish_p50_ms:.1f} / {r.publish_p99_ms:.0f} | "
-          f"{r.rpcs_per_exp:.1f} | {r.lost_per_exp:.1f} | {r.duplicates} | "
+          f"{r.rpcs_per_exp:.1f} | {r.lost_per_exp:.1f} | {r.duplicates} "
+          f"({r.duplicates_overlapping} overlapping) | "
           f"{r.unpublished} | {r.hub_cpu_s:.0f} | {r.hub_rss_mb:.0f} | "
           f"{r.bytes_per_exp / 1024:.1f} (file {r.db_bytes_per_exp / 1024:.1f}) |", flush=True)
 
@@ -243,7 +263,8 @@ def print_scale_notes(rows: list[ScaleRow]) -> None:
         print(f"N={r.n}: window {r.window_s:.0f} s, client CPU {r.client_cpu_s:.0f} s, "
               f"hub CPU {1000 * r.hub_cpu_s / r.runs:.0f} ms/experiment, texts embedded "
               f"by clients {r.embedded}, best = min over keeps: {best}; per experiment: "
-              f"{tools}")
+              f"{tools}; stored KB per experiment: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r.kb_by_namespace.items()))
 
 
 # --------------------------------------------------------------------------- compare
@@ -367,7 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--proposer", choices=("search", "random"), default="search")
     p.add_argument("--no-verified", dest="verified", action="store_false",
                    help="bests move at once (no confirming run by another agent)")
-    p.add_argument("--agents", type=int, default=16, help="compare: agents (machines)")
+    p.add_argument("--agents", type=int, default=8, help="compare: agents (machines)")
     p.add_argument("--seeds", type=int, default=5, help="compare: seeds")
     p.add_argument("--seed", type=int, default=0, help="scale: seed of the proposers")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per simulation")
@@ -404,6 +425,11 @@ async def amain(args: argparse.Namespace) -> int:
             for mode in ("swarm", "solo"):
                 with tempfile.TemporaryDirectory(prefix=f"bench-swarm-{mode}-") as tmp:
                     trials.append(await compare_one(cmp_args, seed, mode, Path(tmp)))
+                t = trials[-1]
+                print(f"# seed {seed} {mode}: {t.runs} runs, best {t.curve[-1][1]:.4f} "
+                      f"(noise-free {t.curve[-1][2]:.4f}), duplicates "
+                      f"{100 * t.duplicate_share:.1f} %, verification "
+                      f"{100 * t.confirm_share:.1f} %", flush=True)
         if args.what == "all":
             print()
         print_compare(trials, cmp_args)

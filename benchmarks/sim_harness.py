@@ -46,17 +46,6 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_peak_rss_mb(pid: int) -> float:
-    """Peak resident set (VmHWM) of a live process in MiB (nan when /proc cannot tell)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return math.nan
-
-
 class HubProcess:
     """``swarm hub`` in its own process, open access, on a free port of 127.0.0.1."""
 

@@ -357,11 +357,11 @@ async def run_job(job: SimJob) -> ProcessReport:
     report.embedded_texts = get_embedder().calls
     usage = os.times()
     report.cpu_s = usage.user + usage.system
-    report.peak_rss_mb = _peak_rss_mb("self")
+    report.peak_rss_mb = peak_rss_mb("self")
     return report
 
 
-def _peak_rss_mb(pid: int | str) -> float:
+def peak_rss_mb(pid: int | str) -> float:
     """VmHWM of a process in MiB (nan when /proc cannot tell)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

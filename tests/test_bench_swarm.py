@@ -20,6 +20,8 @@ def test_repeats_count_every_later_run_of_the_same_code_and_seed() -> None:
     """A code hash run twice with one seed is one duplicate; another seed is not."""
     runs = [_run("a", 0), _run("b", 1), _run("a", 2), _run("a", 3, seed=7), _run("a", 4)]
     assert [r.started for r in bench_swarm.repeats(runs)] == [2, 4]
+    overlapping = [_run("a", 0), _run("a", 0.5), _run("a", 5)]  # runs last 1 s
+    assert bench_swarm.repeats_while_running(overlapping) == 1
 
 
 def test_best_curve_keeps_the_lowest_measured_value_per_gpu_hour() -> None:
