@@ -313,10 +313,10 @@ def _at(curve: list[tuple[float, float, float]], gpu_h: float) -> tuple[float, f
     return point
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], digits: int = 4) -> str:
     if len(values) < 2:
-        return f"{values[0]:.4f}" if values else "n/a"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}" if values else "n/a"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def print_compare(trials: list[Trial], args: argparse.Namespace) -> None:
@@ -336,8 +336,8 @@ def print_compare(trials: list[Trial], args: argparse.Namespace) -> None:
         mine = [t for t in trials if t.mode == mode]
         cells = [_mean_sd([_at(t.curve, h)[0] for t in mine]) for h in marks]
         final = _mean_sd([_at(t.curve, budget)[1] for t in mine])
-        dup = _mean_sd([100 * t.duplicate_share for t in mine]).replace("0000", "")
-        conf = _mean_sd([100 * t.confirm_share for t in mine])
+        dup = _mean_sd([100 * t.duplicate_share for t in mine], 1)
+        conf = _mean_sd([100 * t.confirm_share for t in mine], 1)
         label = "swarm (one hub)" if mode == "swarm" else "independent agents"
         print(f"| {label} | " + " | ".join(cells)
               + f" | {final} | {dup} % | {conf} % |")
