@@ -175,6 +175,7 @@ class ScaleRow:
     bytes_per_exp: float
     db_bytes_per_exp: float
     best_ok: bool | None  # None: verified bests (the best is the mean of its runs)
+    failed: int  # supervisors that exited non-zero (or hung and were cancelled)
     embedded: int
     by_tool: dict[str, float]
     kb_by_namespace: dict[str, float]
@@ -192,7 +193,8 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
     async with HubProcess(db, work / "hub.log").running() as hub:
         groups = split(n, args.gpus_per_machine, args.procs, MachineSpec("", 0, "hub", hub.url))
         jobs = [SimJob(machines=tuple(g), work_dir=str(work / f"p{i}"), run_s=run_s,
-                       runs_per_gpu=args.runs, proposer=args.proposer, seed=args.seed)
+                       runs_per_gpu=args.runs, proposer=args.proposer, seed=args.seed,
+                       verified_bests=args.verified, deadline_s=60 * args.minutes)
                 for i, g in enumerate(groups)]
         reports = await run_jobs(jobs, work, timeout_s=args.timeout)
         hub_cpu, hub_rss = proc_cpu_s(hub.pid), peak_rss_mb(hub.pid)
@@ -227,6 +229,7 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
             bool(oks) and view.best_val_bpb is not None and kept_min is not None
             and abs(view.best_val_bpb - kept_min) < 1e-12),
         embedded=sum(rep.embedded_texts for rep in reports),
+        failed=sum(code != 0 for rep in reports for code in rep.exit_codes.values()),
         by_tool={k: v / len(runs) for k, v in sorted(calls.items())},
         kb_by_namespace={k: v / 1024 / len(runs)
                          for k, v in sorted(view.bytes_by_namespace.items())},
@@ -260,7 +263,8 @@ def print_scale_notes(rows: list[ScaleRow]) -> None:
     for r in rows:
         tools = ", ".join(f"{k} {v:.1f}" for k, v in r.by_tool.items())
         best = "n/a (verified: the mean of its runs)" if r.best_ok is None else r.best_ok
-        print(f"N={r.n}: window {r.window_s:.0f} s, client CPU {r.client_cpu_s:.0f} s, "
+        print(f"N={r.n}: window {r.window_s:.0f} s, {r.failed} supervisor(s) failed, "
+              f"client CPU {r.client_cpu_s:.0f} s, "
               f"hub CPU {1000 * r.hub_cpu_s / r.runs:.0f} ms/experiment, texts embedded "
               f"by clients {r.embedded}, best = min over keeps: {best}; per experiment: "
               f"{tools}; stored KB per experiment: "
@@ -391,7 +395,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--agents", type=int, default=8, help="compare: agents (machines)")
     p.add_argument("--seeds", type=int, default=5, help="compare: seeds")
     p.add_argument("--seed", type=int, default=0, help="scale: seed of the proposers")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per simulation")
+    p.add_argument("--minutes", type=float, default=0.0, help="scale: stop every machine "
+                   "after this long (runs in progress finish; 0 = when all runs are done)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per simulation; "
+                   "then its processes are stopped and report what they did")
     p.add_argument("--out", type=Path, help="compare: write CSV (and PNG) here")
     p.add_argument("--log-level", default="error")
     args = p.parse_args(argv)

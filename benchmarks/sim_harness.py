@@ -101,7 +101,8 @@ async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 20.0) -> None
 
 async def run_jobs(jobs: Sequence[SimJob], work: Path, *, timeout_s: float
                    ) -> list[ProcessReport]:
-    """Run every job in its own process at once; their reports (in job order)."""
+    """Run every job in its own process at once; their reports (in job order). A process
+    still running after ``timeout_s`` is asked to stop (SIGTERM) and reports what it did."""
 
     async def one(i: int, job: SimJob) -> ProcessReport:
         job_path, out_path = work / f"job{i}.json", work / f"out{i}.json"
@@ -112,6 +113,10 @@ async def run_jobs(jobs: Sequence[SimJob], work: Path, *, timeout_s: float
                 stdout=log, stderr=asyncio.subprocess.STDOUT)
             try:
                 code = await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+            except TimeoutError:
+                # SIGTERM: the process stops its machines, then writes what they did
+                await _stop(proc, grace_s=max(120.0, 8 * job.run_s))
+                code = proc.returncode
             finally:
                 await _stop(proc)
         if code != 0:

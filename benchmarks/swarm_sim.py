@@ -23,11 +23,13 @@ which writes a :class:`ProcessReport` (runs, latencies, counters) to ``OUT.json`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -99,6 +101,7 @@ class SimJob:
     proposer: str = "search"  # "search" (built-in) | "random" (bench_supervisor's)
     seed: int = 0
     verified_bests: bool = True
+    deadline_s: float = 0.0  # ask every machine to stop after this long (0: at its limit)
     log_level: str = "error"
 
     @property
@@ -337,21 +340,53 @@ async def _watch_running(sup: Supervisor, name: str, report: ProcessReport) -> N
     report.running_at[name] = time.time()
 
 
+class _Stopper:
+    """Ends a simulation early: at ``deadline_s`` or on SIGTERM every supervisor drains (the
+    runs in progress finish and are published); after ``grace_s`` more they are forced, and
+    after another ``grace_s`` a supervisor still running is cancelled (exit code -1)."""
+
+    def __init__(self, sups: dict[str, Supervisor], grace_s: float) -> None:
+        self.sups = sups
+        self.grace_s = grace_s
+        self.now = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[int]] = {}
+
+    async def run(self, deadline_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.now.wait(), timeout=deadline_s or None)
+        for sup in self.sups.values():
+            sup.request_stop("the simulation's time is up")
+        await asyncio.sleep(self.grace_s)
+        for sup in self.sups.values():
+            sup.force_stop("the simulation's time is up")
+        await asyncio.sleep(self.grace_s)
+        for task in self.tasks.values():
+            task.cancel()
+
+    def exit_code(self, name: str) -> int:
+        return self.tasks[name].result()
+
+
 async def run_job(job: SimJob) -> ProcessReport:
-    """Run every machine of ``job`` to its experiment limit; what they did."""
+    """Run every machine of ``job`` to its experiment limit (or its deadline); what they did."""
     configure_logging(job.log_level)
     objective = load_objective()
     report = ProcessReport()
     train_py, prepare_py = await asyncio.to_thread(_seed_files, Path(job.work_dir))
     sups = {m.name: build_machine(job, m, objective, report, train_py, prepare_py)
             for m in job.machines}
+    stopper = _Stopper(sups, grace_s=max(30.0, 3 * job.run_s))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopper.now.set)
     async with asyncio.TaskGroup() as tg:
-        runs = {name: tg.create_task(sup.run(), name=f"machine-{name}")
-                for name, sup in sups.items()}
+        stop_task = tg.create_task(stopper.run(job.deadline_s))
+        stopper.tasks = {name: tg.create_task(_guarded(sup.run()), name=f"machine-{name}")
+                         for name, sup in sups.items()}
         for name, sup in sups.items():
             tg.create_task(_watch_running(sup, name, report))
+        await asyncio.wait(stopper.tasks.values())
+        stop_task.cancel()
     for name, sup in sups.items():
-        report.exit_codes[name] = runs[name].result()
+        report.exit_codes[name] = stopper.exit_code(name)
         report.counters[name] = {k: int(v) for k, v in asdict(sup.counters.value).items()
                                  if isinstance(v, int)}
     report.embedded_texts = get_embedder().calls
@@ -359,6 +394,14 @@ async def run_job(job: SimJob) -> ProcessReport:
     report.cpu_s = usage.user + usage.system
     report.peak_rss_mb = peak_rss_mb("self")
     return report
+
+
+async def _guarded(run: Any) -> int:
+    """A supervisor's exit code; cancelling it (a hung one) does not cancel the others."""
+    try:
+        return int(await run)
+    except asyncio.CancelledError:
+        return -1
 
 
 def peak_rss_mb(pid: int | str) -> float:
