@@ -291,7 +291,7 @@ async def compare_one(args: argparse.Namespace, seed: int, mode: str, work: Path
     async def simulate(memory: MachineSpec) -> list[ProcessReport]:
         groups = split(args.agents * args.gpus_per_machine, args.gpus_per_machine,
                        args.procs, memory)
-        jobs = [SimJob(machines=tuple(g), work_dir=str(work / f"p{i}"), **common)  # type: ignore[arg-type]
+        jobs = [SimJob(machines=tuple(g), work_dir=str(work / f"p{i}"), **common)
                 for i, g in enumerate(groups)]
         return await run_jobs(jobs, work, timeout_s=args.timeout)
 

@@ -111,6 +111,7 @@ async def run_jobs(jobs: Sequence[SimJob], work: Path, *, timeout_s: float
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(SIM_SCRIPT), str(job_path), str(out_path),
                 stdout=log, stderr=asyncio.subprocess.STDOUT)
+            code: int | None
             try:
                 code = await asyncio.wait_for(proc.wait(), timeout=timeout_s)
             except TimeoutError:

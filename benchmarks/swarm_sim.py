@@ -187,7 +187,8 @@ class FakeTrainer:
     async def __call__(self, spec: RunSpec) -> RunOutcome:
         started = time.time()
         consts = constants(spec.train_py)
-        seed = int(spec.env.get(SEED_ENV) or consts.get("SEED") or 0)
+        raw_seed = spec.env.get(SEED_ENV) or consts.get("SEED") or 0
+        seed = int(raw_seed) if isinstance(raw_seed, (str, int, float)) else 0
         measured, true = self._evaluate({**consts, "SEED": seed})
         await asyncio.sleep(self.run_s)
         ended = time.time()
@@ -318,7 +319,7 @@ def build_machine(job: SimJob, m: MachineSpec, objective: ModuleType, report: Pr
         machine_config(job, m, train_py, prepare_py),
         nvml=FakeNvml.with_gpus(m.gpus, total_mb=81559), install_signals=False,
         run_fn=FakeTrainer(objective, job.run_s, m.name, report),
-        backend=TimedBackend(inner, report),  # type: ignore[arg-type]
+        backend=TimedBackend(inner, report),
         proposer_factory=_proposer_factory(job, m), host=f"host-{m.name}", env={},
         rng=random.Random(f"{job.seed}-{m.name}"),
     )
