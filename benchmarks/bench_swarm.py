@@ -24,7 +24,8 @@ database URL where the hub supports one); ``{n}`` in it is replaced by the size,
 existing database must be empty.
 
 ``scale``: for each N (GPUs; machines of ``--gpus-per-machine``), every GPU runs ``--runs``
-experiments. Printed: claims won per second, publish latency (the create of the result
+experiments (or fewer: ``--minutes`` stops every machine after that long; the runs in
+progress finish and are published). Printed: claims won per second, publish latency (the create of the result
 record, client side) p50/p99, RPCs per experiment (the hub's own tool-call count, start-up
 included), claims lost per experiment, duplicate runs (a run of a code hash and seed that
 already ran: must be 0), hub CPU seconds and peak RSS (/proc of the hub process), the
@@ -38,7 +39,8 @@ spent on duplicates and on verification runs. ``--out DIR`` writes the curves as
 a PNG when matplotlib is installed).
 
     python benchmarks/bench_swarm.py                              # both, default sizes
-    python benchmarks/bench_swarm.py scale --sizes 50 200 1000
+    python benchmarks/bench_swarm.py scale --sizes 50 200 --runs 2
+    python benchmarks/bench_swarm.py scale --sizes 1000 --runs 2 --minutes 6
     python benchmarks/bench_swarm.py compare --seeds 5 --out /tmp/swarm-vs-solo
 """
 
