@@ -247,3 +247,27 @@ async def test_next_confirmation_skips_one_being_confirmed(swarm: Swarm, clock: 
                                    rng=random.Random(1)) is None
     assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=True,
                                    rng=random.Random(1)) is None
+
+
+async def test_next_confirmation_skips_one_a_sibling_worker_confirms(swarm: Swarm,
+                                                                     clock: FakeClock) -> None:
+    """A candidate another worker of the same machine (same agent and host) is confirming is
+    not offered again; that machine's own experiment claim on the same code does not hide it."""
+    import random
+
+    from swarm.verify.candidates import next_confirmation
+
+    a = await agent(swarm, "alice", "host-a", clock)
+    b = await agent(swarm, "bob", "host-b", clock)
+    await a.candidates.propose(result(a, "cand", 3.0, seed=42), POLICY)
+    own_run = await b.try_claim(parent_hash="", code_hash=code("cand"), description="cand",
+                                track=TRACK, tier=TIER)
+    assert own_run.won
+    found = await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
+                                    rng=random.Random(1))
+    assert found is not None and found[0].result.code_hash == code("cand")
+    sibling = await b.try_claim(parent_hash="", code_hash=code("cand"), description="cand",
+                                track=TRACK, tier=TIER, kind="confirmation")
+    assert sibling.won
+    assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
+                                   rng=random.Random(1)) is None

@@ -392,8 +392,11 @@ async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: 
     if not opened:
         return None
     mem = book.mem
+    # another worker of this machine confirming it counts as well (its claim is ours): without
+    # that, sibling workers took the same candidate and lost its lock to each other in a loop
     running = {(c.parent_hash, c.code_hash) for c in await mem.live_claims(track)
-               if c.vram_tier == tier and (c.agent_id, c.host) != (mem.agent_id, mem.host)}
+               if c.vram_tier == tier and ((c.agent_id, c.host) != (mem.agent_id, mem.host)
+                                           or c.lock_key.startswith(keys.CONFIRM_LOCKS))}
     for cand in opened:
         if own_only and cand.original.agent_id != mem.agent_id:
             continue
