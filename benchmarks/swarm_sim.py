@@ -40,7 +40,6 @@ from types import ModuleType
 from typing import Any
 
 from swarm import keys
-from swarm._fake_nvml import FakeNvml
 from swarm._logging import configure_logging
 from swarm.config import load_config
 from swarm.embedding import get_embedder
@@ -49,6 +48,7 @@ from swarm.memory.factory import open_memory
 from swarm.runner import RunOutcome, RunSpec
 from swarm.summary import Summary
 from swarm.supervisor import Supervisor
+from swarm.testing import FakeNvml
 from swarm.trainpy import code_hash, constants
 from swarm.worker import SEED_ENV
 
