@@ -447,6 +447,26 @@ async def test_batching_250_items_into_3_calls(stub_factory) -> None:
         assert sizes == [50, 100, 100], tool
 
 
+async def test_a_failed_chunk_raises_its_own_error_not_a_group(stub_factory, fake_sleep) -> None:
+    """A 250-key read whose second chunk is refused raises that chunk's ServerError (a
+    MemoryStoreError the callers handle), never an ExceptionGroup."""
+
+    async def handler(body, request):
+        names = body["params"]["arguments"]["key_names"]
+        if "batch/150" in names:
+            return web.Response(status=503, text="busy")
+        rows = [stored(k, k) for k in names]
+        return json_response(rpc(body, tool_result({"results": rows})))
+
+    stub = await stub_factory(handler)
+    keys = [f"batch/{i:03d}" for i in range(250)]
+    async with EnsueClient(stub.url, "k", retry=NO_RETRY) as client:
+        with pytest.raises(ServerError) as info:
+            await client.get_memory(keys)
+    assert not isinstance(info.value, BaseExceptionGroup)
+    assert isinstance(info.value.__cause__, BaseExceptionGroup)
+
+
 async def test_duplicate_keys_in_one_create_rejected_before_sending(stub_factory) -> None:
     """Two items with one key in a single create raise InvalidRequestError without a request."""
 

@@ -31,7 +31,7 @@ from swarm._ensue.rpc import (
     tool_error,
 )
 from swarm._ensue.transport import RpcTransport
-from swarm.errors import ConfigError, InvalidRequestError
+from swarm.errors import ConfigError, InvalidRequestError, MemoryStoreError
 from swarm.memory._types import (
     MAX_BATCH,
     EmbedSource,
@@ -161,8 +161,16 @@ class EnsueClient:
             async with sem:
                 return await call(chunk)
 
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(c)) for c in chunks]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(one(c)) for c in chunks]
+        except BaseExceptionGroup as group:
+            # callers handle the package's errors, not groups: a failed chunk (the others
+            # are cancelled) surfaces as that chunk's own error; anything else stays a group
+            store_errors, rest = group.split(MemoryStoreError)
+            if rest is None and store_errors is not None:
+                raise _first_leaf(store_errors) from group
+            raise
         return [t.result() for t in tasks]
 
     @staticmethod
@@ -400,3 +408,9 @@ class EnsueClient:
     async def share(self, command: Mapping[str, Any]) -> Any:
         """Org administration (users, groups, grants): ``{"command": "...", ...}``."""
         return await self.call_tool("share", {"command": dict(command)})
+
+
+def _first_leaf(group: BaseExceptionGroup[MemoryStoreError]) -> MemoryStoreError:
+    """The first error inside ``group`` (groups may nest)."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
