@@ -74,6 +74,7 @@ __all__ = [
     "agent_slug",
     "beacon_key",
     "best_metadata_key",
+    "best_mutex_name",
     "best_train_py_key",
     "claim_key",
     "confirmation_lock_key",
@@ -89,15 +90,18 @@ __all__ = [
     "hypothesis_take_key",
     "insight_key",
     "leaderboard_key",
+    "leaderboard_mutex_name",
     "lock_generation",
     "mutex_lock_key",
     "mutex_lock_prefix",
     "noise_key",
+    "noise_mutex_name",
     "pending_key",
     "pending_prefix",
     "result_key",
     "slug",
     "trust_key",
+    "trust_mutex_name",
     "trust_prefix",
 ]
 
@@ -254,6 +258,27 @@ def noise_key(track: str, tier: str) -> str:
 def mutex_lock_prefix(name: str) -> str:
     """``locks/mutex/<name>/`` (name: a slug such as ``best--standard--xl``)."""
     return f"{MUTEX_LOCKS}{slug(name, max_len=80)}/"
+
+
+def best_mutex_name(track: str) -> str:
+    """``best--<track>``: the one mutex that guards every best of ``track`` (each tier's,
+    the track's over all tiers and each agent's), so a keep moving several takes it once."""
+    return f"best--{_name(track, 'track')}"
+
+
+def leaderboard_mutex_name(track: str) -> str:
+    """``board--<track>``: the mutex of the leaderboard of ``track``."""
+    return f"board--{_name(track, 'track')}"
+
+
+def noise_mutex_name(track: str, tier: str) -> str:
+    """``noise--<track>--<tier>``: the mutex of a tier's seed-noise record."""
+    return f"noise--{_name(track, 'track')}--{_name(tier, 'tier')}"
+
+
+def trust_mutex_name(track: str, agent_id: str) -> str:
+    """``trust--<track>--<agent slug>``: the mutex of an agent's trust record."""
+    return f"trust--{_name(track, 'track')}--{agent_slug(agent_id)}"
 
 
 def mutex_lock_key(name: str, generation: int) -> str:

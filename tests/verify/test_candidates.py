@@ -31,7 +31,7 @@ def result(mem: SwarmMemory, name: str, val: float, seed: int = 42, parent: str 
     return Result(agent_id=mem.agent_id, host=mem.host, status="keep", description=name,
                   train_py=f"# {name}\n", val_bpb=val, track=TRACK, vram_tier=TIER,
                   parent_hash=parent, code_hash=code(name), seed=seed,
-                  completed_at=mem._now())
+                  completed_at=mem.now())
 
 
 @pytest.fixture(params=BACKENDS)

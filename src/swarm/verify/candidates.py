@@ -75,25 +75,25 @@ class CandidateBook:
     async def get(self, track: str, tier: str, parent_hash: str, code_hash: str
                   ) -> Candidate | None:
         key = keys.pending_key(track, tier, parent_hash, code_hash)
-        rec = (await self.mem._get_json([key])).get(key)
+        rec = (await self.mem.get_json([key])).get(key)
         return Candidate.from_json(key, rec) if rec is not None else None
 
     async def listing(self, track: str, tier: str | None = None) -> list[Candidate]:
         """Every candidate record of ``track`` (and ``tier``), oldest first."""
         infos = await self.mem.backend.list_keys(keys.pending_prefix(track, tier))
-        data = await self.mem._get_json([i.key for i in infos])
+        data = await self.mem.get_json([i.key for i in infos])
         out = [Candidate.from_json(k, v) for k, v in data.items()]
         out.sort(key=lambda c: (c.since or 0.0, c.key))
         return out
 
     async def noise(self, track: str, tier: str) -> NoiseStats:
         key = keys.noise_key(track, tier)
-        rec = (await self.mem._get_json([key])).get(key)
+        rec = (await self.mem.get_json([key])).get(key)
         return NoiseStats.from_json(track, rec or {})
 
     async def trust(self, track: str, agent_id: str) -> AgentTrust:
         key = keys.trust_key(track, agent_id)
-        rec = (await self.mem._get_json([key])).get(key)
+        rec = (await self.mem.get_json([key])).get(key)
         return AgentTrust.from_json(agent_id, rec or {})
 
     def sigma(self, noise: NoiseStats, policy: TrustPolicy) -> float:
@@ -106,10 +106,10 @@ class CandidateBook:
     async def propose(self, result: Result, policy: TrustPolicy) -> BestDecision:
         """Offer ``result``: a candidate when it beats a best (see the module docstring)."""
         mem = self.mem
-        bad = mem._sanity(result)
+        bad = mem.bests.sanity(result)
         if bad:
             return BestDecision(False, bad)
-        result = mem._with_key(result)
+        result = mem.bests.with_key(result)
         if not result.vram_tier:
             return BestDecision(False, "a candidate needs a tier (vram_tier)")
         existing = await self.get(result.track, result.vram_tier, result.parent_hash,
@@ -123,8 +123,9 @@ class CandidateBook:
         reasons: list[str] = []
         scopes: list[str] = []
         tier_best: Best | None = None
-        for scope in mem._scopes(result):
-            current = await mem._read_best(scope)
+        seen, _ = await mem.bests.read_many(mem.bests.scopes(result))
+        for scope in mem.bests.scopes(result):
+            current = seen[scope.meta_key]
             if scope.kind == "tier":
                 tier_best = current
             why = self._beats(result, current, scope.label())
@@ -132,7 +133,7 @@ class CandidateBook:
                 scopes.append(scope.kind)
             else:
                 reasons.append(why)
-        agent_moved = await mem._propose_agent_best(result)
+        agent_moved = await mem.bests.propose_agent_best(result)
         if not scopes:
             return BestDecision(False, "; ".join(reasons), best=tier_best,
                                 agent_moved=agent_moved)
@@ -140,7 +141,7 @@ class CandidateBook:
         candidate = Candidate(
             key=keys.pending_key(result.track, result.vram_tier, result.parent_hash,
                                  result.code_hash),
-            result=result, runs=(Run.of(result),), scopes=tuple(scopes), since=mem._now(),
+            result=result, runs=(Run.of(result),), scopes=tuple(scopes), since=mem.now(),
             previous_val=tier_best.val_bpb if tier_best else None,
             suspicious=trust.refuted > 0 and trust.streak == 0,
         )
@@ -166,7 +167,7 @@ class CandidateBook:
 
     async def _write(self, candidate: Candidate, what: str) -> None:
         r = candidate.result
-        await self.mem._upsert(
+        await self.mem.upsert(
             candidate.key, encode_record(candidate.to_json()),
             f"[autoresearch] Candidate best ({candidate.state}, {what}): {r.description}",
         )
@@ -181,7 +182,7 @@ class CandidateBook:
             return False
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
-        since = mem._now() - policy.solo_after_s
+        since = mem.now() - policy.solo_after_s
         for claim in await mem.live_claims(track):
             if claim.vram_tier == tier and me.independent_of(
                     Run(claim.agent_id, claim.host, None, 0.0)):
@@ -218,13 +219,13 @@ class CandidateBook:
     async def confirm(self, run: Result, policy: TrustPolicy) -> BestDecision:
         """Judge a confirming run (same code, another seed) of an open candidate."""
         mem = self.mem
-        bad = mem._sanity(run)
+        bad = mem.bests.sanity(run)
         if bad:
             return BestDecision(False, bad)
         if not run.vram_tier:
             return BestDecision(False, "no candidate: the run has no vram_tier")
         tier = run.vram_tier
-        run = mem._with_key(run)
+        run = mem.bests.with_key(run)
         cand = await self.get(run.track, tier, run.parent_hash, run.code_hash)
         if cand is None or not cand.open:
             return BestDecision(False, "no open candidate for this code")
@@ -263,38 +264,38 @@ class CandidateBook:
         tier_best: Best | None = None
         previous: Best | None = None
         moved = {"tier": False, "global": False}
-        for scope in mem._scopes(combined):
-            if scope.kind not in cand.scopes:
-                continue
-            async with mem._mutex(scope.mutex):
-                current = await mem._read_best(scope)
+        async with mem.locks.mutex(keys.best_mutex_name(combined.track)):  # every best of the track
+            for scope in mem.bests.scopes(combined):
+                if scope.kind not in cand.scopes:
+                    continue
+                current = await mem.bests.read(scope)
                 if current is not None and current.code_hash == cand.result.code_hash:
-                    now = await mem._write_best(scope, combined, current,
+                    now = await mem.bests.write(scope, combined, current,
                                                 confirmations=confirmations,
                                                 previous=current.previous)
                     moved[scope.kind] = True
                 elif current is None or current.val_bpb is None or (
                         mean < current.val_bpb - policy.noise_margin
                         and confirming < current.val_bpb - policy.noise_margin):
-                    now = await mem._write_best(scope, combined, current,
+                    now = await mem.bests.write(scope, combined, current,
                                                 confirmations=confirmations)
                     moved[scope.kind] = True
                 else:
                     now = current
-            if scope.kind == "tier":
-                tier_best, previous = now, current
-            label = scope.label()
-            reasons.append(f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
-                           if moved[scope.kind] else
-                           f"confirmed but not better than the best of {label} "
-                           f"({now.val_bpb if now else None})")
+                if scope.kind == "tier":
+                    tier_best, previous = now, current
+                label = scope.label()
+                reasons.append(f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
+                               if moved[scope.kind] else
+                               f"confirmed but not better than the best of {label} "
+                               f"({now.val_bpb if now else None})")
         final = state if any(moved.values()) else "superseded"
         if any(moved.values()) and state == "verified":
             try:  # the author's result at the mean of the runs; self-verified ones wait
-                await mem._update_leaderboard(replace(combined, extra={}))
+                await mem.board.update(replace(combined, extra={}))
             except MemoryStoreError as exc:
                 log.warning("leaderboard_update_failed", key=cand.key, error=str(exc))
-        resolved = None if final == "self-verified" else mem._now()
+        resolved = None if final == "self-verified" else mem.now()
         await self._write(replace(cand, state=final, runs=runs, resolved_at=resolved,  # type: ignore[arg-type]
                                   reason="; ".join(reasons)), "confirmed")
         await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
@@ -312,15 +313,15 @@ class CandidateBook:
                   f"measured {this.val_bpb:.6f} (apart {abs(a - this.val_bpb):.6f} > "
                   f"{tolerance:.6f} = k x sigma {sigma:.4f} x sqrt 2)")
         await self._write(replace(cand, state="refuted", runs=(*cand.runs, this),
-                                  resolved_at=mem._now(), reason=reason), "refuted")
-        for scope in mem._scopes(cand.result):
-            async with mem._mutex(scope.mutex):
-                current = await mem._read_best(scope)
+                                  resolved_at=mem.now(), reason=reason), "refuted")
+        async with mem.locks.mutex(keys.best_mutex_name(cand.result.track)):
+            for scope in mem.bests.scopes(cand.result):
+                current = await mem.bests.read(scope)
                 if (current is not None and current.code_hash == cand.result.code_hash
                         and current.previous is not None):
                     back = replace(current.previous.result, extra={
                         **current.previous.result.extra, "withdrawn": cand.key})
-                    await mem._write_best(scope, back, current,
+                    await mem.bests.write(scope, back, current,
                                           confirmations=current.previous.confirmations)
                     log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
         await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
@@ -333,21 +334,21 @@ class CandidateBook:
 
     async def _add_noise(self, noise: NoiseStats, tier: str, a: float, b: float) -> None:
         key = keys.noise_key(noise.track, tier)
-        async with self.mem._mutex(f"noise--{noise.track}--{tier}"):
+        async with self.mem.locks.mutex(keys.noise_mutex_name(noise.track, tier)):
             fresh = await self.noise(noise.track, tier)
-            await self.mem._upsert(key, encode_record(fresh.add(a, b).to_json()),
+            await self.mem.upsert(key, encode_record(fresh.add(a, b).to_json()),
                                    f"[autoresearch] Seed noise of {noise.track}/{tier}")
 
     async def _bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
         key = keys.trust_key(track, agent_id)
-        async with self.mem._mutex(f"trust--{track}--{keys.agent_slug(agent_id)}"):
+        async with self.mem.locks.mutex(keys.trust_mutex_name(track, agent_id)):
             t = await self.trust(track, agent_id)
             if verified:
                 t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
             else:
                 t = replace(t, streak=0, refuted=t.refuted + 1,
-                            last_refuted_at=self.mem._now())
-            await self.mem._upsert(key, encode_record(t.to_json()),
+                            last_refuted_at=self.mem.now())
+            await self.mem.upsert(key, encode_record(t.to_json()),
                                    f"[autoresearch] Trust of {agent_id} on {track}")
 
     # ------------------------------------------------------------------ adoption
