@@ -89,7 +89,8 @@ class Beacon:
             (res,) = await backend.create([NewMemory(key=self.key, value=text,
                                                      description="[autoresearch] beacon")])
             if not res.ok and not res.exists:
-                raise MemoryStoreError(f"cannot write the beacon {self.key!r}: {res.error}") from None
+                raise MemoryStoreError(
+                    f"cannot write the beacon {self.key!r}: {res.error}") from None
         self.beats += 1
         for _, handle in self._held.values():
             handle.beats += 1

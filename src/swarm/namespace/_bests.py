@@ -82,8 +82,9 @@ class Scope:
         return f"{self.track} (all tiers)"
 
 
-def judge(current: Best | None, result: Result, *, noise_margin: float,
-          must_beat: float | None = None) -> str:
+def judge(
+    current: Best | None, result: Result, *, noise_margin: float, must_beat: float | None = None
+) -> str:
     """``moved``, ``worse``, ``too_big``, ``needs_confirmation`` or ``not_confirmed``:
     what ``result`` does to the best ``current`` (read under the scope's mutex)."""
     assert result.val_bpb is not None
@@ -103,19 +104,25 @@ def judge(current: Best | None, result: Result, *, noise_margin: float,
 
 def _beats(seen: Best | None, result: Result) -> bool:
     """Could ``result`` move a best last seen as ``seen`` (read without the mutex)?"""
-    return seen is None or seen.val_bpb is None or (
-        result.val_bpb is not None and result.val_bpb < seen.val_bpb)
+    return (
+        seen is None
+        or seen.val_bpb is None
+        or (result.val_bpb is not None and result.val_bpb < seen.val_bpb)
+    )
 
 
-def _reason(scope: Scope, outcome: str, now_best: Best | None, result: Result,
-            noise_margin: float) -> str:
+def _reason(
+    scope: Scope, outcome: str, now_best: Best | None, result: Result, noise_margin: float
+) -> str:
     if outcome == "moved":
         return f"new best of {scope.label()}"
     if outcome == "needs_confirmation":
         return f"improvement over {scope.label()} is below the noise margin {noise_margin}"
     if outcome == "too_big":
-        return (f"sanity: improvement over {scope.label()} is more than "
-                f"{best_max_step(result.track)} in one step")
+        return (
+            f"sanity: improvement over {scope.label()} is more than "
+            f"{best_max_step(result.track)} in one step"
+        )
     cur = now_best.val_bpb if now_best else None
     return f"not better than the best of {scope.label()} ({cur})"
 
@@ -192,14 +199,21 @@ class Bests:
         if result.status not in ("keep", "discard") or result.val_bpb is None:
             return f"result has no metric (status {result.status})"
         if not result.val_bpb > BEST_MIN_VAL_BPB:
-            return f"sanity: val_bpb {result.val_bpb} is not above {BEST_MIN_VAL_BPB} (likely a bug)"
+            return (
+                f"sanity: val_bpb {result.val_bpb} is not above {BEST_MIN_VAL_BPB} (likely a bug)"
+            )
         return None
 
     # -------------------------------------------------------------- writing
 
     async def cas(
-        self, scope: Scope, result: Result, *, noise_margin: float,
-        confirmations: tuple[Mapping[str, Any], ...] = (), must_beat: float | None = None,
+        self,
+        scope: Scope,
+        result: Result,
+        *,
+        noise_margin: float,
+        confirmations: tuple[Mapping[str, Any], ...] = (),
+        must_beat: float | None = None,
     ) -> tuple[str, Best | None, Best | None]:
         """Compare-and-set one best under its mutex: (outcome, best now, previous)."""
         async with self.memory.locks.mutex(scope.mutex):
@@ -211,8 +225,13 @@ class Bests:
             return "moved", new, current
 
     async def write(
-        self, scope: Scope, result: Result, current: Best | None, *,
-        confirmations: tuple[Mapping[str, Any], ...] = (), previous: Best | None = None,
+        self,
+        scope: Scope,
+        result: Result,
+        current: Best | None,
+        *,
+        confirmations: tuple[Mapping[str, Any], ...] = (),
+        previous: Best | None = None,
     ) -> Best:
         """Write ``result`` as the best of ``scope`` after ``current`` (hold the scope's mutex).
         ``previous`` (default: ``current``) is what the record names as the best before it."""
@@ -238,16 +257,29 @@ class Bests:
         )
         bpb = f"{result.val_bpb:.6f}"
         if scope.code_key:
-            await upsert(mem.backend, scope.code_key, result.train_py,
-                         f"[autoresearch] Best train.py for {scope.label()} (val_bpb={bpb})")
-        await upsert(mem.backend, scope.meta_key, encode_record(new.to_json()),
-                     f"[autoresearch] Best of {scope.label()}: val_bpb={bpb} by {result.agent_id}")
-        log.info("best_moved", scope=scope.label(), val_bpb=result.val_bpb,
-                 previous=current.val_bpb if current else None)
+            await upsert(
+                mem.backend,
+                scope.code_key,
+                result.train_py,
+                f"[autoresearch] Best train.py for {scope.label()} (val_bpb={bpb})",
+            )
+        await upsert(
+            mem.backend,
+            scope.meta_key,
+            encode_record(new.to_json()),
+            f"[autoresearch] Best of {scope.label()}: val_bpb={bpb} by {result.agent_id}",
+        )
+        log.info(
+            "best_moved",
+            scope=scope.label(),
+            val_bpb=result.val_bpb,
+            previous=current.val_bpb if current else None,
+        )
         return new
 
-    async def _move(self, scopes: Sequence[Scope], result: Result, noise_margin: float
-                    ) -> dict[str, tuple[str, Best | None, Best | None]]:
+    async def _move(
+        self, scopes: Sequence[Scope], result: Result, noise_margin: float
+    ) -> dict[str, tuple[str, Best | None, Best | None]]:
         """Under the track's one mutex: re-read ``scopes`` (one read), write those still
         beaten. Returns (outcome, best now, previous) by metadata key."""
         out: dict[str, tuple[str, Best | None, Best | None]] = {}
@@ -272,22 +304,33 @@ class Bests:
         shared = self.scopes(result)
         agent = self.agent_scope(result)
         every = [*shared, *([agent] if agent else [])]
-        pkey = (keys.pending_key(result.track, result.vram_tier, result.parent_hash, result.code_hash)
-                if result.vram_tier else None)
+        pkey = (
+            keys.pending_key(result.track, result.vram_tier, result.parent_hash, result.code_hash)
+            if result.vram_tier
+            else None
+        )
         # one read: every best this result could move, and a pending improvement it confirms
         seen, found = await self.read_many(every, [pkey] if pkey else [])
         pending = self.memory.pending.parse_found(pkey, found) if pkey else None
         if pending is not None and pending[0].seed != result.seed:
             return await self.memory.pending.confirm(pending, result)
-        moves = await self._move([s for s in every if _beats(seen[s.meta_key], result)],
-                                 result, noise_margin)
-        outcomes = {s.meta_key: moves.get(s.meta_key, ("worse", seen[s.meta_key], seen[s.meta_key]))
-                    for s in every}
+        moves = await self._move(
+            [s for s in every if _beats(seen[s.meta_key], result)], result, noise_margin
+        )
+        outcomes = {
+            s.meta_key: moves.get(s.meta_key, ("worse", seen[s.meta_key], seen[s.meta_key]))
+            for s in every
+        }
         return await self._decide(result, shared, agent, outcomes, noise_margin)
 
-    async def _decide(self, result: Result, shared: Sequence[Scope], agent: Scope | None,
-                      outcomes: Mapping[str, tuple[str, Best | None, Best | None]],
-                      noise_margin: float) -> BestDecision:
+    async def _decide(
+        self,
+        result: Result,
+        shared: Sequence[Scope],
+        agent: Scope | None,
+        outcomes: Mapping[str, tuple[str, Best | None, Best | None]],
+        noise_margin: float,
+    ) -> BestDecision:
         tier_moved = global_moved = False
         tier_best: Best | None = None
         previous: Best | None = None

@@ -52,8 +52,16 @@ class Claims:
     def __init__(self, memory: SwarmMemory) -> None:
         self.memory = memory
 
-    def _base(self, *, parent_hash: str, code_hash: str, description: str, track: str,
-              tier: str | None, gpu_name: str) -> Claim:
+    def _base(
+        self,
+        *,
+        parent_hash: str,
+        code_hash: str,
+        description: str,
+        track: str,
+        tier: str | None,
+        gpu_name: str,
+    ) -> Claim:
         mem = self.memory
         claim_key = keys.claim_key(mem.agent_id, description, parent_hash, code_hash)
         return Claim(
@@ -85,13 +93,22 @@ class Claims:
     ) -> ClaimOutcome:
         """See :meth:`SwarmMemory.try_claim`."""
         if not code_hash:
-            raise InvalidRequestError("try_claim needs code_hash (swarm.trainpy.code_hash(train_py))")
+            raise InvalidRequestError(
+                "try_claim needs code_hash (swarm.trainpy.code_hash(train_py))"
+            )
         mem = self.memory
-        lock_prefix = (keys.confirmation_lock_prefix if kind == "confirmation"
-                       else keys.experiment_lock_prefix)
+        lock_prefix = (
+            keys.confirmation_lock_prefix if kind == "confirmation" else keys.experiment_lock_prefix
+        )
         prefix = lock_prefix(parent_hash, code_hash, track=track, tier=tier)
-        base = self._base(parent_hash=parent_hash, code_hash=code_hash, description=description,
-                          track=track, tier=tier, gpu_name=gpu_name)
+        base = self._base(
+            parent_hash=parent_hash,
+            code_hash=code_hash,
+            description=description,
+            track=track,
+            tier=tier,
+            gpu_name=gpu_name,
+        )
         stamped: dict[int, Claim] = {}
 
         def payload(gen: int, key: str) -> dict[str, Any]:
@@ -100,8 +117,12 @@ class Claims:
             return _lock_json(c, kind) | {"generation": gen}
 
         got = await mem.locks.acquire(
-            prefix, lambda g: f"{prefix}g{g:06d}", payload,
-            fast_first=True, legacy_ttl_s=mem.lease_s, reclaim=self.own_stale,
+            prefix,
+            lambda g: f"{prefix}g{g:06d}",
+            payload,
+            fast_first=True,
+            legacy_ttl_s=mem.lease_s,
+            reclaim=self.own_stale,
         )
         if not got.won:
             who = got.holder.agent_id if got.holder else "?"
@@ -139,8 +160,12 @@ class Claims:
         agent and host from running at once), to be re-claimed, not lost to ourselves."""
         mem = self.memory
         other = str(holder.extra.get("session") or "")
-        return (holder.agent_id == mem.agent_id and holder.host == mem.host
-                and other != "" and other != mem.session)
+        return (
+            holder.agent_id == mem.agent_id
+            and holder.host == mem.host
+            and other != ""
+            and other != mem.session
+        )
 
     async def embed_claim(self, claim: Claim) -> None:
         """Ask the store to embed the claim record's description (semantic search by others)."""
@@ -157,7 +182,9 @@ class Claims:
         """True while ``claim`` is still ours: no later generation, not released."""
         gen = keys.lock_generation(claim.lock_key)
         if gen is None:
-            raise InvalidRequestError(f"claim {claim.key!r} has no lock key of ours ({claim.lock_key!r})")
+            raise InvalidRequestError(
+                f"claim {claim.key!r} has no lock key of ours ({claim.lock_key!r})"
+            )
         nxt = claim.lock_key[: claim.lock_key.rfind("/g") + 1] + f"g{gen + 1:06d}"
         cur = await get_json(self.memory.backend, [claim.lock_key, nxt])
         if nxt in cur:
@@ -182,8 +209,13 @@ class Claims:
             raise results[0]
         if isinstance(results[1], KeyNotFoundError):
             try:
-                await create_one(mem.backend, claim.key, text,
-                                 f"[autoresearch] Claim: {claim.description}", embed=mem.embed_records)
+                await create_one(
+                    mem.backend,
+                    claim.key,
+                    text,
+                    f"[autoresearch] Claim: {claim.description}",
+                    embed=mem.embed_records,
+                )
             except MemoryStoreError as exc:
                 log.warning("claim_record_recreate_failed", key=claim.key, error=str(exc))
         elif isinstance(results[1], BaseException):
@@ -212,15 +244,22 @@ class Claims:
         data = await get_json(mem.backend, [i.key for i in infos])
         now = mem.now()
         found = [(k, Claim.from_json(k, rec)) for k, rec in data.items()]
-        found = [(k, c) for k, c in found if c.status != "released"
-                 and (track is None or c.track == track)]
+        found = [
+            (k, c)
+            for k, c in found
+            if c.status != "released" and (track is None or c.track == track)
+        ]
         ttl = mem.legacy_claim_ttl_s
-        beats = await beacon_beats(mem.backend, [(k, c) for k, c in found if not c.is_live(now, ttl)],
-                                   now)
+        beats = await beacon_beats(
+            mem.backend, [(k, c) for k, c in found if not c.is_live(now, ttl)], now
+        )
         # a claim kept by its beacon shows the beacon's last beat (its own record is not
         # rewritten per beat), so its heartbeat age does not grow while the run is alive
-        out = [replace(c, heartbeat_at=max(beats[k], c.heartbeat_at or 0.0)) if k in beats else c
-               for k, c in found if k in beats or c.is_live(now, ttl)]
+        out = [
+            replace(c, heartbeat_at=max(beats[k], c.heartbeat_at or 0.0)) if k in beats else c
+            for k, c in found
+            if k in beats or c.is_live(now, ttl)
+        ]
         out.sort(key=lambda c: c.claimed_at or 0.0, reverse=True)
         return out
 
@@ -232,7 +271,8 @@ class Claims:
         data = await get_json(mem.backend, [i.key for i in infos])
         now = mem.now()
         dead = [
-            k for k, rec in data.items()
+            k
+            for k, rec in data.items()
             if (c := Claim.from_json(k, rec)).agent_id == mem.agent_id
             and not c.is_live(now, mem.legacy_claim_ttl_s)
         ]
@@ -255,8 +295,9 @@ class Claims:
                 ok = await self.heartbeat(claim)
             except MemoryStoreError as exc:
                 handle.failures += 1
-                log.warning("heartbeat_failed", key=claim.key, error=str(exc),
-                            failures=handle.failures)
+                log.warning(
+                    "heartbeat_failed", key=claim.key, error=str(exc), failures=handle.failures
+                )
                 continue
             if not ok:
                 handle.lost = True
@@ -277,7 +318,9 @@ class Claims:
             if release_on_exit and not handle.lost:
                 await self.release(claim)
             return
-        task = asyncio.create_task(self._beat(claim, handle, interval), name=f"heartbeat:{claim.key}")
+        task = asyncio.create_task(
+            self._beat(claim, handle, interval), name=f"heartbeat:{claim.key}"
+        )
         try:
             yield handle
         finally:

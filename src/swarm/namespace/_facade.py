@@ -155,8 +155,14 @@ class SwarmMemory:
         "confirmation" claims the confirming run of a candidate best (its own lock).
         """
         return await self.claimbook.try_claim(
-            parent_hash=parent_hash, code_hash=code_hash, description=description, track=track,
-            tier=tier, gpu_name=gpu_name, kind=kind)
+            parent_hash=parent_hash,
+            code_hash=code_hash,
+            description=description,
+            track=track,
+            tier=tier,
+            gpu_name=gpu_name,
+            kind=kind,
+        )
 
     async def embed_claim(self, claim: Claim) -> None:
         """Ask the store to embed the claim record's description (semantic search by others)."""
@@ -206,7 +212,8 @@ class SwarmMemory:
         (taken over after a missed lease) stops the beats and sets ``handle.lost``.
         """
         async with self.claimbook.heartbeating(
-                claim, interval_s=interval_s, release_on_exit=release_on_exit) as handle:
+            claim, interval_s=interval_s, release_on_exit=release_on_exit
+        ) as handle:
             yield handle
 
     # ------------------------------------------------------------------ results
@@ -225,8 +232,11 @@ class SwarmMemory:
         """Published results, newest first, optionally of one track and tier."""
         return await self.resultbook.results(track, tier, limit)
 
-    async def search(self, query: str, *, namespace: str = "results", limit: int = 10) -> list[SearchHit]:
-        """Semantic search over one namespace (``results``, ``claims``, ``hypotheses``, ``insights``)."""
+    async def search(
+        self, query: str, *, namespace: str = "results", limit: int = 10
+    ) -> list[SearchHit]:
+        """Semantic search over one namespace: ``results``, ``claims``, ``hypotheses`` or
+        ``insights``."""
         return await self.resultbook.search(query, namespace=namespace, limit=limit)
 
     # ------------------------------------------------------------------ bests
@@ -235,7 +245,9 @@ class SwarmMemory:
         """The best of ``track`` in ``tier`` (``None``: over all tiers), or ``None`` if none yet."""
         return await self.bests.read(Scope("tier" if tier else "global", track, tier))
 
-    async def get_agent_best(self, agent_id: str | None = None, track: str = DEFAULT_TRACK) -> Best | None:
+    async def get_agent_best(
+        self, agent_id: str | None = None, track: str = DEFAULT_TRACK
+    ) -> Best | None:
         """An agent's personal best on ``track`` (default: this agent)."""
         return await self.bests.read(Scope("agent", track, None, agent_id or self.agent_id))
 
@@ -251,7 +263,9 @@ class SwarmMemory:
         """
         return await self.bests.propose(result, noise_margin)
 
-    async def pending_confirmations(self, track: str | None = None, tier: str | None = None) -> list[Result]:
+    async def pending_confirmations(
+        self, track: str | None = None, tier: str | None = None
+    ) -> list[Result]:
         """Improvements waiting for a confirming run (re-run ``train_py`` with another seed)."""
         return await self.pending.confirmations(track, tier)
 

@@ -38,8 +38,9 @@ class Ideas:
         mem = self.memory
         for attempt in range(PUBLISH_ATTEMPTS):
             key = make_key(attempt)
-            if await create_one(mem.backend, key, encode_record(record(key)), description,
-                                embed=mem.embed_records):
+            if await create_one(
+                mem.backend, key, encode_record(record(key)), description, embed=mem.embed_records
+            ):
                 return key
             existing = (await get_json(mem.backend, [key])).get(key)
             if existing is not None and same(existing):
@@ -60,12 +61,16 @@ class Ideas:
             lambda a: h.key if h.key and a == 0 else keys.hypothesis_key(h.agent_id, h.title, a),
             lambda k: replace(h, key=k).to_json(),
             f"[autoresearch] Hypothesis: {h.title}",
-            lambda d: d.get("title") == h.title and d.get("hypothesis") == h.hypothesis
-            and d.get("agent_id") == h.agent_id,
+            lambda d: (
+                d.get("title") == h.title
+                and d.get("hypothesis") == h.hypothesis
+                and d.get("agent_id") == h.agent_id
+            ),
         )
 
-    async def unclaimed_hypotheses(self, track: str | None = None,
-                                   limit: int | None = None) -> list[Hypothesis]:
+    async def unclaimed_hypotheses(
+        self, track: str | None = None, limit: int | None = None
+    ) -> list[Hypothesis]:
         """See :meth:`SwarmMemory.unclaimed_hypotheses`."""
         backend = self.memory.backend
         hyp_infos, taken_infos = await asyncio.gather(
@@ -87,10 +92,15 @@ class Ideas:
         if not hkey:
             raise InvalidRequestError("take_hypothesis needs a published hypothesis (with its key)")
         take = keys.hypothesis_take_key(hkey)
-        body = {"agent_id": mem.agent_id, "host": mem.host, "hypothesis_key": hkey,
-                "taken_at": to_iso(mem.now())}
-        won = await create_one(mem.backend, take, encode_record(body), "[autoresearch] hypothesis taken",
-                               embed=False)
+        body = {
+            "agent_id": mem.agent_id,
+            "host": mem.host,
+            "hypothesis_key": hkey,
+            "taken_at": to_iso(mem.now()),
+        }
+        won = await create_one(
+            mem.backend, take, encode_record(body), "[autoresearch] hypothesis taken", embed=False
+        )
         log.info("hypothesis_take", key=hkey, won=won)
         return won
 

@@ -32,8 +32,12 @@ def _parse(key: str, data: Mapping[str, Any]) -> list[LeaderboardEntry]:
 
 def _improves(entries: list[LeaderboardEntry], result: Result) -> bool:
     """An agent's entry only improves: False when it already holds this or better."""
-    return not any(e.agent_id == result.agent_id and e.vram_tier == result.vram_tier
-                   and e.val_bpb <= (result.val_bpb or 0.0) for e in entries)
+    return not any(
+        e.agent_id == result.agent_id
+        and e.vram_tier == result.vram_tier
+        and e.val_bpb <= (result.val_bpb or 0.0)
+        for e in entries
+    )
 
 
 class Leaderboard:
@@ -54,18 +58,27 @@ class Leaderboard:
             if not _improves(entries, result):
                 return
             new = LeaderboardEntry.from_result(result)
-            entries = [e for e in entries
-                       if not (e.agent_id == new.agent_id and e.vram_tier == new.vram_tier)]
+            entries = [
+                e
+                for e in entries
+                if not (e.agent_id == new.agent_id and e.vram_tier == new.vram_tier)
+            ]
             entries.append(new)
             entries.sort(key=lambda e: e.val_bpb)
             body = dict(data)
-            body.update({
-                "entries": [e.to_json() for e in entries[:LEADERBOARD_SIZE]],
-                "track": result.track,
-                "updated_at": to_iso(mem.now()),
-            })
-            await upsert(mem.backend, key, encode_record(body),
-                         f"[autoresearch] Leaderboard ({result.track})")
+            body.update(
+                {
+                    "entries": [e.to_json() for e in entries[:LEADERBOARD_SIZE]],
+                    "track": result.track,
+                    "updated_at": to_iso(mem.now()),
+                }
+            )
+            await upsert(
+                mem.backend,
+                key,
+                encode_record(body),
+                f"[autoresearch] Leaderboard ({result.track})",
+            )
 
     async def entries(self, track: str = DEFAULT_TRACK) -> list[LeaderboardEntry]:
         """See :meth:`SwarmMemory.leaderboard`."""

@@ -112,8 +112,9 @@ class Locks:
         mem = self.memory
         key = spec.key_for(target)
         record = spec.payload(target, key)
-        won = await create_one(mem.backend, key, encode_record(record), "[autoresearch] lock",
-                               embed=False)
+        won = await create_one(
+            mem.backend, key, encode_record(record), "[autoresearch] lock", embed=False
+        )
         if won and not atomic:
             await mem.sleep(mem.verify_delay_s)
             back = await get_json(mem.backend, [key])
@@ -203,7 +204,9 @@ class Locks:
 
         return payload
 
-    async def _win_mutex(self, name: str, payload: Callable[[int, str], dict[str, Any]]) -> Acquired:
+    async def _win_mutex(
+        self, name: str, payload: Callable[[int, str], dict[str, Any]]
+    ) -> Acquired:
         mem = self.memory
         prefix = keys.mutex_lock_prefix(name)
         holder = "?"
@@ -222,8 +225,12 @@ class Locks:
             ):
                 with attempt:
                     got = await self.acquire(
-                        prefix, lambda g: keys.mutex_lock_key(name, g), payload,
-                        fast_first=False, legacy_ttl_s=mem.mutex_lease_s, verify_top=True,
+                        prefix,
+                        lambda g: keys.mutex_lock_key(name, g),
+                        payload,
+                        fast_first=False,
+                        legacy_ttl_s=mem.mutex_lease_s,
+                        verify_top=True,
                     )
                     if not got.won:
                         holder = got.holder.agent_id if got.holder else "?"
@@ -249,8 +256,9 @@ class Locks:
         finally:
             await self._release_mutex(name, acquired, payload)
 
-    async def _release_mutex(self, name: str, acquired: Acquired,
-                             payload: Callable[[int, str], dict[str, Any]]) -> None:
+    async def _release_mutex(
+        self, name: str, acquired: Acquired, payload: Callable[[int, str], dict[str, Any]]
+    ) -> None:
         done = payload(acquired.generation, acquired.key)
         done["status"] = "released"
         done["released_at"] = to_iso(self.memory.now())
@@ -261,6 +269,8 @@ class Locks:
         try:
             await self.memory.backend.update(acquired.key, encode_record(done))
             if stale:
-                await self.memory.backend.delete(stale)  # only generations below ours: the top stays
+                await self.memory.backend.delete(
+                    stale
+                )  # only generations below ours: the top stays
         except MemoryStoreError as exc:
             log.warning("mutex_release_failed", mutex=name, error=str(exc))

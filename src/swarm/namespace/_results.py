@@ -92,9 +92,17 @@ class Results:
         desc = _description(filled)
         explicit = bool(result.key)
         for attempt in range(PUBLISH_ATTEMPTS):
-            key = result.key if explicit else keys.result_key(
-                filled.agent_id, filled.description, filled.parent_hash, filled.code_hash,
-                filled.seed, attempt,
+            key = (
+                result.key
+                if explicit
+                else keys.result_key(
+                    filled.agent_id,
+                    filled.description,
+                    filled.parent_hash,
+                    filled.code_hash,
+                    filled.seed,
+                    attempt,
+                )
             )
             rec = replace(filled, key=key)
             if await self._create(key, encode_record(rec.to_json()), desc):
@@ -108,7 +116,8 @@ class Results:
         else:
             raise ToolError(
                 f"could not find a free result key for {filled.description!r} after "
-                f"{PUBLISH_ATTEMPTS} attempts", key=key,
+                f"{PUBLISH_ATTEMPTS} attempts",
+                key=key,
             )
         self.remember(rec)
         log.info("result_published", key=key, status=rec.status, val_bpb=rec.val_bpb)
@@ -147,6 +156,10 @@ class Results:
                     return out
         return out
 
-    async def search(self, query: str, *, namespace: str = "results", limit: int = 10) -> list[SearchHit]:
+    async def search(
+        self, query: str, *, namespace: str = "results", limit: int = 10
+    ) -> list[SearchHit]:
         """See :meth:`SwarmMemory.search`."""
-        return await self.memory.backend.search(query, limit=limit, prefix=f"{namespace.strip('/')}/")
+        return await self.memory.backend.search(
+            query, limit=limit, prefix=f"{namespace.strip('/')}/"
+        )

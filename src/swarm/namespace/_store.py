@@ -42,8 +42,9 @@ def created(key: str, res: ItemResult) -> bool:
     raise ToolError(f"create of {key!r} failed: {res.error or 'unknown error'}", key=key)
 
 
-async def create_one(backend: MemoryBackend, key: str, value: str, description: str, *,
-                     embed: bool) -> bool:
+async def create_one(
+    backend: MemoryBackend, key: str, value: str, description: str, *, embed: bool
+) -> bool:
     """Create-if-absent of one key; True when created, False when it already existed."""
     (res,) = await backend.create(
         [NewMemory(key=key, value=value, description=description, embed=embed)]
@@ -51,8 +52,9 @@ async def create_one(backend: MemoryBackend, key: str, value: str, description: 
     return created(key, res)
 
 
-async def upsert(backend: MemoryBackend, key: str, value: str, description: str, *,
-                 embed: bool = False) -> None:
+async def upsert(
+    backend: MemoryBackend, key: str, value: str, description: str, *, embed: bool = False
+) -> None:
     """Update ``key``, creating it when absent (and updating again if a racer created it)."""
     for _ in range(3):
         try:

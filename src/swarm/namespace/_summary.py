@@ -44,8 +44,13 @@ async def _bests(mem: SwarmMemory, tracks: list[str]) -> dict[tuple[str, str | N
     return bests
 
 
-async def analyze(mem: SwarmMemory, track: str | None = None, *, recent: int = 200,
-                  active_window_s: float = 3600.0) -> SwarmSummary:
+async def analyze(
+    mem: SwarmMemory,
+    track: str | None = None,
+    *,
+    recent: int = 200,
+    active_window_s: float = 3600.0,
+) -> SwarmSummary:
     """See :meth:`SwarmMemory.analyze`."""
     recent_results, claims, hyps = await asyncio.gather(
         mem.results(track=track, limit=recent),
@@ -56,7 +61,8 @@ async def analyze(mem: SwarmMemory, track: str | None = None, *, recent: int = 2
     tracks = [track] if track else sorted({DEFAULT_TRACK, *(r.track for r in recent_results)})
     active = {c.agent_id for c in claims}
     active.update(
-        r.agent_id for r in recent_results
+        r.agent_id
+        for r in recent_results
         if r.completed_at is not None and now - r.completed_at <= active_window_s
     )
     keeps = [r for r in recent_results if r.status == "keep" and r.val_bpb is not None]
