@@ -232,6 +232,13 @@ class SwarmMemory:
         """Published results, newest first, optionally of one track and tier."""
         return await self.resultbook.results(track, tier, limit)
 
+    async def recent_results(
+        self, since: float, *, track: str | None = None, tier: str | None = None
+    ) -> list[Result]:
+        """Results published since ``since`` (epoch seconds), newest first, from the feed
+        buckets since then: the cost follows the recent traffic, not the history."""
+        return await self.resultbook.recent(since, track=track, tier=tier)
+
     async def search(
         self, query: str, *, namespace: str = "results", limit: int = 10
     ) -> list[SearchHit]:

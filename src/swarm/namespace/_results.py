@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from swarm.errors import InvalidRequestError, KeyExistsError, MemoryStoreError, 
 from swarm.memory._types import NewMemory, SearchHit
 from swarm.namespace._store import created, get_json
 from swarm.records import STATUSES, Result, encode_record
-from swarm.sync import feed_entry
+from swarm.sync import feed_entry, feed_prefixes
 
 if TYPE_CHECKING:
     from swarm.namespace._facade import SwarmMemory
@@ -154,6 +155,31 @@ class Results:
                 out.append(r)
                 if limit is not None and len(out) >= limit:
                     return out
+        return out
+
+    async def recent(
+        self, since: float, *, track: str | None = None, tier: str | None = None
+    ) -> list[Result]:
+        """Results published since ``since``, newest first, found through their feed
+        entries (:mod:`swarm.sync`): a listing of the hour buckets since then, whatever the
+        size of the history. A result without a feed entry (an old client on a store that
+        does not index it) is not seen here."""
+        backend = self.memory.backend
+        prefixes = feed_prefixes(since, self.memory.now(), max_minutes=1)
+        listings = await asyncio.gather(*(backend.list_keys(p) for p in prefixes))
+        targets = [t for infos in listings for i in infos if (t := keys.feed_target(i.key))]
+        targets = list(dict.fromkeys(targets))
+        fetched = await get_json(backend, [k for k in targets if k not in self._cache])
+        for k, rec in fetched.items():
+            self.remember(Result.from_json(k, rec))
+        out = [
+            r
+            for k in targets
+            if (r := self._cache.get(k)) is not None
+            and (track is None or r.track == track)
+            and (tier is None or r.vram_tier == tier)
+        ]
+        out.sort(key=lambda r: r.completed_at or 0.0, reverse=True)
         return out
 
     async def search(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +31,7 @@ from swarm import keys
 from swarm._logging import get_logger
 from swarm.errors import MemoryStoreError
 from swarm.namespace import SwarmMemory, best_max_step
-from swarm.records import Best, BestDecision, Result, encode_record
+from swarm.records import Best, BestDecision, Claim, Result, encode_record
 from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
 
 __all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
@@ -176,25 +177,29 @@ class CandidateBook:
 
     # ------------------------------------------------------------------ who confirms
 
-    async def solo(self, track: str, tier: str, policy: TrustPolicy) -> bool:
-        """No agent on another host was seen in the tier for ``solo_after_s``."""
+    async def solo(self, track: str, tier: str, policy: TrustPolicy,
+                   live: LiveClaims | None = None) -> bool:
+        """No agent on another host was seen in the tier for ``solo_after_s`` (live claims,
+        and results through the feed buckets of that window). ``live``: the live claims,
+        read once for the whole decision (:func:`live_claims_once`)."""
         if not policy.allow_solo:
             return False
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
         since = mem.now() - policy.solo_after_s
-        for claim in await mem.live_claims(track):
+        for claim in await (live or live_claims_once(mem, track))():
             if claim.vram_tier == tier and me.independent_of(
                     Run(claim.agent_id, claim.host, None, 0.0)):
                 return False
-        for r in await mem.results(track=track, tier=tier, limit=500):
+        for r in await mem.recent_results(since, track=track, tier=tier):
             if r.completed_at is not None and r.completed_at < since:
                 break
             if me.independent_of(Run(r.agent_id, r.host, None, 0.0)):
                 return False
         return True
 
-    async def open_for(self, track: str, tier: str, policy: TrustPolicy) -> list[Candidate]:
+    async def open_for(self, track: str, tier: str, policy: TrustPolicy,
+                       live: LiveClaims | None = None) -> list[Candidate]:
         """Open candidates this agent may confirm now; suspicious ones first, then oldest."""
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
@@ -208,7 +213,7 @@ class CandidateBook:
                 out.append(c)
             elif c.state == "pending" and c.original.agent_id == me.agent_id:
                 if solo is None:
-                    solo = await self.solo(track, tier, policy)
+                    solo = await self.solo(track, tier, policy, live)
                 if solo:
                     out.append(c)
         out.sort(key=lambda c: (not c.suspicious, c.since or 0.0))
@@ -379,6 +384,21 @@ class CandidateBook:
                     achieved_by=pick.original.agent_id)
 
 
+LiveClaims = Callable[[], Awaitable[list[Claim]]]
+
+
+def live_claims_once(mem: SwarmMemory, track: str) -> LiveClaims:
+    """The live claims of ``track``, read at the first call and remembered for later ones."""
+    seen: list[list[Claim]] = []
+
+    async def read() -> list[Claim]:
+        if not seen:
+            seen.append(await mem.live_claims(track))
+        return seen[0]
+
+    return read
+
+
 def trust_policy(config: Any) -> TrustPolicy:
     """The policy of a :class:`swarm.config.SwarmConfig`."""
     return TrustPolicy(k_sigma=config.confirm_k_sigma, sigma=config.sigma,
@@ -389,11 +409,12 @@ async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: 
                             *, own_only: bool, rng: random.Random) -> tuple[Candidate, int] | None:
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
     ``own_only``: this machine runs only its own code (no sandbox works)."""
-    opened = await book.open_for(track, tier, policy)
+    mem = book.mem
+    live = live_claims_once(mem, track)
+    opened = await book.open_for(track, tier, policy, live)
     if not opened:
         return None
-    mem = book.mem
-    running = {(c.parent_hash, c.code_hash) for c in await mem.live_claims(track)
+    running = {(c.parent_hash, c.code_hash) for c in await live()
                if c.vram_tier == tier and (c.agent_id, c.host) != (mem.agent_id, mem.host)}
     for cand in opened:
         if own_only and cand.original.agent_id != mem.agent_id:
