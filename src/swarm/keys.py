@@ -95,13 +95,11 @@ __all__ = [
     "mutex_lock_key",
     "mutex_lock_prefix",
     "noise_key",
-    "noise_mutex_name",
     "pending_key",
     "pending_prefix",
     "result_key",
     "slug",
     "trust_key",
-    "trust_mutex_name",
     "trust_prefix",
 ]
 
@@ -262,23 +260,14 @@ def mutex_lock_prefix(name: str) -> str:
 
 def best_mutex_name(track: str) -> str:
     """``best--<track>``: the one mutex that guards every best of ``track`` (each tier's,
-    the track's over all tiers and each agent's), so a keep moving several takes it once."""
+    the track's over all tiers and each agent's) and the candidates' noise and trust
+    records of the track, so a keep or a confirmation that moves several takes it once."""
     return f"best--{_name(track, 'track')}"
 
 
 def leaderboard_mutex_name(track: str) -> str:
     """``board--<track>``: the mutex of the leaderboard of ``track``."""
     return f"board--{_name(track, 'track')}"
-
-
-def noise_mutex_name(track: str, tier: str) -> str:
-    """``noise--<track>--<tier>``: the mutex of a tier's seed-noise record."""
-    return f"noise--{_name(track, 'track')}--{_name(tier, 'tier')}"
-
-
-def trust_mutex_name(track: str, agent_id: str) -> str:
-    """``trust--<track>--<agent slug>``: the mutex of an agent's trust record."""
-    return f"trust--{_name(track, 'track')}--{agent_slug(agent_id)}"
 
 
 def mutex_lock_key(name: str, generation: int) -> str:

@@ -358,10 +358,11 @@ class Bests:
             previous=previous,
         )
 
-    async def propose_agent_best(self, result: Result) -> bool:
-        """Offer ``result`` as its agent's personal best alone; True when it moved."""
+    async def propose_agent_best(self, result: Result, seen: Best | None = None) -> bool:
+        """Offer ``result`` as its agent's personal best alone; True when it moved.
+        ``seen``: that best as just read; a result not better takes no mutex."""
         scope = self.agent_scope(result)
-        if scope is None:
+        if scope is None or (seen is not None and not _beats(seen, result)):
             return False
         outcome, _, _ = await self.cas(scope, result, noise_margin=0.0)
         return outcome == "moved"

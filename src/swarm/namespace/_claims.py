@@ -13,6 +13,7 @@ from swarm import keys
 from swarm._logging import get_logger
 from swarm.beacon import beacon_beats
 from swarm.errors import InvalidRequestError, KeyNotFoundError, MemoryStoreError
+from swarm.memory._types import NewMemory
 from swarm.namespace._store import create_one, get_json
 from swarm.records import Claim, ClaimOutcome, encode_record
 
@@ -116,6 +117,9 @@ class Claims:
             stamped[gen] = c = replace(base, claimed_at=now, heartbeat_at=now, lock_key=key)
             return _lock_json(c, kind) | {"generation": gen}
 
+        def record(gen: int, key: str) -> NewMemory:
+            return self._record(stamped[gen])
+
         got = await mem.locks.acquire(
             prefix,
             lambda g: f"{prefix}g{g:06d}",
@@ -123,6 +127,7 @@ class Claims:
             fast_first=True,
             legacy_ttl_s=mem.lease_s,
             reclaim=self.own_stale,
+            companion=record,
         )
         if not got.won:
             who = got.holder.agent_id if got.holder else "?"
@@ -131,22 +136,34 @@ class Claims:
         claim = stamped[got.generation]
         if got.took_over:
             log.warning("claim_taken_over", lock=got.key, generation=got.generation)
-        await self._write_record(claim)
+        if not got.companion:
+            await self._write_record(claim)
         log.info("claim_won", key=claim.key, lock=got.key)
         return ClaimOutcome(won=True, claim=claim)
 
-    async def _write_record(self, claim: Claim) -> None:
-        """The human-readable claim record that other clients of the org understand."""
+    def _record(self, claim: Claim) -> NewMemory:
+        """The human-readable claim record that other clients of the org understand,
+        created in the same call as the lock where the store's create is atomic."""
+        # Written without an embedding: embedding costs tens of milliseconds on a CPU and
+        # the claimer should not wait for it. heartbeating() embeds it right away in the
+        # background (embed_claim) so that other clients' semantic checks see it.
+        # Under a beacon most claims are taken ahead, while a run trains: the record is
+        # embedded at once then, which saves the separate embedding write.
         mem = self.memory
-        text = encode_record(claim.to_json())
-        desc = f"[autoresearch] Claim: {claim.description}"
+        return NewMemory(
+            key=claim.key,
+            value=encode_record(claim.to_json()),
+            description=f"[autoresearch] Claim: {claim.description}",
+            embed=mem.embed_records and mem.beacon is not None,
+        )
+
+    async def _write_record(self, claim: Claim) -> None:
+        """Write the claim record when it did not go with the lock (it existed already,
+        or the store's create is not atomic)."""
+        mem = self.memory
+        rec = self._record(claim)
+        text, desc, embed = rec.value, rec.description, rec.embed
         try:
-            # Written without an embedding: embedding costs tens of milliseconds on a CPU and
-            # the claimer should not wait for it. heartbeating() embeds it right away in the
-            # background (embed_claim) so that other clients' semantic checks see it.
-            # Under a beacon most claims are taken ahead, while a run trains: the record is
-            # embedded at once then, which saves the separate embedding write.
-            embed = mem.embed_records and mem.beacon is not None
             if not await create_one(mem.backend, claim.key, text, desc, embed=embed):
                 await mem.backend.update(claim.key, text, description=desc, embed=embed or None)
         except MemoryStoreError as exc:

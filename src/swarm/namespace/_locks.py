@@ -26,7 +26,8 @@ from swarm import keys
 from swarm._logging import get_logger
 from swarm.beacon import beacon_keeps
 from swarm.errors import MemoryStoreError
-from swarm.namespace._store import create_one, get_json
+from swarm.memory._types import NewMemory
+from swarm.namespace._store import create_one, created, get_json
 from swarm.records import Claim, encode_record, to_iso
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class Acquired:
     generation: int
     holder: Claim | None = None
     took_over: bool = False
+    #: the companion record was created in the same call as the lock
+    companion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class _LockSpec:
     legacy_ttl_s: float
     verify_top: bool
     reclaim: Callable[[Claim], bool] | None
+    companion: Callable[[int, str], NewMemory] | None = None
 
 
 class Locks:
@@ -107,11 +111,30 @@ class Locks:
             return Acquired(False, top_key, top, holder=holder)
         return top + 1, holder.released_at is None  # dead, not released: a takeover
 
-    async def _create(self, spec: _LockSpec, target: int, atomic: bool) -> bool:
-        """Create generation ``target``; False when someone else won it."""
+    async def _create_with(
+        self, spec: _LockSpec, target: int, key: str, value: str
+    ) -> tuple[bool, bool]:
+        """Create the lock and its companion in one call: (lock won, companion created). A
+        companion created next to a lost lock is deleted again."""
+        assert spec.companion is not None
+        backend = self.memory.backend
+        extra = spec.companion(target, key)
+        lock_res, extra_res = await backend.create(
+            [NewMemory(key=key, value=value, description="[autoresearch] lock"), extra]
+        )
+        won = created(key, lock_res)
+        if not won and extra_res.ok:
+            await backend.delete([extra.key])
+        return won, won and extra_res.ok
+
+    async def _create(self, spec: _LockSpec, target: int, atomic: bool) -> tuple[bool, bool]:
+        """Create generation ``target``: (won, companion written); won is False when
+        someone else won it."""
         mem = self.memory
         key = spec.key_for(target)
         record = spec.payload(target, key)
+        if spec.companion is not None and atomic and not spec.verify_top:
+            return await self._create_with(spec, target, key, encode_record(record))
         won = await create_one(
             mem.backend, key, encode_record(record), "[autoresearch] lock", embed=False
         )
@@ -129,7 +152,7 @@ class Locks:
                 record["released_at"] = to_iso(mem.now())
                 await mem.backend.update(key, encode_record(record))
                 won = False
-        return won
+        return won, False
 
     async def _last_holder(self, spec: _LockSpec) -> Acquired:
         """Endless contention is not expected; report whoever holds the top now."""
@@ -153,15 +176,18 @@ class Locks:
         verify_top: bool = False,
         max_rounds: int = 8,
         reclaim: Callable[[Claim], bool] | None = None,
+        companion: Callable[[int, str], NewMemory] | None = None,
     ) -> Acquired:
         """Win the lowest free generation of the lock under ``prefix``.
 
         ``payload(generation, key)`` builds the lock record; it must carry a ``nonce``.
         With ``fast_first`` generation 1 is tried blind first (one round trip for a
         never-claimed lock); this is only sound because generation keys are never
-        deleted. Returns the winner (us) or the live holder.
+        deleted. ``companion(generation, key)``: a record to create in the same call as the
+        lock (on an atomic store; see :attr:`Acquired.companion`). Returns the winner (us)
+        or the live holder.
         """
-        spec = _LockSpec(prefix, key_for, payload, legacy_ttl_s, verify_top, reclaim)
+        spec = _LockSpec(prefix, key_for, payload, legacy_ttl_s, verify_top, reclaim, companion)
         atomic = await self._atomic()
         target: int | None = 1 if fast_first and atomic else None
         took_over = False
@@ -173,8 +199,11 @@ class Locks:
                 if isinstance(look, Acquired):
                     return look
                 target, took_over = look
-            if await self._create(spec, target, atomic):
-                return Acquired(True, key_for(target), target, took_over=took_over)
+            won, with_companion = await self._create(spec, target, atomic)
+            if won:
+                return Acquired(
+                    True, key_for(target), target, took_over=took_over, companion=with_companion
+                )
             target = None  # someone else won this generation: look again
         return await self._last_holder(spec)
 

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from swarm import keys
 from swarm._logging import get_logger
-from swarm.errors import MemoryStoreError
+from swarm.errors import MemoryStoreError, ProtocolError
+from swarm.memory._types import Memory
 from swarm.namespace import SwarmMemory, best_max_step
-from swarm.records import Best, BestDecision, Claim, Result, encode_record
+from swarm.records import Best, BestDecision, Claim, Result, decode_record, encode_record
 from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
 
 __all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
@@ -70,6 +71,8 @@ class CandidateBook:
 
     def __init__(self, memory: SwarmMemory) -> None:
         self.mem = memory
+        #: candidate records as last read, with the ``updated_at`` their listing showed
+        self._listed: dict[str, tuple[float, Candidate]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -80,10 +83,19 @@ class CandidateBook:
         return Candidate.from_json(key, rec) if rec is not None else None
 
     async def listing(self, track: str, tier: str | None = None) -> list[Candidate]:
-        """Every candidate record of ``track`` (and ``tier``), oldest first."""
+        """Every candidate record of ``track`` (and ``tier``), oldest first.
+
+        Records whose listed ``updated_at`` is the one last read are not read again (a
+        store that lists no ``updated_at`` gets every record read)."""
         infos = await self.mem.backend.list_keys(keys.pending_prefix(track, tier))
-        data = await self.mem.get_json([i.key for i in infos])
-        out = [Candidate.from_json(k, v) for k, v in data.items()]
+        stale = [i.key for i in infos
+                 if i.updated_at <= 0 or self._listed.get(i.key, (None,))[0] != i.updated_at]
+        data = await self.mem.get_json(stale)
+        stamps = {i.key: i.updated_at for i in infos}
+        for k, v in data.items():
+            self._listed[k] = (stamps[k], Candidate.from_json(k, v))
+        out = [self._listed[i.key][1] for i in infos if i.key in self._listed
+               and (i.key in data or i.key not in stale)]
         out.sort(key=lambda c: (c.since or 0.0, c.key))
         return out
 
@@ -113,8 +125,13 @@ class CandidateBook:
         result = mem.bests.with_key(result)
         if not result.vram_tier:
             return BestDecision(False, "a candidate needs a tier (vram_tier)")
-        existing = await self.get(result.track, result.vram_tier, result.parent_hash,
-                                  result.code_hash)
+        # one read: the candidate record of this code and every best the result could move
+        pkey = keys.pending_key(result.track, result.vram_tier, result.parent_hash,
+                                result.code_hash)
+        agent = mem.bests.agent_scope(result)
+        seen, found = await mem.bests.read_many(
+            [*mem.bests.scopes(result), *([agent] if agent else [])], [pkey])
+        existing = _candidate_in(pkey, found)
         if existing is not None and existing.open and all(
                 r.seed != result.seed for r in existing.runs):
             return await self.confirm(result, policy)
@@ -124,7 +141,6 @@ class CandidateBook:
         reasons: list[str] = []
         scopes: list[str] = []
         tier_best: Best | None = None
-        seen, _ = await mem.bests.read_many(mem.bests.scopes(result))
         for scope in mem.bests.scopes(result):
             current = seen[scope.meta_key]
             if scope.kind == "tier":
@@ -134,7 +150,8 @@ class CandidateBook:
                 scopes.append(scope.kind)
             else:
                 reasons.append(why)
-        agent_moved = await mem.bests.propose_agent_best(result)
+        agent_moved = await mem.bests.propose_agent_best(
+            result, seen.get(agent.meta_key) if agent else None)
         if not scopes:
             return BestDecision(False, "; ".join(reasons), best=tier_best,
                                 agent_moved=agent_moved)
@@ -249,11 +266,13 @@ class CandidateBook:
         tolerance = policy.k_sigma * sigma * math.sqrt(2.0)
         if abs(a - b) > tolerance:
             return await self._refute(cand, this, tolerance, sigma)
-        await self._add_noise(noise, tier, a, b)
-        return await self._accept(cand, this, independent, policy)
+        return await self._accept(cand, this, independent, policy, (tier, a, b))
 
     async def _accept(self, cand: Candidate, this: Run, independent: bool,
-                      policy: TrustPolicy) -> BestDecision:
+                      policy: TrustPolicy, pair: tuple[str, float, float]) -> BestDecision:
+        """Move the bests the confirmed candidate still beats; under the same mutex (the
+        track's best mutex guards noise and trust records too) add the pair of runs to
+        the tier's noise and raise the author's trust."""
         mem = self.mem
         runs = (*cand.runs, this)
         mean = sum(r.val_bpb for r in runs) / len(runs)
@@ -270,6 +289,8 @@ class CandidateBook:
         previous: Best | None = None
         moved = {"tier": False, "global": False}
         async with mem.locks.mutex(keys.best_mutex_name(combined.track)):  # every best of the track
+            await self._add_noise(combined.track, *pair)
+            await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
             for scope in mem.bests.scopes(combined):
                 if scope.kind not in cand.scopes:
                     continue
@@ -303,7 +324,6 @@ class CandidateBook:
         resolved = None if final == "self-verified" else mem.now()
         await self._write(replace(cand, state=final, runs=runs, resolved_at=resolved,  # type: ignore[arg-type]
                                   reason="; ".join(reasons)), "confirmed")
-        await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
         return BestDecision(
             moved=any(moved.values()), reason="; ".join(reasons), best=tier_best,
             tier_moved=moved["tier"], global_moved=moved["global"], previous=previous,
@@ -329,7 +349,7 @@ class CandidateBook:
                     await mem.bests.write(scope, back, current,
                                           confirmations=current.previous.confirmations)
                     log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
-        await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
+            await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
         for other in await self.listing(cand.result.track):
             if other.open and other.key != cand.key and (
                     other.original.agent_id == cand.original.agent_id):
@@ -337,24 +357,23 @@ class CandidateBook:
         log.warning("candidate_refuted", key=cand.key, reason=reason)
         return BestDecision(False, reason, refuted=True)
 
-    async def _add_noise(self, noise: NoiseStats, tier: str, a: float, b: float) -> None:
-        key = keys.noise_key(noise.track, tier)
-        async with self.mem.locks.mutex(keys.noise_mutex_name(noise.track, tier)):
-            fresh = await self.noise(noise.track, tier)
-            await self.mem.upsert(key, encode_record(fresh.add(a, b).to_json()),
-                                   f"[autoresearch] Seed noise of {noise.track}/{tier}")
+    async def _add_noise(self, track: str, tier: str, a: float, b: float) -> None:
+        """Add a pair of runs to the tier's noise record (hold the track's best mutex)."""
+        key = keys.noise_key(track, tier)
+        fresh = await self.noise(track, tier)
+        await self.mem.upsert(key, encode_record(fresh.add(a, b).to_json()),
+                              f"[autoresearch] Seed noise of {track}/{tier}")
 
     async def _bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
+        """Count a verified or refuted candidate of ``agent_id`` (hold the track's best mutex)."""
         key = keys.trust_key(track, agent_id)
-        async with self.mem.locks.mutex(keys.trust_mutex_name(track, agent_id)):
-            t = await self.trust(track, agent_id)
-            if verified:
-                t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
-            else:
-                t = replace(t, streak=0, refuted=t.refuted + 1,
-                            last_refuted_at=self.mem.now())
-            await self.mem.upsert(key, encode_record(t.to_json()),
-                                   f"[autoresearch] Trust of {agent_id} on {track}")
+        t = await self.trust(track, agent_id)
+        if verified:
+            t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
+        else:
+            t = replace(t, streak=0, refuted=t.refuted + 1, last_refuted_at=self.mem.now())
+        await self.mem.upsert(key, encode_record(t.to_json()),
+                              f"[autoresearch] Trust of {agent_id} on {track}")
 
     # ------------------------------------------------------------------ adoption
 
@@ -387,6 +406,17 @@ class CandidateBook:
 LiveClaims = Callable[[], Awaitable[list[Claim]]]
 
 
+def _candidate_in(key: str, found: Mapping[str, Memory]) -> Candidate | None:
+    """The candidate record ``key`` among items read together with others."""
+    if key not in found:
+        return None
+    try:
+        return Candidate.from_json(key, decode_record(key, found[key].value))
+    except ProtocolError as exc:
+        log.warning("record_unreadable", key=key, error=str(exc))
+        return None
+
+
 def live_claims_once(mem: SwarmMemory, track: str) -> LiveClaims:
     """The live claims of ``track``, read at the first call and remembered for later ones."""
     seen: list[list[Claim]] = []
@@ -414,8 +444,11 @@ async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: 
     opened = await book.open_for(track, tier, policy, live)
     if not opened:
         return None
+    # confirmed right now: by others, or by this machine (its confirmation lock; its own
+    # claim of the original experiment is released once the candidate exists)
     running = {(c.parent_hash, c.code_hash) for c in await live()
-               if c.vram_tier == tier and (c.agent_id, c.host) != (mem.agent_id, mem.host)}
+               if c.vram_tier == tier and ((c.agent_id, c.host) != (mem.agent_id, mem.host)
+                                           or c.lock_key.startswith(keys.CONFIRM_LOCKS))}
     for cand in opened:
         if own_only and cand.original.agent_id != mem.agent_id:
             continue
