@@ -183,5 +183,5 @@ async def beacon_beats(backend: MemoryBackend, holders: Sequence[tuple[str, Clai
         holding: list[Any] = raw if isinstance(raw, list) else []
         if (beat is not None and now < beat + lease_s
                 and b.get("session") == c.extra.get("session") and c.lock_key in holding):
-            kept[key] = beat
+            kept[key] = min(beat, now)  # a beat from the future is no fresher than now
     return kept

@@ -76,6 +76,9 @@ class Locks:
     def __init__(self, memory: SwarmMemory) -> None:
         self.memory = memory
         self._warned_non_atomic = False
+        #: per mutex prefix, the generation this client released last: found on top of a
+        #: listing, it is known free without reading it
+        self._released: dict[str, str] = {}
 
     async def _atomic(self) -> bool:
         mem = self.memory
@@ -102,6 +105,8 @@ class Locks:
             return 1, False
         top = max(gens)
         top_key = spec.key_for(top)
+        if self._released.get(spec.prefix) == top_key:
+            return top + 1, False
         current = await get_json(self.memory.backend, [top_key])
         if top_key not in current:
             return None
@@ -297,6 +302,7 @@ class Locks:
             stale = [keys.mutex_lock_key(name, g) for g in range(max(1, gen - _GC_EVERY), gen)]
         try:
             await self.memory.backend.update(acquired.key, encode_record(done))
+            self._released[keys.mutex_lock_prefix(name)] = acquired.key
             if stale:
                 await self.memory.backend.delete(
                     stale
