@@ -50,7 +50,6 @@ from swarm.trainpy import code_hash
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_supervisor import RandomProposer, fake_trainer_source
 
-
 REAL_RUN_S = 300.0
 """The run a fake run of ``--budget`` seconds stands for (lease and heartbeat scale with it)."""
 
