@@ -132,9 +132,11 @@ class SwarmMemory:
         """Read records as JSON objects in one call (unreadable ones logged and skipped)."""
         return await _store.get_json(self.backend, key_list)
 
-    async def upsert(self, key: str, value: str, description: str) -> None:
-        """Write ``key`` whether or not it exists yet."""
-        await _store.upsert(self.backend, key, value, description)
+    async def upsert(
+        self, key: str, value: str, description: str, *, create_first: bool = False
+    ) -> None:
+        """Write ``key`` whether or not it exists yet (``create_first``: most likely new)."""
+        await _store.upsert(self.backend, key, value, description, create_first=create_first)
 
     # ------------------------------------------------------------------ claims
 

@@ -53,9 +53,18 @@ async def create_one(
 
 
 async def upsert(
-    backend: MemoryBackend, key: str, value: str, description: str, *, embed: bool = False
+    backend: MemoryBackend,
+    key: str,
+    value: str,
+    description: str,
+    *,
+    embed: bool = False,
+    create_first: bool = False,
 ) -> None:
-    """Update ``key``, creating it when absent (and updating again if a racer created it)."""
+    """Update ``key``, creating it when absent (and updating again if a racer created it).
+    ``create_first``: the key is most likely new (one call instead of two)."""
+    if create_first and await create_one(backend, key, value, description, embed=embed):
+        return
     for _ in range(3):
         try:
             await backend.update(key, value, description=description)

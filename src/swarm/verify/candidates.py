@@ -134,7 +134,7 @@ class CandidateBook:
         existing = _candidate_in(pkey, found)
         if existing is not None and existing.open and all(
                 r.seed != result.seed for r in existing.runs):
-            return await self.confirm(result, policy)
+            return await self.confirm(result, policy, known=existing)
         if existing is not None and existing.state != "superseded":
             # never overwritten: not by a re-run, and not by someone rewriting its values
             return BestDecision(False, f"this code is already a candidate ({existing.state})")
@@ -163,7 +163,7 @@ class CandidateBook:
             previous_val=tier_best.val_bpb if tier_best else None,
             suspicious=trust.refuted > 0 and trust.streak == 0,
         )
-        await self._write(candidate, "waits for a confirming run")
+        await self._write(candidate, "waits for a confirming run", new=existing is None)
         reasons.insert(0, f"candidate for {', '.join(scopes)}: a confirming run (same code, "
                           "another seed, another agent) decides")
         return BestDecision(False, "; ".join(reasons), needs_confirmation=True, best=tier_best,
@@ -183,11 +183,13 @@ class CandidateBook:
                     f"{best_max_step(result.track)} in one step")
         return None
 
-    async def _write(self, candidate: Candidate, what: str) -> None:
+    async def _write(self, candidate: Candidate, what: str, *, new: bool = False) -> None:
+        """Write the candidate record; ``new``: it is not in the store yet (create first)."""
         r = candidate.result
         await self.mem.upsert(
             candidate.key, encode_record(candidate.to_json()),
             f"[autoresearch] Candidate best ({candidate.state}, {what}): {r.description}",
+            create_first=new,
         )
         log.info("candidate_written", key=candidate.key, state=candidate.state,
                  val_bpb=r.val_bpb, agent=r.agent_id)
@@ -238,8 +240,10 @@ class CandidateBook:
 
     # ------------------------------------------------------------------ confirming
 
-    async def confirm(self, run: Result, policy: TrustPolicy) -> BestDecision:
-        """Judge a confirming run (same code, another seed) of an open candidate."""
+    async def confirm(self, run: Result, policy: TrustPolicy, *,
+                      known: Candidate | None = None) -> BestDecision:
+        """Judge a confirming run (same code, another seed) of an open candidate.
+        ``known``: the candidate record as just read (saves reading it again)."""
         mem = self.mem
         bad = mem.bests.sanity(run)
         if bad:
@@ -248,7 +252,7 @@ class CandidateBook:
             return BestDecision(False, "no candidate: the run has no vram_tier")
         tier = run.vram_tier
         run = mem.bests.with_key(run)
-        cand = await self.get(run.track, tier, run.parent_hash, run.code_hash)
+        cand = known or await self.get(run.track, tier, run.parent_hash, run.code_hash)
         if cand is None or not cand.open:
             return BestDecision(False, "no open candidate for this code")
         this = Run.of(run)
@@ -291,10 +295,10 @@ class CandidateBook:
         async with mem.locks.mutex(keys.best_mutex_name(combined.track)):  # every best of the track
             await self._add_noise(combined.track, *pair)
             await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
-            for scope in mem.bests.scopes(combined):
-                if scope.kind not in cand.scopes:
-                    continue
-                current = await mem.bests.read(scope)
+            wanted = [sc for sc in mem.bests.scopes(combined) if sc.kind in cand.scopes]
+            now_bests, _ = await mem.bests.read_many(wanted)
+            for scope in wanted:
+                current = now_bests[scope.meta_key]
                 if current is not None and current.code_hash == cand.result.code_hash:
                     now = await mem.bests.write(scope, combined, current,
                                                 confirmations=confirmations,
