@@ -158,3 +158,36 @@ async def test_heartbeat_age_under_the_beacon_does_not_grow(swarm: Swarm, clock:
         await ada.backend.update(ada.beacon.key, encode_record(rec))
         (seen,) = await bob.live_claims()
         assert seen.heartbeat_at is not None and seen.heartbeat_at <= clock.now
+
+
+async def test_racing_workers_of_one_agent_keep_the_winners_record(swarm: Swarm,
+                                                                    clock: FakeClock) -> None:
+    """Two workers of one supervisor race for a released experiment: one wins, and its claim
+    record (shared key of the agent) survives the loser; a loser to another agent leaves
+    no record of its own."""
+    import asyncio
+
+    ada, _ = await spied(swarm, "ada", clock)
+    p, c = experiment(7)
+
+    async def claim(mem: SwarmMemory) -> object:
+        return await mem.try_claim(parent_hash=p, code_hash=c, description="exp 7",
+                                   track="standard", tier="xl")
+
+    for _ in range(3):
+        first = await claim(ada)
+        await ada.release(first.claim)  # type: ignore[attr-defined]
+        outcomes = await asyncio.gather(claim(ada), claim(ada))
+        winners = [o for o in outcomes if o.won]  # type: ignore[attr-defined]
+        assert len(winners) == 1
+        mine = winners[0].claim  # type: ignore[attr-defined]
+        stored = await ada.get_json([mine.key])
+        assert stored[mine.key]["nonce"] == mine.nonce
+        assert stored[mine.key]["lock_key"] == mine.lock_key
+        await ada.release(mine)
+    bob, _ = await spied(swarm, "bob", clock)
+    held = await claim(bob)
+    assert held.won  # type: ignore[attr-defined]
+    lost = await claim(ada)
+    assert not lost.won  # type: ignore[attr-defined]
+    assert await ada.get_json([keys.claim_key("ada", "exp 7", p, c)]) == {}

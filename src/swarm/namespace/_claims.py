@@ -130,6 +130,10 @@ class Claims:
             companion=record,
         )
         if not got.won:
+            if got.stray and (got.holder is None or got.holder.agent_id != mem.agent_id):
+                # our record next to a lock another agent holds: nobody of ours needs it
+                # (a holder of this agent writes the same key itself)
+                await mem.backend.delete([base.key])
             who = got.holder.agent_id if got.holder else "?"
             log.info("claim_lost", experiment=prefix, holder=who)
             return ClaimOutcome(won=False, holder=got.holder, reason=f"claimed by {who}")

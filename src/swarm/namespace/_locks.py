@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tenacity import (
@@ -57,6 +57,9 @@ class Acquired:
     took_over: bool = False
     #: the companion record was created in the same call as the lock
     companion: bool = False
+    #: a companion was created next to a generation that was lost (the caller decides
+    #: whether to delete it: the same key may be a racer's of the same agent)
+    stray: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,18 +122,14 @@ class Locks:
     async def _create_with(
         self, spec: _LockSpec, target: int, key: str, value: str
     ) -> tuple[bool, bool]:
-        """Create the lock and its companion in one call: (lock won, companion created). A
-        companion created next to a lost lock is deleted again."""
+        """Create the lock and its companion in one call: (lock won, companion created)."""
         assert spec.companion is not None
         backend = self.memory.backend
         extra = spec.companion(target, key)
         lock_res, extra_res = await backend.create(
             [NewMemory(key=key, value=value, description="[autoresearch] lock"), extra]
         )
-        won = created(key, lock_res)
-        if not won and extra_res.ok:
-            await backend.delete([extra.key])
-        return won, won and extra_res.ok
+        return created(key, lock_res), extra_res.ok
 
     async def _create(self, spec: _LockSpec, target: int, atomic: bool) -> tuple[bool, bool]:
         """Create generation ``target``: (won, companion written); won is False when
@@ -195,22 +194,23 @@ class Locks:
         spec = _LockSpec(prefix, key_for, payload, legacy_ttl_s, verify_top, reclaim, companion)
         atomic = await self._atomic()
         target: int | None = 1 if fast_first and atomic else None
-        took_over = False
+        took_over = stray = False
         for _ in range(max_rounds):
             if target is None:
                 look = await self._look(spec)
                 if look is None:
                     continue  # vanished since the listing: list again
                 if isinstance(look, Acquired):
-                    return look
+                    return replace(look, stray=stray)
                 target, took_over = look
             won, with_companion = await self._create(spec, target, atomic)
             if won:
                 return Acquired(
                     True, key_for(target), target, took_over=took_over, companion=with_companion
                 )
+            stray |= with_companion
             target = None  # someone else won this generation: look again
-        return await self._last_holder(spec)
+        return replace(await self._last_holder(spec), stray=stray)
 
     async def holder_live(self, key: str, holder: Claim, legacy_ttl_s: float) -> bool:
         """Live by its own heartbeat, or kept live by its supervisor's beacon."""
