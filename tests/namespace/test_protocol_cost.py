@@ -23,22 +23,42 @@ PARENT = hashlib.sha256(b"parent").hexdigest()
 
 def keep(n: int, val: float, agent: str = "ada") -> Result:
     code = hashlib.sha256(f"code-{n}".encode()).hexdigest()
-    return Result(agent_id=agent, status="keep", description=f"change {n}", train_py=f"X = {n}\n",
-                  val_bpb=val, vram_tier="xl", track="standard", parent_hash=PARENT,
-                  code_hash=code, seed=n)
+    return Result(
+        agent_id=agent,
+        status="keep",
+        description=f"change {n}",
+        train_py=f"X = {n}\n",
+        val_bpb=val,
+        vram_tier="xl",
+        track="standard",
+        parent_hash=PARENT,
+        code_hash=code,
+        seed=n,
+    )
 
 
-async def spied(swarm: Swarm, agent: str, clock: FakeClock,
-                mutex_wait_s: float = 60.0) -> tuple[SwarmMemory, CallLog]:
+async def spied(
+    swarm: Swarm, agent: str, clock: FakeClock, mutex_wait_s: float = 60.0
+) -> tuple[SwarmMemory, CallLog]:
     spy = CallLog(await swarm.backend(agent))
-    mem = SwarmMemory(spy, agent_id=agent, host=f"{agent}-host", clock=clock,  # type: ignore[arg-type]
-                      embed_records=False, sleep=no_sleep, mutex_wait_s=mutex_wait_s)
+    mem = SwarmMemory(
+        spy,
+        agent_id=agent,
+        host=f"{agent}-host",
+        clock=clock,  # type: ignore[arg-type]
+        embed_records=False,
+        sleep=no_sleep,
+        mutex_wait_s=mutex_wait_s,
+    )
     return mem, spy
 
 
 def mutex_creates(spy: CallLog) -> int:
-    return sum(1 for op, arg in spy.calls if op == "create"
-               and any(i.key.startswith(keys.MUTEX_LOCKS) for i in arg))
+    return sum(
+        1
+        for op, arg in spy.calls
+        if op == "create" and any(i.key.startswith(keys.MUTEX_LOCKS) for i in arg)
+    )
 
 
 async def test_a_claim_and_its_record_are_one_create(swarm: Swarm, clock: FakeClock) -> None:
@@ -46,15 +66,17 @@ async def test_a_claim_and_its_record_are_one_create(swarm: Swarm, clock: FakeCl
     the loser of the same experiment leaves no claim record behind."""
     ada, spy = await spied(swarm, "ada", clock)
     p, c = experiment(1)
-    won = await ada.try_claim(parent_hash=p, code_hash=c, description="exp 1", track="standard",
-                              tier="xl")
+    won = await ada.try_claim(
+        parent_hash=p, code_hash=c, description="exp 1", track="standard", tier="xl"
+    )
     assert won.won and won.claim is not None
     assert [op for op, _ in spy.calls] == ["create"]
     stored = await ada.backend.get([won.claim.key, won.claim.lock_key])
     assert set(stored) == {won.claim.key, won.claim.lock_key}
     bob, _ = await spied(swarm, "bob", clock)
-    lost = await bob.try_claim(parent_hash=p, code_hash=c, description="exp 1", track="standard",
-                               tier="xl")
+    lost = await bob.try_claim(
+        parent_hash=p, code_hash=c, description="exp 1", track="standard", tier="xl"
+    )
     assert not lost.won and lost.holder is not None and lost.holder.agent_id == "ada"
     bob_record = keys.claim_key("bob", "exp 1", p, c)
     assert await bob.backend.get([bob_record]) == {}
@@ -72,11 +94,17 @@ async def test_a_keep_moving_three_bests_takes_one_mutex(swarm: Swarm, clock: Fa
     d = await ada.propose_best(keep(2, 0.98))
     assert d.tier_moved and d.global_moved and d.agent_moved
     assert mutex_creates(spy) == 1
-    mutex_reads = [arg for op, arg in spy.calls if op == "get"
-                   and any(k.startswith(keys.MUTEX_LOCKS) for k in arg)]
+    mutex_reads = [
+        arg
+        for op, arg in spy.calls
+        if op == "get" and any(k.startswith(keys.MUTEX_LOCKS) for k in arg)
+    ]
     assert mutex_reads == []
-    for best in (await ada.get_best("standard", "xl"), await ada.get_best("standard"),
-                 await ada.get_agent_best()):
+    for best in (
+        await ada.get_best("standard", "xl"),
+        await ada.get_best("standard"),
+        await ada.get_agent_best(),
+    ):
         assert best is not None and best.val_bpb == 0.98 and best.previous is not None
         assert best.previous.val_bpb == 0.99
 
@@ -87,14 +115,22 @@ async def test_a_mutex_released_by_someone_else_is_read(swarm: Swarm, clock: Fak
     ada, _ = await spied(swarm, "ada", clock, mutex_wait_s=0.2)
     await ada.propose_best(keep(1, 0.99))
     name = keys.best_mutex_name("standard")
-    gens = [keys.lock_generation(i.key) for i in await ada.backend.list_keys(
-        keys.mutex_lock_prefix(name))]
+    gens = [
+        keys.lock_generation(i.key)
+        for i in await ada.backend.list_keys(keys.mutex_lock_prefix(name))
+    ]
     top = max(g for g in gens if g is not None)
-    held = {"agent_id": "slowpoke", "heartbeat_at": to_iso(clock.now), "lease_s": 30,
-            "nonce": "x", "status": "claimed"}
+    held = {
+        "agent_id": "slowpoke",
+        "heartbeat_at": to_iso(clock.now),
+        "lease_s": 30,
+        "nonce": "x",
+        "status": "claimed",
+    }
     mallory = await swarm.backend("mallory")
-    await mallory.create([NewMemory(key=keys.mutex_lock_key(name, top + 1),
-                                    value=encode_record(held))])
+    await mallory.create(
+        [NewMemory(key=keys.mutex_lock_key(name, top + 1), value=encode_record(held))]
+    )
     with pytest.raises(MemoryStoreError, match="slowpoke"):
         await ada.propose_best(keep(2, 0.98))
     best = await ada.get_best("standard", "xl")
@@ -141,8 +177,9 @@ async def test_heartbeat_age_under_the_beacon_does_not_grow(swarm: Swarm, clock:
     ada = await swarm.memory("ada", clock=clock, lease_s=90.0, heartbeat_s=30.0, sleep=no_sleep)
     ada.beacon = Beacon(ada)
     p, c = experiment(2)
-    won = await ada.try_claim(parent_hash=p, code_hash=c, description="exp 2", track="standard",
-                              tier="xl")
+    won = await ada.try_claim(
+        parent_hash=p, code_hash=c, description="exp 2", track="standard", tier="xl"
+    )
     assert won.claim is not None
     bob = await swarm.memory("bob", clock=clock)
     async with ada.heartbeating(won.claim):
@@ -160,8 +197,9 @@ async def test_heartbeat_age_under_the_beacon_does_not_grow(swarm: Swarm, clock:
         assert seen.heartbeat_at is not None and seen.heartbeat_at <= clock.now
 
 
-async def test_racing_workers_of_one_agent_keep_the_winners_record(swarm: Swarm,
-                                                                    clock: FakeClock) -> None:
+async def test_racing_workers_of_one_agent_keep_the_winners_record(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """Two workers of one supervisor race for a released experiment: one wins, and its claim
     record (shared key of the agent) survives the loser; a loser to another agent leaves
     no record of its own."""
@@ -171,8 +209,9 @@ async def test_racing_workers_of_one_agent_keep_the_winners_record(swarm: Swarm,
     p, c = experiment(7)
 
     async def claim(mem: SwarmMemory) -> object:
-        return await mem.try_claim(parent_hash=p, code_hash=c, description="exp 7",
-                                   track="standard", tier="xl")
+        return await mem.try_claim(
+            parent_hash=p, code_hash=c, description="exp 7", track="standard", tier="xl"
+        )
 
     for _ in range(3):
         first = await claim(ada)
