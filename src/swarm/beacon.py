@@ -37,7 +37,7 @@ from swarm.records import Claim, decode_record, encode_record, from_iso, to_iso
 if TYPE_CHECKING:
     from swarm.namespace import Heartbeat, SwarmMemory
 
-__all__ = ["Beacon", "beacon_keeps"]
+__all__ = ["Beacon", "beacon_beats", "beacon_keeps"]
 
 log = get_logger(__name__)
 
@@ -89,7 +89,8 @@ class Beacon:
             (res,) = await backend.create([NewMemory(key=self.key, value=text,
                                                      description="[autoresearch] beacon")])
             if not res.ok and not res.exists:
-                raise MemoryStoreError(f"cannot write the beacon {self.key!r}: {res.error}") from None
+                raise MemoryStoreError(
+                    f"cannot write the beacon {self.key!r}: {res.error}") from None
         self.beats += 1
         for _, handle in self._held.values():
             handle.beats += 1
@@ -152,9 +153,16 @@ async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Clai
 
     A beacon's own ``lease_s`` counts up to ``max_lease_s``: a record that claims a
     longer lease cannot keep dead locks for ever."""
+    return set(await beacon_beats(backend, holders, now, max_lease_s=max_lease_s))
+
+
+async def beacon_beats(backend: MemoryBackend, holders: Sequence[tuple[str, Claim]],
+                       now: float, *, max_lease_s: float = 600.0) -> dict[str, float]:
+    """Like :func:`beacon_keeps`, with the last beat (epoch seconds) of the beacon that
+    keeps each kept holder: the heartbeat a claim under a beacon really has."""
     wanted = {str(c.extra.get("beacon")) for _, c in holders if c.extra.get("beacon")}
     if not wanted:
-        return set()
+        return {}
     found = await backend.get(sorted(wanted))
     beacons: dict[str, dict[str, Any]] = {}
     for key, mem in found.items():
@@ -162,7 +170,7 @@ async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Clai
             beacons[key] = decode_record(key, mem.value)
         except ProtocolError:
             continue
-    kept: set[str] = set()
+    kept: dict[str, float] = {}
     for key, c in holders:
         b = beacons.get(str(c.extra.get("beacon")))
         if b is None or c.released_at is not None:
@@ -175,5 +183,5 @@ async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Clai
         holding: list[Any] = raw if isinstance(raw, list) else []
         if (beat is not None and now < beat + lease_s
                 and b.get("session") == c.extra.get("session") and c.lock_key in holding):
-            kept.add(key)
+            kept[key] = min(beat, now)  # a beat from the future is no fresher than now
     return kept

@@ -187,9 +187,10 @@ KEYS: tuple[ConfigKey, ...] = (
        "http://metrics_host:PORT/metrics (0 = off)", minimum=0, maximum=65535,
        flag="--metrics-port"),
     _k("metrics_host", "str", "127.0.0.1", "address the metrics port listens on"),
-    _k("lease_s", "float", 90.0, "claim lease: a claim without heartbeat for this long is dead",
-       minimum=1),
-    _k("heartbeat_s", "float", 30.0, "seconds between claim heartbeats", minimum=0.1),
+    _k("lease_s", "float", 300.0, "claim lease: a claim without heartbeat for this long is "
+       "dead (others may take it over)", minimum=1),
+    _k("heartbeat_s", "float", 100.0, "seconds between heartbeats (lease_s / 3: two beats "
+       "may be lost before the lease runs out)", minimum=0.1),
     _k("train_py", "path", "", "the seed train.py; empty = ./train.py, else the checkout's",
        nullable=True),
     _k("prepare_py", "path", "", "the prepare.py; empty = next to train_py", nullable=True),
@@ -289,8 +290,8 @@ class SwarmConfig:
     status_interval_s: float = 2.0
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    lease_s: float = 90.0
-    heartbeat_s: float = 30.0
+    lease_s: float = 300.0
+    heartbeat_s: float = 100.0
     train_py: str = ""
     prepare_py: str = ""
     python: str = ""

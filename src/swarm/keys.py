@@ -74,6 +74,7 @@ __all__ = [
     "agent_slug",
     "beacon_key",
     "best_metadata_key",
+    "best_mutex_name",
     "best_train_py_key",
     "claim_key",
     "confirmation_lock_key",
@@ -89,6 +90,7 @@ __all__ = [
     "hypothesis_take_key",
     "insight_key",
     "leaderboard_key",
+    "leaderboard_mutex_name",
     "lock_generation",
     "mutex_lock_key",
     "mutex_lock_prefix",
@@ -254,6 +256,18 @@ def noise_key(track: str, tier: str) -> str:
 def mutex_lock_prefix(name: str) -> str:
     """``locks/mutex/<name>/`` (name: a slug such as ``best--standard--xl``)."""
     return f"{MUTEX_LOCKS}{slug(name, max_len=80)}/"
+
+
+def best_mutex_name(track: str) -> str:
+    """``best--<track>``: the one mutex that guards every best of ``track`` (each tier's,
+    the track's over all tiers and each agent's) and the candidates' noise and trust
+    records of the track, so a keep or a confirmation that moves several takes it once."""
+    return f"best--{_name(track, 'track')}"
+
+
+def leaderboard_mutex_name(track: str) -> str:
+    """``board--<track>``: the mutex of the leaderboard of ``track``."""
+    return f"board--{_name(track, 'track')}"
 
 
 def mutex_lock_key(name: str, generation: int) -> str:

@@ -45,8 +45,8 @@ __all__ = ["POLLS_PER_HEARTBEATS", "ResultFeed", "feed_prefixes", "missing_feed_
 
 log = get_logger(__name__)
 
-POLLS_PER_HEARTBEATS = 10
-"""A supervisor polls the feed every this many heartbeat intervals (5 minutes at 30 s):
+POLLS_PER_HEARTBEATS = 3
+"""A supervisor polls the feed every this many heartbeat intervals (5 minutes at 100 s):
 exact duplicates are stopped by the claim lock at once, the feed only feeds the
 near-duplicate check and the proposers' view of the swarm."""
 

@@ -181,7 +181,7 @@ async def test_mutex_of_a_dead_proposer_is_taken_over(local_swarm: Swarm, clock:
     mem = await local_swarm.memory("ada", clock=clock, mutex_wait_s=5.0)
     dead = {"agent_id": "crashed", "heartbeat_at": to_iso(clock.now), "lease_s": 30, "nonce": "x",
             "status": "claimed"}
-    name = "best--tier--standard--xl"
+    name = keys.best_mutex_name("standard")
     await mem.backend.create([NewMemory(key=keys.mutex_lock_key(name, 1), value=encode_record(dead))])
     clock.advance(31)
     d = await mem.propose_best(result("ada", 0.99, n=1))
@@ -216,7 +216,7 @@ async def test_busy_mutex_gives_a_clear_store_error(local_swarm: Swarm, clock: F
     mem = await local_swarm.memory("ada", clock=clock, mutex_wait_s=0.3)
     held = {"agent_id": "slowpoke", "heartbeat_at": to_iso(clock.now), "lease_s": 30, "nonce": "x",
             "status": "claimed"}
-    name = "best--tier--standard--xl"
+    name = keys.best_mutex_name("standard")
     await mem.backend.create([NewMemory(key=keys.mutex_lock_key(name, 1), value=encode_record(held))])
     with pytest.raises(MemoryStoreError, match="slowpoke"):
         await mem.propose_best(result("ada", 0.99, n=1))

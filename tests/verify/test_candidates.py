@@ -31,7 +31,7 @@ def result(mem: SwarmMemory, name: str, val: float, seed: int = 42, parent: str 
     return Result(agent_id=mem.agent_id, host=mem.host, status="keep", description=name,
                   train_py=f"# {name}\n", val_bpb=val, track=TRACK, vram_tier=TIER,
                   parent_hash=parent, code_hash=code(name), seed=seed,
-                  completed_at=mem._now())
+                  completed_at=mem.now())
 
 
 @pytest.fixture(params=BACKENDS)
@@ -271,3 +271,53 @@ async def test_next_confirmation_skips_one_a_sibling_worker_confirms(swarm: Swar
     assert sibling.won
     assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
                                    rng=random.Random(1)) is None
+
+
+async def test_next_confirmation_skips_ones_own_running_confirmation(
+        swarm: Swarm, clock: FakeClock) -> None:
+    """Alone, this machine confirms its own candidate once: while its confirmation claim is
+    live the candidate is not offered again (it would only lose the claim to itself)."""
+    import random
+
+    from swarm.verify.candidates import next_confirmation
+
+    a = await agent(swarm, "alice", "host-a", clock)
+    await a.candidates.propose(result(a, "mine", 3.0, seed=42), POLICY)
+    found = await next_confirmation(a.candidates, TRACK, TIER, POLICY, own_only=False,
+                                    rng=random.Random(1))
+    assert found is not None and found[0].result.description == "mine"
+    claim = await a.try_claim(parent_hash="", code_hash=code("mine"), description="mine",
+                              track=TRACK, tier=TIER, kind="confirmation")
+    assert claim.won and claim.claim is not None
+    assert await next_confirmation(a.candidates, TRACK, TIER, POLICY, own_only=False,
+                                   rng=random.Random(1)) is None
+    await a.release(claim.claim)
+    assert await next_confirmation(a.candidates, TRACK, TIER, POLICY, own_only=False,
+                                   rng=random.Random(1)) is not None
+
+
+async def test_candidate_listing_reads_only_changed_records(swarm: Swarm,
+                                                            clock: FakeClock) -> None:
+    """A second listing reads no record whose updated_at is unchanged, and sees a change
+    another agent made (a confirmation) at once."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "namespace"))
+    from spy import CallLog
+
+    a = await agent(swarm, "alice", "host-a", clock)
+    b = await agent(swarm, "bob", "host-b", clock)
+    await a.candidates.propose(result(a, "one", 3.0, seed=1), POLICY)
+    await a.candidates.propose(result(a, "two", 3.01, seed=2), POLICY)
+    spy = CallLog(b.backend)
+    b.backend = spy  # type: ignore[assignment]
+    first = await b.candidates.listing(TRACK, TIER)
+    assert sorted(c.result.description for c in first) == ["one", "two"]
+    spy.reset()
+    again = await b.candidates.listing(TRACK, TIER)
+    assert [c.key for c in again] == [c.key for c in first]
+    assert spy.count("get") == 0
+    assert len(await a.candidates.listing(TRACK, TIER)) == 2  # alice's own cache is filled
+    clock.advance(5)
+    decision = await b.candidates.confirm(result(b, "one", 3.001, seed=9), POLICY)
+    assert decision.moved
+    states = {c.result.description: c.state for c in await a.candidates.listing(TRACK, TIER)}
+    assert states.get("one", "verified") == "verified" and states["two"] == "pending"

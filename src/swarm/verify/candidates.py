@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from swarm import keys
 from swarm._logging import get_logger
-from swarm.errors import MemoryStoreError
+from swarm.errors import MemoryStoreError, ProtocolError
+from swarm.memory._types import Memory
 from swarm.namespace import SwarmMemory, best_max_step
-from swarm.records import Best, BestDecision, Result, encode_record
+from swarm.records import Best, BestDecision, Claim, Result, decode_record, encode_record
 from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
 
 __all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
@@ -69,31 +71,42 @@ class CandidateBook:
 
     def __init__(self, memory: SwarmMemory) -> None:
         self.mem = memory
+        #: candidate records as last read, with the ``updated_at`` their listing showed
+        self._listed: dict[str, tuple[float, Candidate]] = {}
 
     # ------------------------------------------------------------------ reading
 
     async def get(self, track: str, tier: str, parent_hash: str, code_hash: str
                   ) -> Candidate | None:
         key = keys.pending_key(track, tier, parent_hash, code_hash)
-        rec = (await self.mem._get_json([key])).get(key)
+        rec = (await self.mem.get_json([key])).get(key)
         return Candidate.from_json(key, rec) if rec is not None else None
 
     async def listing(self, track: str, tier: str | None = None) -> list[Candidate]:
-        """Every candidate record of ``track`` (and ``tier``), oldest first."""
+        """Every candidate record of ``track`` (and ``tier``), oldest first.
+
+        Records whose listed ``updated_at`` is the one last read are not read again (a
+        store that lists no ``updated_at`` gets every record read)."""
         infos = await self.mem.backend.list_keys(keys.pending_prefix(track, tier))
-        data = await self.mem._get_json([i.key for i in infos])
-        out = [Candidate.from_json(k, v) for k, v in data.items()]
+        stale = [i.key for i in infos
+                 if i.updated_at <= 0 or self._listed.get(i.key, (None,))[0] != i.updated_at]
+        data = await self.mem.get_json(stale)
+        stamps = {i.key: i.updated_at for i in infos}
+        for k, v in data.items():
+            self._listed[k] = (stamps[k], Candidate.from_json(k, v))
+        out = [self._listed[i.key][1] for i in infos if i.key in self._listed
+               and (i.key in data or i.key not in stale)]
         out.sort(key=lambda c: (c.since or 0.0, c.key))
         return out
 
     async def noise(self, track: str, tier: str) -> NoiseStats:
         key = keys.noise_key(track, tier)
-        rec = (await self.mem._get_json([key])).get(key)
+        rec = (await self.mem.get_json([key])).get(key)
         return NoiseStats.from_json(track, rec or {})
 
     async def trust(self, track: str, agent_id: str) -> AgentTrust:
         key = keys.trust_key(track, agent_id)
-        rec = (await self.mem._get_json([key])).get(key)
+        rec = (await self.mem.get_json([key])).get(key)
         return AgentTrust.from_json(agent_id, rec or {})
 
     def sigma(self, noise: NoiseStats, policy: TrustPolicy) -> float:
@@ -106,25 +119,30 @@ class CandidateBook:
     async def propose(self, result: Result, policy: TrustPolicy) -> BestDecision:
         """Offer ``result``: a candidate when it beats a best (see the module docstring)."""
         mem = self.mem
-        bad = mem._sanity(result)
+        bad = mem.bests.sanity(result)
         if bad:
             return BestDecision(False, bad)
-        result = mem._with_key(result)
+        result = mem.bests.with_key(result)
         if not result.vram_tier:
             return BestDecision(False, "a candidate needs a tier (vram_tier)")
-        existing = await self.get(result.track, result.vram_tier, result.parent_hash,
-                                  result.code_hash)
+        # one read: the candidate record of this code and every best the result could move
+        pkey = keys.pending_key(result.track, result.vram_tier, result.parent_hash,
+                                result.code_hash)
+        agent = mem.bests.agent_scope(result)
+        seen, found = await mem.bests.read_many(
+            [*mem.bests.scopes(result), *([agent] if agent else [])], [pkey])
+        existing = _candidate_in(pkey, found)
         if existing is not None and existing.open and all(
                 r.seed != result.seed for r in existing.runs):
-            return await self.confirm(result, policy)
+            return await self.confirm(result, policy, known=existing)
         if existing is not None and existing.state != "superseded":
             # never overwritten: not by a re-run, and not by someone rewriting its values
             return BestDecision(False, f"this code is already a candidate ({existing.state})")
         reasons: list[str] = []
         scopes: list[str] = []
         tier_best: Best | None = None
-        for scope in mem._scopes(result):
-            current = await mem._read_best(scope)
+        for scope in mem.bests.scopes(result):
+            current = seen[scope.meta_key]
             if scope.kind == "tier":
                 tier_best = current
             why = self._beats(result, current, scope.label())
@@ -132,7 +150,8 @@ class CandidateBook:
                 scopes.append(scope.kind)
             else:
                 reasons.append(why)
-        agent_moved = await mem._propose_agent_best(result)
+        agent_moved = await mem.bests.propose_agent_best(
+            result, seen.get(agent.meta_key) if agent else None)
         if not scopes:
             return BestDecision(False, "; ".join(reasons), best=tier_best,
                                 agent_moved=agent_moved)
@@ -140,11 +159,11 @@ class CandidateBook:
         candidate = Candidate(
             key=keys.pending_key(result.track, result.vram_tier, result.parent_hash,
                                  result.code_hash),
-            result=result, runs=(Run.of(result),), scopes=tuple(scopes), since=mem._now(),
+            result=result, runs=(Run.of(result),), scopes=tuple(scopes), since=mem.now(),
             previous_val=tier_best.val_bpb if tier_best else None,
             suspicious=trust.refuted > 0 and trust.streak == 0,
         )
-        await self._write(candidate, "waits for a confirming run")
+        await self._write(candidate, "waits for a confirming run", new=existing is None)
         reasons.insert(0, f"candidate for {', '.join(scopes)}: a confirming run (same code, "
                           "another seed, another agent) decides")
         return BestDecision(False, "; ".join(reasons), needs_confirmation=True, best=tier_best,
@@ -164,36 +183,42 @@ class CandidateBook:
                     f"{best_max_step(result.track)} in one step")
         return None
 
-    async def _write(self, candidate: Candidate, what: str) -> None:
+    async def _write(self, candidate: Candidate, what: str, *, new: bool = False) -> None:
+        """Write the candidate record; ``new``: it is not in the store yet (create first)."""
         r = candidate.result
-        await self.mem._upsert(
+        await self.mem.upsert(
             candidate.key, encode_record(candidate.to_json()),
             f"[autoresearch] Candidate best ({candidate.state}, {what}): {r.description}",
+            create_first=new,
         )
         log.info("candidate_written", key=candidate.key, state=candidate.state,
                  val_bpb=r.val_bpb, agent=r.agent_id)
 
     # ------------------------------------------------------------------ who confirms
 
-    async def solo(self, track: str, tier: str, policy: TrustPolicy) -> bool:
-        """No agent on another host was seen in the tier for ``solo_after_s``."""
+    async def solo(self, track: str, tier: str, policy: TrustPolicy,
+                   live: LiveClaims | None = None) -> bool:
+        """No agent on another host was seen in the tier for ``solo_after_s`` (live claims,
+        and results through the feed buckets of that window). ``live``: the live claims,
+        read once for the whole decision (:func:`live_claims_once`)."""
         if not policy.allow_solo:
             return False
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
-        since = mem._now() - policy.solo_after_s
-        for claim in await mem.live_claims(track):
+        since = mem.now() - policy.solo_after_s
+        for claim in await (live or live_claims_once(mem, track))():
             if claim.vram_tier == tier and me.independent_of(
                     Run(claim.agent_id, claim.host, None, 0.0)):
                 return False
-        for r in await mem.results(track=track, tier=tier, limit=500):
+        for r in await mem.recent_results(since, track=track, tier=tier):
             if r.completed_at is not None and r.completed_at < since:
                 break
             if me.independent_of(Run(r.agent_id, r.host, None, 0.0)):
                 return False
         return True
 
-    async def open_for(self, track: str, tier: str, policy: TrustPolicy) -> list[Candidate]:
+    async def open_for(self, track: str, tier: str, policy: TrustPolicy,
+                       live: LiveClaims | None = None) -> list[Candidate]:
         """Open candidates this agent may confirm now; suspicious ones first, then oldest."""
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
@@ -207,7 +232,7 @@ class CandidateBook:
                 out.append(c)
             elif c.state == "pending" and c.original.agent_id == me.agent_id:
                 if solo is None:
-                    solo = await self.solo(track, tier, policy)
+                    solo = await self.solo(track, tier, policy, live)
                 if solo:
                     out.append(c)
         out.sort(key=lambda c: (not c.suspicious, c.since or 0.0))
@@ -215,17 +240,19 @@ class CandidateBook:
 
     # ------------------------------------------------------------------ confirming
 
-    async def confirm(self, run: Result, policy: TrustPolicy) -> BestDecision:
-        """Judge a confirming run (same code, another seed) of an open candidate."""
+    async def confirm(self, run: Result, policy: TrustPolicy, *,
+                      known: Candidate | None = None) -> BestDecision:
+        """Judge a confirming run (same code, another seed) of an open candidate.
+        ``known``: the candidate record as just read (saves reading it again)."""
         mem = self.mem
-        bad = mem._sanity(run)
+        bad = mem.bests.sanity(run)
         if bad:
             return BestDecision(False, bad)
         if not run.vram_tier:
             return BestDecision(False, "no candidate: the run has no vram_tier")
         tier = run.vram_tier
-        run = mem._with_key(run)
-        cand = await self.get(run.track, tier, run.parent_hash, run.code_hash)
+        run = mem.bests.with_key(run)
+        cand = known or await self.get(run.track, tier, run.parent_hash, run.code_hash)
         if cand is None or not cand.open:
             return BestDecision(False, "no open candidate for this code")
         this = Run.of(run)
@@ -243,11 +270,13 @@ class CandidateBook:
         tolerance = policy.k_sigma * sigma * math.sqrt(2.0)
         if abs(a - b) > tolerance:
             return await self._refute(cand, this, tolerance, sigma)
-        await self._add_noise(noise, tier, a, b)
-        return await self._accept(cand, this, independent, policy)
+        return await self._accept(cand, this, independent, policy, (tier, a, b))
 
     async def _accept(self, cand: Candidate, this: Run, independent: bool,
-                      policy: TrustPolicy) -> BestDecision:
+                      policy: TrustPolicy, pair: tuple[str, float, float]) -> BestDecision:
+        """Move the bests the confirmed candidate still beats; under the same mutex (the
+        track's best mutex guards noise and trust records too) add the pair of runs to
+        the tier's noise and raise the author's trust."""
         mem = self.mem
         runs = (*cand.runs, this)
         mean = sum(r.val_bpb for r in runs) / len(runs)
@@ -263,41 +292,42 @@ class CandidateBook:
         tier_best: Best | None = None
         previous: Best | None = None
         moved = {"tier": False, "global": False}
-        for scope in mem._scopes(combined):
-            if scope.kind not in cand.scopes:
-                continue
-            async with mem._mutex(scope.mutex):
-                current = await mem._read_best(scope)
+        async with mem.locks.mutex(keys.best_mutex_name(combined.track)):  # every best of the track
+            await self._add_noise(combined.track, *pair)
+            await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
+            wanted = [sc for sc in mem.bests.scopes(combined) if sc.kind in cand.scopes]
+            now_bests, _ = await mem.bests.read_many(wanted)
+            for scope in wanted:
+                current = now_bests[scope.meta_key]
                 if current is not None and current.code_hash == cand.result.code_hash:
-                    now = await mem._write_best(scope, combined, current,
+                    now = await mem.bests.write(scope, combined, current,
                                                 confirmations=confirmations,
                                                 previous=current.previous)
                     moved[scope.kind] = True
                 elif current is None or current.val_bpb is None or (
                         mean < current.val_bpb - policy.noise_margin
                         and confirming < current.val_bpb - policy.noise_margin):
-                    now = await mem._write_best(scope, combined, current,
+                    now = await mem.bests.write(scope, combined, current,
                                                 confirmations=confirmations)
                     moved[scope.kind] = True
                 else:
                     now = current
-            if scope.kind == "tier":
-                tier_best, previous = now, current
-            label = scope.label()
-            reasons.append(f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
-                           if moved[scope.kind] else
-                           f"confirmed but not better than the best of {label} "
-                           f"({now.val_bpb if now else None})")
+                if scope.kind == "tier":
+                    tier_best, previous = now, current
+                label = scope.label()
+                reasons.append(f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
+                               if moved[scope.kind] else
+                               f"confirmed but not better than the best of {label} "
+                               f"({now.val_bpb if now else None})")
         final = state if any(moved.values()) else "superseded"
         if any(moved.values()) and state == "verified":
             try:  # the author's result at the mean of the runs; self-verified ones wait
-                await mem._update_leaderboard(replace(combined, extra={}))
+                await mem.board.update(replace(combined, extra={}))
             except MemoryStoreError as exc:
                 log.warning("leaderboard_update_failed", key=cand.key, error=str(exc))
-        resolved = None if final == "self-verified" else mem._now()
+        resolved = None if final == "self-verified" else mem.now()
         await self._write(replace(cand, state=final, runs=runs, resolved_at=resolved,  # type: ignore[arg-type]
                                   reason="; ".join(reasons)), "confirmed")
-        await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
         return BestDecision(
             moved=any(moved.values()), reason="; ".join(reasons), best=tier_best,
             tier_moved=moved["tier"], global_moved=moved["global"], previous=previous,
@@ -312,18 +342,18 @@ class CandidateBook:
                   f"measured {this.val_bpb:.6f} (apart {abs(a - this.val_bpb):.6f} > "
                   f"{tolerance:.6f} = k x sigma {sigma:.4f} x sqrt 2)")
         await self._write(replace(cand, state="refuted", runs=(*cand.runs, this),
-                                  resolved_at=mem._now(), reason=reason), "refuted")
-        for scope in mem._scopes(cand.result):
-            async with mem._mutex(scope.mutex):
-                current = await mem._read_best(scope)
+                                  resolved_at=mem.now(), reason=reason), "refuted")
+        async with mem.locks.mutex(keys.best_mutex_name(cand.result.track)):
+            for scope in mem.bests.scopes(cand.result):
+                current = await mem.bests.read(scope)
                 if (current is not None and current.code_hash == cand.result.code_hash
                         and current.previous is not None):
                     back = replace(current.previous.result, extra={
                         **current.previous.result.extra, "withdrawn": cand.key})
-                    await mem._write_best(scope, back, current,
+                    await mem.bests.write(scope, back, current,
                                           confirmations=current.previous.confirmations)
                     log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
-        await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
+            await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
         for other in await self.listing(cand.result.track):
             if other.open and other.key != cand.key and (
                     other.original.agent_id == cand.original.agent_id):
@@ -331,24 +361,23 @@ class CandidateBook:
         log.warning("candidate_refuted", key=cand.key, reason=reason)
         return BestDecision(False, reason, refuted=True)
 
-    async def _add_noise(self, noise: NoiseStats, tier: str, a: float, b: float) -> None:
-        key = keys.noise_key(noise.track, tier)
-        async with self.mem._mutex(f"noise--{noise.track}--{tier}"):
-            fresh = await self.noise(noise.track, tier)
-            await self.mem._upsert(key, encode_record(fresh.add(a, b).to_json()),
-                                   f"[autoresearch] Seed noise of {noise.track}/{tier}")
+    async def _add_noise(self, track: str, tier: str, a: float, b: float) -> None:
+        """Add a pair of runs to the tier's noise record (hold the track's best mutex)."""
+        key = keys.noise_key(track, tier)
+        fresh = await self.noise(track, tier)
+        await self.mem.upsert(key, encode_record(fresh.add(a, b).to_json()),
+                              f"[autoresearch] Seed noise of {track}/{tier}")
 
     async def _bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
+        """Count a verified or refuted candidate of ``agent_id`` (hold the track's best mutex)."""
         key = keys.trust_key(track, agent_id)
-        async with self.mem._mutex(f"trust--{track}--{keys.agent_slug(agent_id)}"):
-            t = await self.trust(track, agent_id)
-            if verified:
-                t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
-            else:
-                t = replace(t, streak=0, refuted=t.refuted + 1,
-                            last_refuted_at=self.mem._now())
-            await self.mem._upsert(key, encode_record(t.to_json()),
-                                   f"[autoresearch] Trust of {agent_id} on {track}")
+        t = await self.trust(track, agent_id)
+        if verified:
+            t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
+        else:
+            t = replace(t, streak=0, refuted=t.refuted + 1, last_refuted_at=self.mem.now())
+        await self.mem.upsert(key, encode_record(t.to_json()),
+                              f"[autoresearch] Trust of {agent_id} on {track}")
 
     # ------------------------------------------------------------------ adoption
 
@@ -378,6 +407,32 @@ class CandidateBook:
                     achieved_by=pick.original.agent_id)
 
 
+LiveClaims = Callable[[], Awaitable[list[Claim]]]
+
+
+def _candidate_in(key: str, found: Mapping[str, Memory]) -> Candidate | None:
+    """The candidate record ``key`` among items read together with others."""
+    if key not in found:
+        return None
+    try:
+        return Candidate.from_json(key, decode_record(key, found[key].value))
+    except ProtocolError as exc:
+        log.warning("record_unreadable", key=key, error=str(exc))
+        return None
+
+
+def live_claims_once(mem: SwarmMemory, track: str) -> LiveClaims:
+    """The live claims of ``track``, read at the first call and remembered for later ones."""
+    seen: list[list[Claim]] = []
+
+    async def read() -> list[Claim]:
+        if not seen:
+            seen.append(await mem.live_claims(track))
+        return seen[0]
+
+    return read
+
+
 def trust_policy(config: Any) -> TrustPolicy:
     """The policy of a :class:`swarm.config.SwarmConfig`."""
     return TrustPolicy(k_sigma=config.confirm_k_sigma, sigma=config.sigma,
@@ -388,13 +443,14 @@ async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: 
                             *, own_only: bool, rng: random.Random) -> tuple[Candidate, int] | None:
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
     ``own_only``: this machine runs only its own code (no sandbox works)."""
-    opened = await book.open_for(track, tier, policy)
+    mem = book.mem
+    live = live_claims_once(mem, track)
+    opened = await book.open_for(track, tier, policy, live)
     if not opened:
         return None
-    mem = book.mem
-    # another worker of this machine confirming it counts as well (its claim is ours): without
-    # that, sibling workers took the same candidate and lost its lock to each other in a loop
-    running = {(c.parent_hash, c.code_hash) for c in await mem.live_claims(track)
+    # confirmed right now: by others, or by this machine (its confirmation lock; its own
+    # claim of the original experiment is released once the candidate exists)
+    running = {(c.parent_hash, c.code_hash) for c in await live()
                if c.vram_tier == tier and ((c.agent_id, c.host) != (mem.agent_id, mem.host)
                                            or c.lock_key.startswith(keys.CONFIRM_LOCKS))}
     for cand in opened:

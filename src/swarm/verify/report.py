@@ -26,7 +26,7 @@ async def candidate_rows(memory: SwarmMemory, track: str | None = None) -> list[
     """Every candidate (pending, self-verified, verified, refuted, superseded), newest first."""
     prefix = keys.pending_prefix(track) if track else keys.PENDING
     infos = await memory.backend.list_keys(prefix)
-    data = await memory._get_json([i.key for i in infos])
+    data = await memory.get_json([i.key for i in infos])
     cands = [Candidate.from_json(k, v) for k, v in data.items()]
     cands = [c for c in cands if c.result.val_bpb is not None or c.runs]
     cands.sort(key=lambda c: c.since or 0.0, reverse=True)
@@ -42,7 +42,7 @@ async def candidate_rows(memory: SwarmMemory, track: str | None = None) -> list[
 async def noise_rows(memory: SwarmMemory) -> list[dict[str, Any]]:
     """Seed noise per track and tier: sigma, measured from how many pairs (or the default)."""
     infos = await memory.backend.list_keys(keys.NOISE)
-    data = await memory._get_json([i.key for i in infos])
+    data = await memory.get_json([i.key for i in infos])
     out = []
     for key, rec in sorted(data.items()):
         track, _, tier = key.removeprefix(keys.NOISE).partition("/")
