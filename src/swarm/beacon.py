@@ -35,9 +35,9 @@ from swarm.memory._types import MemoryBackend, NewMemory
 from swarm.records import Claim, decode_record, encode_record, from_iso, to_iso
 
 if TYPE_CHECKING:
-    from swarm.namespace import Heartbeat, SwarmMemory
+    from swarm.namespace import SwarmMemory
 
-__all__ = ["Beacon", "beacon_beats", "beacon_keeps"]
+__all__ = ["Beacon", "Heartbeat", "beacon_beats", "beacon_keeps"]
 
 log = get_logger(__name__)
 
@@ -47,6 +47,19 @@ def _next_generation(lock_key: str) -> str | None:
     if gen is None:
         return None
     return f"{lock_key[: lock_key.rfind('/g') + 1]}g{gen + 1:06d}"
+
+
+class Heartbeat:
+    """Handle of a running heartbeat (yielded by ``SwarmMemory.heartbeating``)."""
+
+    __slots__ = ("beats", "claim", "embedded", "failures", "lost")
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.beats = 0
+        self.failures = 0
+        self.lost = False
+        self.embedded = False
 
 
 class Beacon:
@@ -66,6 +79,9 @@ class Beacon:
         self.beats = 0
         self.failures = 0
         self._held: dict[str, tuple[Claim, Heartbeat]] = {}
+        #: lock key -> when a held claim stopped being worked on (claimed ahead and not yet
+        #: running, or ran and not yet released); dropped after ``max_unattached_s``
+        self._unattached: dict[str, float] = {}
 
     @property
     def holding(self) -> list[str]:
@@ -94,6 +110,7 @@ class Beacon:
         self.beats += 1
         for _, handle in self._held.values():
             handle.beats += 1
+        self._drop_forgotten()
         if self._held and self.beats % self.check_every == 0:
             await self.check_lost()
 
@@ -120,7 +137,7 @@ class Beacon:
                     ours = False
             if not ours:
                 handle.lost = True
-                self._held.pop(lock_key, None)
+                self.drop(lock_key)
                 lost.append(lock_key)
                 log.warning("heartbeat_lost_claim", key=claim.key, lock=lock_key)
         return lost
@@ -135,16 +152,49 @@ class Beacon:
                 log.warning("beacon_failed", key=self.key, error=str(exc), failures=self.failures)
             await asyncio.sleep(self.memory.heartbeat_s)
 
+    @property
+    def max_unattached_s(self) -> float:
+        """How long a held claim may go without a run before it is let go: two leases (a
+        claim taken ahead waits for the current run; a finished one for its publishing)."""
+        return 2 * self.memory.lease_s
+
+    def hold(self, claim: Claim) -> None:
+        """Keep ``claim`` live from the moment it is won until :meth:`drop` (its release):
+        also while it waits for a GPU and while its result is published."""
+        if claim.lock_key not in self._held:
+            self._held[claim.lock_key] = (claim, Heartbeat(claim))
+            self._unattached[claim.lock_key] = self.memory.clock()
+
+    def drop(self, lock_key: str) -> None:
+        """Stop keeping the claim of ``lock_key`` (released, or lost)."""
+        self._held.pop(lock_key, None)
+        self._unattached.pop(lock_key, None)
+
+    def _drop_forgotten(self) -> None:
+        """A claim held past :attr:`max_unattached_s` without a run was never released (a
+        bug or a lost task): let its lease end rather than keep the experiment forever."""
+        limit = self.memory.clock() - self.max_unattached_s
+        for lock_key, since in list(self._unattached.items()):
+            if since < limit:
+                log.warning("beacon_dropped_unattached_claim", lock=lock_key,
+                            idle_s=round(self.memory.clock() - since, 1))
+                self.drop(lock_key)
+
     @asynccontextmanager
     async def keeping(self, claim: Claim, handle: Heartbeat) -> AsyncIterator[Heartbeat]:
         """Keep ``claim`` live while the block runs (its record was embedded when it was
-        written, see ``SwarmMemory.try_claim``)."""
+        written, see ``SwarmMemory.try_claim``). After the block the claim stays held
+        until it is released (a lost claim is dropped at once)."""
         self._held[claim.lock_key] = (claim, handle)
+        self._unattached.pop(claim.lock_key, None)
         handle.embedded = self.memory.embed_records
         try:
             yield handle
         finally:
-            self._held.pop(claim.lock_key, None)
+            if handle.lost or claim.lock_key not in self._held:
+                self.drop(claim.lock_key)
+            else:
+                self._unattached[claim.lock_key] = self.memory.clock()
 
 
 async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Claim]],

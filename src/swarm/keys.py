@@ -172,9 +172,13 @@ def experiment_id(parent_hash: str, code_hash: str) -> str:
     return f"{_hex12(parent_hash, 'parent_hash')}--{_hex12(code_hash, 'code_hash')}"
 
 
-def claim_key(agent_id: str, description: str, parent_hash: str, code_hash: str) -> str:
-    """``claims/<agent>--<slug>--<hash6>`` (hash6 of the experiment identity)."""
-    return f"{CLAIMS}{agent_slug(agent_id)}--{slug(description)}--{hash6(parent_hash, code_hash)}"
+def claim_key(
+    agent_id: str, description: str, parent_hash: str, code_hash: str, kind: str = "experiment"
+) -> str:
+    """``claims/<agent>--<slug>--<hash6>`` (hash6 of the experiment identity; a confirmation
+    run has its own key, so releasing the original run's claim never deletes it)."""
+    parts = (parent_hash, code_hash) if kind == "experiment" else (parent_hash, code_hash, kind)
+    return f"{CLAIMS}{agent_slug(agent_id)}--{slug(description)}--{hash6(*parts)}"
 
 
 def result_key(

@@ -36,6 +36,7 @@ from swarm.errors import ProtocolError
 
 __all__ = [
     "DEFAULT_TRACK",
+    "DONE",
     "STATUSES",
     "TIERS",
     "Best",
@@ -55,6 +56,10 @@ __all__ = [
 
 DEFAULT_TRACK = "standard"
 """Track assumed for records written by clients that do not name one."""
+
+DONE = "done"
+"""Status of an experiment lock whose run finished and whose result was published (its
+``result_key`` names it): such a lock is never won again (see ``SwarmMemory.release``)."""
 
 STATUSES: tuple[str, ...] = ("keep", "discard", "crash", "timeout", "invalid")
 """Outcomes of a finished experiment (``invalid``: a check of :mod:`swarm.verify` refused the
@@ -411,6 +416,11 @@ class Claim:
         """Heartbeat younger than the lease (or, without one, claimed within ``legacy_ttl_s``)."""
         exp = self.expires_at(legacy_ttl_s)
         return exp is not None and now < exp
+
+    @property
+    def done(self) -> bool:
+        """The experiment ran and its result is published (a lock that is never won again)."""
+        return self.status == DONE
 
     def to_json(self) -> dict[str, Any]:
         """The stored mapping (original claim fields plus ours)."""

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from swarm import keys
 from swarm._logging import get_logger
-from swarm.beacon import beacon_beats
+from swarm.beacon import Heartbeat, beacon_beats
 from swarm.errors import InvalidRequestError, KeyNotFoundError, MemoryStoreError
 from swarm.memory._types import NewMemory
 from swarm.namespace._store import create_one, get_json
-from swarm.records import Claim, ClaimOutcome, encode_record
+from swarm.records import DONE, Claim, ClaimOutcome, encode_record
 
 if TYPE_CHECKING:
     from swarm.namespace._facade import SwarmMemory
@@ -25,19 +25,6 @@ __all__ = ["Claims", "Heartbeat"]
 log = get_logger(__name__)
 
 ClaimKind = Literal["experiment", "confirmation"]
-
-
-class Heartbeat:
-    """Handle of a running heartbeat (yielded by ``SwarmMemory.heartbeating``)."""
-
-    __slots__ = ("beats", "claim", "embedded", "failures", "lost")
-
-    def __init__(self, claim: Claim) -> None:
-        self.claim = claim
-        self.beats = 0
-        self.failures = 0
-        self.lost = False
-        self.embedded = False
 
 
 def _lock_json(claim: Claim, kind: str = "experiment") -> dict[str, Any]:
@@ -62,9 +49,10 @@ class Claims:
         track: str,
         tier: str | None,
         gpu_name: str,
+        kind: ClaimKind = "experiment",
     ) -> Claim:
         mem = self.memory
-        claim_key = keys.claim_key(mem.agent_id, description, parent_hash, code_hash)
+        claim_key = keys.claim_key(mem.agent_id, description, parent_hash, code_hash, kind)
         return Claim(
             key=claim_key,
             agent_id=mem.agent_id,
@@ -109,6 +97,7 @@ class Claims:
             track=track,
             tier=tier,
             gpu_name=gpu_name,
+            kind=kind,
         )
         stamped: dict[int, Claim] = {}
 
@@ -135,9 +124,13 @@ class Claims:
                 # (a holder of this agent writes the same key itself)
                 await mem.backend.delete([base.key])
             who = got.holder.agent_id if got.holder else "?"
-            log.info("claim_lost", experiment=prefix, holder=who)
-            return ClaimOutcome(won=False, holder=got.holder, reason=f"claimed by {who}")
+            done = got.holder is not None and got.holder.done
+            log.info("claim_lost", experiment=prefix, holder=who, done=done)
+            reason = f"done by {who}" if done else f"claimed by {who}"
+            return ClaimOutcome(won=False, holder=got.holder, reason=reason)
         claim = stamped[got.generation]
+        if mem.beacon is not None and claim.extra.get("beacon") == mem.beacon.key:
+            mem.beacon.hold(claim)  # live from now until released, whether it runs or not
         if got.took_over:
             log.warning("claim_taken_over", lock=got.key, generation=got.generation)
         if not got.companion:
@@ -243,11 +236,20 @@ class Claims:
             log.warning("claim_record_heartbeat_failed", key=claim.key, error=str(results[1]))
         return True
 
-    async def release(self, claim: Claim) -> None:
+    async def release(self, claim: Claim, *, result_key: str | None = None) -> None:
         """See :meth:`SwarmMemory.release`."""
         mem = self.memory
         now = mem.now()
-        released = replace(claim, heartbeat_at=now, released_at=now, status="released")
+        done = result_key is not None and not claim.lock_key.startswith(keys.CONFIRM_LOCKS)
+        released = replace(
+            claim,
+            heartbeat_at=now,
+            released_at=now,
+            status=DONE if done else "released",
+            extra={**claim.extra, **({"result_key": result_key} if done else {})},
+        )
+        if mem.beacon is not None:
+            mem.beacon.drop(claim.lock_key)
         try:
             # No check that the lock is still ours: after a takeover the holder is a later
             # generation, and marking our own generation released changes nothing for it.

@@ -182,13 +182,18 @@ class SwarmMemory:
         """
         return await self.claimbook.heartbeat(claim)
 
-    async def release(self, claim: Claim) -> None:
-        """Release a finished experiment: lock marked released, claim record deleted.
+    async def release(self, claim: Claim, *, result_key: str | None = None) -> None:
+        """Release a claim: lock marked released (or done), claim record deleted.
 
-        The lock's generation key stays (marked ``released``) so that the generation
-        counter never goes back; the next claim of the same code wins the next one.
+        The lock's generation key stays so that the generation counter never goes back.
+        With ``result_key`` (the run finished and its result is published) an experiment
+        lock is marked ``done`` and is never won again: a racer that has not yet seen the
+        result loses the claim instead of running the experiment twice. Without it (a run
+        that did not finish: stopped, infrastructure failure, a dropped claim ahead) the
+        next claim of the same code wins the next generation. Confirmation locks are
+        always only released (another agent may still confirm the same candidate).
         """
-        await self.claimbook.release(claim)
+        await self.claimbook.release(claim, result_key=result_key)
 
     async def live_claims(self, track: str | None = None) -> list[Claim]:
         """Claims (ours and other clients') that are live now, newest first. A claim kept

@@ -114,6 +114,8 @@ class Locks:
         if top_key not in current:
             return None
         holder = Claim.from_json(top_key, current[top_key])
+        if holder.done:
+            return Acquired(False, top_key, top, holder=holder)  # ran and published: for good
         own_stale = spec.reclaim is not None and spec.reclaim(holder)
         if not own_stale and await self.holder_live(top_key, holder, spec.legacy_ttl_s):
             return Acquired(False, top_key, top, holder=holder)
