@@ -86,7 +86,6 @@ from swarm.worker import (
     SwarmView,
     Worker,
     WorkerDeps,
-    parse_retry,
 )
 
 __all__ = [
@@ -265,7 +264,7 @@ class TierDedup:
                      parent_hash: str | None, parent_train_py: str | None) -> bool:
         """Every layer, synchronously (proposers call it from their threads)."""
         try:
-            chash = parse_retry(code_hash, train_py)
+            chash = code_hash(train_py)
         except TrainPyError:
             return False
         if self._taken(tier, chash):
@@ -273,7 +272,7 @@ class TierDedup:
         cand = self._candidate_raw(description, train_py, parent_hash, parent_train_py)
         try:
             return self._get(tier).check(cand).duplicate
-        except (DedupError, SystemError):  # SystemError: see worker.parse_retry
+        except (DedupError, SystemError):  # SystemError: see trainpy.parse_module
             return False
 
     def _candidate_raw(self, description: str, train_py: str, parent_hash: str | None,
@@ -300,7 +299,7 @@ class TierDedup:
             return Verdict(True, "exact", taken, 1.0, "same code as a known experiment")
         try:
             verdict = await self._get(tier).acheck(self._candidate(proposal, parent_train_py))
-        except (DedupError, SystemError) as exc:  # SystemError: see worker.parse_retry
+        except (DedupError, SystemError) as exc:  # SystemError: see trainpy.parse_module
             log.warning("dedup_unavailable", tier=tier, error=str(exc))
             verdict = None
         if verdict is not None and verdict.duplicate:
@@ -360,7 +359,7 @@ class TierDedup:
             chash = r.code_hash
             if not chash:
                 try:
-                    chash = parse_retry(code_hash, r.train_py)
+                    chash = code_hash(r.train_py)
                 except TrainPyError:
                     continue
             await self.add_known(r.vram_tier or "cpu", r, chash, r.key)
