@@ -70,6 +70,7 @@ class Worker:
                                          self.claims, self.confirmations,
                                          (proposer, idle_proposer))
         self._publishing: asyncio.Task[None] | None = None
+        self._improving = False  # the last run beat the parent it was built on
         self._last_run_end: float | None = None
         #: seconds this worker's GPU spent in runs (the swarm_gpu_busy_seconds metric)
         self.busy_s = 0.0
@@ -176,6 +177,10 @@ class Worker:
         if self.confirmations:
             item, seed = self.confirmations.pop()
             return item, None, seed
+        if self._improving and self._publishing is not None:
+            # the last run may have become the best: its decision says whether the claim
+            # taken ahead (built on the old best) is still worth running
+            await asyncio.wait({self._publishing})
         ahead = await self.ahead.take()
         if ahead is not None:
             return ahead[0], ahead[1], None
@@ -233,6 +238,10 @@ class Worker:
                 return False
             if self._publishing is not None and not self._publishing.done():
                 await asyncio.wait({self._publishing})  # at most one in flight per worker
+            parent_val = item.parent_val
+            if parent_val is None:
+                parent_val = deps.known_vals.get(item.proposal.parent_hash)
+            self._improving = _beats(outcome, parent_val)
             self._publishing = publishers.create_task(
                 self.publisher.after_run(item, claim, outcome, seed, confirming),
                 name=f"publish-{self.index}")
@@ -335,3 +344,11 @@ class Worker:
             self._last_run_end = time.monotonic()
             self.busy_s += self._last_run_end - t0
             self._status.set("publishing", run_started_at=None, run_log=None)
+
+
+def _beats(outcome: RunOutcome, parent_val: float | None) -> bool:
+    """Whether a run may have become the best: an ok run below its parent's val_bpb (or
+    with no parent value to compare with)."""
+    if outcome.status != "ok" or outcome.summary is None:
+        return False
+    return parent_val is None or outcome.summary.val_bpb < parent_val
