@@ -217,6 +217,8 @@ class Worker:
         confirming = seed is not None
         claim = await self._claim_for_run(item, ahead_claim, confirming)
         if claim is None:
+            if confirming:
+                self.confirmations.lost(item)
             return False
         if self._last_run_end is not None:
             log.debug("run_gap", gap_s=round(time.monotonic() - self._last_run_end, 3),

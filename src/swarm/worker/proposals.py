@@ -111,7 +111,6 @@ class Producer:
         self._queue = queue
         self._proposer = proposer
         self._idle_proposer = idle_proposer
-        self.runs = 0  # the worker's finished runs (varies the proposers' seed)
 
     async def produce(self) -> None:
         """Keep the queue filled with deduplicated proposals (runs while the GPU trains)."""
@@ -153,7 +152,8 @@ class Producer:
         return ProposalContext(
             best_train_py=parent_src, parent_hash=parent_hash, track=deps.track, tier=tier,
             agent_id=deps.agent_id, worker_index=self._who.index, memory=deps.memory,
-            history=history, is_duplicate=is_duplicate, seed=seed + self.runs,
+            history=history, is_duplicate=is_duplicate,
+            seed=seed + self._status.value.runs,  # varies with the worker's finished runs
             best_val_bpb=lineage.val,
         )
 
