@@ -81,6 +81,7 @@ class SearchProposer:
         self._pending: dict[tuple[str, str], str] = {}  # -> value signature of the changes
         self._calls = 0
         self._hashes: dict[tuple[str, str], str] = {}  # (parent, changes) -> code hash
+        self._by_key: dict[str, Observation] = {}  # published result key -> observation
 
     @classmethod
     def from_spec(cls, spec: ProposerSpec, **_options: Any) -> SearchProposer:
@@ -209,7 +210,7 @@ class SearchProposer:
 
     # ------------------------------------------------------------------ evidence
     def _merged(self, ctx: ProposalContext) -> list[Observation]:
-        obs = observations_from(ctx.history, track=ctx.track, tier=ctx.tier)
+        obs = self._history_observations(ctx)
         seen = {(o.parent_hash, o.code_hash, o.key) for o in obs}
         seen_pc = {(o.parent_hash, o.code_hash) for o in obs}
         for o in self._observed:
@@ -219,6 +220,27 @@ class SearchProposer:
             obs.append(o)
         obs.sort(key=lambda o: o.completed_at)  # oldest first
         return obs
+
+    def _history_observations(self, ctx: ProposalContext) -> list[Observation]:
+        """:func:`observations_from` of the history, each published result converted once."""
+        out: list[Observation] = []
+        for r in ctx.history:
+            if ctx.track and r.track and r.track != ctx.track:
+                continue
+            if ctx.tier and r.vram_tier and r.vram_tier != ctx.tier:
+                continue
+            cached = self._by_key.get(r.key) if r.key else None
+            if cached is None:
+                found = observations_from([r])
+                if not found:
+                    continue
+                cached = found[0]
+                if r.key:
+                    self._by_key[r.key] = cached
+                    if len(self._by_key) > 4096:
+                        self._by_key.pop(next(iter(self._by_key)))
+            out.append(cached)
+        return out
 
     @staticmethod
     def _known_values(obs: Sequence[Observation]) -> dict[str, float]:

@@ -27,9 +27,6 @@ class Confirmations:
         self._rng = rng
         self._due: list[tuple[Queued, int]] = []
         self._warned_no_seed = False
-        #: code hash -> when a confirmation claim on it was lost (another worker of this
-        #: machine, or another agent, confirms it now: do not ask again for a while)
-        self._busy: dict[str, float] = {}
 
     def __bool__(self) -> bool:
         return bool(self._due)
@@ -53,9 +50,8 @@ class Confirmations:
             return
         cand, seed = found
         r = cand.result
-        lost_at = self._busy.get(r.code_hash)
-        if lost_at is not None and deps.clock() - lost_at < 2 * deps.budget_s:
-            return
+        if r.code_hash in deps.confirming:
+            return  # another worker of this machine confirms it now
         proposal = Proposal(train_py=r.train_py, description=r.description,
                             parent_hash=r.parent_hash, proposer="confirm",
                             rationale=f"confirm {r.agent_id}'s candidate {r.val_bpb}")
@@ -63,11 +59,13 @@ class Confirmations:
         log.info("confirmation_taken", candidate=cand.key, by=r.agent_id, seed=seed,
                  suspicious=cand.suspicious)
 
-    def lost(self, item: Queued) -> None:
-        """The confirmation claim of ``item`` went to another worker: leave it to that one."""
-        self._busy[item.code_hash] = self._deps.clock()
-        if len(self._busy) > 64:
-            self._busy.pop(next(iter(self._busy)))
+    def started(self, item: Queued) -> None:
+        """This worker won the claim to confirm ``item``: the others of the machine skip it."""
+        self._deps.confirming.add(item.code_hash)
+
+    def ended(self, item: Queued) -> None:
+        """The confirmation of ``item`` is published (or given up)."""
+        self._deps.confirming.discard(item.code_hash)
 
     def schedule(self, item: Queued, result: Result, decision: BestDecision) -> None:
         """An improvement below the noise margin: confirm it with another seed (same code)

@@ -47,6 +47,8 @@ __all__ = ["Worker"]
 
 log = get_logger(__name__)
 
+_CANDIDATE_POLL_S = 2.0  # how often an idle worker looks for candidates to confirm
+
 
 class Worker:
     """The research loop of one GPU (``gpu_index`` None: a CPU worker)."""
@@ -173,18 +175,20 @@ class Worker:
     async def _next_item(self) -> tuple[Queued, Claim | None, int | None] | None:
         """What runs next: a due confirmation, the experiment claimed ahead (unless its
         parent was superseded), or the next queued proposal (claimed later)."""
+        if self._improving and self._publishing is not None:
+            # the last run may have become the best (or a candidate): its decision says
+            # whether the claim taken ahead (built on the old best) is still worth running
+            await asyncio.wait({self._publishing})
         await self.confirmations.take_open()  # confirmation work comes first
         if self.confirmations:
             item, seed = self.confirmations.pop()
             return item, None, seed
-        if self._improving and self._publishing is not None:
-            # the last run may have become the best: its decision says whether the claim
-            # taken ahead (built on the old best) is still worth running
-            await asyncio.wait({self._publishing})
         ahead = await self.ahead.take()
         if ahead is not None:
             return ahead[0], ahead[1], None
-        queued = await self.producer.next()
+        # with verified bests, look for candidates to confirm again while nothing is queued
+        poll_s = _CANDIDATE_POLL_S if self.deps.config.verified_bests else None
+        queued = await self.producer.next(poll_s)
         return None if queued is None else (queued, None, None)
 
     async def _claim_for_run(self, item: Queued, claim: Claim | None, confirming: bool
@@ -217,9 +221,9 @@ class Worker:
         confirming = seed is not None
         claim = await self._claim_for_run(item, ahead_claim, confirming)
         if claim is None:
-            if confirming:
-                self.confirmations.lost(item)
             return False
+        if confirming:
+            self.confirmations.started(item)
         if self._last_run_end is not None:
             log.debug("run_gap", gap_s=round(time.monotonic() - self._last_run_end, 3),
                       claim_ahead=ahead_claim is not None,
@@ -255,6 +259,8 @@ class Worker:
                 await asyncio.wait({preclaim})
             if not handed_over:
                 await self.claims.settle(item, claim)
+                if confirming:
+                    self.confirmations.ended(item)
 
     async def _gpu_ready(self) -> bool:
         """Wait until the GPU can take a run (no foreign process, memory free)."""

@@ -113,3 +113,6 @@ class WorkerDeps:
     prepare_sha256: str = ""
     #: no sandbox works: run only this agent's own code (no other agent's best)
     trusted_only: bool = False
+    #: code hashes of the candidates a worker of this machine is confirming now (the
+    #: others leave them alone instead of losing their claim again and again)
+    confirming: set[str] = field(default_factory=set)

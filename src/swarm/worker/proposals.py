@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from swarm._logging import get_logger
 from swarm.errors import ProposerError, TrainPyError
@@ -111,6 +112,7 @@ class Producer:
         self._queue = queue
         self._proposer = proposer
         self._idle_proposer = idle_proposer
+        self._waiting_since: float | None = None  # the queue was found empty then
 
     async def produce(self) -> None:
         """Keep the queue filled with deduplicated proposals (runs while the GPU trains)."""
@@ -189,27 +191,43 @@ class Producer:
             return None
         return Queued(proposal, chash, self._lineage.val, slow)
 
-    async def next(self) -> Queued | None:
-        """The next queued proposal; the idle fallback proposes when the queue stays empty."""
+    async def next(self, poll_s: float | None = None) -> Queued | None:
+        """The next queued proposal; the idle fallback proposes when the queue stays empty
+        for ``proposer.idle_fallback_s``. None on stop, or when nothing came within
+        ``poll_s`` seconds (None: no limit; the idle clock runs on across calls)."""
         deps = self._deps
         self._status.set("proposing")
         wait_s = deps.config.proposer_idle_fallback_s
         use_idle = self._idle_proposer is not None and wait_s > 0
         while not deps.stop.stopping.is_set():
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+            idle_at = self._waiting_since + wait_s
+            limits = [max(0.0, idle_at - time.monotonic())] if use_idle else []
+            if poll_s is not None:
+                limits.append(poll_s)
             item = await deps.stop.wait_for(self._queue.get(),
-                                            limit_s=wait_s if use_idle else None)
+                                            limit_s=min(limits) if limits else None)
+            if item is None and use_idle and time.monotonic() >= idle_at:
+                item = await self._idle_fallback()
+                self._waiting_since = None  # (none made: wait another idle_fallback_s)
             if item is not None:
+                self._waiting_since = None
                 return item
-            if self._idle_proposer is None or deps.stop.stopping.is_set():
-                continue
-            # nothing ready in time from a slow proposer: the built-in search fills in
-            try:
-                item = await self.make(self._idle_proposer)
-            except ProposerError as exc:
-                log.warning("idle_fallback_failed", error=str(exc)[:300])
-                item = None
-            if item is not None:
-                log.info("idle_fallback_used", proposer=self._proposer.name,
-                         description=item.proposal.description)
-                return item
+            if poll_s is not None:
+                return None
         return None
+
+    async def _idle_fallback(self) -> Queued | None:
+        """Nothing ready in time from a slow proposer: the built-in search fills in."""
+        if self._idle_proposer is None or self._deps.stop.stopping.is_set():
+            return None
+        try:
+            item = await self.make(self._idle_proposer)
+        except ProposerError as exc:
+            log.warning("idle_fallback_failed", error=str(exc)[:300])
+            return None
+        if item is not None:
+            log.info("idle_fallback_used", proposer=self._proposer.name,
+                     description=item.proposal.description)
+        return item

@@ -188,6 +188,8 @@ class ResultPublisher:
                           error=repr(exc), error_type=type(exc).__name__)
         finally:
             await self._claims.settle(item, claim, idle=False)
+            if confirming:
+                self._confirmations.ended(item)
 
     async def _finish(self, item: Queued, claim: Claim, outcome: RunOutcome, result: Result,
                       decision: BestDecision | None) -> None:
