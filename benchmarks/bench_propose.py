@@ -18,16 +18,13 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_supervisor import RandomProposer, fake_trainer_source
 
-from bench_supervisor import RandomProposer, fake_trainer_source  # noqa: E402
-
-from swarm.proposers.base import ProposalContext  # noqa: E402
-from swarm.proposers.search import SearchProposer  # noqa: E402
-from swarm.records import Result  # noqa: E402
-from swarm.trainpy import code_hash, diff_constants  # noqa: E402
+from swarm.proposers.base import ProposalContext
+from swarm.proposers.search import SearchProposer
+from swarm.records import Result
+from swarm.trainpy import code_hash, diff_constants
 
 
 def history(src: str, parent: str, n: int, rng: random.Random) -> list[Result]:

@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -147,6 +148,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     timer = RunTimer()
     sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(args.gpus), install_signals=False,
                      proposer_factory=factory, run_fn=timer.run)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     task = asyncio.create_task(sup.run())
     t_start = time.monotonic()
     await asyncio.sleep(args.minutes * 60)
@@ -154,6 +156,9 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     sup.request_stop("benchmark over")
     code = await task
     total = time.monotonic() - t_start
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    # the supervisor's own CPU time (all its threads, start-up included; not the trainers)
+    sup_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
 
     rows = []
     gaps: list[float] = []
@@ -204,6 +209,9 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "training_fraction_mean": round(statistics.fmean(train_fracs), 4) if train_fracs else None,
         "gap_p50_s": round(percentile(gaps, 50), 3),
         "gap_p99_s": round(percentile(gaps, 99), 3),
+        "supervisor_cpu_s": round(sup_cpu, 1),
+        "supervisor_cpu_ms_per_experiment": round(1000 * sup_cpu / max(1, c.done)),
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "per_gpu": rows,
     }
 
@@ -234,6 +242,9 @@ def main() -> int:
           f"min {out['busy_fraction_min']} (floor 0.97); first-to-last run "
           f"{out['busy_first_to_last_run']}; training time only {out['training_fraction_mean']}")
     print(f"gap between runs: p50 {out['gap_p50_s']} s (floor 0.5 s), p99 {out['gap_p99_s']} s")
+    print(f"supervisor process CPU: {out['supervisor_cpu_s']} s, "
+          f"{out['supervisor_cpu_ms_per_experiment']} ms per experiment "
+          f"(load average at the end {out['load_average_1m']} on {os.cpu_count()} CPUs)")
     for row in out["per_gpu"]:  # type: ignore[union-attr]
         print("  ", row)
     ok = (out["busy_fraction_mean"] or 0) >= 0.97 and out["gap_p50_s"] <= 0.5  # type: ignore[operator]
