@@ -96,7 +96,8 @@ async def test_claim_ahead_on_a_superseded_parent_is_released_not_run(tmp_path: 
     stale = {"WEIGHT_DECAY": 0.3}
     steps = [better, stale, {"WEIGHT_DECAY": 0.2}, {"WEIGHT_DECAY": 0.15},
              {"WEIGHT_DECAY": 0.06}, {"WEIGHT_DECAY": 0.07}]
-    async with worker_rig(tmp_path, steps, max_experiments=4) as rig:
+    # a 100 s budget: the GPU waits up to 1 s for the decision on the better run
+    async with worker_rig(tmp_path, steps, max_experiments=4, budget_s=100) as rig:
         memory, track = rig.deps.memory, rig.deps.track
         better_hash = code_hash(apply_changes(SOURCE, better))
         stale_hash = code_hash(apply_changes(SOURCE, stale))

@@ -139,8 +139,9 @@ class Rig:
 
 @asynccontextmanager
 async def worker_rig(tmp: Path, steps: list[dict[str, Any]], *, max_experiments: int = 0,
-                     **flags: Any) -> AsyncIterator[Rig]:
-    """A worker (CPU, tier ``cpu``) on ``tmp/memory.sqlite`` proposing ``steps``."""
+                     budget_s: float = 1.0, **flags: Any) -> AsyncIterator[Rig]:
+    """A worker (CPU, tier ``cpu``) on ``tmp/memory.sqlite`` proposing ``steps``; runs end
+    when the test says (``budget_s`` only paces claiming ahead and decision waits)."""
     base = {"state_dir": str(tmp / "state"), "memory.path": str(tmp / "memory.sqlite"),
             "start_jitter_s": "0", "agent_name": AGENT, "prepare_on_start": "false",
             "verified_bests": "false", "profile": "smoke"}
@@ -163,7 +164,7 @@ async def worker_rig(tmp: Path, steps: list[dict[str, Any]], *, max_experiments:
             view=SwarmView(memory, cfg.profile), stop=StopControl(),
             slots=Slots(max_experiments), counters=CounterBox(), seed_train_py=SOURCE,
             prepare_py=tmp / "prepare.py", work_root=tmp / "runs", run_experiment=trainer,
-            budget_s=1.0,
+            budget_s=budget_s,
         )
         worker = Worker(0, deps, proposer, gpu_index=None, gpu_name="cpu", tier="cpu")
         rig = Rig(worker, deps, trainer, proposer, open_memory)

@@ -48,6 +48,7 @@ __all__ = ["Worker"]
 log = get_logger(__name__)
 
 _CANDIDATE_POLL_S = 2.0  # how often an idle worker looks for candidates to confirm
+_DECISION_WAIT = 0.01  # share of a run the GPU waits for the last run's keep/discard
 
 
 class Worker:
@@ -177,8 +178,10 @@ class Worker:
         parent was superseded), or the next queued proposal (claimed later)."""
         if self._improving and self._publishing is not None:
             # the last run may have become the best (or a candidate): its decision says
-            # whether the claim taken ahead (built on the old best) is still worth running
-            await asyncio.wait({self._publishing})
+            # whether the claim taken ahead (built on the old best) is still worth running;
+            # the GPU waits for it at most 1 % of a run
+            await asyncio.wait({self._publishing},
+                               timeout=self.deps.budget_s * _DECISION_WAIT)
         await self.confirmations.take_open()  # confirmation work comes first
         if self.confirmations:
             item, seed = self.confirmations.pop()
