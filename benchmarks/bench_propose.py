@@ -32,15 +32,32 @@ def history(src: str, parent: str, n: int, rng: random.Random) -> list[Result]:
     maker = RandomProposer(seed=rng.randrange(1 << 30))
     out = []
     for i in range(n):
-        ctx = ProposalContext(best_train_py=src, parent_hash=parent, track="standard",
-                              tier="xl", agent_id="other", worker_index=0)
+        ctx = ProposalContext(
+            best_train_py=src,
+            parent_hash=parent,
+            track="standard",
+            tier="xl",
+            agent_id="other",
+            worker_index=0,
+        )
         p = asyncio.run(maker.propose(ctx))
-        out.append(Result(
-            agent_id="other", status="discard", description=p.description,
-            train_py=p.train_py, val_bpb=1.0 + 0.1 * rng.random(), completed_at=float(i),
-            vram_tier="xl", track="standard", parent_hash=parent,
-            code_hash=code_hash(p.train_py), changes=diff_constants(src, p.train_py),
-            delta=0.1 * rng.random(), key=f"results/other--r{i}"))
+        out.append(
+            Result(
+                agent_id="other",
+                status="discard",
+                description=p.description,
+                train_py=p.train_py,
+                val_bpb=1.0 + 0.1 * rng.random(),
+                completed_at=float(i),
+                vram_tier="xl",
+                track="standard",
+                parent_hash=parent,
+                code_hash=code_hash(p.train_py),
+                changes=diff_constants(src, p.train_py),
+                delta=0.1 * rng.random(),
+                key=f"results/other--r{i}",
+            )
+        )
     return out
 
 
@@ -54,18 +71,29 @@ def main() -> int:
     parent = code_hash(src)
     past = history(src, parent, args.history, rng)
     search = SearchProposer(seed=1)
-    ctx = ProposalContext(best_train_py=src, parent_hash=parent, track="standard", tier="xl",
-                          agent_id="bench", worker_index=0, history=past,
-                          is_duplicate=lambda _d, _s: False, seed=3, best_val_bpb=1.0)
+    ctx = ProposalContext(
+        best_train_py=src,
+        parent_hash=parent,
+        track="standard",
+        tier="xl",
+        agent_id="bench",
+        worker_index=0,
+        history=past,
+        is_duplicate=lambda _d, _s: False,
+        seed=3,
+        best_val_bpb=1.0,
+    )
     costs = []
     for _ in range(args.proposals):
         t0 = time.process_time()
         proposal = search.propose_sync(ctx)
         code_hash(proposal.train_py)  # the worker's hash of the proposal
         costs.append(time.process_time() - t0)
-    print(f"bench_propose: {args.proposals} search proposals, history {args.history}: "
-          f"CPU per proposal median {1000 * statistics.median(costs):.1f} ms, "
-          f"mean {1000 * statistics.fmean(costs):.1f} ms")
+    print(
+        f"bench_propose: {args.proposals} search proposals, history {args.history}: "
+        f"CPU per proposal median {1000 * statistics.median(costs):.1f} ms, "
+        f"mean {1000 * statistics.fmean(costs):.1f} ms"
+    )
     return 0
 
 

@@ -73,9 +73,17 @@ async def test_worker_switches_to_another_agents_better_best(tmp_path: Path) -> 
         rig.start()
         await rig.trainer.wait_started(1)
         rival = await rig.open_memory("rival")
-        best = Result(agent_id="rival", status="keep", description="rival's tuning",
-                      train_py=rival_src, val_bpb=val_of(rival_src), completed_at=time.time(),
-                      vram_tier="cpu", track=track, code_hash=code_hash(rival_src))
+        best = Result(
+            agent_id="rival",
+            status="keep",
+            description="rival's tuning",
+            train_py=rival_src,
+            val_bpb=val_of(rival_src),
+            completed_at=time.time(),
+            vram_tier="cpu",
+            track=track,
+            code_hash=code_hash(rival_src),
+        )
         await rival.publish_result(best)
         assert (await rival.propose_best(best)).moved
         rig.trainer.allow(100)
@@ -94,8 +102,14 @@ async def test_claim_ahead_on_a_superseded_parent_is_released_not_run(tmp_path: 
     parent is released and dropped; a proposal on the new best runs instead."""
     better = {"MATRIX_LR": 0.02}
     stale = {"WEIGHT_DECAY": 0.3}
-    steps = [better, stale, {"WEIGHT_DECAY": 0.2}, {"WEIGHT_DECAY": 0.15},
-             {"WEIGHT_DECAY": 0.06}, {"WEIGHT_DECAY": 0.07}]
+    steps = [
+        better,
+        stale,
+        {"WEIGHT_DECAY": 0.2},
+        {"WEIGHT_DECAY": 0.15},
+        {"WEIGHT_DECAY": 0.06},
+        {"WEIGHT_DECAY": 0.07},
+    ]
     # a 100 s budget: the GPU waits up to 1 s for the decision on the better run
     async with worker_rig(tmp_path, steps, max_experiments=4, budget_s=100) as rig:
         memory, track = rig.deps.memory, rig.deps.track
@@ -116,9 +130,10 @@ async def test_claim_ahead_on_a_superseded_parent_is_released_not_run(tmp_path: 
         await rig.finish()
         ran = [code_hash(s.train_py) for s in rig.trainer.started]
         assert stale_hash not in ran
-        assert any(constants(s.train_py)["MATRIX_LR"] == 0.02
-                   and code_hash(s.train_py) != better_hash
-                   for s in rig.trainer.started[2:])  # built on the new best
+        assert any(
+            constants(s.train_py)["MATRIX_LR"] == 0.02 and code_hash(s.train_py) != better_hash
+            for s in rig.trainer.started[2:]
+        )  # built on the new best
 
 
 async def test_stop_lets_the_run_finish_and_gives_back_the_claim_ahead(tmp_path: Path) -> None:

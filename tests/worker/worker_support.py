@@ -75,12 +75,29 @@ class Trainer:
             raise
         spec.workdir.mkdir(parents=True, exist_ok=True)
         val = val_of(spec.train_py)
-        summary = Summary(val_bpb=val, training_seconds=1.0, total_seconds=1.5,
-                          peak_vram_mb=2048.0, mfu_percent=1.0, total_tokens_M=0.5,
-                          num_steps=10, num_params_M=1.0, depth=2)
-        return RunOutcome(status="ok", failure=None, summary=summary, message="",
-                          log_path=spec.workdir / "run.log", log_tail="", returncode=0,
-                          wall_s=1.5, prepare_hash="p" * 64, workdir=spec.workdir)
+        summary = Summary(
+            val_bpb=val,
+            training_seconds=1.0,
+            total_seconds=1.5,
+            peak_vram_mb=2048.0,
+            mfu_percent=1.0,
+            total_tokens_M=0.5,
+            num_steps=10,
+            num_params_M=1.0,
+            depth=2,
+        )
+        return RunOutcome(
+            status="ok",
+            failure=None,
+            summary=summary,
+            message="",
+            log_path=spec.workdir / "run.log",
+            log_tail="",
+            returncode=0,
+            wall_s=1.5,
+            prepare_hash="p" * 64,
+            workdir=spec.workdir,
+        )
 
 
 class ScriptedProposer:
@@ -99,8 +116,12 @@ class ScriptedProposer:
         changes = self.steps.pop(0)
         self.contexts.append(ctx)
         desc = ", ".join(f"{k} -> {v}" for k, v in changes.items())
-        return Proposal(train_py=apply_changes(ctx.best_train_py, changes), description=desc,
-                        parent_hash=ctx.parent_hash, proposer=self.name)
+        return Proposal(
+            train_py=apply_changes(ctx.best_train_py, changes),
+            description=desc,
+            parent_hash=ctx.parent_hash,
+            proposer=self.name,
+        )
 
     async def observe(self, proposal: Proposal, result: Any) -> None:
         return None
@@ -138,13 +159,25 @@ class Rig:
 
 
 @asynccontextmanager
-async def worker_rig(tmp: Path, steps: list[dict[str, Any]], *, max_experiments: int = 0,
-                     budget_s: float = 1.0, **flags: Any) -> AsyncIterator[Rig]:
+async def worker_rig(
+    tmp: Path,
+    steps: list[dict[str, Any]],
+    *,
+    max_experiments: int = 0,
+    budget_s: float = 1.0,
+    **flags: Any,
+) -> AsyncIterator[Rig]:
     """A worker (CPU, tier ``cpu``) on ``tmp/memory.sqlite`` proposing ``steps``; runs end
     when the test says (``budget_s`` only paces claiming ahead and decision waits)."""
-    base = {"state_dir": str(tmp / "state"), "memory.path": str(tmp / "memory.sqlite"),
-            "start_jitter_s": "0", "agent_name": AGENT, "prepare_on_start": "false",
-            "verified_bests": "false", "profile": "smoke"}
+    base = {
+        "state_dir": str(tmp / "state"),
+        "memory.path": str(tmp / "memory.sqlite"),
+        "start_jitter_s": "0",
+        "agent_name": AGENT,
+        "prepare_on_start": "false",
+        "verified_bests": "false",
+        "profile": "smoke",
+    }
     base.update({k: str(v) for k, v in flags.items()})
     cfg = load_config(env={}, flags=base)
     async with AsyncExitStack() as stack:
@@ -158,12 +191,21 @@ async def worker_rig(tmp: Path, steps: list[dict[str, Any]], *, max_experiments:
         proposer = ScriptedProposer(steps)
         (tmp / "prepare.py").write_text("# stub\n", encoding="utf-8")
         deps = WorkerDeps(
-            config=cfg, agent_id=AGENT, host="test-host", track=cfg.profile, memory=memory,
+            config=cfg,
+            agent_id=AGENT,
+            host="test-host",
+            track=cfg.profile,
+            memory=memory,
             results_log=ResultsLog(cfg.state_dir),
             dedup=TierDedup(lambda: Deduplicator(use_semantic=False)),
-            view=SwarmView(memory, cfg.profile), stop=StopControl(),
-            slots=Slots(max_experiments), counters=CounterBox(), seed_train_py=SOURCE,
-            prepare_py=tmp / "prepare.py", work_root=tmp / "runs", run_experiment=trainer,
+            view=SwarmView(memory, cfg.profile),
+            stop=StopControl(),
+            slots=Slots(max_experiments),
+            counters=CounterBox(),
+            seed_train_py=SOURCE,
+            prepare_py=tmp / "prepare.py",
+            work_root=tmp / "runs",
+            run_experiment=trainer,
             budget_s=budget_s,
         )
         worker = Worker(0, deps, proposer, gpu_index=None, gpu_name="cpu", tier="cpu")

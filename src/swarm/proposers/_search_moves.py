@@ -73,8 +73,9 @@ def _tuplify(v: Any) -> Value:
     return v
 
 
-def observations_from(results: Iterable[Any], *, track: str | None = None,
-                      tier: str | None = None) -> list[Observation]:
+def observations_from(
+    results: Iterable[Any], *, track: str | None = None, tier: str | None = None
+) -> list[Observation]:
     """Observations of ``swarm.records.Result``-like objects (same track and tier only)."""
     out: list[Observation] = []
     for r in results:
@@ -90,16 +91,18 @@ def observations_from(results: Iterable[Any], *, track: str | None = None,
         val = getattr(r, "val_bpb", None)
         status = str(getattr(r, "status", "") or "")
         delta = getattr(r, "delta", None)
-        out.append(Observation(
-            parent_hash=str(getattr(r, "parent_hash", "") or ""),
-            code_hash=ch,
-            status=status,
-            val_bpb=float(val) if isinstance(val, int | float) and val > 0 else None,
-            changes=_changes_of(getattr(r, "changes", None)),
-            delta=float(delta) if isinstance(delta, int | float) else None,
-            completed_at=float(getattr(r, "completed_at", 0.0) or 0.0),
-            key=str(getattr(r, "key", "") or ""),
-        ))
+        out.append(
+            Observation(
+                parent_hash=str(getattr(r, "parent_hash", "") or ""),
+                code_hash=ch,
+                status=status,
+                val_bpb=float(val) if isinstance(val, int | float) and val > 0 else None,
+                changes=_changes_of(getattr(r, "changes", None)),
+                delta=float(delta) if isinstance(delta, int | float) else None,
+                completed_at=float(getattr(r, "completed_at", 0.0) or 0.0),
+                key=str(getattr(r, "key", "") or ""),
+            )
+        )
     return out
 
 
@@ -146,8 +149,9 @@ class Candidate:
     why: str = ""
 
 
-def evidence_of(obs: Sequence[Observation], dims: Sequence[Dim],
-                known_val: Mapping[str, float]) -> dict[str, DimEvidence]:
+def evidence_of(
+    obs: Sequence[Observation], dims: Sequence[Dim], known_val: Mapping[str, float]
+) -> dict[str, DimEvidence]:
     """Per coordinate: signed improvements per direction, crashes, directions kept."""
     by_name: dict[str, list[Dim]] = defaultdict(list)
     for d in dims:
@@ -186,10 +190,15 @@ def evidence_of(obs: Sequence[Observation], dims: Sequence[Dim],
     return ev
 
 
-def mutation_candidates(dims: Sequence[Dim], values: Mapping[str, Value],
-                        evidence: Mapping[str, DimEvidence],
-                        from_parent: Sequence[Observation], seq_len: TrackShape,
-                        *, max_level: int) -> list[Candidate]:
+def mutation_candidates(
+    dims: Sequence[Dim],
+    values: Mapping[str, Value],
+    evidence: Mapping[str, DimEvidence],
+    from_parent: Sequence[Observation],
+    seq_len: TrackShape,
+    *,
+    max_level: int,
+) -> list[Candidate]:
     """Single steps of each coordinate from the parent, scored by the evidence."""
     # what was tried from this parent, per (dim, direction): [(level-ish coord, -delta)]
     tried_here: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -241,17 +250,22 @@ def mutation_candidates(dims: Sequence[Dim], values: Mapping[str, Value],
                         elif (new_coord - here_coord) * direction > 0:
                             score *= 0.3  # on the way to it
                 score = max(score, 1e-9)
-                why = (f"{d.key} {'up' if direction > 0 else 'down'}: mean gain "
-                       f"{mean:+.4f} over {n} result(s), sensitivity {sens:.4f}, "
-                       f"step level {level}")
-                out.append(Candidate(changes, score, "mutation", d.key, direction, level,
-                                      why))
+                why = (
+                    f"{d.key} {'up' if direction > 0 else 'down'}: mean gain "
+                    f"{mean:+.4f} over {n} result(s), sensitivity {sens:.4f}, "
+                    f"step level {level}"
+                )
+                out.append(Candidate(changes, score, "mutation", d.key, direction, level, why))
     return out
 
 
-def combine_candidates(obs: Sequence[Observation], values: Mapping[str, Value],
-                       known_val: Mapping[str, float], parent_hash: str, seq_len: TrackShape
-                       ) -> list[Candidate]:
+def combine_candidates(
+    obs: Sequence[Observation],
+    values: Mapping[str, Value],
+    known_val: Mapping[str, float],
+    parent_hash: str,
+    seq_len: TrackShape,
+) -> list[Candidate]:
     """Improvements found on other parents whose changes still apply to the parent."""
     out: list[Candidate] = []
     seen: set[str] = set()
@@ -262,8 +276,12 @@ def combine_candidates(obs: Sequence[Observation], values: Mapping[str, Value],
         lineage.add(h)
         h = parent_of.get(h, "")
     for o in reversed(obs):  # newest first
-        if o.status != "keep" or not o.changes or o.parent_hash == parent_hash \
-                or o.code_hash in lineage:
+        if (
+            o.status != "keep"
+            or not o.changes
+            or o.parent_hash == parent_hash
+            or o.code_hash in lineage
+        ):
             continue
         delta = delta_of(o, known_val)
         if delta is not None and delta >= 0:
@@ -292,20 +310,34 @@ def combine_candidates(obs: Sequence[Observation], values: Mapping[str, Value],
         seen.add(sig)
         gain = -delta if delta is not None else G0
         shown = f"delta {delta:+.4f}" if delta is not None else "kept"
-        out.append(Candidate(fixed, 2.0 * gain + G0, "combine", why=(
-            f"carries over an improvement found on parent {o.parent_hash[:8]} "
-            f"({shown}), independent of what changed since")))
+        out.append(
+            Candidate(
+                fixed,
+                2.0 * gain + G0,
+                "combine",
+                why=(
+                    f"carries over an improvement found on parent {o.parent_hash[:8]} "
+                    f"({shown}), independent of what changed since"
+                ),
+            )
+        )
     return out
 
 
 _Ranked = tuple[float, float, int, Candidate]  # (distance, tie-break, order, candidate)
 
 
-def wider_candidates(dims: Sequence[Dim], values: Mapping[str, Value],
-                     evidence: Mapping[str, DimEvidence],
-                     from_parent: Sequence[Observation], primary: Sequence[Candidate],
-                     seq_len: TrackShape, rng: random.Random, *, max_level: int
-                     ) -> Iterator[Candidate]:
+def wider_candidates(
+    dims: Sequence[Dim],
+    values: Mapping[str, Value],
+    evidence: Mapping[str, DimEvidence],
+    from_parent: Sequence[Observation],
+    primary: Sequence[Candidate],
+    seq_len: TrackShape,
+    rng: random.Random,
+    *,
+    max_level: int,
+) -> Iterator[Candidate]:
     """The widened neighbourhood of the parent, lazily, nearest first (seeded order).
 
     Distance 1, 2, ... holds the single moves one level finer than ``max_level`` (half
@@ -317,17 +349,18 @@ def wider_candidates(dims: Sequence[Dim], values: Mapping[str, Value],
     singles: list[_Ranked] = []
     seq = itertools.count()
     for d in dims:
-        singles += _widened_moves(d, values, evidence.get(d.key) or DimEvidence(), seq_len,
-                                  rng, seq, max_level)
+        singles += _widened_moves(
+            d, values, evidence.get(d.key) or DimEvidence(), seq_len, rng, seq, max_level
+        )
     singles.sort(key=lambda t: t[:3])
     order = _pairing_order(values, from_parent, primary, [c for *_k, c in singles])
-    for *_k, cand in heapq.merge(singles, _pairs(order, values, seq_len),
-                                 key=lambda t: t[:3]):
+    for *_k, cand in heapq.merge(singles, _pairs(order, values, seq_len), key=lambda t: t[:3]):
         yield cand
 
 
-def _far_moves(d: Dim, value: Value, direction: int, max_level: int
-               ) -> list[tuple[float, Value, str]]:
+def _far_moves(
+    d: Dim, value: Value, direction: int, max_level: int
+) -> list[tuple[float, Value, str]]:
     """(distance, new value, how) of ``d``'s finer steps and repeated level-0 steps."""
     moves: list[tuple[float, Value, str]] = []
     for extra in range(1, _FINE_LEVELS + 1):
@@ -345,8 +378,15 @@ def _far_moves(d: Dim, value: Value, direction: int, max_level: int
     return moves
 
 
-def _widened_moves(d: Dim, values: Mapping[str, Value], e: DimEvidence, seq_len: TrackShape,
-                   rng: random.Random, seq: Iterator[int], max_level: int) -> list[_Ranked]:
+def _widened_moves(
+    d: Dim,
+    values: Mapping[str, Value],
+    e: DimEvidence,
+    seq_len: TrackShape,
+    rng: random.Random,
+    seq: Iterator[int],
+    max_level: int,
+) -> list[_Ranked]:
     """The widened single moves of one coordinate, ranked (a move at or beyond a crash
     is farther away)."""
     out: list[_Ranked] = []
@@ -366,30 +406,54 @@ def _widened_moves(d: Dim, values: Mapping[str, Value], e: DimEvidence, seq_len:
             if changes is None:
                 continue
             coord = d.coord(new)
-            if here is not None and coord is not None and any(
-                    cd == direction and (coord - cc) * direction >= 0 for cd, cc in e.crashes):
+            if (
+                here is not None
+                and coord is not None
+                and any(cd == direction and (coord - cc) * direction >= 0 for cd, cc in e.crashes)
+            ):
                 dist += _CRASH_COST
-            why = (f"widened search: {d.key} {'up' if direction > 0 else 'down'} by "
-                   f"{how} (the nearer moves around this parent were all tried)")
+            why = (
+                f"widened search: {d.key} {'up' if direction > 0 else 'down'} by "
+                f"{how} (the nearer moves around this parent were all tried)"
+            )
             tie = base * (1.0 + 0.05 * rng.random())
-            out.append((dist, -tie, next(seq), Candidate(
-                changes, tie, "widen", d.key, direction, 0, why)))
+            out.append(
+                (dist, -tie, next(seq), Candidate(changes, tie, "widen", d.key, direction, 0, why))
+            )
     return out
 
 
-def _pairing_order(values: Mapping[str, Value], from_parent: Sequence[Observation],
-                   primary: Sequence[Candidate], singles: Sequence[Candidate]
-                   ) -> list[tuple[dict[str, Value], str]]:
+def _pairing_order(
+    values: Mapping[str, Value],
+    from_parent: Sequence[Observation],
+    primary: Sequence[Candidate],
+    singles: Sequence[Candidate],
+) -> list[tuple[dict[str, Value], str]]:
     """The promise order of single moves for pairing: moves tried from this parent, least
     bad first, then untried ones (primary, then widened), each once, no crashed move."""
-    seen_sigs = {signature({n: new for n, (_o, new) in o.changes.items()})
-                 for o in from_parent if o.failed_run and o.changes}
+    seen_sigs = {
+        signature({n: new for n, (_o, new) in o.changes.items()})
+        for o in from_parent
+        if o.failed_run and o.changes
+    }
     tried_moves = sorted(
-        (o for o in from_parent if not o.failed_run and o.delta is not None and o.changes
-         and all(n in values for n in o.changes)),
-        key=lambda o: (o.delta, o.completed_at, o.code_hash))
-    ranked = [({n: new for n, (_old, new) in o.changes.items()},
-               f"tried from this parent (delta {o.delta:+.4f})") for o in tried_moves]
+        (
+            o
+            for o in from_parent
+            if not o.failed_run
+            and o.delta is not None
+            and o.changes
+            and all(n in values for n in o.changes)
+        ),
+        key=lambda o: (o.delta, o.completed_at, o.code_hash),
+    )
+    ranked = [
+        (
+            {n: new for n, (_old, new) in o.changes.items()},
+            f"tried from this parent (delta {o.delta:+.4f})",
+        )
+        for o in tried_moves
+    ]
     ranked += [(dict(c.changes), "untried") for c in primary if c.origin != "combine"]
     ranked += [(dict(c.changes), "untried") for c in singles]
     unique: list[tuple[dict[str, Value], str]] = []
@@ -401,8 +465,9 @@ def _pairing_order(values: Mapping[str, Value], from_parent: Sequence[Observatio
     return unique
 
 
-def _pairs(unique: Sequence[tuple[dict[str, Value], str]], values: Mapping[str, Value],
-           seq_len: TrackShape) -> Iterator[_Ranked]:
+def _pairs(
+    unique: Sequence[tuple[dict[str, Value], str]], values: Mapping[str, Value], seq_len: TrackShape
+) -> Iterator[_Ranked]:
     """Pairs of single moves on different constants, lazily, by the sum of their ranks."""
     n = len(unique)
     for total in range(1, 2 * n - 2):
@@ -413,8 +478,10 @@ def _pairs(unique: Sequence[tuple[dict[str, Value], str]], values: Mapping[str, 
             merged = repair_batch(values, {**a, **b}, seq_len)
             if merged is None:
                 continue
-            why = (f"widened search: pairs two single moves ({la}; {lb}) now that "
-                   "every nearer move around this parent was tried")
+            why = (
+                f"widened search: pairs two single moves ({la}; {lb}) now that "
+                "every nearer move around this parent was tried"
+            )
             yield (1.5 + total / 6.0, 0.0, i, Candidate(merged, 1e-9, "pair", why=why))
 
 
@@ -442,8 +509,12 @@ def signature(changes: Mapping[str, Any]) -> str:
 
 
 def _same(a: object, b: object) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float) \
-            and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return float(a) == float(b)
     if isinstance(a, list):
         a = tuple(a)

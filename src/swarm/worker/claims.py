@@ -31,16 +31,21 @@ log = get_logger(__name__)
 class Claims:
     """Claims in the shared memory for one worker (offline: local claims)."""
 
-    def __init__(self, deps: WorkerDeps, who: WorkerIdentity, status: StatusBox,
-                 lineage: Lineage) -> None:
+    def __init__(
+        self, deps: WorkerDeps, who: WorkerIdentity, status: StatusBox, lineage: Lineage
+    ) -> None:
         self._deps = deps
         self._who = who
         self._status = status
         self._lineage = lineage
 
-    async def claim(self, item: Queued, *, quiet: bool = False,
-                    kind: Literal["experiment", "confirmation"] = "experiment"
-                    ) -> Claim | None:
+    async def claim(
+        self,
+        item: Queued,
+        *,
+        quiet: bool = False,
+        kind: Literal["experiment", "confirmation"] = "experiment",
+    ) -> Claim | None:
         """Win the experiment's claim; None when another agent holds it. Offline (the
         memory unreachable) the worker trains anyway under a local claim."""
         deps = self._deps
@@ -49,13 +54,21 @@ class Claims:
             self._status.set("claiming", description=proposal.description)
         try:
             outcome = await deps.memory.try_claim(
-                parent_hash=proposal.parent_hash, code_hash=item.code_hash,
-                description=proposal.description, track=deps.track, tier=self._who.tier,
-                gpu_name=self._who.gpu_name, kind=kind,
+                parent_hash=proposal.parent_hash,
+                code_hash=item.code_hash,
+                description=proposal.description,
+                track=deps.track,
+                tier=self._who.tier,
+                gpu_name=self._who.gpu_name,
+                kind=kind,
             )
         except (TransportError, ServerError) as exc:
-            log.warning("claim_offline", description=proposal.description, error=str(exc),
-                        note="memory unreachable: training without a claim")
+            log.warning(
+                "claim_offline",
+                description=proposal.description,
+                error=str(exc),
+                note="memory unreachable: training without a claim",
+            )
             return self.local(item)
         if not outcome.won or outcome.claim is None:  # (a stale claim of ours is taken over)
             deps.counters.bump("claims_lost")
@@ -66,24 +79,39 @@ class Claims:
             return None
         return outcome.claim
 
-    async def claim_live(self, item: Queued, *, quiet: bool = False,
-                         kind: Literal["experiment", "confirmation"] = "experiment"
-                         ) -> Claim | None:
+    async def claim_live(
+        self,
+        item: Queued,
+        *,
+        quiet: bool = False,
+        kind: Literal["experiment", "confirmation"] = "experiment",
+    ) -> Claim | None:
         """:meth:`claim`, and register the won experiment as live in the deduplicator."""
         claim = await self.claim(item, quiet=quiet, kind=kind)
         if claim is not None:
-            await self._deps.dedup.add_live(self._who.tier, item.proposal, item.code_hash,
-                                            claim.key or "offline claim",
-                                            parent_train_py=self._lineage.train_py)
+            await self._deps.dedup.add_live(
+                self._who.tier,
+                item.proposal,
+                item.code_hash,
+                claim.key or "offline claim",
+                parent_train_py=self._lineage.train_py,
+            )
         return claim
 
     def local(self, item: Queued) -> Claim:
         """A claim held only here (no lock in the memory)."""
         deps = self._deps
-        return Claim(agent_id=deps.agent_id, description=item.proposal.description,
-                     parent_hash=item.proposal.parent_hash, code_hash=item.code_hash,
-                     track=deps.track, vram_tier=self._who.tier, gpu_name=self._who.gpu_name,
-                     host=deps.host, claimed_at=deps.clock())
+        return Claim(
+            agent_id=deps.agent_id,
+            description=item.proposal.description,
+            parent_hash=item.proposal.parent_hash,
+            code_hash=item.code_hash,
+            track=deps.track,
+            vram_tier=self._who.tier,
+            gpu_name=self._who.gpu_name,
+            host=deps.host,
+            claimed_at=deps.clock(),
+        )
 
     async def release(self, claim: Claim) -> None:
         if not claim.lock_key:
@@ -92,8 +120,7 @@ class Claims:
             await self._deps.publisher.release(claim)  # queued for a retry when it fails
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._deps.memory.release(claim)),
-                                   timeout=15)
+            await asyncio.wait_for(asyncio.shield(self._deps.memory.release(claim)), timeout=15)
         except (MemoryStoreError, TimeoutError) as exc:
             log.warning("claim_release_failed", claim=claim.key, error=str(exc))
 
@@ -102,15 +129,20 @@ class Claims:
         self._deps.dedup.drop_live(self._who.tier, item.code_hash)
         await self.release(claim)
         if idle and self._status.state != "quarantined":
-            self._status.set("idle", experiment_key=None, description=None,
-                             run_started_at=None)
+            self._status.set("idle", experiment_key=None, description=None, run_started_at=None)
 
 
 class ClaimAhead:
     """The next experiment, claimed (and heartbeated) while the current run trains."""
 
-    def __init__(self, deps: WorkerDeps, who: WorkerIdentity, claims: Claims,
-                 queue: ProposalQueue, lineage: Lineage) -> None:
+    def __init__(
+        self,
+        deps: WorkerDeps,
+        who: WorkerIdentity,
+        claims: Claims,
+        queue: ProposalQueue,
+        lineage: Lineage,
+    ) -> None:
         self._deps = deps
         self._who = who
         self._claims = claims
@@ -168,8 +200,12 @@ class ClaimAhead:
         if not self._lineage.is_stale(item):
             return item, claim
         self.released_stale += 1
-        log.info("preclaim_superseded", description=item.proposal.description,
-                 parent=item.proposal.parent_hash[:8], best=self._lineage.hash[:8])
+        log.info(
+            "preclaim_superseded",
+            description=item.proposal.description,
+            parent=item.proposal.parent_hash[:8],
+            best=self._lineage.hash[:8],
+        )
         await self._claims.settle(item, claim, idle=False)
         self._queue.drop(item)
         return None

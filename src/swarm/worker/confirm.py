@@ -41,8 +41,13 @@ class Confirmations:
             return
         try:
             found = await next_confirmation(
-                deps.memory.candidates, deps.track, self._tier, trust_policy(deps.config),
-                own_only=deps.trusted_only, rng=self._rng)
+                deps.memory.candidates,
+                deps.track,
+                self._tier,
+                trust_policy(deps.config),
+                own_only=deps.trusted_only,
+                rng=self._rng,
+            )
         except MemoryStoreError as exc:
             log.warning("confirmations_unavailable", error=str(exc))
             return
@@ -52,12 +57,21 @@ class Confirmations:
         r = cand.result
         if r.code_hash in deps.confirming:
             return  # another worker of this machine confirms it now
-        proposal = Proposal(train_py=r.train_py, description=r.description,
-                            parent_hash=r.parent_hash, proposer="confirm",
-                            rationale=f"confirm {r.agent_id}'s candidate {r.val_bpb}")
+        proposal = Proposal(
+            train_py=r.train_py,
+            description=r.description,
+            parent_hash=r.parent_hash,
+            proposer="confirm",
+            rationale=f"confirm {r.agent_id}'s candidate {r.val_bpb}",
+        )
         self._due.append((Queued(proposal, r.code_hash, cand.previous_val, True), seed))
-        log.info("confirmation_taken", candidate=cand.key, by=r.agent_id, seed=seed,
-                 suspicious=cand.suspicious)
+        log.info(
+            "confirmation_taken",
+            candidate=cand.key,
+            by=r.agent_id,
+            seed=seed,
+            suspicious=cand.suspicious,
+        )
 
     def started(self, item: Queued) -> None:
         """This worker won the claim to confirm ``item``: the others of the machine skip it."""
@@ -73,11 +87,17 @@ class Confirmations:
         if SEED_ENV not in item.proposal.train_py:
             if not self._warned_no_seed:
                 self._warned_no_seed = True
-                log.warning("confirmation_unavailable",
-                            note=f"train.py does not read {SEED_ENV}: a pending improvement "
-                            "can only be confirmed by another agent's run")
+                log.warning(
+                    "confirmation_unavailable",
+                    note=f"train.py does not read {SEED_ENV}: a pending improvement "
+                    "can only be confirmed by another agent's run",
+                )
             return
         new_seed = (result.seed or 0) + 1 + self._rng.randrange(1000)
-        log.info("confirmation_scheduled", description=item.proposal.description,
-                 seed=new_seed, reason=decision.reason)
+        log.info(
+            "confirmation_scheduled",
+            description=item.proposal.description,
+            seed=new_seed,
+            reason=decision.reason,
+        )
         self._due.append((item, new_seed))

@@ -21,8 +21,9 @@ __all__ = ["CounterBox", "Slots", "StopControl", "unless_stopped"]
 T = TypeVar("T")
 
 
-async def unless_stopped(stop: asyncio.Event, awaitable: Awaitable[T] | None = None, *,
-                         limit_s: float | None = None) -> T | None:
+async def unless_stopped(
+    stop: asyncio.Event, awaitable: Awaitable[T] | None = None, *, limit_s: float | None = None
+) -> T | None:
     """Wait for ``awaitable`` until ``stop`` is set or ``limit_s`` seconds pass.
 
     Returns the awaitable's result, or None when ``stop`` was set first or the time ran
@@ -84,8 +85,7 @@ class StopControl:
         await unless_stopped(self.stopping, limit_s=seconds)
         return self.stopping.is_set()
 
-    async def wait_for(self, awaitable: Awaitable[T], *, limit_s: float | None = None
-                       ) -> T | None:
+    async def wait_for(self, awaitable: Awaitable[T], *, limit_s: float | None = None) -> T | None:
         """:func:`unless_stopped` on ``stopping``: the result, or None (stopped, timed out)."""
         return await unless_stopped(self.stopping, awaitable, limit_s=limit_s)
 

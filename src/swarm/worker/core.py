@@ -54,24 +54,39 @@ _DECISION_WAIT = 0.01  # share of a run the GPU waits for the last run's keep/di
 class Worker:
     """The research loop of one GPU (``gpu_index`` None: a CPU worker)."""
 
-    def __init__(self, index: int, deps: WorkerDeps, proposer: Proposer, *,
-                 gpu_index: int | None, gpu_name: str, tier: str,
-                 idle_proposer: Proposer | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        deps: WorkerDeps,
+        proposer: Proposer,
+        *,
+        gpu_index: int | None,
+        gpu_name: str,
+        tier: str,
+        idle_proposer: Proposer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.deps = deps
         self.who = WorkerIdentity(index, gpu_index, gpu_name, tier)
         self.rng = rng or random.Random()
         self._status = StatusBox(self.who, proposer, deps.clock)
         self.lineage = Lineage(deps, tier)
         self.queue = ProposalQueue(deps, tier, self.lineage, proposer, deps.config.prefetch)
-        self.producer = Producer(deps, self.who, self._status, self.lineage, self.queue,
-                                 proposer, idle_proposer)
+        self.producer = Producer(
+            deps, self.who, self._status, self.lineage, self.queue, proposer, idle_proposer
+        )
         self.claims = Claims(deps, self.who, self._status, self.lineage)
         self.ahead = ClaimAhead(deps, self.who, self.claims, self.queue, self.lineage)
         self.confirmations = Confirmations(deps, tier, self.rng)
-        self.publisher = ResultPublisher(deps, self.who, self._status, self.lineage,
-                                         self.claims, self.confirmations,
-                                         (proposer, idle_proposer))
+        self.publisher = ResultPublisher(
+            deps,
+            self.who,
+            self._status,
+            self.lineage,
+            self.claims,
+            self.confirmations,
+            (proposer, idle_proposer),
+        )
         self._publishing: asyncio.Task[None] | None = None
         self._improving = False  # the last run beat the parent it was built on
         self._last_run_end: float | None = None
@@ -117,8 +132,7 @@ class Worker:
         await self.lineage.adopt_best(force=True)
         try:
             async with asyncio.TaskGroup() as tg:
-                producer = tg.create_task(self.producer.produce(),
-                                          name=f"producer-{self.index}")
+                producer = tg.create_task(self.producer.produce(), name=f"producer-{self.index}")
                 try:
                     await self._consume()
                 finally:
@@ -150,14 +164,17 @@ class Worker:
             except (SwarmError, OSError) as exc:
                 # supervision edge of one iteration: the fault decides (swarm.faults)
                 fault = deps.faults.check(exc, where=f"worker {self.index}")
-                log.error("worker_iteration_failed", error=repr(exc),
-                          error_type=type(exc).__name__, reaction=fault.reaction.value)
+                log.error(
+                    "worker_iteration_failed",
+                    error=repr(exc),
+                    error_type=type(exc).__name__,
+                    reaction=fault.reaction.value,
+                )
                 if fault.reaction is Reaction.PERMANENT:
                     self._status.set("stopped", detail=fault.line)
                     return
                 self._status.set("waiting", detail=f"error: {type(exc).__name__}: {fault.fix}")
-                await deps.stop.sleep(30.0 if fault.reaction is Reaction.INFRASTRUCTURE
-                                      else 5.0)
+                await deps.stop.sleep(30.0 if fault.reaction is Reaction.INFRASTRUCTURE else 5.0)
             finally:
                 if not used:
                     deps.slots.give_back()
@@ -180,8 +197,7 @@ class Worker:
             # the last run may have become the best (or a candidate): its decision says
             # whether the claim taken ahead (built on the old best) is still worth running;
             # the GPU waits for it at most 1 % of a run
-            await asyncio.wait({self._publishing},
-                               timeout=self.deps.budget_s * _DECISION_WAIT)
+            await asyncio.wait({self._publishing}, timeout=self.deps.budget_s * _DECISION_WAIT)
         await self.confirmations.take_open()  # confirmation work comes first
         if self.confirmations:
             item, seed = self.confirmations.pop()
@@ -194,8 +210,9 @@ class Worker:
         queued = await self.producer.next(poll_s)
         return None if queued is None else (queued, None, None)
 
-    async def _claim_for_run(self, item: Queued, claim: Claim | None, confirming: bool
-                             ) -> Claim | None:
+    async def _claim_for_run(
+        self, item: Queued, claim: Claim | None, confirming: bool
+    ) -> Claim | None:
         """The claim to run ``item`` under once the GPU is ready; None: do not run it."""
         deps = self.deps
         try:
@@ -203,7 +220,8 @@ class Worker:
                 if claim is None:
                     confirmation = confirming and deps.config.verified_bests
                     claim = await self.claims.claim_live(
-                        item, kind="confirmation" if confirmation else "experiment")
+                        item, kind="confirmation" if confirmation else "experiment"
+                    )
                 return claim
             if claim is not None:
                 await self.claims.settle(item, claim)
@@ -228,18 +246,25 @@ class Worker:
         if confirming:
             self.confirmations.started(item)
         if self._last_run_end is not None:
-            log.debug("run_gap", gap_s=round(time.monotonic() - self._last_run_end, 3),
-                      claim_ahead=ahead_claim is not None,
-                      waited_s=round(time.monotonic() - t_item, 3))
+            log.debug(
+                "run_gap",
+                gap_s=round(time.monotonic() - self._last_run_end, 3),
+                claim_ahead=ahead_claim is not None,
+                waited_s=round(time.monotonic() - t_item, 3),
+            )
         handed_over = False
-        preclaim = publishers.create_task(self.ahead.run(lambda: bool(self.confirmations)),
-                                          name=f"preclaim-{self.index}")
+        preclaim = publishers.create_task(
+            self.ahead.run(lambda: bool(self.confirmations)), name=f"preclaim-{self.index}"
+        )
         try:
             outcome = await self._train(item, claim, seed)
             await self.ahead.end(preclaim)
             if outcome is None:
-                log.warning("experiment_aborted", description=item.proposal.description,
-                            reason=deps.stop.reason)
+                log.warning(
+                    "experiment_aborted",
+                    description=item.proposal.description,
+                    reason=deps.stop.reason,
+                )
                 deps.stop.aborted_runs += 1
                 return True
             if outcome.failure in infra_failures:  # the machine's fault: never a result
@@ -253,7 +278,8 @@ class Worker:
             self._improving = _beats(outcome, parent_val)
             self._publishing = publishers.create_task(
                 self.publisher.after_run(item, claim, outcome, seed, confirming),
-                name=f"publish-{self.index}")
+                name=f"publish-{self.index}",
+            )
             handed_over = True
             return True
         finally:
@@ -273,8 +299,10 @@ class Worker:
         self._status.set("waiting", detail="checking GPU")
         try:
             info = await deps.pool.wait_ready(
-                self.gpu_index, min_free_mb=deps.config.min_free_mb,
-                stop=deps.stop.stopping, sleep=deps.sleep,
+                self.gpu_index,
+                min_free_mb=deps.config.min_free_mb,
+                stop=deps.stop.stopping,
+                sleep=deps.sleep,
                 on_wait=lambda why: self._status.set("waiting", detail=why),
             )
         except GpuError as exc:
@@ -287,10 +315,15 @@ class Worker:
         missing data stops this machine with the fix (every run would fail the same way);
         otherwise the GPU's failure count goes up and the worker pauses before the next."""
         if outcome.failure == "data":
-            self.deps.faults.trip(Fault(
-                Reaction.INFRASTRUCTURE, f"train.py found no data ({outcome.message})",
-                "run `python prepare.py --profile " + self.deps.track + "` (or set "
-                "prepare_on_start = true) and start again"), where=f"worker {self.index}")
+            self.deps.faults.trip(
+                Fault(
+                    Reaction.INFRASTRUCTURE,
+                    f"train.py found no data ({outcome.message})",
+                    "run `python prepare.py --profile " + self.deps.track + "` (or set "
+                    "prepare_on_start = true) and start again",
+                ),
+                where=f"worker {self.index}",
+            )
             self._status.set("stopped", detail=outcome.message)
             return
         self._gpu_failure(outcome.message)
@@ -301,8 +334,11 @@ class Worker:
     def _gpu_failure(self, message: str) -> None:
         pool = self.deps.pool
         log.error("infra_failure", message=message)
-        if (pool is not None and self.gpu_index is not None
-                and pool.record_infra_failure(self.gpu_index, message)):
+        if (
+            pool is not None
+            and self.gpu_index is not None
+            and pool.record_infra_failure(self.gpu_index, message)
+        ):
             self._quarantined()
 
     # ---------------------------------------------------------------- training
@@ -318,19 +354,34 @@ class Worker:
             env[SEED_ENV] = str(seed)
         sandbox = deps.sandbox
         meta = RunMeta(
-            agent_id=deps.agent_id, host=deps.host, track=deps.track, tier=self.tier,
-            gpu_name=self.who.gpu_name, description=proposal.description,
-            parent_hash=proposal.parent_hash, code_hash=item.code_hash,
-            proposer=proposal.proposer, seed=seed,
+            agent_id=deps.agent_id,
+            host=deps.host,
+            track=deps.track,
+            tier=self.tier,
+            gpu_name=self.who.gpu_name,
+            description=proposal.description,
+            parent_hash=proposal.parent_hash,
+            code_hash=item.code_hash,
+            proposer=proposal.proposer,
+            seed=seed,
             sandbox=sandbox.mechanism if sandbox is not None else "none",
         )
         return RunSpec(
-            train_py=proposal.train_py, prepare_py=deps.prepare_py, sandbox=sandbox,
-            prepare_sha256=deps.prepare_sha256, meta=meta.to_json(), work_root=deps.work_root,
-            experiment_id=exp_id, gpu=None if self.gpu_index is None else str(self.gpu_index),
-            profile=base_profile(deps.track), budget_s=deps.budget_s,
-            startup_allowance_s=deps.startup_allowance_s, kill_grace_s=cfg.kill_grace_s,
-            env=env, python=cfg.python or sys.executable, verify=cfg.verify_runs,
+            train_py=proposal.train_py,
+            prepare_py=deps.prepare_py,
+            sandbox=sandbox,
+            prepare_sha256=deps.prepare_sha256,
+            meta=meta.to_json(),
+            work_root=deps.work_root,
+            experiment_id=exp_id,
+            gpu=None if self.gpu_index is None else str(self.gpu_index),
+            profile=base_profile(deps.track),
+            budget_s=deps.budget_s,
+            startup_allowance_s=deps.startup_allowance_s,
+            kill_grace_s=cfg.kill_grace_s,
+            env=env,
+            python=cfg.python or sys.executable,
+            verify=cfg.verify_runs,
         )
 
     async def _train(self, item: Queued, claim: Claim, seed: int | None) -> RunOutcome | None:
@@ -338,14 +389,24 @@ class Worker:
         deps = self.deps
         proposal = item.proposal
         spec = self._spec(item, seed)
-        self._status.set("training", experiment_key=claim.key or None,
-                         description=proposal.description, run_started_at=deps.clock(),
-                         run_log=str(spec.workdir / LOG_NAME))
+        self._status.set(
+            "training",
+            experiment_key=claim.key or None,
+            description=proposal.description,
+            run_started_at=deps.clock(),
+            run_log=str(spec.workdir / LOG_NAME),
+        )
         t0 = time.monotonic()
-        log.info("experiment_started", description=proposal.description, claim=claim.key,
-                 proposer=proposal.proposer, experiment=spec.experiment_id)
-        beat = (deps.memory.heartbeating(claim) if claim.lock_key
-                else contextlib.nullcontext())  # a local (offline) claim: no heartbeat
+        log.info(
+            "experiment_started",
+            description=proposal.description,
+            claim=claim.key,
+            proposer=proposal.proposer,
+            experiment=spec.experiment_id,
+        )
+        beat = (
+            deps.memory.heartbeating(claim) if claim.lock_key else contextlib.nullcontext()
+        )  # a local (offline) claim: no heartbeat
         try:
             async with beat:
                 # None when abort cut the run short (the runner's cancellation kills the

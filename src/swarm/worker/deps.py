@@ -26,8 +26,15 @@ if TYPE_CHECKING:
     from swarm.results_log import ResultsLog
     from swarm.sandbox import Sandbox
 
-__all__ = ["BASELINE_DESCRIPTION", "SEED_ENV", "Dedup", "PendingAware", "Queued", "RunFn",
-           "WorkerDeps"]
+__all__ = [
+    "BASELINE_DESCRIPTION",
+    "SEED_ENV",
+    "Dedup",
+    "PendingAware",
+    "Queued",
+    "RunFn",
+    "WorkerDeps",
+]
 
 BASELINE_DESCRIPTION = "baseline"
 SEED_ENV = "AUTORESEARCH_SEED"
@@ -38,21 +45,36 @@ RunFn = Callable[[RunSpec], Awaitable[RunOutcome]]
 class Dedup(Protocol):
     """The machine's deduplicator per tier, as a worker uses it (``TierDedup``)."""
 
-    def is_duplicate(self, tier: str, description: str, train_py: str,
-                     parent_hash: str | None, parent_train_py: str | None) -> bool: ...
+    def is_duplicate(
+        self,
+        tier: str,
+        description: str,
+        train_py: str,
+        parent_hash: str | None,
+        parent_train_py: str | None,
+    ) -> bool: ...
 
-    async def check(self, tier: str, proposal: Proposal, chash: str, *,
-                    parent_train_py: str | None) -> Verdict | None: ...
+    async def check(
+        self, tier: str, proposal: Proposal, chash: str, *, parent_train_py: str | None
+    ) -> Verdict | None: ...
 
     def unreserve(self, tier: str, chash: str) -> None: ...
 
-    async def add_live(self, tier: str, proposal: Proposal, chash: str, key: str, *,
-                       parent_train_py: str | None) -> None: ...
+    async def add_live(
+        self, tier: str, proposal: Proposal, chash: str, key: str, *, parent_train_py: str | None
+    ) -> None: ...
 
     def drop_live(self, tier: str, chash: str) -> None: ...
 
-    async def add_known(self, tier: str, item: Proposal | Result, chash: str, key: str, *,
-                        parent_train_py: str | None = None) -> None: ...
+    async def add_known(
+        self,
+        tier: str,
+        item: Proposal | Result,
+        chash: str,
+        key: str,
+        *,
+        parent_train_py: str | None = None,
+    ) -> None: ...
 
 
 @runtime_checkable

@@ -72,15 +72,21 @@ class Lineage:
         if bhash == self.hash and best.val_bpb == self.val:
             return
         if self.follow(best.train_py, bhash, best.val_bpb):
-            log.info("best_adopted", val_bpb=best.val_bpb, by=best.agent_id,
-                     description=best.result.description, code=short_hash(bhash))
+            log.info(
+                "best_adopted",
+                val_bpb=best.val_bpb,
+                by=best.agent_id,
+                description=best.result.description,
+                code=short_hash(bhash),
+            )
 
     async def _fetch_best(self) -> Best | None:
         deps = self._deps
         try:
             if deps.config.verified_bests:
-                return await deps.memory.candidates.adoptable(deps.track, self._tier,
-                                                              deps.config.adopt)
+                return await deps.memory.candidates.adoptable(
+                    deps.track, self._tier, deps.config.adopt
+                )
             return await deps.memory.get_best(deps.track, self._tier)
         except MemoryStoreError as exc:
             log.warning("best_unavailable", error=str(exc))
@@ -92,6 +98,9 @@ class Lineage:
             return True
         if not self._warned_foreign_best:
             self._warned_foreign_best = True
-            log.warning("best_not_adopted", by=best.agent_id,
-                        reason="no sandbox: another agent's code is not run here")
+            log.warning(
+                "best_not_adopted",
+                by=best.agent_id,
+                reason="no sandbox: another agent's code is not run here",
+            )
         return False

@@ -29,8 +29,9 @@ log = get_logger(__name__)
 class ProposalQueue:
     """Deduplicated proposals ready for the GPU (each reserved in the deduplicator)."""
 
-    def __init__(self, deps: WorkerDeps, tier: str, lineage: Lineage, proposer: Proposer,
-                 maxsize: int) -> None:
+    def __init__(
+        self, deps: WorkerDeps, tier: str, lineage: Lineage, proposer: Proposer, maxsize: int
+    ) -> None:
         self._deps = deps
         self._tier = tier
         self._lineage = lineage
@@ -83,8 +84,7 @@ class ProposalQueue:
             put = asyncio.ensure_future(self._queue.put(item))
             woke = asyncio.ensure_future(changed.wait())
             try:
-                await stop.wait_for(asyncio.wait({put, woke},
-                                                 return_when=asyncio.FIRST_COMPLETED))
+                await stop.wait_for(asyncio.wait({put, woke}, return_when=asyncio.FIRST_COMPLETED))
             finally:
                 woke.cancel()
                 if not put.done():
@@ -102,9 +102,16 @@ class ProposalQueue:
 class Producer:
     """Makes deduplicated proposals from the parent the worker follows."""
 
-    def __init__(self, deps: WorkerDeps, who: WorkerIdentity, status: StatusBox,
-                 lineage: Lineage, queue: ProposalQueue, proposer: Proposer,
-                 idle_proposer: Proposer | None) -> None:
+    def __init__(
+        self,
+        deps: WorkerDeps,
+        who: WorkerIdentity,
+        status: StatusBox,
+        lineage: Lineage,
+        queue: ProposalQueue,
+        proposer: Proposer,
+        idle_proposer: Proposer | None,
+    ) -> None:
         self._deps = deps
         self._who = who
         self._status = status
@@ -143,18 +150,22 @@ class Producer:
     def _context(self, history: list[Result]) -> ProposalContext:
         deps = self._deps
         lineage = self._lineage
-        seed = deps.config.proposer_seed or (hash((deps.agent_id, self._who.index))
-                                             & 0x7FFFFFFF)
+        seed = deps.config.proposer_seed or (hash((deps.agent_id, self._who.index)) & 0x7FFFFFFF)
         tier, parent_hash, parent_src = self._who.tier, lineage.hash, lineage.train_py
 
         def is_duplicate(description: str, train_py: str) -> bool:
-            return deps.dedup.is_duplicate(tier, description, train_py, parent_hash,
-                                           parent_src)
+            return deps.dedup.is_duplicate(tier, description, train_py, parent_hash, parent_src)
 
         return ProposalContext(
-            best_train_py=parent_src, parent_hash=parent_hash, track=deps.track, tier=tier,
-            agent_id=deps.agent_id, worker_index=self._who.index, memory=deps.memory,
-            history=history, is_duplicate=is_duplicate,
+            best_train_py=parent_src,
+            parent_hash=parent_hash,
+            track=deps.track,
+            tier=tier,
+            agent_id=deps.agent_id,
+            worker_index=self._who.index,
+            memory=deps.memory,
+            history=history,
+            is_duplicate=is_duplicate,
             seed=seed + self._status.value.runs,  # varies with the worker's finished runs
             best_val_bpb=lineage.val,
         )
@@ -170,8 +181,10 @@ class Producer:
             if self._lineage.take_baseline():
                 slow = False
                 proposal = Proposal(
-                    train_py=deps.seed_train_py, description=BASELINE_DESCRIPTION,
-                    parent_hash="", proposer="baseline",
+                    train_py=deps.seed_train_py,
+                    description=BASELINE_DESCRIPTION,
+                    parent_hash="",
+                    proposer="baseline",
                     rationale="first run of this track and tier: the unmodified train.py",
                 )
             else:
@@ -181,13 +194,18 @@ class Producer:
                 chash = code_hash(proposal.train_py)
             except TrainPyError as exc:
                 raise ProposerError(f"proposal does not parse: {exc}") from exc
-            verdict = await deps.dedup.check(self._who.tier, proposal, chash,
-                                             parent_train_py=self._lineage.train_py)
+            verdict = await deps.dedup.check(
+                self._who.tier, proposal, chash, parent_train_py=self._lineage.train_py
+            )
         if verdict is not None:
             deps.counters.bump("duplicates_skipped")
-            log.info("proposal_duplicate", description=proposal.description,
-                     layer=verdict.layer, match=verdict.match_key,
-                     score=round(float(verdict.score or 0.0), 3))
+            log.info(
+                "proposal_duplicate",
+                description=proposal.description,
+                layer=verdict.layer,
+                match=verdict.match_key,
+                score=round(float(verdict.score or 0.0), 3),
+            )
             return None
         return Queued(proposal, chash, self._lineage.val, slow)
 
@@ -206,8 +224,9 @@ class Producer:
             limits = [max(0.0, idle_at - time.monotonic())] if use_idle else []
             if poll_s is not None:
                 limits.append(poll_s)
-            item = await deps.stop.wait_for(self._queue.get(),
-                                            limit_s=min(limits) if limits else None)
+            item = await deps.stop.wait_for(
+                self._queue.get(), limit_s=min(limits) if limits else None
+            )
             if item is None and use_idle and time.monotonic() >= idle_at:
                 item = await self._idle_fallback()
                 self._waiting_since = None  # (none made: wait another idle_fallback_s)
@@ -228,6 +247,9 @@ class Producer:
             log.warning("idle_fallback_failed", error=str(exc)[:300])
             return None
         if item is not None:
-            log.info("idle_fallback_used", proposer=self._proposer.name,
-                     description=item.proposal.description)
+            log.info(
+                "idle_fallback_used",
+                proposer=self._proposer.name,
+                description=item.proposal.description,
+            )
         return item

@@ -55,9 +55,17 @@ def _seed_of(train_py: str) -> int | None:
     return None
 
 
-def build_result(item: Queued, outcome: RunOutcome, status: str, *, origin: ResultOrigin,
-                 parent_train_py: str, parent_val: float | None, completed_at: float,
-                 seed: int | None = None) -> Result:
+def build_result(
+    item: Queued,
+    outcome: RunOutcome,
+    status: str,
+    *,
+    origin: ResultOrigin,
+    parent_train_py: str,
+    parent_val: float | None,
+    completed_at: float,
+    seed: int | None = None,
+) -> Result:
     """The result record of a finished run (no I/O, nothing changed).
 
     ``parent_val`` is the parent's val_bpb (for ``delta``); the changes are read from the
@@ -72,12 +80,20 @@ def build_result(item: Queued, outcome: RunOutcome, status: str, *, origin: Resu
     val = s.val_bpb if s is not None else None
     delta = (val - parent_val) if (val is not None and parent_val is not None) else None
     return Result(
-        agent_id=origin.agent_id, status=status, description=proposal.description,
-        train_py=proposal.train_py, val_bpb=val,
+        agent_id=origin.agent_id,
+        status=status,
+        description=proposal.description,
+        train_py=proposal.train_py,
+        val_bpb=val,
         memory_gb=round(s.peak_vram_mb / 1024.0, 2) if s is not None else None,
-        completed_at=completed_at, vram_tier=origin.tier, track=origin.track,
-        parent_hash=proposal.parent_hash, code_hash=item.code_hash, gpu_name=origin.gpu_name,
-        host=origin.host, seed=seed if seed is not None else _seed_of(proposal.train_py),
+        completed_at=completed_at,
+        vram_tier=origin.tier,
+        track=origin.track,
+        parent_hash=proposal.parent_hash,
+        code_hash=item.code_hash,
+        gpu_name=origin.gpu_name,
+        host=origin.host,
+        seed=seed if seed is not None else _seed_of(proposal.train_py),
         prepare_hash=outcome.prepare_hash,
         num_steps=s.num_steps if s is not None else None,
         total_tokens_M=s.total_tokens_M if s is not None else None,
@@ -86,17 +102,27 @@ def build_result(item: Queued, outcome: RunOutcome, status: str, *, origin: Resu
         peak_vram_mb=s.peak_vram_mb if s is not None else None,
         failure=outcome.failure,
         log_tail="" if outcome.status == "ok" else outcome.log_tail[-4000:],
-        changes=dict(changes), proposer=proposal.proposer, delta=delta,
-        sandbox=outcome.sandbox, wall_s=round(outcome.wall_s, 3) if outcome.wall_s else None,
+        changes=dict(changes),
+        proposer=proposal.proposer,
+        delta=delta,
+        sandbox=outcome.sandbox,
+        wall_s=round(outcome.wall_s, 3) if outcome.wall_s else None,
     )
 
 
 class ResultPublisher:
     """Judges and publishes the finished runs of one worker."""
 
-    def __init__(self, deps: WorkerDeps, who: WorkerIdentity, status: StatusBox,
-                 lineage: Lineage, claims: Claims, confirmations: Confirmations,
-                 proposers: tuple[Proposer, Proposer | None]) -> None:
+    def __init__(
+        self,
+        deps: WorkerDeps,
+        who: WorkerIdentity,
+        status: StatusBox,
+        lineage: Lineage,
+        claims: Claims,
+        confirmations: Confirmations,
+        proposers: tuple[Proposer, Proposer | None],
+    ) -> None:
         self._deps = deps
         self._who = who
         self._status = status
@@ -107,21 +133,28 @@ class ResultPublisher:
         self._origin = ResultOrigin(deps.agent_id, deps.host, deps.track, who.tier, who.gpu_name)
         self.runs = 0
 
-    def _result(self, item: Queued, outcome: RunOutcome, status: str,
-                seed: int | None) -> Result:
+    def _result(self, item: Queued, outcome: RunOutcome, status: str, seed: int | None) -> Result:
         deps = self._deps
         parent_val = item.parent_val
         if parent_val is None and item.proposal.parent_hash:
             parent_val = deps.known_vals.get(item.proposal.parent_hash)
-        result = build_result(item, outcome, status, origin=self._origin,
-                              parent_train_py=self._lineage.train_py, parent_val=parent_val,
-                              completed_at=deps.clock(), seed=seed)
+        result = build_result(
+            item,
+            outcome,
+            status,
+            origin=self._origin,
+            parent_train_py=self._lineage.train_py,
+            parent_val=parent_val,
+            completed_at=deps.clock(),
+            seed=seed,
+        )
         if result.val_bpb is not None and status != "invalid":
             deps.known_vals[item.code_hash] = result.val_bpb
         return result
 
-    async def _decide(self, result: Result, *, confirming: bool = False
-                      ) -> tuple[str, BestDecision | None]:
+    async def _decide(
+        self, result: Result, *, confirming: bool = False
+    ) -> tuple[str, BestDecision | None]:
         """keep when the result becomes the best of its track and tier."""
         deps = self._deps
         try:
@@ -131,13 +164,17 @@ class ResultPublisher:
                 book, policy = deps.memory.candidates, trust_policy(deps.config)
                 if confirming:
                     deps.counters.bump("confirmations")
-                decision = await (book.confirm(candidate, policy) if confirming
-                                  else book.propose(candidate, policy))
+                decision = await (
+                    book.confirm(candidate, policy)
+                    if confirming
+                    else book.propose(candidate, policy)
+                )
             elif confirming:
                 decision = await deps.memory.confirm_best(candidate)
             else:
-                decision = await deps.memory.propose_best(candidate,
-                                                          noise_margin=deps.config.noise_margin)
+                decision = await deps.memory.propose_best(
+                    candidate, noise_margin=deps.config.noise_margin
+                )
         except MemoryStoreError as exc:
             # offline: judge against what we know; the best record is not touched (the
             # outbox judges it again when it replays the result)
@@ -145,54 +182,90 @@ class ResultPublisher:
             log.warning("best_decision_offline", error=str(exc))
             parent_val = self._lineage.val
             better = parent_val is None or (
-                result.val_bpb is not None and result.val_bpb < parent_val)
+                result.val_bpb is not None and result.val_bpb < parent_val
+            )
             return ("keep" if better else "discard"), None
         return ("keep" if decision.moved or decision.candidate else "discard"), decision
 
-    async def judge(self, item: Queued, outcome: RunOutcome, seed: int | None = None,
-                    *, confirming: bool = False) -> tuple[Result, BestDecision | None]:
+    async def judge(
+        self,
+        item: Queued,
+        outcome: RunOutcome,
+        seed: int | None = None,
+        *,
+        confirming: bool = False,
+    ) -> tuple[Result, BestDecision | None]:
         """The published form of a run's outcome, and the best decision (ok runs only)."""
         if outcome.status == "ok" and outcome.summary is not None:
             result = self._result(item, outcome, "discard", seed)
             status, decision = await self._decide(result, confirming=confirming)
             self_only = decision is not None and decision.verification == "self-verified"
-            in_trial = bool(decision and (decision.candidate or (
-                confirming and self._deps.config.verified_bests)))
-            return replace(result, status=status,
-                           verified=confirming and status == "keep" and not self_only,
-                           extra={**result.extra, "candidate": True} if in_trial
-                           else result.extra), decision
+            in_trial = bool(
+                decision
+                and (decision.candidate or (confirming and self._deps.config.verified_bests))
+            )
+            return replace(
+                result,
+                status=status,
+                verified=confirming and status == "keep" and not self_only,
+                extra={**result.extra, "candidate": True} if in_trial else result.extra,
+            ), decision
         if outcome.status == "invalid":  # never kept, never a metric: the reason says why
             log.warning("result_invalid", reason=outcome.message)
-            return replace(self._result(item, outcome, "invalid", seed), val_bpb=None,
-                           delta=None, reason=outcome.message[:2000]), None
+            return replace(
+                self._result(item, outcome, "invalid", seed),
+                val_bpb=None,
+                delta=None,
+                reason=outcome.message[:2000],
+            ), None
         status = "timeout" if outcome.status == "timeout" else "crash"
         return self._result(item, outcome, status, seed), None
 
-    async def decide_and_publish(self, item: Queued, claim: Claim, outcome: RunOutcome,
-                                 seed: int | None = None, confirming: bool = False) -> None:
+    async def decide_and_publish(
+        self,
+        item: Queued,
+        claim: Claim,
+        outcome: RunOutcome,
+        seed: int | None = None,
+        confirming: bool = False,
+    ) -> None:
         result, decision = await self.judge(item, outcome, seed, confirming=confirming)
         await self._finish(item, claim, outcome, result, decision)
-        if (confirming or decision is None or not decision.needs_confirmation
-                or self._deps.config.verified_bests):  # candidates: confirmed via the memory
+        if (
+            confirming
+            or decision is None
+            or not decision.needs_confirmation
+            or self._deps.config.verified_bests
+        ):  # candidates: confirmed via the memory
             return
         self._confirmations.schedule(item, result, decision)
 
-    async def after_run(self, item: Queued, claim: Claim, outcome: RunOutcome,
-                        seed: int | None, confirming: bool) -> None:
+    async def after_run(
+        self, item: Queued, claim: Claim, outcome: RunOutcome, seed: int | None, confirming: bool
+    ) -> None:
         """Judge and publish a finished run (runs while the GPU trains the next one)."""
         try:
             await self.decide_and_publish(item, claim, outcome, seed, confirming)
         except Exception as exc:  # supervision edge of publishing one result: log, go on
-            log.exception("publish_failed", description=item.proposal.description,
-                          error=repr(exc), error_type=type(exc).__name__)
+            log.exception(
+                "publish_failed",
+                description=item.proposal.description,
+                error=repr(exc),
+                error_type=type(exc).__name__,
+            )
         finally:
             await self._claims.settle(item, claim, idle=False)
             if confirming:
                 self._confirmations.ended(item)
 
-    async def _finish(self, item: Queued, claim: Claim, outcome: RunOutcome, result: Result,
-                      decision: BestDecision | None) -> None:
+    async def _finish(
+        self,
+        item: Queued,
+        claim: Claim,
+        outcome: RunOutcome,
+        result: Result,
+        decision: BestDecision | None,
+    ) -> None:
         """Publish a judged result and update everything that follows from it."""
         deps = self._deps
         # from here the outbox owns the result (written ahead, replayed after a crash): a
@@ -204,8 +277,12 @@ class ResultPublisher:
         if self._who.gpu_index is not None and deps.pool is not None and outcome.status == "ok":
             deps.pool.record_success(self._who.gpu_index)
         log.info(
-            "experiment_finished", status=result.status, val_bpb=result.val_bpb,
-            failure=result.failure, description=result.description, key=key,
+            "experiment_finished",
+            status=result.status,
+            val_bpb=result.val_bpb,
+            failure=result.failure,
+            description=result.description,
+            key=key,
             reason=decision.reason if decision else None,
             needs_confirmation=bool(decision and decision.needs_confirmation),
         )
@@ -223,19 +300,34 @@ class ResultPublisher:
             await deps.results_log.append(result)
         except OSError as exc:
             log.error("results_log_failed", error=str(exc))
-        await deps.dedup.add_known(self._who.tier, item.proposal, item.code_hash,
-                                   result.key or claim.key,
-                                   parent_train_py=self._lineage.train_py)
+        await deps.dedup.add_known(
+            self._who.tier,
+            item.proposal,
+            item.code_hash,
+            result.key or claim.key,
+            parent_train_py=self._lineage.train_py,
+        )
         deps.view.add(result)
         deps.counters.add_result(result.status)
         if result.sandbox == "none":
-            log.warning("result_unsandboxed", key=result.key,
-                        note="this run was not isolated (sandbox = none)")
+            log.warning(
+                "result_unsandboxed",
+                key=result.key,
+                note="this run was not isolated (sandbox = none)",
+            )
         self.runs += 1
         self._lineage.runs_since_adopt += 1
-        self._status.update(runs=self.runs, last_result=LastResult(
-            key=result.key, status=result.status, description=result.description,
-            val_bpb=result.val_bpb, failure=result.failure, finished_at=deps.clock()))
+        self._status.update(
+            runs=self.runs,
+            last_result=LastResult(
+                key=result.key,
+                status=result.status,
+                description=result.description,
+                val_bpb=result.val_bpb,
+                failure=result.failure,
+                finished_at=deps.clock(),
+            ),
+        )
 
     async def _tell_proposers(self, proposal: Proposal, result: Result) -> None:
         try:
@@ -248,8 +340,11 @@ class ResultPublisher:
     async def _publish(self, result: Result, *, decided: bool = True) -> str:
         deps = self._deps
         if deps.publisher is not None:  # durable: written ahead, replayed when deferred
-            return str(await deps.publisher.publish(
-                result, decided=decided, noise_margin=deps.config.noise_margin))
+            return str(
+                await deps.publisher.publish(
+                    result, decided=decided, noise_margin=deps.config.noise_margin
+                )
+            )
         try:
             return str(await deps.memory.publish_result(result))
         except (TransportError, ServerError) as exc:
@@ -262,16 +357,26 @@ class ResultPublisher:
         while leftovers:
             left = leftovers.pop(0)
             if left.outcome is None:
-                log.info("leftover_run_abandoned", workdir=str(left.workdir),
-                         description=left.meta.description)
+                log.info(
+                    "leftover_run_abandoned",
+                    workdir=str(left.workdir),
+                    description=left.meta.description,
+                )
                 await asyncio.to_thread(mark_finished, left.workdir, "abandoned")
                 continue
-            proposal = Proposal(train_py=left.train_py, description=left.meta.description,
-                                parent_hash=left.meta.parent_hash, proposer=left.meta.proposer)
+            proposal = Proposal(
+                train_py=left.train_py,
+                description=left.meta.description,
+                parent_hash=left.meta.parent_hash,
+                proposer=left.meta.proposer,
+            )
             item = Queued(proposal, left.meta.code_hash, parent_val=None, slow=False)
             claim = await self._claims.claim(item, quiet=True) or self._claims.local(item)
-            log.info("leftover_run_harvested", workdir=str(left.workdir),
-                     description=left.meta.description)
+            log.info(
+                "leftover_run_harvested",
+                workdir=str(left.workdir),
+                description=left.meta.description,
+            )
             try:
                 await self.decide_and_publish(item, claim, left.outcome, left.meta.seed)
             finally:

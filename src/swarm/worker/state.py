@@ -30,13 +30,17 @@ class WorkerIdentity:
 class StatusBox:
     """The worker's current :class:`WorkerStatus`, changed in one place."""
 
-    def __init__(self, who: WorkerIdentity, proposer: Proposer,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, who: WorkerIdentity, proposer: Proposer, clock: Callable[[], float]) -> None:
         self._proposer = proposer
         self._clock = clock
         self.value = WorkerStatus(
-            index=who.index, gpu_index=who.gpu_index, gpu_name=who.gpu_name, tier=who.tier,
-            state="idle", state_since=clock(), proposer=proposer.name,
+            index=who.index,
+            gpu_index=who.gpu_index,
+            gpu_name=who.gpu_name,
+            tier=who.tier,
+            state="idle",
+            state_since=clock(),
+            proposer=proposer.name,
             proposer_active=proposer.name,
         )
 

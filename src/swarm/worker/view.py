@@ -18,13 +18,22 @@ if TYPE_CHECKING:
 __all__ = ["SwarmView"]
 
 log = get_logger(__name__)
+
+
 class SwarmView:
     """Cached view of the swarm's results per tier for proposers (refreshed at most every
     ``ttl_s``; this machine's own results are added at once)."""
 
-    def __init__(self, memory: SwarmMemory, track: str, *, ttl_s: float = 10.0,
-                 limit: int = 300, clock: Callable[[], float] = time.monotonic,
-                 feed: ResultFeed | None = None) -> None:
+    def __init__(
+        self,
+        memory: SwarmMemory,
+        track: str,
+        *,
+        ttl_s: float = 10.0,
+        limit: int = 300,
+        clock: Callable[[], float] = time.monotonic,
+        feed: ResultFeed | None = None,
+    ) -> None:
         self.memory = memory
         self.feed = feed  # incremental (None: list every result)
         self.track = track
@@ -64,4 +73,4 @@ class SwarmView:
         tier = result.vram_tier or "cpu"
         known = self._history.setdefault(tier, [])
         known.insert(0, result)
-        del known[self.limit:]
+        del known[self.limit :]
