@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Literal
 
 from swarm._logging import get_logger
@@ -152,15 +152,15 @@ class ClaimAhead:
         self._phase = "done"
         self.released_stale = 0  # claims given back because their parent was superseded
 
-    async def run(self, other_due: Callable[[], Awaitable[bool]]) -> None:
+    async def run(self, skip: Callable[[], bool]) -> None:
         """While the current run trains: take the next proposal and claim it (heartbeated
-        until it runs), unless ``other_due()`` says the next run is something else (a
+        until it runs), unless ``skip()`` says the next run is something else (a
         confirmation). Never raises: a failure only means the next run claims as usual."""
         deps = self._deps
         self._phase = "waiting"
         try:
             await asyncio.sleep(min(1.0, deps.budget_s / 10))  # let the run start first
-            if deps.stop.stopping.is_set() or deps.slots.exhausted or await other_due():
+            if skip() or deps.stop.stopping.is_set() or deps.slots.exhausted:
                 return
             item = await self._queue.get()
             self._phase = "claiming"  # from here on, finish rather than cancel

@@ -89,7 +89,6 @@ class Worker:
         )
         self._publishing: asyncio.Task[None] | None = None
         self._improving = False  # the last run beat the parent it was built on
-        self._looked_ahead = False  # candidates to confirm were looked for during the run
         self._last_run_end: float | None = None
         #: seconds this worker's GPU spent in runs (the swarm_gpu_busy_seconds metric)
         self.busy_s = 0.0
@@ -199,9 +198,7 @@ class Worker:
             # whether the claim taken ahead (built on the old best) is still worth running;
             # the GPU waits for it at most 1 % of a run
             await asyncio.wait({self._publishing}, timeout=self.deps.budget_s * _DECISION_WAIT)
-        if not self._looked_ahead:  # (else looked for while the last run trained)
-            await self.confirmations.take_open()  # confirmation work comes first
-        self._looked_ahead = False
+        await self.confirmations.take_open()  # confirmation work comes first
         if self.confirmations:
             item, seed = self.confirmations.pop()
             return item, None, seed
@@ -257,7 +254,7 @@ class Worker:
             )
         handed_over = False
         preclaim = publishers.create_task(
-            self.ahead.run(self._confirmation_due), name=f"preclaim-{self.index}"
+            self.ahead.run(lambda: bool(self.confirmations)), name=f"preclaim-{self.index}"
         )
         try:
             outcome = await self._train(item, claim, seed)
@@ -293,13 +290,6 @@ class Worker:
                 await self.claims.settle(item, claim)
                 if confirming:
                     self.confirmations.ended(item)
-
-    async def _confirmation_due(self) -> bool:
-        """Look for a candidate to confirm while the current run trains (off the path
-        between two runs); True when the next run is a confirmation."""
-        await self.confirmations.take_open()
-        self._looked_ahead = True
-        return bool(self.confirmations)
 
     async def _gpu_ready(self) -> bool:
         """Wait until the GPU can take a run (no foreign process, memory free)."""
