@@ -1,8 +1,10 @@
-"""The built-in search proposer: single-constant mutations that learn from the swarm.
+"""The built-in search proposer: changes of the constants block that learn from the swarm.
 
 No LLM. From the current best train.py of a track and tier it proposes one change of
-the constants block at a time, chosen by what the swarm's results (same track and tier)
-say:
+the constants block at a time (one constant, a carried-over improvement, or -- once the
+single moves around a parent ran out -- a pair of constants), chosen by what the swarm's
+results (same track and tier) say. The candidate moves are built in
+:mod:`swarm.proposers._search_moves`:
 
 * **evidence per coordinate** -- every result that changed a constant gives a signed
   improvement (``-delta``, the drop of val_bpb from its parent) in the direction it
