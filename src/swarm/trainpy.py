@@ -24,6 +24,7 @@ them, ``apply_changes`` rewrites values in place (comments and layout kept), and
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import math
 import operator
@@ -157,6 +158,11 @@ def block_lines(lines: list[str]) -> tuple[int, int]:
 
 def constants_block(source: str) -> list[Constant]:
     """The constants of the block, in file order. Raises ``TrainPyError`` when absent."""
+    return list(_constants_block(source))
+
+
+@functools.lru_cache(maxsize=128)  # proposers read the same parent for every proposal
+def _constants_block(source: str) -> tuple[Constant, ...]:
     tree = parse_train_py(source)
     lines = source.splitlines()
     start, end = block_lines(lines)
@@ -190,7 +196,7 @@ def constants_block(source: str) -> list[Constant]:
         out.append(Constant(name, value, seg, node.lineno, comment))
     if not out:
         raise TrainPyError("the constants block of train.py holds no UPPER_CASE assignments")
-    return out
+    return tuple(out)
 
 
 def constants(source: str) -> dict[str, Value]:
@@ -232,20 +238,18 @@ def apply_changes(source: str, changes: Mapping[str, Value]) -> str:
         raise TrainPyError(
             f"not in the constants block: {', '.join(unknown)} (known: {', '.join(block)})"
         )
-    tree = parse_train_py(source)
+    spans = _assign_spans(source)
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, int, int, str]] = []  # (line0, col0, end_col, text)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id in changes:
-            name = node.targets[0].id
-            if block.get(name) is None or block[name].line != node.lineno:
-                continue
-            if node.end_lineno != node.lineno:
-                raise TrainPyError(f"constant {name} spans several lines; cannot edit it safely")
-            text = format_value(changes[name], like=block[name].source)
-            edits.append((node.lineno - 1, node.value.col_offset,
-                           node.value.end_col_offset or 0, text))
+    for name in changes:
+        span = spans.get((name, block[name].line))
+        if span is None:
+            continue
+        end_line, col0, col1 = span
+        if end_line != block[name].line:
+            raise TrainPyError(f"constant {name} spans several lines; cannot edit it safely")
+        text = format_value(changes[name], like=block[name].source)
+        edits.append((block[name].line - 1, col0, col1, text))
     for line0, col0, col1, text in sorted(edits, reverse=True):
         raw = lines[line0].encode("utf-8")
         new = raw[:col0] + text.encode("utf-8") + raw[col1:]
@@ -253,6 +257,20 @@ def apply_changes(source: str, changes: Mapping[str, Value]) -> str:
     result = "".join(lines)
     parse_train_py(result)
     return result
+
+
+@functools.lru_cache(maxsize=128)
+def _assign_spans(source: str) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """(name, line) -> (end line, value column, value end column) of every module-level
+    single-name assignment (read-only: the cache shares it)."""
+    spans: dict[tuple[str, int], tuple[int, int, int]] = {}
+    for node in parse_train_py(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            spans[(node.targets[0].id, node.lineno)] = (
+                node.end_lineno or node.lineno, node.value.col_offset,
+                node.value.end_col_offset or 0)
+    return spans
 
 
 def diff_constants(parent: str, child: str) -> dict[str, tuple[Value, Value]]:
@@ -328,6 +346,7 @@ def normalise_source(source: str) -> str:
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
+@functools.lru_cache(maxsize=256)  # a proposal is hashed by its proposer, worker and dedup
 def code_hash(source: str) -> str:
     """Identity of a train.py: SHA-256 hex of its normalised AST."""
     return hashlib.sha256(normalise_source(source).encode("utf-8")).hexdigest()

@@ -76,7 +76,7 @@ class TierDedup:
         cand = self._candidate_raw(description, train_py, parent_hash, parent_train_py)
         try:
             return self._get(tier).check(cand).duplicate
-        except (DedupError, SystemError):  # SystemError: CPython 3.11 gh-106905
+        except DedupError:
             return False
 
     def _candidate_raw(self, description: str, train_py: str, parent_hash: str | None,
@@ -103,7 +103,7 @@ class TierDedup:
             return Verdict(True, "exact", taken, 1.0, "same code as a known experiment")
         try:
             verdict = await self._get(tier).acheck(self._candidate(proposal, parent_train_py))
-        except (DedupError, SystemError) as exc:  # SystemError: gh-106905
+        except DedupError as exc:
             log.warning("dedup_unavailable", tier=tier, error=str(exc))
             verdict = None
         if verdict is not None and verdict.duplicate:
@@ -126,7 +126,7 @@ class TierDedup:
         with self._lock:
             self._live.setdefault(tier, {})[chash] = key
             self._reserved.get(tier, set()).discard(chash)
-        with contextlib.suppress(DedupError, SystemError):
+        with contextlib.suppress(DedupError):
             await self._get(tier).aadd(self._candidate(proposal, parent_train_py), key,
                                        live=True)
 
@@ -134,7 +134,7 @@ class TierDedup:
         with self._lock:
             key = self._live.get(tier, {}).pop(chash, None)
         if key:
-            with contextlib.suppress(DedupError, SystemError):
+            with contextlib.suppress(DedupError):
                 self._get(tier).remove(key)
 
     async def add_known(self, tier: str, item: Proposal | Result, chash: str, key: str, *,
@@ -146,7 +146,7 @@ class TierDedup:
             self._known.setdefault(tier, {})[chash] = key
             if item.train_py:
                 self._sources.setdefault(chash, item.train_py)
-        with contextlib.suppress(DedupError, SystemError):
+        with contextlib.suppress(DedupError):
             await self._get(tier).aadd(self._candidate(item, parent_train_py), key)
 
     async def load(self, results: list[Result]) -> int:
