@@ -57,6 +57,8 @@ class OutboxEntry:
     kind: Literal["result", "release"]
     result: Result | None = None
     claim: Claim | None = None
+    #: a release of a published experiment: its lock ends as done
+    result_key: str | None = None
     decided: bool = True
     confirming: bool = False
     noise_margin: float = 0.0
@@ -74,7 +76,8 @@ def _entry_from(op: dict[str, Any]) -> OutboxEntry | None:
                            noise_margin=float(op.get("noise_margin") or 0.0))
     if kind == "release" and isinstance(op.get("claim"), dict):
         return OutboxEntry(ident, "release",
-                           claim=Claim.from_json(str(op.get("claim_key") or ""), op["claim"]))
+                           claim=Claim.from_json(str(op.get("claim_key") or ""), op["claim"]),
+                           result_key=str(op["result_key"]) if op.get("result_key") else None)
     return None
 
 
@@ -177,10 +180,11 @@ class Outbox:
                            "confirming": confirming, "noise_margin": noise_margin})
         return ident
 
-    async def add_release(self, claim: Claim) -> str:
+    async def add_release(self, claim: Claim, result_key: str | None = None) -> str:
         ident = uuid.uuid4().hex
         await self._write({"op": "add", "id": ident, "kind": "release",
-                           "claim": claim.to_json(), "claim_key": claim.key})
+                           "claim": claim.to_json(), "claim_key": claim.key,
+                           **({"result_key": result_key} if result_key else {})})
         return ident
 
     async def mark_decided(self, ident: str, result: Result) -> None:
@@ -258,14 +262,16 @@ class Publisher:
                   saved_to=str(path))
         await self.outbox.mark_done(ident)
 
-    async def release(self, claim: Claim) -> None:
-        """Release ``claim``; queued for a retry when the memory is away."""
+    async def release(self, claim: Claim, *, result_key: str | None = None) -> None:
+        """Release ``claim`` (done, when ``result_key`` names its published result); queued
+        for a retry when the memory is away."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.memory.release(claim)), timeout=15)
+            await asyncio.wait_for(
+                asyncio.shield(self.memory.release(claim, result_key=result_key)), timeout=15)
         except (MemoryStoreError, TimeoutError) as exc:
             self._transient(exc, where="release")
             log.warning("claim_release_deferred", claim=claim.key, error=str(exc))
-            await self.outbox.add_release(claim)
+            await self.outbox.add_release(claim, result_key)
 
     async def _decide(self, result: Result, confirming: bool, margin: float) -> Result:
         """Judge a result the live path could only judge offline (as the worker does)."""
@@ -281,7 +287,7 @@ class Publisher:
         if entry.kind == "release":
             assert entry.claim is not None
             try:
-                await self.memory.release(entry.claim)
+                await self.memory.release(entry.claim, result_key=entry.result_key)
                 log.info("claim_release_replayed", claim=entry.claim.key)
             except MemoryStoreError as exc:
                 if classify(exc).reaction is Reaction.TRANSIENT:

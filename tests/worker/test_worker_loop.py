@@ -8,6 +8,7 @@ from pathlib import Path
 
 from worker_support import SOURCE, val_of, worker_rig
 
+from swarm import keys
 from swarm.namespace import SwarmMemory
 from swarm.records import Result
 from swarm.trainpy import apply_changes, code_hash, constants
@@ -169,3 +170,30 @@ async def test_abort_cancels_the_run_and_releases_its_claim(tmp_path: Path) -> N
         assert rig.deps.stop.aborted_runs == 1
         assert await memory.results(track=track) == []
         assert await _live_hashes(memory, track) == set()
+
+
+async def test_a_published_experiment_is_done_and_a_given_back_one_is_free(
+        tmp_path: Path) -> None:
+    """After a stop, a rival agent that has not seen the published result cannot claim that
+    experiment (its lock is done), while the experiment claimed ahead and given back is free."""
+    steps = [{"MATRIX_LR": 0.03}]
+    async with worker_rig(tmp_path, steps) as rig:
+        memory, track = rig.deps.memory, rig.deps.track
+        ahead = code_hash(apply_changes(SOURCE, steps[0]))
+        rig.start()
+        await rig.trainer.wait_started(1)
+        await rig.wait_for(lambda: _claimed(memory, track, ahead))
+        rig.deps.stop.request_stop("test")
+        rig.trainer.allow(1)
+        await rig.finish()
+        [published] = await memory.results(track=track)
+        rival = SwarmMemory(memory.backend, agent_id="rival", host="elsewhere",
+                            embed_records=False)
+        ran = await rival.try_claim(parent_hash=published.parent_hash,
+                                    code_hash=published.code_hash, description="again",
+                                    track=track, tier="cpu")
+        assert not ran.won and ran.reason == "done by tester"
+        free = await rival.try_claim(parent_hash=code_hash(SOURCE), code_hash=ahead,
+                                     description="given back", track=track, tier="cpu")
+        assert free.won and free.claim is not None
+        assert keys.lock_generation(free.claim.lock_key) == 2  # the worker's generation 1 freed

@@ -113,21 +113,28 @@ class Claims:
             claimed_at=deps.clock(),
         )
 
-    async def release(self, claim: Claim) -> None:
+    async def release(self, claim: Claim, *, result_key: str | None = None) -> None:
+        """Release ``claim``; with ``result_key`` (published) its experiment is done."""
         if not claim.lock_key:
             return  # a local (offline) claim
-        if self._deps.publisher is not None:
-            await self._deps.publisher.release(claim)  # queued for a retry when it fails
+        if self._deps.publisher is not None:  # queued for a retry when it fails
+            await self._deps.publisher.release(claim, result_key=result_key)
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._deps.memory.release(claim)), timeout=15)
+            await asyncio.wait_for(
+                asyncio.shield(self._deps.memory.release(claim, result_key=result_key)),
+                timeout=15,
+            )
         except (MemoryStoreError, TimeoutError) as exc:
             log.warning("claim_release_failed", claim=claim.key, error=str(exc))
 
-    async def settle(self, item: Queued, claim: Claim, *, idle: bool = True) -> None:
-        """The experiment is over for this machine: forget it as live, release the claim."""
+    async def settle(
+        self, item: Queued, claim: Claim, *, idle: bool = True, result_key: str | None = None
+    ) -> None:
+        """The experiment is over for this machine: forget it as live, release the claim
+        (done for good when its result was published as ``result_key``)."""
         self._deps.dedup.drop_live(self._who.tier, item.code_hash)
-        await self.release(claim)
+        await self.release(claim, result_key=result_key)
         if idle and self._status.state != "quarantined":
             self._status.set("idle", experiment_key=None, description=None, run_started_at=None)
 

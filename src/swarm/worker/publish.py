@@ -228,24 +228,28 @@ class ResultPublisher:
         outcome: RunOutcome,
         seed: int | None = None,
         confirming: bool = False,
-    ) -> None:
+    ) -> str:
+        """Judge and publish; returns the result's key ("" while it waits in the outbox)."""
         result, decision = await self.judge(item, outcome, seed, confirming=confirming)
-        await self._finish(item, claim, outcome, result, decision)
+        key = await self._finish(item, claim, outcome, result, decision)
         if (
             confirming
             or decision is None
             or not decision.needs_confirmation
             or self._deps.config.verified_bests
         ):  # candidates: confirmed via the memory
-            return
+            return key
         self._confirmations.schedule(item, result, decision)
+        return key
 
     async def after_run(
         self, item: Queued, claim: Claim, outcome: RunOutcome, seed: int | None, confirming: bool
     ) -> None:
-        """Judge and publish a finished run (runs while the GPU trains the next one)."""
+        """Judge and publish a finished run (runs while the GPU trains the next one); the
+        claim of a published experiment ends as done (never run again by anyone)."""
+        key = ""
         try:
-            await self.decide_and_publish(item, claim, outcome, seed, confirming)
+            key = await self.decide_and_publish(item, claim, outcome, seed, confirming)
         except Exception as exc:  # supervision edge of publishing one result: log, go on
             log.exception(
                 "publish_failed",
@@ -254,7 +258,7 @@ class ResultPublisher:
                 error_type=type(exc).__name__,
             )
         finally:
-            await self._claims.settle(item, claim, idle=False)
+            await self._claims.settle(item, claim, idle=False, result_key=key or None)
             if confirming:
                 self._confirmations.ended(item)
 
@@ -265,8 +269,8 @@ class ResultPublisher:
         outcome: RunOutcome,
         result: Result,
         decision: BestDecision | None,
-    ) -> None:
-        """Publish a judged result and update everything that follows from it."""
+    ) -> str:
+        """Publish a judged result and update everything that follows from it; its key."""
         deps = self._deps
         # from here the outbox owns the result (written ahead, replayed after a crash): a
         # restart must not harvest the run's scratch dir as well
@@ -292,6 +296,7 @@ class ResultPublisher:
         if result.status == "keep":
             self._lineage.follow(item.proposal.train_py, item.code_hash, result.val_bpb)
         await self._lineage.adopt_best()
+        return key
 
     async def _record(self, item: Queued, claim: Claim, result: Result) -> None:
         """results.tsv/jsonl, the deduplicator, the view, the counters and the status."""
@@ -377,8 +382,9 @@ class ResultPublisher:
                 workdir=str(left.workdir),
                 description=left.meta.description,
             )
+            key = ""
             try:
-                await self.decide_and_publish(item, claim, left.outcome, left.meta.seed)
+                key = await self.decide_and_publish(item, claim, left.outcome, left.meta.seed)
             finally:
-                await self._claims.settle(item, claim, idle=False)
+                await self._claims.settle(item, claim, idle=False, result_key=key or None)
                 await asyncio.to_thread(mark_finished, left.workdir, "harvested")

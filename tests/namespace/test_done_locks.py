@@ -1,0 +1,127 @@
+"""An experiment is run once: a published experiment's lock is done for good, a claim stays
+held by its supervisor's beacon from claim to release (also while it waits for a GPU and
+while its result is published), and a confirmation claim never shares the original's record.
+Written as the racer that has not yet seen the result would try it."""
+
+from __future__ import annotations
+
+from ns_support import FakeClock, Swarm, experiment, no_sleep
+
+from swarm import keys
+from swarm.beacon import Beacon
+from swarm.namespace import SwarmMemory
+from swarm.records import DONE, Claim, decode_record
+
+LEASE = 90.0
+SCOPE = {"track": "standard", "tier": "xl"}
+
+
+async def claim(mem: SwarmMemory, i: int, **kw: object):  # type: ignore[no-untyped-def]
+    p, c = experiment(i)
+    return await mem.try_claim(parent_hash=p, code_hash=c, description=f"experiment {i}",
+                               **SCOPE, **kw)  # type: ignore[arg-type]
+
+
+async def beaconed(swarm: Swarm, agent: str, clock: FakeClock) -> SwarmMemory:
+    mem = await swarm.memory(agent, clock=clock, lease_s=LEASE, heartbeat_s=30.0, sleep=no_sleep)
+    mem.beacon = Beacon(mem)
+    return mem
+
+
+async def lock_record(mem: SwarmMemory, c: Claim) -> dict[str, object]:
+    got = await mem.backend.get([c.lock_key])
+    return decode_record(c.lock_key, got[c.lock_key].value)
+
+
+async def test_a_published_experiment_is_never_claimed_again(swarm: Swarm, clock: FakeClock) -> None:
+    """Released with its result key, the lock reads done: another agent loses the claim now and
+    an hour later, and learns who ran it."""
+    ada = await swarm.memory("ada", clock=clock, lease_s=LEASE)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    won = (await claim(ada, 1)).claim
+    assert won is not None
+    await ada.release(won, result_key="results/ada--experiment-1--abc123")
+    rec = await lock_record(ada, won)
+    assert rec["status"] == DONE and rec["result_key"] == "results/ada--experiment-1--abc123"
+    for wait in (0.0, 3600.0):
+        clock.advance(wait)
+        lost = await claim(bob, 1)
+        assert not lost.won and lost.holder is not None and lost.holder.agent_id == "ada"
+        assert lost.reason == "done by ada"
+    # nor by the author itself, nor through a takeover of its own "stale" session
+    again = await claim(await swarm.memory("ada", ada.backend, clock=clock, lease_s=LEASE), 1)
+    assert not again.won
+
+
+async def test_a_run_that_did_not_finish_frees_the_experiment(swarm: Swarm) -> None:
+    """Released without a result (stopped, infrastructure failure), the next claimer wins."""
+    ada = await swarm.memory("ada")
+    bob = await swarm.memory("bob")
+    won = (await claim(ada, 2)).claim
+    assert won is not None
+    await ada.release(won)
+    assert (await lock_record(ada, won))["status"] == "released"
+    assert (await claim(bob, 2)).won
+
+
+async def test_a_confirmation_lock_is_only_released(swarm: Swarm) -> None:
+    """A confirmation with a result key still frees its lock: another agent may confirm too."""
+    ada = await swarm.memory("ada")
+    bob = await swarm.memory("bob")
+    won = (await claim(ada, 3, kind="confirmation")).claim
+    assert won is not None and won.lock_key.startswith(keys.CONFIRM_LOCKS)
+    await ada.release(won, result_key="results/ada--confirm--1")
+    assert (await lock_record(ada, won))["status"] == "released"
+    assert (await claim(bob, 3, kind="confirmation")).won
+
+
+async def test_a_confirmation_claim_keeps_its_own_record(swarm: Swarm) -> None:
+    """Confirming its own experiment, an agent's two claims have two records: releasing the
+    original leaves the confirmation's claim visible to others."""
+    ada = await swarm.memory("ada")
+    bob = await swarm.memory("bob")
+    original = (await claim(ada, 4)).claim
+    confirming = (await claim(ada, 4, kind="confirmation")).claim
+    assert original is not None and confirming is not None
+    assert original.key != confirming.key
+    await ada.release(original)
+    assert [c.key for c in await bob.live_claims()] == [confirming.key]
+
+
+async def test_a_claim_ahead_stays_held_until_it_runs(swarm: Swarm, clock: FakeClock) -> None:
+    """Claimed ahead and waiting for a GPU past its own lease, the beacon still keeps it; after
+    its run and until its release as well; released, the beacon lets it go."""
+    ada = await beaconed(swarm, "ada", clock)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    ahead = (await claim(ada, 5)).claim
+    assert ahead is not None and ada.beacon is not None
+    for _ in range(5):  # 150 s waiting for the GPU, the beacon beating
+        clock.advance(30)
+        await ada.beacon.beat()
+    assert not (await claim(bob, 5)).won
+    async with ada.heartbeating(ahead):
+        clock.advance(30)
+        await ada.beacon.beat()
+    for _ in range(4):  # publishing slowly after the run
+        clock.advance(30)
+        await ada.beacon.beat()
+    assert not (await claim(bob, 5)).won
+    assert ahead.lock_key in ada.beacon.holding
+    await ada.release(ahead)
+    assert ahead.lock_key not in ada.beacon.holding
+    assert (await claim(bob, 5)).won
+
+
+async def test_a_forgotten_claim_is_let_go_after_two_leases(swarm: Swarm, clock: FakeClock) -> None:
+    """A won claim that never runs nor is released is dropped from the beacon after two leases
+    (a lost task must not block an experiment for the life of the supervisor)."""
+    ada = await beaconed(swarm, "ada", clock)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    forgotten = (await claim(ada, 6)).claim
+    assert forgotten is not None and ada.beacon is not None
+    for _ in range(int(2 * LEASE / 30) + 1):
+        clock.advance(30)
+        await ada.beacon.beat()
+    assert forgotten.lock_key not in ada.beacon.holding
+    clock.advance(LEASE + 1)
+    assert (await claim(bob, 6)).won
