@@ -85,14 +85,39 @@ async def hub_process(tmp: Path) -> AsyncIterator[tuple[str, Callable[[str], str
 
     def make_token(name: str) -> str:
         return subprocess.run(
-            [py, "-m", "swarm", "--log-level", "warning", "hub", "token", "add", name,
-             "--role", "participant", "--db", str(db)],
-            check=True, capture_output=True, text=True, env=env,
+            [
+                py,
+                "-m",
+                "swarm",
+                "--log-level",
+                "warning",
+                "hub",
+                "token",
+                "add",
+                name,
+                "--role",
+                "participant",
+                "--db",
+                str(db),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         ).stdout.strip()
 
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        py, "-m", "swarm", "--log-level", "warning", "hub", "--port", str(port), "--db", str(db),
+        py,
+        "-m",
+        "swarm",
+        "--log-level",
+        "warning",
+        "hub",
+        "--port",
+        str(port),
+        "--db",
+        str(db),
         env=env,
     )
     url = f"http://127.0.0.1:{port}/"
@@ -120,9 +145,14 @@ async def measure(
     rows: list[tuple[str, str, float, float, float]] = []
 
     async def claim(m: SwarmMemory, i: int, t: str = tag) -> Any:
-        return await m.try_claim(parent_hash=PARENT, code_hash=code(t, i),
-                                 description=f"MATRIX_LR 0.04 -> 0.{i:04d}", track="standard",
-                                 tier="xl", gpu_name="bench")
+        return await m.try_claim(
+            parent_hash=PARENT,
+            code_hash=code(t, i),
+            description=f"MATRIX_LR 0.04 -> 0.{i:04d}",
+            track="standard",
+            tier="xl",
+            gpu_name="bench",
+        )
 
     # warm-up (connections, first embedding / model load on the store side)
     for i in range(5):
@@ -141,15 +171,22 @@ async def measure(
     beats = [await timed(lambda c=c: mem.heartbeat(c)) for c in claims]
     embeds = [await timed(lambda c=c: mem.embed_claim(c)) for c in claims[: max(1, n // 3)]]
     rel = [await timed(lambda c=c: mem.release(c)) for c in claims]
-    for what, lat in (("claim (won)", won), ("claim (lost)", lost), ("heartbeat", beats),
-                      ("embed_claim (background)", embeds), ("release", rel)):
+    for what, lat in (
+        ("claim (won)", won),
+        ("claim (lost)", lost),
+        ("heartbeat", beats),
+        ("embed_claim (background)", embeds),
+        ("release", rel),
+    ):
         rows.append((label, what, len(lat) / (sum(lat) / 1000.0), pct(lat, 50), pct(lat, 99)))
 
     # concurrency: `conc` claimers, distinct experiments
     per = max(1, n // conc)
     lat_c: list[float] = []
-    mems = [SwarmMemory(mem.backend, agent_id=f"c{j}", host="bench",
-                        embed_records=mem.embed_records) for j in range(conc)]
+    mems = [
+        SwarmMemory(mem.backend, agent_id=f"c{j}", host="bench", embed_records=mem.embed_records)
+        for j in range(conc)
+    ]
 
     async def worker(j: int) -> None:
         for k in range(per):
@@ -163,13 +200,21 @@ async def measure(
         for j in range(conc):
             tg.create_task(worker(j))
     wall = time.perf_counter() - t0
-    rows.append((label, f"claim (won), {conc} concurrent", len(lat_c) / wall, pct(lat_c, 50),
-                 pct(lat_c, 99)))
+    rows.append(
+        (
+            label,
+            f"claim (won), {conc} concurrent",
+            len(lat_c) / wall,
+            pct(lat_c, 50),
+            pct(lat_c, 99),
+        )
+    )
     return rows
 
 
-async def bench_backend(label: str, make: Callable[[str], Awaitable[MemoryBackend]], n: int,
-                        conc: int) -> list[tuple[str, str, float, float, float]]:
+async def bench_backend(
+    label: str, make: Callable[[str], Awaitable[MemoryBackend]], n: int, conc: int
+) -> list[tuple[str, str, float, float, float]]:
     a = await make("bench-a")
     b = await make("bench-b")
     mem = SwarmMemory(a, agent_id="bench-a", host="bench")
@@ -178,7 +223,9 @@ async def bench_backend(label: str, make: Callable[[str], Awaitable[MemoryBacken
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=300, help="claims per measurement")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
@@ -200,18 +247,28 @@ async def main() -> None:
 
             rows += await bench_backend("local", make_local, args.n, args.concurrency)
 
-    print(f"claims benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  "
-          f"{os.cpu_count()} CPUs  python {platform.python_version()}  n={args.n}")
+    print(
+        f"claims benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  "
+        f"{os.cpu_count()} CPUs  python {platform.python_version()}  n={args.n}"
+    )
     print(f"{'backend':<14}{'operation':<30}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for backend, op, rate, p50, p99 in rows:
         print(f"{backend:<14}{op:<30}{rate:>10.0f}{p50:>10.2f}{p99:>10.2f}")
     hub_won = next(r for r in rows if r[0] == "hub" and r[1] == "claim (won)")
-    print(f"floor: hub claim p50 {hub_won[3]:.2f} ms (floor 20 ms): "
-          f"{'OK' if hub_won[3] <= 20 else 'ABOVE FLOOR'}")
+    print(
+        f"floor: hub claim p50 {hub_won[3]:.2f} ms (floor 20 ms): "
+        f"{'OK' if hub_won[3] <= 20 else 'ABOVE FLOOR'}"
+    )
     if args.json:
-        args.json.write_bytes(orjson.dumps(
-            [dict(zip(("backend", "operation", "ops_s", "p50_ms", "p99_ms"), r, strict=True)) for r in rows],
-            option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(
+            orjson.dumps(
+                [
+                    dict(zip(("backend", "operation", "ops_s", "p50_ms", "p99_ms"), r, strict=True))
+                    for r in rows
+                ],
+                option=orjson.OPT_INDENT_2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,19 @@ async def _fill(db: Path, n: int) -> list[Result]:
             src = f"LR = {i}\n" + BODY
             val = best + 0.02 - 0.0005 * (i % 7)
             status = "keep" if val < best else "discard"
-            r = Result(agent_id="ab"[i % 2], status=status, description=f"exp {i}",
-                       train_py=src, val_bpb=val, completed_at=1e9 + i, track="smoke",
-                       vram_tier="cpu", parent_hash=parent, code_hash=code_hash(src), seed=i)
+            r = Result(
+                agent_id="ab"[i % 2],
+                status=status,
+                description=f"exp {i}",
+                train_py=src,
+                val_bpb=val,
+                completed_at=1e9 + i,
+                track="smoke",
+                vram_tier="cpu",
+                parent_hash=parent,
+                code_hash=code_hash(src),
+                seed=i,
+            )
             await mems[r.agent_id].publish_result(r)
             out.append(r)
             if status == "keep":
@@ -76,8 +86,13 @@ async def bench(n: int, repeat: int) -> dict[str, float]:
         t0 = time.perf_counter()
         plot_results(results, Path(tmp) / "p.png")
         plot_s = time.perf_counter() - t0
-    return {"fill_s": fill_s, "cold_s": cold, "warm_s": statistics.median(warm),
-            "metrics_s": statistics.median(metrics), "plot_s": plot_s}
+    return {
+        "fill_s": fill_s,
+        "cold_s": cold,
+        "warm_s": statistics.median(warm),
+        "metrics_s": statistics.median(metrics),
+        "plot_s": plot_s,
+    }
 
 
 def main() -> None:
@@ -86,12 +101,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     print(f"# {platform.python_version()} on {platform.machine()}, {time.strftime('%Y-%m-%d')}")
-    print(f"{'results':>8} {'dashboard cold':>15} {'dashboard warm':>15} {'/metrics':>10} "
-          f"{'swarm plot':>11}")
+    print(
+        f"{'results':>8} {'dashboard cold':>15} {'dashboard warm':>15} {'/metrics':>10} "
+        f"{'swarm plot':>11}"
+    )
     for n in (int(x) for x in args.sizes.split(",")):
         f = asyncio.run(bench(n, args.repeat))
-        print(f"{n:>8} {f['cold_s'] * 1000:>13.0f}ms {f['warm_s'] * 1000:>13.0f}ms "
-              f"{f['metrics_s'] * 1000:>8.0f}ms {f['plot_s'] * 1000:>9.0f}ms")
+        print(
+            f"{n:>8} {f['cold_s'] * 1000:>13.0f}ms {f['warm_s'] * 1000:>13.0f}ms "
+            f"{f['metrics_s'] * 1000:>8.0f}ms {f['plot_s'] * 1000:>9.0f}ms"
+        )
 
 
 if __name__ == "__main__":

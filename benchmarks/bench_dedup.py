@@ -66,9 +66,17 @@ GRIDS: dict[str, list[Any]] = {
     "HEAD_DIM": [64, 96, 128, 192],
     "WINDOW_PATTERN": ["SSSL", "SSSSL", "SSLL", "SL", "L", "SSSSSL"],
 }
-WORDS = {"MATRIX_LR": "matrix LR", "EMBEDDING_LR": "embedding LR", "WARMDOWN_RATIO": "warmdown",
-         "TOTAL_BATCH_SIZE": "batch size", "DEPTH": "depth", "WEIGHT_DECAY": "weight decay",
-         "LOGIT_SOFTCAP": "softcap", "SCALAR_LR": "scalar LR", "UNEMBEDDING_LR": "lm_head LR"}
+WORDS = {
+    "MATRIX_LR": "matrix LR",
+    "EMBEDDING_LR": "embedding LR",
+    "WARMDOWN_RATIO": "warmdown",
+    "TOTAL_BATCH_SIZE": "batch size",
+    "DEPTH": "depth",
+    "WEIGHT_DECAY": "weight decay",
+    "LOGIT_SOFTCAP": "softcap",
+    "SCALAR_LR": "scalar LR",
+    "UNEMBEDDING_LR": "lm_head LR",
+}
 
 MLP_FWD = "        return self.c_proj(F.relu(self.c_fc(x)).square())"
 OPT_STEP = "    for opt in optimizers:\n        opt.step()"
@@ -83,32 +91,69 @@ VE = "        self.ve_layers = [i for i in range(depth) if i % 2 == (depth - 1) 
 
 # (old text, new text with {v}, settings, description templates)
 CODE_EDITS: list[tuple[str, str, list[Any], list[str]]] = [
-    (MLP_FWD, "        return self.c_proj(F.{v}(self.c_fc(x)))",
-     ["silu", "gelu", "relu", "mish", "elu", "softplus"],
-     ["use {v} activation in the MLP", "replace ReLU^2 with {v}", "MLP activation -> {v}"]),
-    (OPT_STEP, "    torch.nn.utils.clip_grad_norm_(model.parameters(), {v})\n" + OPT_STEP,
-     [0.25, 0.5, 1.0, 2.0, 5.0], ["gradient clipping max_norm={v}", "clip grad norm at {v}"]),
-    (ROPE, ROPE.replace("10000", "{v}"), [50000, 100000, 200000, 500000, 1000000],
-     ["RoPE base 10000 to {v}", "rotary base frequency {v}"]),
-    (MOMENTUM, MOMENTUM.replace("300", "{v}"), [100, 150, 200, 250, 400, 500],
-     ["muon momentum warmup 300 to {v} steps", "Muon momentum ramp over {v} steps"]),
-    (X0_FILL, X0_FILL.replace("0.1", "{v}"), [0.0, 0.02, 0.05, 0.2, 0.3],
-     ["x0_lambda init 0.1 to {v}", "x0 mixing scalars start at {v}"]),
-    (GATE_CH, GATE_CH.replace("32", "{v}"), [8, 16, 24, 48, 64],
-     ["VE gate channels 32 to {v}", "value-embedding gate reads {v} channels"]),
-    (LM_STD, LM_STD.replace("0.001", "{v}"), [0.0005, 0.002, 0.005, 0.01],
-     ["lm_head init std 0.001 to {v}"]),
+    (
+        MLP_FWD,
+        "        return self.c_proj(F.{v}(self.c_fc(x)))",
+        ["silu", "gelu", "relu", "mish", "elu", "softplus"],
+        ["use {v} activation in the MLP", "replace ReLU^2 with {v}", "MLP activation -> {v}"],
+    ),
+    (
+        OPT_STEP,
+        "    torch.nn.utils.clip_grad_norm_(model.parameters(), {v})\n" + OPT_STEP,
+        [0.25, 0.5, 1.0, 2.0, 5.0],
+        ["gradient clipping max_norm={v}", "clip grad norm at {v}"],
+    ),
+    (
+        ROPE,
+        ROPE.replace("10000", "{v}"),
+        [50000, 100000, 200000, 500000, 1000000],
+        ["RoPE base 10000 to {v}", "rotary base frequency {v}"],
+    ),
+    (
+        MOMENTUM,
+        MOMENTUM.replace("300", "{v}"),
+        [100, 150, 200, 250, 400, 500],
+        ["muon momentum warmup 300 to {v} steps", "Muon momentum ramp over {v} steps"],
+    ),
+    (
+        X0_FILL,
+        X0_FILL.replace("0.1", "{v}"),
+        [0.0, 0.02, 0.05, 0.2, 0.3],
+        ["x0_lambda init 0.1 to {v}", "x0 mixing scalars start at {v}"],
+    ),
+    (
+        GATE_CH,
+        GATE_CH.replace("32", "{v}"),
+        [8, 16, 24, 48, 64],
+        ["VE gate channels 32 to {v}", "value-embedding gate reads {v} channels"],
+    ),
+    (
+        LM_STD,
+        LM_STD.replace("0.001", "{v}"),
+        [0.0005, 0.002, 0.005, 0.01],
+        ["lm_head init std 0.001 to {v}"],
+    ),
     (NS, NS.replace("ns_steps=5", "ns_steps={v}"), [3, 4, 6], ["Muon ns_steps 5 to {v}"]),
-    (QK, "        q, k = rotate(q, cos, sin), rotate(k, cos, sin)", ["-"],
-     ["remove QK-norm", "drop the RMSNorm on queries and keys"]),
+    (
+        QK,
+        "        q, k = rotate(q, cos, sin), rotate(k, cos, sin)",
+        ["-"],
+        ["remove QK-norm", "drop the RMSNorm on queries and keys"],
+    ),
     (VE, "        self.ve_layers = []", ["-"], ["remove value embeddings", "no value embeddings"]),
 ]
 # other implementations of some edits (proposed as "the same idea in other code")
 ALT_IMPL = {
-    "silu": (MLP_FWD, "        h = self.c_fc(x)\n        return self.c_proj(h * torch.sigmoid(h))",
-             "SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared"),
-    "-": (QK, "        q = rotate(q, cos, sin)\n        k = rotate(k, cos, sin)",
-          "no QK normalisation"),
+    "silu": (
+        MLP_FWD,
+        "        h = self.c_fc(x)\n        return self.c_proj(h * torch.sigmoid(h))",
+        "SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
+    ),
+    "-": (
+        QK,
+        "        q = rotate(q, cos, sin)\n        k = rotate(k, cos, sin)",
+        "no QK normalisation",
+    ),
 }
 
 
@@ -130,15 +175,19 @@ class Gen:
     def set_constants(self, src: str, changes: dict[str, Any]) -> str:
         for name, value in changes.items():
             like = self.lines[name].source
-            src, n = re.subn(rf"(?m)^({name}\s*=\s*)([^#\n]*?)(\s*(?:#.*)?)$",
-                             lambda m, v=value, lk=like: m.group(1) + format_value(v, like=lk)
-                             + m.group(3), src, count=1)
+            src, n = re.subn(
+                rf"(?m)^({name}\s*=\s*)([^#\n]*?)(\s*(?:#.*)?)$",
+                lambda m, v=value, lk=like: m.group(1) + format_value(v, like=lk) + m.group(3),
+                src,
+                count=1,
+            )
             if n != 1:
                 raise RuntimeError(f"constant {name} not found")
         return src
 
-    def constant_change(self, parent: str, n: int | None = None,
-                        fresh: bool = False) -> tuple[str, str]:
+    def constant_change(
+        self, parent: str, n: int | None = None, fresh: bool = False
+    ) -> tuple[str, str]:
         """One or two constants set to grid values (``fresh``: float values off the grid,
         so the change is almost surely new)."""
         consts = self.consts(parent) if parent in self._consts or n is None else {}
@@ -156,12 +205,17 @@ class Gen:
         for name, v in changes.items():
             style = self.rng.randrange(4)
             w = WORDS.get(name, name.lower())
-            parts.append([f"{name} -> {format_value(v)}", f"{w} to {format_value(v)}",
-                          f"{name}={format_value(v)}", f"set {w} to {format_value(v)}"][style])
+            parts.append(
+                [
+                    f"{name} -> {format_value(v)}",
+                    f"{w} to {format_value(v)}",
+                    f"{name}={format_value(v)}",
+                    f"set {w} to {format_value(v)}",
+                ][style]
+            )
         return self.set_constants(parent, changes), ", ".join(parts)
 
-    def code_change(self, parent: str, alt: bool = False,
-                    fresh: bool = False) -> tuple[str, str]:
+    def code_change(self, parent: str, alt: bool = False, fresh: bool = False) -> tuple[str, str]:
         """A code edit with a setting (``fresh``: a numeric setting off the list, so the
         code is almost surely new)."""
         old, new, settings, descs = self.rng.choice(CODE_EDITS)
@@ -180,8 +234,9 @@ class Gen:
         return src, desc
 
 
-def build(n: int, base: str, seed: int, code_share: float,
-          embedder: Any) -> tuple[Deduplicator, list[str], dict[str, float]]:
+def build(
+    n: int, base: str, seed: int, code_share: float, embedder: Any
+) -> tuple[Deduplicator, list[str], dict[str, float]]:
     gen = Gen(base, seed)
     dd = Deduplicator(embedder)
     n_parents = max(2, n // 250)
@@ -203,20 +258,32 @@ def build(n: int, base: str, seed: int, code_share: float,
             code_known += 1
         else:
             src, desc = gen.constant_change(parent)
-        dd.add(Candidate(desc, src, parent_train_py=parent), f"results/{known}",
-               live=known % 50 == 0)
+        dd.add(
+            Candidate(desc, src, parent_train_py=parent), f"results/{known}", live=known % 50 == 0
+        )
         known += 1
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     embedded = dd.embed_pending()
     embed_s = time.perf_counter() - t1
-    info = {"load_s": load_s, "adds_per_s": (n + n_parents) / load_s, "embed_s": embed_s,
-            "embedded": embedded, "code_known": code_known, "parents": n_parents}
+    info = {
+        "load_s": load_s,
+        "adds_per_s": (n + n_parents) / load_s,
+        "embed_s": embed_s,
+        "embedded": embedded,
+        "code_known": code_known,
+        "parents": n_parents,
+    }
     return dd, parents, info
 
 
-def candidates(gen: Gen, dd: Deduplicator, parents: list[str], count: int,
-               known_sources: list[tuple[str, str, str]]) -> list[tuple[str, Candidate]]:
+def candidates(
+    gen: Gen,
+    dd: Deduplicator,
+    parents: list[str],
+    count: int,
+    known_sources: list[tuple[str, str, str]],
+) -> list[tuple[str, Candidate]]:
     hot = parents[-1]
     out: list[tuple[str, Candidate]] = []
     for _ in range(count):
@@ -242,8 +309,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[k]
 
 
-def run(n: int, base: str, checks: int, seed: int, code_share: float, embedder: Any,
-        gc_freeze: bool = False) -> dict:
+def run(
+    n: int,
+    base: str,
+    checks: int,
+    seed: int,
+    code_share: float,
+    embedder: Any,
+    gc_freeze: bool = False,
+) -> dict:
     dd, parents, info = build(n, base, seed, code_share, embedder)
     gen = Gen(base, seed + 1 + n)  # other candidates per size: no embedding-cache hits
     # a few known experiments to repeat (rebuilt the same way as at load time)
@@ -276,8 +350,14 @@ def run(n: int, base: str, checks: int, seed: int, code_share: float, embedder: 
     if gc_freeze:
         gc.unfreeze()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"known": n, **info, "checks": len(cands), "layers": dict(layers),
-           "peak_rss_mb": rss_mb, "stats": dd.stats()}
+    out = {
+        "known": n,
+        **info,
+        "checks": len(cands),
+        "layers": dict(layers),
+        "peak_rss_mb": rss_mb,
+        "stats": dd.stats(),
+    }
     for kind, xs in times.items():
         out[f"{kind}_p50_ms"] = statistics.median(xs)
         out[f"{kind}_p99_ms"] = pct(xs, 99)
@@ -290,13 +370,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--checks", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--code-share", type=float, default=0.1,
-                    help="share of known experiments that are code edits")
+    ap.add_argument(
+        "--code-share",
+        type=float,
+        default=0.1,
+        help="share of known experiments that are code edits",
+    )
     ap.add_argument("--train-py", type=Path, default=ROOT / "train.py")
-    ap.add_argument("--torch-threads", type=int, default=0,
-                    help="torch intra-op threads for the embedder (0: torch's default)")
-    ap.add_argument("--gc-freeze", action="store_true",
-                    help="gc.freeze() after loading (long-lived process); default: off")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for the embedder (0: torch's default)",
+    )
+    ap.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after loading (long-lived process); default: off",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     from swarm._logging import configure_logging
@@ -316,23 +407,31 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up (not timed): torch is slow the first times it meets a new input length
     warm = [f"warm-up text {i} " + "word " * (i % 60) for i in range(240)]
     for i in range(0, len(warm), 1):
-        embedder.embed(warm[i:i + 1])
-    print(f"model load (excluded): {load_s:.1f} s, warm-up {time.perf_counter() - t - load_s:.1f} s;"
-          f" cpu count {os.cpu_count()}; gc.freeze after loading: {args.gc_freeze}")
+        embedder.embed(warm[i : i + 1])
+    print(
+        f"model load (excluded): {load_s:.1f} s, warm-up {time.perf_counter() - t - load_s:.1f} s;"
+        f" cpu count {os.cpu_count()}; gc.freeze after loading: {args.gc_freeze}"
+    )
     results = []
     for n in args.sizes:
         r = run(n, base, args.checks, args.seed, args.code_share, embedder, args.gc_freeze)
         results.append(r)
-        print(f"known {n:>7}: check p50 {r['all_p50_ms']:.2f} ms, p99 {r['all_p99_ms']:.2f} ms "
-              f"| constants p50 {r['constants_p50_ms']:.2f} / p99 {r['constants_p99_ms']:.2f} "
-              f"| code p50 {r['code_p50_ms']:.2f} / p99 {r['code_p99_ms']:.2f} "
-              f"| repeat p50 {r['repeat_p50_ms']:.2f} ms "
-              f"| load {r['load_s']:.1f} s ({r['adds_per_s']:.0f}/s), batch-embed "
-              f"{r['embedded']} in {r['embed_s']:.1f} s | RSS {r['peak_rss_mb']:.0f} MB "
-              f"| verdicts {r['layers']}", flush=True)
-        detail = ", ".join(f"{k.split('_p50')[0]} {r[k]:.2f}/{r[k.replace('p50', 'p99')]:.2f} "
-                           f"(n={r[k.replace('p50_ms', 'n')]})"
-                           for k in sorted(r) if "->" in k and k.endswith("_p50_ms"))
+        print(
+            f"known {n:>7}: check p50 {r['all_p50_ms']:.2f} ms, p99 {r['all_p99_ms']:.2f} ms "
+            f"| constants p50 {r['constants_p50_ms']:.2f} / p99 {r['constants_p99_ms']:.2f} "
+            f"| code p50 {r['code_p50_ms']:.2f} / p99 {r['code_p99_ms']:.2f} "
+            f"| repeat p50 {r['repeat_p50_ms']:.2f} ms "
+            f"| load {r['load_s']:.1f} s ({r['adds_per_s']:.0f}/s), batch-embed "
+            f"{r['embedded']} in {r['embed_s']:.1f} s | RSS {r['peak_rss_mb']:.0f} MB "
+            f"| verdicts {r['layers']}",
+            flush=True,
+        )
+        detail = ", ".join(
+            f"{k.split('_p50')[0]} {r[k]:.2f}/{r[k.replace('p50', 'p99')]:.2f} "
+            f"(n={r[k.replace('p50_ms', 'n')]})"
+            for k in sorted(r)
+            if "->" in k and k.endswith("_p50_ms")
+        )
         print(f"    p50/p99 ms by candidate -> verdict: {detail}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")

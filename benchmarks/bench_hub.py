@@ -87,8 +87,12 @@ class Client:
     async def call(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
         self.n += 1
         body = orjson.dumps(
-            {"jsonrpc": "2.0", "id": self.n, "method": "tools/call",
-             "params": {"name": tool, "arguments": args}}
+            {
+                "jsonrpc": "2.0",
+                "id": self.n,
+                "method": "tools/call",
+                "params": {"name": tool, "arguments": args},
+            }
         )
         async with self.session.post(self.url, data=body, headers=self.headers) as resp:
             data = orjson.loads(await resp.read())
@@ -170,15 +174,36 @@ async def main() -> int:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         py = sys.executable
         add = await asyncio.create_subprocess_exec(
-            py, "-m", "swarm", "--log-level", "warning", "hub", "token", "add", "bench",
-            "--role", "participant", "--db", str(db),
-            env=env, stdout=asyncio.subprocess.PIPE,
+            py,
+            "-m",
+            "swarm",
+            "--log-level",
+            "warning",
+            "hub",
+            "token",
+            "add",
+            "bench",
+            "--role",
+            "participant",
+            "--db",
+            str(db),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
         )
         token = (await add.communicate())[0].decode().strip()
         port = free_port()
         server = await asyncio.create_subprocess_exec(
-            py, "-m", "swarm", "--log-level", "warning", "hub", "--port", str(port),
-            "--db", str(db), env=env,
+            py,
+            "-m",
+            "swarm",
+            "--log-level",
+            "warning",
+            "hub",
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            env=env,
         )
         url = f"http://127.0.0.1:{port}/"
         try:
@@ -191,9 +216,18 @@ async def main() -> int:
                 made = [0] * nc  # records each worker created (workers are not served evenly)
 
                 async def create(w: int, i: int) -> None:
-                    out = await c.call("create_memory", {"items": [
-                        {"key_name": f"bench/c/{w:02d}-{i:06d}", "value": VALUE,
-                         "description": "bench record"}]})
+                    out = await c.call(
+                        "create_memory",
+                        {
+                            "items": [
+                                {
+                                    "key_name": f"bench/c/{w:02d}-{i:06d}",
+                                    "value": VALUE,
+                                    "description": "bench record",
+                                }
+                            ]
+                        },
+                    )
                     assert out["created"] == 1, out
                     made[w] += 1
 
@@ -218,8 +252,10 @@ async def main() -> int:
                 rows.append(("update_memory", "own record", rate, pct(lat, 50), pct(lat, 99)))
 
                 async def listing(w: int, i: int) -> None:
-                    await c.call("list_keys", {"prefix": f"bench/c/{random.randrange(nc):02d}-",
-                                               "limit": 100})
+                    await c.call(
+                        "list_keys",
+                        {"prefix": f"bench/c/{random.randrange(nc):02d}-", "limit": 100},
+                    )
 
                 rate, lat = await drive(nc, secs, listing)
                 rows.append(("list_keys", "100 per page", rate, pct(lat, 50), pct(lat, 99)))
@@ -232,18 +268,40 @@ async def main() -> int:
                         await c.call("search_memories", {"query": q, "limit": 10})
 
                     async def search(w: int, i: int) -> None:
-                        await c.call("search_memories",
-                                     {"query": random.choice(QUERIES), "limit": 10})
+                        await c.call(
+                            "search_memories", {"query": random.choice(QUERIES), "limit": 10}
+                        )
 
                     rate, lat = await drive(nc, secs, search)
-                    rows.append((f"search_memories {size // 1000}k", f"hub, {nc} clients",
-                                 rate, pct(lat, 50), pct(lat, 99)))
+                    rows.append(
+                        (
+                            f"search_memories {size // 1000}k",
+                            f"hub, {nc} clients",
+                            rate,
+                            pct(lat, 50),
+                            pct(lat, 99),
+                        )
+                    )
                     rate, lat = await drive(1, secs, search)
-                    rows.append((f"search_memories {size // 1000}k", "hub, 1 client",
-                                 rate, pct(lat, 50), pct(lat, 99)))
+                    rows.append(
+                        (
+                            f"search_memories {size // 1000}k",
+                            "hub, 1 client",
+                            rate,
+                            pct(lat, 50),
+                            pct(lat, 99),
+                        )
+                    )
                     lat = await store_search(db, 384, 100, rng)
-                    rows.append((f"search {size // 1000}k", "store, in-process",
-                                 len(lat) / sum(lat), pct(lat, 50), pct(lat, 99)))
+                    rows.append(
+                        (
+                            f"search {size // 1000}k",
+                            "store, in-process",
+                            len(lat) / sum(lat),
+                            pct(lat, 50),
+                            pct(lat, 99),
+                        )
+                    )
         finally:
             server.terminate()
             try:
@@ -253,16 +311,24 @@ async def main() -> int:
                 await server.wait()
 
     cpu = platform.processor() or platform.machine()
-    print(f"\nhub benchmark  {time.strftime('%Y-%m-%d')}  {os.cpu_count()} CPUs ({cpu}), "
-          f"Python {platform.python_version()}, {args.clients} clients, {args.seconds:g} s/phase, "
-          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    print(
+        f"\nhub benchmark  {time.strftime('%Y-%m-%d')}  {os.cpu_count()} CPUs ({cpu}), "
+        f"Python {platform.python_version()}, {args.clients} clients, {args.seconds:g} s/phase, "
+        f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
+    )
     print(f"{'operation':<22} {'case':<20} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for name, case, rate, p50, p99 in rows:
         print(f"{name:<22} {case:<20} {rate:>9.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f}")
     if args.json:
-        args.json.write_bytes(orjson.dumps(
-            [{"op": n, "case": c, "ops_per_s": r, "p50_ms": a * 1e3, "p99_ms": b * 1e3}
-             for n, c, r, a, b in rows], option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(
+            orjson.dumps(
+                [
+                    {"op": n, "case": c, "ops_per_s": r, "p50_ms": a * 1e3, "p99_ms": b * 1e3}
+                    for n, c, r, a, b in rows
+                ],
+                option=orjson.OPT_INDENT_2,
+            )
+        )
     return 0
 
 

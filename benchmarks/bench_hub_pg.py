@@ -78,8 +78,10 @@ async def _fill(db: str | Path, n: int, rng: np.random.Generator) -> None:
             m = min(1000, n - b)
             vecs = rng.standard_normal((m, 384)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-            items = [NewMemory(f"vec/{i:07d}", VALUE, f"random record {i}", embed=True)
-                     for i in range(b, b + m)]
+            items = [
+                NewMemory(f"vec/{i:07d}", VALUE, f"random record {i}", embed=True)
+                for i in range(b, b + m)
+            ]
             await store.create(items, vectors=list(vecs))
 
 
@@ -88,8 +90,21 @@ async def _hubs(db: str | Path, n: int) -> AsyncIterator[tuple[list[str], str, l
     """``n`` hub processes on ``db``: (urls, a participant token, pids)."""
     py = sys.executable
     add = await asyncio.create_subprocess_exec(
-        py, "-m", "swarm", "--log-level", "warning", "hub", "token", "add", "bench",
-        "--role", "participant", "--db", str(db), env=ENV, stdout=asyncio.subprocess.PIPE,
+        py,
+        "-m",
+        "swarm",
+        "--log-level",
+        "warning",
+        "hub",
+        "token",
+        "add",
+        "bench",
+        "--role",
+        "participant",
+        "--db",
+        str(db),
+        env=ENV,
+        stdout=asyncio.subprocess.PIPE,
     )
     token = (await add.communicate())[0].decode().strip()
     procs = []
@@ -97,10 +112,21 @@ async def _hubs(db: str | Path, n: int) -> AsyncIterator[tuple[list[str], str, l
     try:
         for _ in range(n):
             port = free_port()
-            procs.append(await asyncio.create_subprocess_exec(
-                py, "-m", "swarm", "--log-level", "warning", "hub", "--port", str(port),
-                "--db", str(db), env=ENV,
-            ))
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    py,
+                    "-m",
+                    "swarm",
+                    "--log-level",
+                    "warning",
+                    "hub",
+                    "--port",
+                    str(port),
+                    "--db",
+                    str(db),
+                    env=ENV,
+                )
+            )
             urls.append(f"http://127.0.0.1:{port}/")
         for url in urls:
             await wait_for_hub(url, timeout_s=120)
@@ -117,8 +143,12 @@ async def _hubs(db: str | Path, n: int) -> AsyncIterator[tuple[list[str], str, l
 
 
 async def _phases(
-    clients: list[Client], secs: float, records: int, label: str,
-    fill: Callable[[], Any], cpu: Callable[[], float],
+    clients: list[Client],
+    secs: float,
+    records: int,
+    label: str,
+    fill: Callable[[], Any],
+    cpu: Callable[[], float],
 ) -> list[Row]:
     nc = len(clients)
     made = [0] * nc
@@ -127,33 +157,55 @@ async def _phases(
     async def run(name: str, case: str, op: Callable[[int, int], Any], n: int = nc) -> None:
         before = cpu()
         rate, lat = await drive(n, secs, op)
-        rows.append((f"{name} [{label}]", case, rate, pct(lat, 50), pct(lat, 99),
-                     cpu() - before))
+        rows.append((f"{name} [{label}]", case, rate, pct(lat, 50), pct(lat, 99), cpu() - before))
 
     def key(w: int) -> str:
         x = w if made[w] else random.choice([i for i in range(nc) if made[i]])
         return f"bench/c/{x:02d}-{random.randrange(made[x]):06d}"
 
     async def create(w: int, i: int) -> None:
-        out = await clients[w].call("create_memory", {"items": [
-            {"key_name": f"bench/c/{w:02d}-{i:06d}", "value": VALUE,
-             "description": "bench record"}]})
+        out = await clients[w].call(
+            "create_memory",
+            {
+                "items": [
+                    {
+                        "key_name": f"bench/c/{w:02d}-{i:06d}",
+                        "value": VALUE,
+                        "description": "bench record",
+                    }
+                ]
+            },
+        )
         assert out["created"] == 1, out
         made[w] += 1
 
     await run("create_memory", "1 item, no embed", create)
-    await run("get_memory", "1 key", lambda w, i: clients[w].call(
-        "get_memory", {"key_names": [key(w)]}))
-    await run("update_memory", "own record", lambda w, i: clients[w].call(
-        "update_memory", {"key_name": key(w), "value": VALUE}))
-    await run("list_keys", "100 per page", lambda w, i: clients[w].call(
-        "list_keys", {"prefix": f"bench/c/{random.randrange(nc):02d}-", "limit": 100}))
+    await run(
+        "get_memory", "1 key", lambda w, i: clients[w].call("get_memory", {"key_names": [key(w)]})
+    )
+    await run(
+        "update_memory",
+        "own record",
+        lambda w, i: clients[w].call("update_memory", {"key_name": key(w), "value": VALUE}),
+    )
+    await run(
+        "list_keys",
+        "100 per page",
+        lambda w, i: clients[w].call(
+            "list_keys", {"prefix": f"bench/c/{random.randrange(nc):02d}-", "limit": 100}
+        ),
+    )
     await fill()
     for c in clients[: min(nc, 4)]:
         for q in QUERIES:  # every hub loads what it needs and caches the query vectors
             await c.call("search_memories", {"query": q, "limit": 10})
-    await run(f"search {records // 1000}k", f"{nc} clients", lambda w, i: clients[w].call(
-        "search_memories", {"query": random.choice(QUERIES), "limit": 10}))
+    await run(
+        f"search {records // 1000}k",
+        f"{nc} clients",
+        lambda w, i: clients[w].call(
+            "search_memories", {"query": random.choice(QUERIES), "limit": 10}
+        ),
+    )
     return rows
 
 
@@ -167,7 +219,10 @@ async def _one_setup(
             clients = [Client(session, urls[w % len(urls)], token) for w in range(args.clients)]
             pg_pids = _postgres_pids(server)
             return await _phases(
-                clients, args.seconds, args.records, label,
+                clients,
+                args.seconds,
+                args.records,
+                label,
                 lambda: _fill(db, args.records, rng),
                 lambda: _cpu_s(pids) + _cpu_s(pg_pids + _postgres_pids(server)),
             )
@@ -193,15 +248,18 @@ async def main() -> int:
         if server is not None:
             server.stop()
     cpu = platform.processor() or platform.machine()
-    print(f"\nhub on SQLite and PostgreSQL  {time.strftime('%Y-%m-%d')}  {os.cpu_count()} CPUs "
-          f"({cpu}), Python {platform.python_version()}, {args.clients} clients, "
-          f"{args.seconds:g} s/phase, load average {load_before:.1f} before / "
-          f"{os.getloadavg()[0]:.1f} after")
+    print(
+        f"\nhub on SQLite and PostgreSQL  {time.strftime('%Y-%m-%d')}  {os.cpu_count()} CPUs "
+        f"({cpu}), Python {platform.python_version()}, {args.clients} clients, "
+        f"{args.seconds:g} s/phase, load average {load_before:.1f} before / "
+        f"{os.getloadavg()[0]:.1f} after"
+    )
     print("(cpu s: CPU seconds of the hub processes, plus the PostgreSQL server's, per phase)")
     print(f"{'operation':<26} {'case':<18} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu s':>7}")
     for name, case, rate, p50, p99, cpu_s in rows:
-        print(f"{name:<26} {case:<18} {rate:>8.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} "
-              f"{cpu_s:>7.1f}")
+        print(
+            f"{name:<26} {case:<18} {rate:>8.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {cpu_s:>7.1f}"
+        )
     return 0
 
 

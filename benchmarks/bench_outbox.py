@@ -37,9 +37,20 @@ def make_results(n: int, tag: str) -> list[Result]:
     out = []
     for i in range(n):
         src = f"import os\n\n# {tag}\nLR = {0.0001 * (i + 1):.4f}\n"
-        out.append(Result(agent_id="bench", status="discard", description=f"{tag} {i}",
-                          train_py=src, val_bpb=1.5 - i * 1e-4, completed_at=1.8e9 + i,
-                          vram_tier="cpu", track="smoke", code_hash=code_hash(src), seed=1))
+        out.append(
+            Result(
+                agent_id="bench",
+                status="discard",
+                description=f"{tag} {i}",
+                train_py=src,
+                val_bpb=1.5 - i * 1e-4,
+                completed_at=1.8e9 + i,
+                vram_tier="cpu",
+                track="smoke",
+                code_hash=code_hash(src),
+                seed=1,
+            )
+        )
     return out
 
 
@@ -84,8 +95,10 @@ async def main(n: int) -> None:
                 done = await queue.replay()
                 took = time.perf_counter() - t0
                 print(f"replay of {done} {tag} results: {took:.2f} s, {done / took:.0f} results/s")
-    print(f"(python {platform.python_version()}, {platform.machine()}, local store, tmpfs or "
-          "disk as the temp dir is)")
+    print(
+        f"(python {platform.python_version()}, {platform.machine()}, local store, tmpfs or "
+        "disk as the temp dir is)"
+    )
 
 
 if __name__ == "__main__":

@@ -90,12 +90,16 @@ class CountingProxy:
         self.http_requests += 1
         self._count(body)
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("content-type", "authorization", "accept")}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("content-type", "authorization", "accept")
+        }
         async with self._session.post(self.target, data=body, headers=headers) as resp:
             data = await resp.read()
-            return web.Response(body=data, status=resp.status,
-                                content_type=resp.content_type or "application/json")
+            return web.Response(
+                body=data, status=resp.status, content_type=resp.content_type or "application/json"
+            )
 
     def total(self) -> int:
         return sum(self.by_tool.values())
@@ -122,8 +126,9 @@ def _what(arguments: Any) -> str:
         return ""
     if "prefix" in arguments:
         return f"prefix={arguments['prefix']}"
-    names = arguments.get("key_names") or [i.get("key_name") for i in arguments.get("items", [])
-                                            if isinstance(i, dict)]
+    names = arguments.get("key_names") or [
+        i.get("key_name") for i in arguments.get("items", []) if isinstance(i, dict)
+    ]
     return " ".join(str(n) for n in names) if names else str(arguments.get("key_name", ""))
 
 
@@ -134,7 +139,8 @@ def _kind(what: str) -> str:
     if name.startswith(keys.BEACONS):
         return "beacon"
     if name.startswith((keys.MUTEX_LOCKS, keys.PENDING, "leaderboard")) or (
-            name.startswith(keys.BEST) and "best/agent/" in what):
+        name.startswith(keys.BEST) and "best/agent/" in what
+    ):
         return "bests"
     return "other"
 
@@ -154,13 +160,27 @@ def history_records(n: int, track: str, tier: str, now: float) -> list[NewMemory
         agent = f"peer-{i % 50:02d}"
         src = base.replace("# Hyperparameters", f"# Hyperparameters (history {i})", 1)
         completed = now - (n - i) * 60.0
-        r = Result(agent_id=agent, status="discard", description=f"history run {i}",
-                   train_py=src, val_bpb=1.2 + (i % 97) / 1000, completed_at=completed,
-                   vram_tier=tier, track=track, parent_hash="ab" * 6,
-                   code_hash=code_hash(src), seed=i)
+        r = Result(
+            agent_id=agent,
+            status="discard",
+            description=f"history run {i}",
+            train_py=src,
+            val_bpb=1.2 + (i % 97) / 1000,
+            completed_at=completed,
+            vram_tier=tier,
+            track=track,
+            parent_hash="ab" * 6,
+            code_hash=code_hash(src),
+            seed=i,
+        )
         key = keys.result_key(agent, r.description, r.parent_hash, r.code_hash, r.seed)
-        items.append(NewMemory(key=key, value=encode_record(r.to_json()),
-                               description=f"[autoresearch] Result: {r.description}"))
+        items.append(
+            NewMemory(
+                key=key,
+                value=encode_record(r.to_json()),
+                description=f"[autoresearch] Result: {r.description}",
+            )
+        )
         items.append(NewMemory(key=keys.feed_key(key, completed), value="{}", description=""))
     return items
 
@@ -169,15 +189,25 @@ async def populate(db: Path, n: int, track: str, tier: str) -> None:
     items = history_records(n, track, tier, time.time())
     async with LocalStore(db) as store:
         for start in range(0, len(items), 500):
-            await store.create(items[start:start + 500])
+            await store.create(items[start : start + 500])
 
 
 @asynccontextmanager
 async def hub_process(db: Path, port: int) -> AsyncIterator[str]:
     proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
-        [sys.executable, "-m", "swarm", "hub", "--db", str(db), "--port", str(port),
-         "--open-access"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "swarm",
+            "hub",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--open-access",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -210,21 +240,35 @@ async def one(args: argparse.Namespace, work: Path, history: int) -> dict[str, A
     async with hub_process(db, free_port()) as hub_url:
         proxy = CountingProxy(hub_url)
         async with proxy.running(free_port()) as url:
-            cfg = load_config(env={}, flags={
-                "state_dir": str(work / "state"), "memory.kind": "hub", "memory.url": url,
-                "train_py": str(train), "prepare_py": str(prepare),
-                "prepare_on_start": "false", "profile": "standard",
-                "budget_s": str(args.budget), "startup_allowance_s": "30",
-                "min_free_mb": "1000", "start_jitter_s": "0", "agent_name": "bench",
-                "max_experiments": str(args.experiments), "heartbeat_s": str(beat),
-                "lease_s": str(lease),
-                # the stand-in reads its own constants through globals(), which the static
-                # check refuses; this benchmark counts the protocol, not the checks
-                "verify_runs": "false",
-            })
-            sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(args.gpus, total_mb=81559),
-                             install_signals=False,
-                             proposer_factory=lambda i, spec: RandomProposer(seed=i))
+            cfg = load_config(
+                env={},
+                flags={
+                    "state_dir": str(work / "state"),
+                    "memory.kind": "hub",
+                    "memory.url": url,
+                    "train_py": str(train),
+                    "prepare_py": str(prepare),
+                    "prepare_on_start": "false",
+                    "profile": "standard",
+                    "budget_s": str(args.budget),
+                    "startup_allowance_s": "30",
+                    "min_free_mb": "1000",
+                    "start_jitter_s": "0",
+                    "agent_name": "bench",
+                    "max_experiments": str(args.experiments),
+                    "heartbeat_s": str(beat),
+                    "lease_s": str(lease),
+                    # the stand-in reads its own constants through globals(), which the static
+                    # check refuses; this benchmark counts the protocol, not the checks
+                    "verify_runs": "false",
+                },
+            )
+            sup = Supervisor(
+                cfg,
+                nvml=FakeNvml.with_gpus(args.gpus, total_mb=81559),
+                install_signals=False,
+                proposer_factory=lambda i, spec: RandomProposer(seed=i),
+            )
             t1 = time.monotonic()
             run = asyncio.create_task(sup.run())
             while sup.state != "running" and not run.done():  # noqa: ASYNC110
@@ -241,14 +285,19 @@ async def one(args: argparse.Namespace, work: Path, history: int) -> dict[str, A
     kinds = {k: round(v / max(done, 1), 1) for k, v in (proxy.by_kind - kinds_at_start).items()}
     per = {k: round(v / max(done, 1), 1) for k, v in sorted(after.items())}
     return {
-        "history": history, "experiments": done, "keeps": sup.counters.value.kept,
+        "history": history,
+        "experiments": done,
+        "keeps": sup.counters.value.kept,
         "exit_code": code,
-        "start_rpcs": sum(at_start.values()), "start_list_keys": at_start["list_keys"],
+        "start_rpcs": sum(at_start.values()),
+        "start_list_keys": at_start["list_keys"],
         "rpcs": proxy.total(),
         "rpcs_per_experiment": round(sum(after.values()) / max(done, 1), 1),
-        "list_keys_per_experiment": per.get("list_keys", 0.0), "per_tool": per,
+        "list_keys_per_experiment": per.get("list_keys", 0.0),
+        "per_tool": per,
         "per_kind": kinds,
-        "http_requests": proxy.http_requests, "elapsed_s": round(elapsed, 1),
+        "http_requests": proxy.http_requests,
+        "elapsed_s": round(elapsed, 1),
         "populate_s": round(populate_s, 1),
     }
 
@@ -272,20 +321,26 @@ def main() -> int:
         print(json.dumps(rows, indent=2))
         return 0
     scale = args.budget / REAL_RUN_S
-    print(f"{args.gpus} simulated GPU(s), {args.experiments} experiments per row, fake "
-          f"{args.budget:g} s runs, a heartbeat every {DEFAULTS.heartbeat_s * scale:.3g} s and a "
-          f"lease of {DEFAULTS.lease_s * scale:.3g} s (as a 5-minute run with the defaults "
-          f"{DEFAULTS.heartbeat_s:g} s and {DEFAULTS.lease_s:g} s), {os.cpu_count()} CPUs")
+    print(
+        f"{args.gpus} simulated GPU(s), {args.experiments} experiments per row, fake "
+        f"{args.budget:g} s runs, a heartbeat every {DEFAULTS.heartbeat_s * scale:.3g} s and a "
+        f"lease of {DEFAULTS.lease_s * scale:.3g} s (as a 5-minute run with the defaults "
+        f"{DEFAULTS.heartbeat_s:g} s and {DEFAULTS.lease_s:g} s), {os.cpu_count()} CPUs"
+    )
     print()
-    print("| results already in memory | RPCs per experiment | of which list_keys | heartbeat "
-          "(beacon) | bests, leaderboard | keeps | first start (once, then cached) |")
+    print(
+        "| results already in memory | RPCs per experiment | of which list_keys | heartbeat "
+        "(beacon) | bests, leaderboard | keeps | first start (once, then cached) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         k = r["per_kind"]
-        print(f"| {r['history']:,} | {r['rpcs_per_experiment']} | "
-              f"{r['list_keys_per_experiment']} | {k.get('beacon', 0.0)} | {k.get('bests', 0.0)} | "
-              f"{r['keeps']} of {r['experiments']} | {r['start_rpcs']} RPCs "
-              f"({r['start_list_keys']} list_keys) |")
+        print(
+            f"| {r['history']:,} | {r['rpcs_per_experiment']} | "
+            f"{r['list_keys_per_experiment']} | {k.get('beacon', 0.0)} | {k.get('bests', 0.0)} | "
+            f"{r['keeps']} of {r['experiments']} | {r['start_rpcs']} RPCs "
+            f"({r['start_list_keys']} list_keys) |"
+        )
     print()
     for r in rows:
         print(f"{r['history']:,}: " + ", ".join(f"{t} {v}" for t, v in r["per_tool"].items()))

@@ -51,14 +51,20 @@ async def main() -> None:
         boxes[mech] = select_sandbox(mech, limits, python=sys.executable, cache_dir=cache)
     print(f"python {sys.version.split()[0]}; {boxes['bwrap'].describe()}")  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory() as tmp:
-        base = RunSpec(train_py=STARTUP, prepare_py=REPO / "prepare.py",
-                       work_root=Path(tmp), experiment_id="x", gpu=None, profile="smoke",
-                       budget_s=25, startup_allowance_s=120)
+        base = RunSpec(
+            train_py=STARTUP,
+            prepare_py=REPO / "prepare.py",
+            work_root=Path(tmp),
+            experiment_id="x",
+            gpu=None,
+            profile="smoke",
+            budget_s=25,
+            startup_allowance_s=120,
+        )
         walls: dict[str, list[float]] = {name: [] for name in boxes}
         for i in range(args.n):
             for name, box in boxes.items():
-                out = await run_experiment(replace(base, experiment_id=f"{name}-{i}",
-                                                   sandbox=box))
+                out = await run_experiment(replace(base, experiment_id=f"{name}-{i}", sandbox=box))
                 assert out.ok, (name, out.message, out.log_tail)
                 walls[name].append(out.wall_s)
         bare = statistics.median(walls["bare"])
@@ -72,8 +78,9 @@ async def main() -> None:
             smoke = replace(base, train_py=(REPO / "train.py").read_text(), env=env)
             print(f"\nreal smoke train.py, {args.steps} fixed steps:")
             for name, box in boxes.items():
-                out = await run_experiment(replace(smoke, experiment_id=f"smoke-{name}",
-                                                   sandbox=box))
+                out = await run_experiment(
+                    replace(smoke, experiment_id=f"smoke-{name}", sandbox=box)
+                )
                 val = out.summary.val_bpb if out.summary else None
                 print(f"  {name:8s} wall {out.wall_s:6.2f} s  val_bpb {val}  ({out.message})")
 

@@ -87,10 +87,15 @@ class RandomProposer:
         old = constants(ctx.best_train_py)
         names = self.rng.sample(self.NAMES, self.rng.randint(1, 3))
         changes = {n: float(f"{old[n] * math.exp(self.rng.gauss(0, 0.3)):.4g}") for n in names}
-        desc = ", ".join(f"{n} {format_value(old[n])} → {format_value(v)}"
-                         for n, v in changes.items())
-        return Proposal(train_py=apply_changes(ctx.best_train_py, changes), description=desc,
-                        parent_hash=ctx.parent_hash, proposer=self.name)
+        desc = ", ".join(
+            f"{n} {format_value(old[n])} → {format_value(v)}" for n, v in changes.items()
+        )
+        return Proposal(
+            train_py=apply_changes(ctx.best_train_py, changes),
+            description=desc,
+            parent_hash=ctx.parent_hash,
+            proposer=self.name,
+        )
 
     async def observe(self, proposal: Proposal, result: Any) -> None:
         return None
@@ -124,30 +129,39 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     train.write_text(fake_trainer_source(), encoding="utf-8")
     prepare = work / "prepare.py"
     prepare.write_text("# the fake trainer needs no data\n", encoding="utf-8")
-    cfg = load_config(env={}, flags={
-        "state_dir": str(work / "state"),
-        "memory.path": str(work / "memory.sqlite"),
-        "train_py": str(train),
-        "prepare_py": str(prepare),
-        "prepare_on_start": "false",
-        # the stand-in reads its own constants through globals(), which the static check
-        # refuses; this benchmark measures the supervisor, not the checks
-        "verify_runs": "false",
-        "profile": "standard",
-        "budget_s": str(args.budget),
-        "startup_allowance_s": "30",
-        "min_free_mb": "1000",
-        "start_jitter_s": "1",
-        "agent_name": "bench",
-    })
+    cfg = load_config(
+        env={},
+        flags={
+            "state_dir": str(work / "state"),
+            "memory.path": str(work / "memory.sqlite"),
+            "train_py": str(train),
+            "prepare_py": str(prepare),
+            "prepare_on_start": "false",
+            # the stand-in reads its own constants through globals(), which the static check
+            # refuses; this benchmark measures the supervisor, not the checks
+            "verify_runs": "false",
+            "profile": "standard",
+            "budget_s": str(args.budget),
+            "startup_allowance_s": "30",
+            "min_free_mb": "1000",
+            "start_jitter_s": "1",
+            "agent_name": "bench",
+        },
+    )
+
     def factory(index: int, spec: ProposerSpec) -> Any:
         if args.proposer == "random":
             return RandomProposer(seed=index)
         return build_proposer(spec)
 
     timer = RunTimer()
-    sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(args.gpus), install_signals=False,
-                     proposer_factory=factory, run_fn=timer.run)
+    sup = Supervisor(
+        cfg,
+        nvml=FakeNvml.with_gpus(args.gpus),
+        install_signals=False,
+        proposer_factory=factory,
+        run_fn=timer.run,
+    )
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     task = asyncio.create_task(sup.run())
     t_start = time.monotonic()
@@ -183,25 +197,36 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         window_fracs.append(in_window / window)
         # the trainer's own training time: its budget per run (pro rata for a run cut by
         # the end of the window)
-        trained = sum(args.budget * max(0.0, min(1.0, (t_stop - a) / (b - a)))
-                      for a, b in spans if b > a)
+        trained = sum(
+            args.budget * max(0.0, min(1.0, (t_stop - a) / (b - a))) for a, b in spans if b > a
+        )
         train_fracs.append(trained / window)
-        rows.append({
-            "gpu": w.gpu_index, "runs": len(spans), "window_s": round(window, 1),
-            "busy": round(in_window / window, 4),
-            "training": round(trained / window, 4),
-            "gap_p50_s": round(percentile(w_gaps, 50), 3),
-            "gap_p99_s": round(percentile(w_gaps, 99), 3),
-        })
+        rows.append(
+            {
+                "gpu": w.gpu_index,
+                "runs": len(spans),
+                "window_s": round(window, 1),
+                "busy": round(in_window / window, 4),
+                "training": round(trained / window, 4),
+                "gap_p50_s": round(percentile(w_gaps, 50), 3),
+                "gap_p99_s": round(percentile(w_gaps, 99), 3),
+            }
+        )
     c = sup.counters.value
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
-                   f"Python {platform.python_version()}",
-        "gpus": args.gpus, "budget_s": args.budget, "minutes": args.minutes,
-        "exit_code": code, "elapsed_s": round(total, 1),
-        "experiments": c.done, "kept": c.kept, "crashed": c.crashed,
-        "duplicates_skipped": c.duplicates_skipped, "claims_lost": c.claims_lost,
+        f"Python {platform.python_version()}",
+        "gpus": args.gpus,
+        "budget_s": args.budget,
+        "minutes": args.minutes,
+        "exit_code": code,
+        "elapsed_s": round(total, 1),
+        "experiments": c.done,
+        "kept": c.kept,
+        "crashed": c.crashed,
+        "duplicates_skipped": c.duplicates_skipped,
+        "claims_lost": c.claims_lost,
         "proposer": args.proposer,
         "busy_fraction_mean": round(statistics.fmean(window_fracs), 4) if window_fracs else None,
         "busy_fraction_min": round(min(window_fracs), 4) if window_fracs else None,
@@ -221,9 +246,13 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--budget", type=float, default=5.0, help="seconds per fake run")
-    parser.add_argument("--proposer", choices=("random", "search"), default="search",
-                        help="search: the built-in search proposer (default); random: unbounded "
-                        "random changes (measures the supervisor alone)")
+    parser.add_argument(
+        "--proposer",
+        choices=("random", "search"),
+        default="search",
+        help="search: the built-in search proposer (default); random: unbounded "
+        "random changes (measures the supervisor alone)",
+    )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON only")
     args = parser.parse_args()
@@ -234,17 +263,23 @@ def main() -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"bench_supervisor {out['date']} on {out['machine']}")
-    print(f"{out['gpus']} simulated GPUs, {out['budget_s']:g} s runs, {out['minutes']:g} min, "
-          f"{out['proposer']} proposer: "
-          f"{out['experiments']} experiments ({out['kept']} kept, "
-          f"{out['duplicates_skipped']} duplicates skipped, {out['claims_lost']} claims lost)")
-    print(f"GPU busy fraction (inside the runner, interpreter start included; whole window): mean {out['busy_fraction_mean']}, "
-          f"min {out['busy_fraction_min']} (floor 0.97); first-to-last run "
-          f"{out['busy_first_to_last_run']}; training time only {out['training_fraction_mean']}")
+    print(
+        f"{out['gpus']} simulated GPUs, {out['budget_s']:g} s runs, {out['minutes']:g} min, "
+        f"{out['proposer']} proposer: "
+        f"{out['experiments']} experiments ({out['kept']} kept, "
+        f"{out['duplicates_skipped']} duplicates skipped, {out['claims_lost']} claims lost)"
+    )
+    print(
+        f"GPU busy fraction (inside the runner, interpreter start included; whole window): mean {out['busy_fraction_mean']}, "
+        f"min {out['busy_fraction_min']} (floor 0.97); first-to-last run "
+        f"{out['busy_first_to_last_run']}; training time only {out['training_fraction_mean']}"
+    )
     print(f"gap between runs: p50 {out['gap_p50_s']} s (floor 0.5 s), p99 {out['gap_p99_s']} s")
-    print(f"supervisor process CPU: {out['supervisor_cpu_s']} s, "
-          f"{out['supervisor_cpu_ms_per_experiment']} ms per experiment "
-          f"(load average at the end {out['load_average_1m']} on {os.cpu_count()} CPUs)")
+    print(
+        f"supervisor process CPU: {out['supervisor_cpu_s']} s, "
+        f"{out['supervisor_cpu_ms_per_experiment']} ms per experiment "
+        f"(load average at the end {out['load_average_1m']} on {os.cpu_count()} CPUs)"
+    )
     for row in out["per_gpu"]:  # type: ignore[union-attr]
         print("  ", row)
     ok = (out["busy_fraction_mean"] or 0) >= 0.97 and out["gap_p50_s"] <= 0.5  # type: ignore[operator]

@@ -132,24 +132,34 @@ def publication_errors(runs: list[RunRecord], published: Any) -> int:
     return sum(abs(ran[k] - pub[k]) for k in ran.keys() | pub.keys())
 
 
-def split(n_gpus: int, per_machine: int, procs: int, memory: MachineSpec) -> list[list[MachineSpec]]:
+def split(
+    n_gpus: int, per_machine: int, procs: int, memory: MachineSpec
+) -> list[list[MachineSpec]]:
     """Machines of ``per_machine`` GPUs (the last takes the rest), dealt to processes."""
     specs = []
     for i, start in enumerate(range(0, n_gpus, per_machine)):
         name = f"m{i:04d}"
         path = memory.memory_path.replace("{name}", name)
-        specs.append(MachineSpec(name=name, gpus=min(per_machine, n_gpus - start),
-                                 memory_kind=memory.memory_kind, memory_url=memory.memory_url,
-                                 memory_path=path))
+        specs.append(
+            MachineSpec(
+                name=name,
+                gpus=min(per_machine, n_gpus - start),
+                memory_kind=memory.memory_kind,
+                memory_url=memory.memory_url,
+                memory_path=path,
+            )
+        )
     groups = max(1, min(procs, len(specs)))
     return [specs[i::groups] for i in range(groups)]
 
 
 def machine_line() -> str:
     load = os.getloadavg()
-    return (f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} {platform.machine()} "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-            f"{load[0]:.1f}")
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} {platform.machine()} "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+        f"{load[0]:.1f}"
+    )
 
 
 # --------------------------------------------------------------------------- scale
@@ -194,10 +204,19 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
     db = (args.db or str(work / "hub-{n}.sqlite")).replace("{n}", str(n))
     async with HubProcess(db, work / "hub.log").running() as hub:
         groups = split(n, args.gpus_per_machine, args.procs, MachineSpec("", 0, "hub", hub.url))
-        jobs = [SimJob(machines=tuple(g), work_dir=str(work / f"p{i}"), run_s=run_s,
-                       runs_per_gpu=args.runs, proposer=args.proposer, seed=args.seed,
-                       verified_bests=args.verified, deadline_s=60 * args.minutes)
-                for i, g in enumerate(groups)]
+        jobs = [
+            SimJob(
+                machines=tuple(g),
+                work_dir=str(work / f"p{i}"),
+                run_s=run_s,
+                runs_per_gpu=args.runs,
+                proposer=args.proposer,
+                seed=args.seed,
+                verified_bests=args.verified,
+                deadline_s=60 * args.minutes,
+            )
+            for i, g in enumerate(groups)
+        ]
         reports = await run_jobs(jobs, work, timeout_s=args.timeout)
         hub_cpu, hub_rss = proc_cpu_s(hub.pid), peak_rss_mb(hub.pid)
         calls, _ = await hub.tool_calls()
@@ -207,57 +226,84 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
     window = max(r.ended for r in runs) - min(r.started for r in runs)
     publish = [s for rep in reports for s in rep.publish_s]
     lost = sum(c.get("claims_lost", 0) for rep in reports for c in rep.counters.values())
-    oks = [r.val_bpb for r in view.results if r.val_bpb is not None
-           and r.status in ("keep", "discard")]
-    kept_min = min((r.val_bpb for r in view.results if r.status == "keep"
-                    and r.val_bpb is not None), default=None)
+    oks = [
+        r.val_bpb for r in view.results if r.val_bpb is not None and r.status in ("keep", "discard")
+    ]
+    kept_min = min(
+        (r.val_bpb for r in view.results if r.status == "keep" and r.val_bpb is not None),
+        default=None,
+    )
     db_path = Path(db)
-    db_bytes = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*")) \
-        if db_path.parent.is_dir() else math.nan
+    db_bytes = (
+        sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
+        if db_path.parent.is_dir()
+        else math.nan
+    )
     total = sum(calls.values())
     return ScaleRow(
-        n=n, machines=sum(len(g) for g in groups), procs=len(groups), run_s=run_s,
-        runs=len(runs), window_s=window, claims_per_s=len(runs) / window,
+        n=n,
+        machines=sum(len(g) for g in groups),
+        procs=len(groups),
+        run_s=run_s,
+        runs=len(runs),
+        window_s=window,
+        claims_per_s=len(runs) / window,
         publish_p50_ms=1000 * percentile(publish, 50),
         publish_p99_ms=1000 * percentile(publish, 99),
-        rpcs_per_exp=total / len(runs), lost_per_exp=lost / len(runs),
-        duplicates=len(repeats(runs)), duplicates_overlapping=repeats_while_running(runs),
+        rpcs_per_exp=total / len(runs),
+        lost_per_exp=lost / len(runs),
+        duplicates=len(repeats(runs)),
+        duplicates_overlapping=repeats_while_running(runs),
         unpublished=publication_errors(runs, view.results),
-        hub_cpu_s=hub_cpu, hub_rss_mb=hub_rss,
+        hub_cpu_s=hub_cpu,
+        hub_rss_mb=hub_rss,
         client_cpu_s=sum(rep.cpu_s for rep in reports),
         bytes_per_exp=sum(view.bytes_by_namespace.values()) / len(runs),
         db_bytes_per_exp=db_bytes / len(runs),
-        best_ok=None if args.verified else (
-            bool(oks) and view.best_val_bpb is not None and kept_min is not None
-            and abs(view.best_val_bpb - kept_min) < 1e-12),
+        best_ok=None
+        if args.verified
+        else (
+            bool(oks)
+            and view.best_val_bpb is not None
+            and kept_min is not None
+            and abs(view.best_val_bpb - kept_min) < 1e-12
+        ),
         embedded=sum(rep.embedded_texts for rep in reports),
         failed=sum(code != 0 for rep in reports for code in rep.exit_codes.values()),
         by_tool={k: v / len(runs) for k, v in sorted(calls.items())},
-        kb_by_namespace={k: v / 1024 / len(runs)
-                         for k, v in sorted(view.bytes_by_namespace.items())},
+        kb_by_namespace={
+            k: v / 1024 / len(runs) for k, v in sorted(view.bytes_by_namespace.items())
+        },
     )
 
 
 def print_scale_head(args: argparse.Namespace) -> None:
     print(f"bench_swarm scale, {machine_line()}")
-    print(f"machines of {args.gpus_per_machine} fake GPUs, {args.runs} runs per GPU, "
-          f"{args.proposer} proposer, verified bests {'on' if args.verified else 'off'}; "
-          "dedup: exact and structural layers (code), semantic layer on (it embeds only "
-          "code edits; texts embedded below)")
+    print(
+        f"machines of {args.gpus_per_machine} fake GPUs, {args.runs} runs per GPU, "
+        f"{args.proposer} proposer, verified bests {'on' if args.verified else 'off'}; "
+        "dedup: exact and structural layers (code), semantic layer on (it embeds only "
+        "code edits; texts embedded below)"
+    )
     print()
-    print("| GPUs | machines / processes | run (s) | experiments | claims/s | publish p50 / "
-          "p99 (ms) | RPCs / experiment | lost claims / experiment | duplicate runs | "
-          "unpublished | hub CPU (s) | hub peak RSS (MiB) | stored KB / experiment |")
+    print(
+        "| GPUs | machines / processes | run (s) | experiments | claims/s | publish p50 / "
+        "p99 (ms) | RPCs / experiment | lost claims / experiment | duplicate runs | "
+        "unpublished | hub CPU (s) | hub peak RSS (MiB) | stored KB / experiment |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
 
 
 def print_scale_row(r: ScaleRow) -> None:
-    print(f"| {r.n:,} | {r.machines} / {r.procs} | {r.run_s:g} | {r.runs:,} | "
-          f"{r.claims_per_s:.1f} | {r.publish_p50_ms:.1f} / {r.publish_p99_ms:.0f} | "
-          f"{r.rpcs_per_exp:.1f} | {r.lost_per_exp:.1f} | {r.duplicates} "
-          f"({r.duplicates_overlapping} overlapping) | "
-          f"{r.unpublished} | {r.hub_cpu_s:.0f} | {r.hub_rss_mb:.0f} | "
-          f"{r.bytes_per_exp / 1024:.1f} (file {r.db_bytes_per_exp / 1024:.1f}) |", flush=True)
+    print(
+        f"| {r.n:,} | {r.machines} / {r.procs} | {r.run_s:g} | {r.runs:,} | "
+        f"{r.claims_per_s:.1f} | {r.publish_p50_ms:.1f} / {r.publish_p99_ms:.0f} | "
+        f"{r.rpcs_per_exp:.1f} | {r.lost_per_exp:.1f} | {r.duplicates} "
+        f"({r.duplicates_overlapping} overlapping) | "
+        f"{r.unpublished} | {r.hub_cpu_s:.0f} | {r.hub_rss_mb:.0f} | "
+        f"{r.bytes_per_exp / 1024:.1f} (file {r.db_bytes_per_exp / 1024:.1f}) |",
+        flush=True,
+    )
 
 
 def print_scale_notes(rows: list[ScaleRow]) -> None:
@@ -265,12 +311,14 @@ def print_scale_notes(rows: list[ScaleRow]) -> None:
     for r in rows:
         tools = ", ".join(f"{k} {v:.1f}" for k, v in r.by_tool.items())
         best = "n/a (verified: the mean of its runs)" if r.best_ok is None else r.best_ok
-        print(f"N={r.n}: window {r.window_s:.0f} s, {r.failed} supervisor(s) failed, "
-              f"client CPU {r.client_cpu_s:.0f} s, "
-              f"hub CPU {1000 * r.hub_cpu_s / r.runs:.0f} ms/experiment, texts embedded "
-              f"by clients {r.embedded}, best = min over keeps: {best}; per experiment: "
-              f"{tools}; stored KB per experiment: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in r.kb_by_namespace.items()))
+        print(
+            f"N={r.n}: window {r.window_s:.0f} s, {r.failed} supervisor(s) failed, "
+            f"client CPU {r.client_cpu_s:.0f} s, "
+            f"hub CPU {1000 * r.hub_cpu_s / r.runs:.0f} ms/experiment, texts embedded "
+            f"by clients {r.embedded}, best = min over keeps: {best}; per experiment: "
+            f"{tools}; stored KB per experiment: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r.kb_by_namespace.items())
+        )
 
 
 # --------------------------------------------------------------------------- compare
@@ -287,26 +335,40 @@ class Trial:
 
 
 async def compare_one(args: argparse.Namespace, seed: int, mode: str, work: Path) -> Trial:
-    common = {"run_s": args.run_s or 2.0, "runs_per_gpu": args.runs,
-              "proposer": args.proposer, "seed": seed, "verified_bests": args.verified}
+    common = {
+        "run_s": args.run_s or 2.0,
+        "runs_per_gpu": args.runs,
+        "proposer": args.proposer,
+        "seed": seed,
+        "verified_bests": args.verified,
+    }
 
     async def simulate(memory: MachineSpec) -> list[ProcessReport]:
-        groups = split(args.agents * args.gpus_per_machine, args.gpus_per_machine,
-                       args.procs, memory)
-        jobs = [SimJob(machines=tuple(g), work_dir=str(work / f"p{i}"), **common)
-                for i, g in enumerate(groups)]
+        groups = split(
+            args.agents * args.gpus_per_machine, args.gpus_per_machine, args.procs, memory
+        )
+        jobs = [
+            SimJob(machines=tuple(g), work_dir=str(work / f"p{i}"), **common)
+            for i, g in enumerate(groups)
+        ]
         return await run_jobs(jobs, work, timeout_s=args.timeout)
 
     if mode == "swarm":
         async with HubProcess(str(work / "hub.sqlite"), work / "hub.log").running() as hub:
             reports = await simulate(MachineSpec("", 0, "hub", hub.url))
     else:
-        reports = await simulate(MachineSpec("", 0, "local", memory_path=str(
-            work / "own-{name}.sqlite")))
+        reports = await simulate(
+            MachineSpec("", 0, "local", memory_path=str(work / "own-{name}.sqlite"))
+        )
     runs = [r for rep in reports for r in rep.runs]
-    return Trial(mode=mode, seed=seed, curve=best_curve(runs), runs=len(runs),
-                 duplicate_share=len(repeats(runs)) / len(runs),
-                 confirm_share=sum(r.confirmation for r in runs) / len(runs))
+    return Trial(
+        mode=mode,
+        seed=seed,
+        curve=best_curve(runs),
+        runs=len(runs),
+        duplicate_share=len(repeats(runs)) / len(runs),
+        confirm_share=sum(r.confirmation for r in runs) / len(runs),
+    )
 
 
 def _at(curve: list[tuple[float, float, float]], gpu_h: float) -> tuple[float, float]:
@@ -328,15 +390,20 @@ def _mean_sd(values: list[float], digits: int = 4) -> str:
 def print_compare(trials: list[Trial], args: argparse.Namespace) -> None:
     budget = min(t.runs for t in trials) * RUN_GPU_H
     print(f"bench_swarm compare, {machine_line()}")
-    print(f"{args.agents} agents x {args.gpus_per_machine} GPU(s), {args.runs} runs per GPU "
-          f"({budget:.1f} GPU-hours of 5-minute runs), {args.proposer} proposer, verified "
-          f"bests {'on' if args.verified else 'off'}, seeds {args.seeds}; optimum "
-          f"{optimum(load_objective()):.4f} (noise-free); mean ± sd over seeds")
+    print(
+        f"{args.agents} agents x {args.gpus_per_machine} GPU(s), {args.runs} runs per GPU "
+        f"({budget:.1f} GPU-hours of 5-minute runs), {args.proposer} proposer, verified "
+        f"bests {'on' if args.verified else 'off'}, seeds {args.seeds}; optimum "
+        f"{optimum(load_objective()):.4f} (noise-free); mean ± sd over seeds"
+    )
     print()
     marks = [budget * f for f in (0.25, 0.5, 0.75, 1.0)]
-    print("| mode | " + " | ".join(f"best val_bpb at {h:.1f} GPU-h" for h in marks)
-          + " | noise-free value of the final best | GPU time on duplicates | on "
-          "verification runs |")
+    print(
+        "| mode | "
+        + " | ".join(f"best val_bpb at {h:.1f} GPU-h" for h in marks)
+        + " | noise-free value of the final best | GPU time on duplicates | on "
+        "verification runs |"
+    )
     print("|---|" + "---|" * (len(marks) + 3))
     for mode in ("swarm", "solo"):
         mine = [t for t in trials if t.mode == mode]
@@ -345,8 +412,7 @@ def print_compare(trials: list[Trial], args: argparse.Namespace) -> None:
         dup = _mean_sd([100 * t.duplicate_share for t in mine], 1)
         conf = _mean_sd([100 * t.confirm_share for t in mine], 1)
         label = "swarm (one hub)" if mode == "swarm" else "independent agents"
-        print(f"| {label} | " + " | ".join(cells)
-              + f" | {final} | {dup} % | {conf} % |")
+        print(f"| {label} | " + " | ".join(cells) + f" | {final} | {dup} % | {conf} % |")
 
 
 def write_curves(trials: list[Trial], out: Path) -> None:
@@ -366,8 +432,13 @@ def write_curves(trials: list[Trial], out: Path) -> None:
     for t in trials:
         xs = [h for h, b, _ in t.curve if math.isfinite(b)]
         ys = [b for _, b, _ in t.curve if math.isfinite(b)]
-        ax.plot(xs, ys, color="tab:blue" if t.mode == "swarm" else "tab:orange", alpha=0.6,
-                label=f"{t.mode}" if t.seed == 0 else None)
+        ax.plot(
+            xs,
+            ys,
+            color="tab:blue" if t.mode == "swarm" else "tab:orange",
+            alpha=0.6,
+            label=f"{t.mode}" if t.seed == 0 else None,
+        )
     ax.set_xlabel("GPU-hours (5-minute runs)")
     ax.set_ylabel("best val_bpb so far")
     ax.legend()
@@ -381,26 +452,52 @@ def write_curves(trials: list[Trial], out: Path) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="?", choices=("all", "scale", "compare"), default="all")
-    p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000],
-                   help="scale: GPUs in the swarm")
-    p.add_argument("--gpus-per-machine", type=int, default=None,
-                   help="GPUs of one simulated machine (scale: 8, compare: 1)")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[50, 200, 1000], help="scale: GPUs in the swarm"
+    )
+    p.add_argument(
+        "--gpus-per-machine",
+        type=int,
+        default=None,
+        help="GPUs of one simulated machine (scale: 8, compare: 1)",
+    )
     p.add_argument("--procs", type=int, default=8, help="simulating OS processes")
     p.add_argument("--runs", type=int, default=None, help="runs per GPU (scale: 2, compare: 12)")
-    p.add_argument("--run-s", type=float, default=0.0,
-                   help="seconds per simulated run (0 = scale: N/4 within 5..60; compare: 2)")
-    p.add_argument("--db", default="", help="scale: swarm hub --db (default: a new SQLite "
-                   "file per size; '{n}' is replaced by the size)")
+    p.add_argument(
+        "--run-s",
+        type=float,
+        default=0.0,
+        help="seconds per simulated run (0 = scale: N/4 within 5..60; compare: 2)",
+    )
+    p.add_argument(
+        "--db",
+        default="",
+        help="scale: swarm hub --db (default: a new SQLite "
+        "file per size; '{n}' is replaced by the size)",
+    )
     p.add_argument("--proposer", choices=("search", "random"), default="search")
-    p.add_argument("--no-verified", dest="verified", action="store_false",
-                   help="bests move at once (no confirming run by another agent)")
+    p.add_argument(
+        "--no-verified",
+        dest="verified",
+        action="store_false",
+        help="bests move at once (no confirming run by another agent)",
+    )
     p.add_argument("--agents", type=int, default=8, help="compare: agents (machines)")
     p.add_argument("--seeds", type=int, default=5, help="compare: seeds")
     p.add_argument("--seed", type=int, default=0, help="scale: seed of the proposers")
-    p.add_argument("--minutes", type=float, default=0.0, help="scale: stop every machine "
-                   "after this long (runs in progress finish; 0 = when all runs are done)")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per simulation; "
-                   "then its processes are stopped and report what they did")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="scale: stop every machine "
+        "after this long (runs in progress finish; 0 = when all runs are done)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds per simulation; then its processes are stopped and report what they did",
+    )
     p.add_argument("--out", type=Path, help="compare: write CSV (and PNG) here")
     p.add_argument("--log-level", default="error")
     args = p.parse_args(argv)
@@ -435,10 +532,13 @@ async def amain(args: argparse.Namespace) -> int:
                 with tempfile.TemporaryDirectory(prefix=f"bench-swarm-{mode}-") as tmp:
                     trials.append(await compare_one(cmp_args, seed, mode, Path(tmp)))
                 t = trials[-1]
-                print(f"# seed {seed} {mode}: {t.runs} runs, best {t.curve[-1][1]:.4f} "
-                      f"(noise-free {t.curve[-1][2]:.4f}), duplicates "
-                      f"{100 * t.duplicate_share:.1f} %, verification "
-                      f"{100 * t.confirm_share:.1f} %", flush=True)
+                print(
+                    f"# seed {seed} {mode}: {t.runs} runs, best {t.curve[-1][1]:.4f} "
+                    f"(noise-free {t.curve[-1][2]:.4f}), duplicates "
+                    f"{100 * t.duplicate_share:.1f} %, verification "
+                    f"{100 * t.confirm_share:.1f} %",
+                    flush=True,
+                )
         if args.what == "all":
             print()
         print_compare(trials, cmp_args)

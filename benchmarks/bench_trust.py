@@ -41,12 +41,15 @@ async def main() -> int:
     for seed in range(args.seeds):
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            report = await simulate(Path(tmp) / "swarm.sqlite", agents=args.agents,
-                                    experiments=args.experiments, liar_share=args.liars,
-                                    seed=seed)
+            report = await simulate(
+                Path(tmp) / "swarm.sqlite",
+                agents=args.agents,
+                experiments=args.experiments,
+                liar_share=args.liars,
+                seed=seed,
+            )
         reports.append(report)
-        sys.stdout.write(f"seed {seed}: {report.summary()} "
-                         f"[{time.perf_counter() - t0:.1f} s]\n")
+        sys.stdout.write(f"seed {seed}: {report.summary()} [{time.perf_counter() - t0:.1f} s]\n")
     runs = sum(r.experiments + r.confirmations for r in reports)
     conf = sum(r.confirmations for r in reports)
     waits = sorted(w for r in reports for w in r.waits_s)
@@ -58,7 +61,8 @@ async def main() -> int:
         f"refuted {sum(r.honest_refuted for r in reports)} of "
         f"{sum(r.candidates - r.lie_candidates for r in reports)}; wait for a verdict median "
         f"{waits[len(waits) // 2] / 60 if waits else float('nan'):.1f} min, p95 "
-        f"{waits[int(0.95 * (len(waits) - 1))] / 60 if waits else float('nan'):.1f} min\n")
+        f"{waits[int(0.95 * (len(waits) - 1))] / 60 if waits else float('nan'):.1f} min\n"
+    )
     return 0
 
 

@@ -233,8 +233,12 @@ def run_stage(
 
     async def stage() -> GroupExit:
         group = await spawn_group(
-            argv, name=" ".join(argv[1:4]) or argv[0], log_path=log, grace_s=term_grace_s,
-            cwd=REPO, env=env,
+            argv,
+            name=" ".join(argv[1:4]) or argv[0],
+            log_path=log,
+            grace_s=term_grace_s,
+            cwd=REPO,
+            env=env,
         )
         return await group.wait(timeout_s=max(1.0, limit_s))
 

@@ -65,8 +65,18 @@ class HubProcess:
     async def running(self) -> AsyncIterator[HubProcess]:
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "swarm", "hub", "--db", self.db, "--port", str(self.port),
-                "--open-access", stdout=log, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "swarm",
+                "hub",
+                "--db",
+                self.db,
+                "--port",
+                str(self.port),
+                "--open-access",
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             try:
                 await wait_for_hub(self.url, timeout_s=120)
                 yield self
@@ -99,8 +109,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 20.0) -> None
             await proc.wait()
 
 
-async def run_jobs(jobs: Sequence[SimJob], work: Path, *, timeout_s: float
-                   ) -> list[ProcessReport]:
+async def run_jobs(jobs: Sequence[SimJob], work: Path, *, timeout_s: float) -> list[ProcessReport]:
     """Run every job in its own process at once; their reports (in job order). A process
     still running after ``timeout_s`` is asked to stop (SIGTERM) and reports what it did."""
 
@@ -109,8 +118,13 @@ async def run_jobs(jobs: Sequence[SimJob], work: Path, *, timeout_s: float
         job_path.write_text(job.to_json(), encoding="utf-8")
         with (work / f"sim{i}.log").open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(SIM_SCRIPT), str(job_path), str(out_path),
-                stdout=log, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                str(SIM_SCRIPT),
+                str(job_path),
+                str(out_path),
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             code: int | None
             try:
                 code = await asyncio.wait_for(proc.wait(), timeout=timeout_s)
@@ -139,8 +153,9 @@ class MemoryView:
     keys_by_namespace: dict[str, int] = field(default_factory=dict)
 
 
-async def read_memory(*, url: str = "", path: str = "", track: str, tier: str,
-                      sizes: bool = False) -> MemoryView:
+async def read_memory(
+    *, url: str = "", path: str = "", track: str, tier: str, sizes: bool = False
+) -> MemoryView:
     """Published results of ``track``, the tier's best, and (``sizes``) the stored bytes of
     keys, values and descriptions by namespace (a full read: for after the measurement)."""
     backend = open_memory("hub", url=url) if url else open_memory("local", path=path)
@@ -153,12 +168,14 @@ async def read_memory(*, url: str = "", path: str = "", track: str, tier: str,
         if sizes:
             infos = await b.list_keys("")
             for start in range(0, len(infos), 100):
-                found = await b.get([i.key for i in infos[start:start + 100]])
+                found = await b.get([i.key for i in infos[start : start + 100]])
                 for key, m in found.items():
                     ns = key.split("/", 1)[0]
                     nkeys[ns] += 1
                     nbytes[ns] += len(key) + len(m.value.encode()) + len(m.description.encode())
-    return MemoryView(results=tuple(results),
-                      best_val_bpb=None if best is None else best.val_bpb,
-                      bytes_by_namespace=dict(nbytes), keys_by_namespace=dict(nkeys))
-
+    return MemoryView(
+        results=tuple(results),
+        best_val_bpb=None if best is None else best.val_bpb,
+        bytes_by_namespace=dict(nbytes),
+        keys_by_namespace=dict(nkeys),
+    )

@@ -72,8 +72,11 @@ def load_objective() -> ModuleType:
 def optimum(objective: ModuleType) -> float:
     """The noise-free minimum of the objective: every bowl at its bottom, the best window
     pattern and head size."""
-    return float(objective.BASE + min(objective.WINDOW_OFFSET.values())
-                 + min(objective.HEAD_DIM_OFFSET.values()))
+    return float(
+        objective.BASE
+        + min(objective.WINDOW_OFFSET.values())
+        + min(objective.HEAD_DIM_OFFSET.values())
+    )
 
 
 # --------------------------------------------------------------------------- job
@@ -169,8 +172,9 @@ class ProcessReport:
 class FakeTrainer:
     """The supervisor's ``run_fn``: sleeps ``run_s``, answers with the synthetic objective."""
 
-    def __init__(self, objective: ModuleType, run_s: float, machine: str,
-                 report: ProcessReport) -> None:
+    def __init__(
+        self, objective: ModuleType, run_s: float, machine: str, report: ProcessReport
+    ) -> None:
         self.objective = objective
         self.run_s = run_s
         self.machine = machine
@@ -192,27 +196,57 @@ class FakeTrainer:
         measured, true = self._evaluate({**consts, "SEED": seed})
         await asyncio.sleep(self.run_s)
         ended = time.time()
-        self.report.runs.append(RunRecord(
-            machine=self.machine, gpu=str(spec.gpu), code_hash=code_hash(spec.train_py),
-            parent_hash=str(spec.meta.get("parent_hash") or ""), seed=seed, started=started,
-            ended=ended, val_bpb=None if measured is None else float(measured["val_bpb"]),
-            true_bpb=true, confirmation=SEED_ENV in spec.env))
+        self.report.runs.append(
+            RunRecord(
+                machine=self.machine,
+                gpu=str(spec.gpu),
+                code_hash=code_hash(spec.train_py),
+                parent_hash=str(spec.meta.get("parent_hash") or ""),
+                seed=seed,
+                started=started,
+                ended=ended,
+                val_bpb=None if measured is None else float(measured["val_bpb"]),
+                true_bpb=true,
+                confirmation=SEED_ENV in spec.env,
+            )
+        )
         workdir = spec.workdir
         if measured is None:
-            return RunOutcome(status="crash", failure="oom", summary=None,
-                              message="torch.OutOfMemoryError (synthetic)",
-                              log_path=workdir / "run.log", log_tail="CUDA out of memory",
-                              returncode=1, wall_s=ended - started, prepare_hash="",
-                              workdir=workdir)
+            return RunOutcome(
+                status="crash",
+                failure="oom",
+                summary=None,
+                message="torch.OutOfMemoryError (synthetic)",
+                log_path=workdir / "run.log",
+                log_tail="CUDA out of memory",
+                returncode=1,
+                wall_s=ended - started,
+                prepare_hash="",
+                workdir=workdir,
+            )
         summary = Summary(
-            val_bpb=float(measured["val_bpb"]), training_seconds=spec.budget_s,
-            total_seconds=spec.budget_s + 25.0, peak_vram_mb=measured["memory_gb"] * 1024,
-            mfu_percent=39.8, total_tokens_M=measured["total_tokens_M"],
-            num_steps=int(measured["num_steps"]), num_params_M=measured["num_params_M"],
-            depth=int(measured["depth"]))
-        return RunOutcome(status="ok", failure=None, summary=summary, message="",
-                          log_path=workdir / "run.log", log_tail="", returncode=0,
-                          wall_s=ended - started, prepare_hash="", workdir=workdir)
+            val_bpb=float(measured["val_bpb"]),
+            training_seconds=spec.budget_s,
+            total_seconds=spec.budget_s + 25.0,
+            peak_vram_mb=measured["memory_gb"] * 1024,
+            mfu_percent=39.8,
+            total_tokens_M=measured["total_tokens_M"],
+            num_steps=int(measured["num_steps"]),
+            num_params_M=measured["num_params_M"],
+            depth=int(measured["depth"]),
+        )
+        return RunOutcome(
+            status="ok",
+            failure=None,
+            summary=summary,
+            message="",
+            log_path=workdir / "run.log",
+            log_tail="",
+            returncode=0,
+            wall_s=ended - started,
+            prepare_hash="",
+            workdir=workdir,
+        )
 
 
 # --------------------------------------------------------------------------- backend
@@ -276,24 +310,36 @@ def machine_config(job: SimJob, m: MachineSpec, train_py: Path, prepare_py: Path
     """A supervisor's configuration: the protocol's intervals scaled like the run."""
     f = job.scale
     beat = 30.0 * f
-    return load_config(env={}, flags={
-        "state_dir": str(Path(job.work_dir) / m.name),
-        "memory.kind": m.memory_kind,
-        "memory.url": m.memory_url,
-        "memory.path": m.memory_path,
-        "train_py": str(train_py), "prepare_py": str(prepare_py),
-        "prepare_on_start": "false", "profile": "standard", "budget_s": str(job.run_s),
-        "startup_allowance_s": "30", "min_free_mb": "1000",
-        "start_jitter_s": f"{2.0 * f:g}", "agent_name": m.name,
-        "max_experiments": str(job.runs_per_gpu * m.gpus),
-        # a beat every tenth of a run, as a 5-minute run gets at 30 s; the lease is kept
-        # at 15 s at least: on a loaded 2-core machine a shorter one expires live claims
-        "heartbeat_s": f"{beat:g}", "lease_s": f"{max(3 * beat, 15.0):g}",
-        "solo_after_s": f"{600.0 * f:g}", "status_interval_s": f"{max(2.0, job.run_s):g}",
-        "sandbox": "none", "verify_runs": "false", "log_level": job.log_level,
-        "verified_bests": str(job.verified_bests).lower(),
-        "proposer.seed": str(1 + (job.seed * 7919 + _name_number(m.name)) % (2**31 - 2)),
-    })
+    return load_config(
+        env={},
+        flags={
+            "state_dir": str(Path(job.work_dir) / m.name),
+            "memory.kind": m.memory_kind,
+            "memory.url": m.memory_url,
+            "memory.path": m.memory_path,
+            "train_py": str(train_py),
+            "prepare_py": str(prepare_py),
+            "prepare_on_start": "false",
+            "profile": "standard",
+            "budget_s": str(job.run_s),
+            "startup_allowance_s": "30",
+            "min_free_mb": "1000",
+            "start_jitter_s": f"{2.0 * f:g}",
+            "agent_name": m.name,
+            "max_experiments": str(job.runs_per_gpu * m.gpus),
+            # a beat every tenth of a run, as a 5-minute run gets at 30 s; the lease is kept
+            # at 15 s at least: on a loaded 2-core machine a shorter one expires live claims
+            "heartbeat_s": f"{beat:g}",
+            "lease_s": f"{max(3 * beat, 15.0):g}",
+            "solo_after_s": f"{600.0 * f:g}",
+            "status_interval_s": f"{max(2.0, job.run_s):g}",
+            "sandbox": "none",
+            "verify_runs": "false",
+            "log_level": job.log_level,
+            "verified_bests": str(job.verified_bests).lower(),
+            "proposer.seed": str(1 + (job.seed * 7919 + _name_number(m.name)) % (2**31 - 2)),
+        },
+    )
 
 
 def _name_number(name: str) -> int:
@@ -310,17 +356,29 @@ def _proposer_factory(job: SimJob, m: MachineSpec) -> Any:
     return lambda index, spec: RandomProposer(seed=base + index)
 
 
-def build_machine(job: SimJob, m: MachineSpec, objective: ModuleType, report: ProcessReport,
-                  train_py: Path, prepare_py: Path) -> Supervisor:
+def build_machine(
+    job: SimJob,
+    m: MachineSpec,
+    objective: ModuleType,
+    report: ProcessReport,
+    train_py: Path,
+    prepare_py: Path,
+) -> Supervisor:
     """A real supervisor on fake GPUs with the fake trainer and a timed memory client."""
-    inner = (open_memory("hub", url=m.memory_url) if m.memory_kind == "hub"
-             else open_memory("local", path=m.memory_path))
+    inner = (
+        open_memory("hub", url=m.memory_url)
+        if m.memory_kind == "hub"
+        else open_memory("local", path=m.memory_path)
+    )
     return Supervisor(
         machine_config(job, m, train_py, prepare_py),
-        nvml=FakeNvml.with_gpus(m.gpus, total_mb=81559), install_signals=False,
+        nvml=FakeNvml.with_gpus(m.gpus, total_mb=81559),
+        install_signals=False,
         run_fn=FakeTrainer(objective, job.run_s, m.name, report),
         backend=TimedBackend(inner, report),
-        proposer_factory=_proposer_factory(job, m), host=f"host-{m.name}", env={},
+        proposer_factory=_proposer_factory(job, m),
+        host=f"host-{m.name}",
+        env={},
         rng=random.Random(f"{job.seed}-{m.name}"),
     )
 
@@ -374,22 +432,26 @@ async def run_job(job: SimJob) -> ProcessReport:
     objective = load_objective()
     report = ProcessReport()
     train_py, prepare_py = await asyncio.to_thread(_seed_files, Path(job.work_dir))
-    sups = {m.name: build_machine(job, m, objective, report, train_py, prepare_py)
-            for m in job.machines}
+    sups = {
+        m.name: build_machine(job, m, objective, report, train_py, prepare_py) for m in job.machines
+    }
     stopper = _Stopper(sups, grace_s=max(30.0, 3 * job.run_s))
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopper.now.set)
     async with asyncio.TaskGroup() as tg:
         stop_task = tg.create_task(stopper.run(job.deadline_s))
-        stopper.tasks = {name: tg.create_task(_guarded(sup.run()), name=f"machine-{name}")
-                         for name, sup in sups.items()}
+        stopper.tasks = {
+            name: tg.create_task(_guarded(sup.run()), name=f"machine-{name}")
+            for name, sup in sups.items()
+        }
         for name, sup in sups.items():
             tg.create_task(_watch_running(sup, name, report))
         await asyncio.wait(stopper.tasks.values())
         stop_task.cancel()
     for name, sup in sups.items():
         report.exit_codes[name] = stopper.exit_code(name)
-        report.counters[name] = {k: int(v) for k, v in asdict(sup.counters.value).items()
-                                 if isinstance(v, int)}
+        report.counters[name] = {
+            k: int(v) for k, v in asdict(sup.counters.value).items() if isinstance(v, int)
+        }
     report.embedded_texts = get_embedder().calls
     usage = os.times()
     report.cpu_s = usage.user + usage.system

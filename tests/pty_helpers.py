@@ -15,8 +15,9 @@ class PtyProcess:
 
     def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
         self._fd, child = pty.openpty()
-        self.proc = subprocess.Popen(list(argv), stdin=child, stdout=child, stderr=child,
-                                     env=env, close_fds=True)
+        self.proc = subprocess.Popen(
+            list(argv), stdin=child, stdout=child, stderr=child, env=env, close_fds=True
+        )
         os.close(child)
         self.screen = ""
 

@@ -12,8 +12,17 @@ from benchmarks.bench_swarm import HubProcess, MachineSpec, RunRecord, SimJob, r
 
 
 def _run(code: str, started: float, seed: int = 42, val: float | None = 1.0) -> RunRecord:
-    return RunRecord(machine="m", gpu="0", code_hash=code, parent_hash="", seed=seed,
-                     started=started, ended=started + 1, val_bpb=val, true_bpb=val)
+    return RunRecord(
+        machine="m",
+        gpu="0",
+        code_hash=code,
+        parent_hash="",
+        seed=seed,
+        started=started,
+        ended=started + 1,
+        val_bpb=val,
+        true_bpb=val,
+    )
 
 
 def test_repeats_count_every_later_run_of_the_same_code_and_seed() -> None:
@@ -26,8 +35,12 @@ def test_repeats_count_every_later_run_of_the_same_code_and_seed() -> None:
 
 def test_best_curve_keeps_the_lowest_measured_value_per_gpu_hour() -> None:
     """Best-so-far never rises; crashed runs (no val_bpb) only add GPU time."""
-    runs = [_run("a", 0, val=1.0), _run("b", 1, val=None), _run("c", 2, val=0.99),
-            _run("d", 3, val=1.2)]
+    runs = [
+        _run("a", 0, val=1.0),
+        _run("b", 1, val=None),
+        _run("c", 2, val=0.99),
+        _run("d", 3, val=1.2),
+    ]
     curve = bench_swarm.best_curve(runs)
     assert [round(h * 12) for h, _, _ in curve] == [1, 2, 3, 4]
     assert [b for _, b, _ in curve] == [1.0, 1.0, 0.99, 0.99]
@@ -57,9 +70,17 @@ async def test_toy_swarm_runs_nothing_twice_and_publishes_every_run(tmp_path: Pa
     async with HubProcess(str(tmp_path / "hub.sqlite"), tmp_path / "hub.log").running() as hub:
         hub_spec = MachineSpec("", 0, "hub", hub.url)
         groups = bench_swarm.split(4, 1, 2, hub_spec)
-        jobs = [SimJob(machines=tuple(g), work_dir=str(tmp_path / f"p{i}"), run_s=1.0,
-                       runs_per_gpu=5, proposer="random", verified_bests=False)
-                for i, g in enumerate(groups)]
+        jobs = [
+            SimJob(
+                machines=tuple(g),
+                work_dir=str(tmp_path / f"p{i}"),
+                run_s=1.0,
+                runs_per_gpu=5,
+                proposer="random",
+                verified_bests=False,
+            )
+            for i, g in enumerate(groups)
+        ]
         reports = await run_jobs(jobs, tmp_path, timeout_s=300)
         calls, _ = await hub.tool_calls()
         view = await read_memory(url=hub.url, track="standard-budget-1", tier=bench_swarm.TIER)
@@ -68,8 +89,10 @@ async def test_toy_swarm_runs_nothing_twice_and_publishes_every_run(tmp_path: Pa
     assert all(code == 0 for rep in reports for code in rep.exit_codes.values())
     baseline = bench_swarm.load_objective().block_constants()
     assert sum(r.parent_hash == "" for r in runs) == 1, "the baseline ran more than once"
-    assert math.isclose(min(r.true_bpb for r in runs if r.parent_hash == "") or 0,
-                        bench_swarm.load_objective().evaluate(baseline, noise=False)["val_bpb"])
+    assert math.isclose(
+        min(r.true_bpb for r in runs if r.parent_hash == "") or 0,
+        bench_swarm.load_objective().evaluate(baseline, noise=False)["val_bpb"],
+    )
     assert bench_swarm.repeats(runs) == []
     assert bench_swarm.publication_errors(runs, view.results) == 0
     assert len(view.results) == 20

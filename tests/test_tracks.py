@@ -26,8 +26,11 @@ def _module_constants(tree: ast.Module) -> dict[str, Any]:
     """Top-level ``NAME = <literal or simple expression>`` assignments of prepare.py."""
     found: dict[str, Any] = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             try:
                 found[node.targets[0].id] = _evaluate(node.value, found)
             except ValueError:
@@ -43,8 +46,12 @@ def _evaluate(node: ast.expr, names: dict[str, Any]) -> Any:
         return names[node.id]
     if isinstance(node, ast.BinOp):
         left, right = _evaluate(node.left, names), _evaluate(node.right, names)
-        ops = {ast.Mult: lambda a, b: a * b, ast.Pow: lambda a, b: a ** b,
-               ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b}
+        ops = {
+            ast.Mult: lambda a, b: a * b,
+            ast.Pow: lambda a, b: a**b,
+            ast.Add: lambda a, b: a + b,
+            ast.Sub: lambda a, b: a - b,
+        }
         if type(node.op) in ops:
             return ops[type(node.op)](left, right)
     if isinstance(node, ast.JoinedStr):
@@ -52,8 +59,11 @@ def _evaluate(node: ast.expr, names: dict[str, Any]) -> Any:
         for value in node.values:
             if isinstance(value, ast.FormattedValue):
                 spec = value.format_spec
-                fmt = "".join(str(_evaluate(v, names)) for v in spec.values) if isinstance(
-                    spec, ast.JoinedStr) else ""
+                fmt = (
+                    "".join(str(_evaluate(v, names)) for v in spec.values)
+                    if isinstance(spec, ast.JoinedStr)
+                    else ""
+                )
                 parts.append(format(_evaluate(value.value, names), fmt))
             else:
                 parts.append(str(_evaluate(value, names)))
@@ -67,8 +77,11 @@ def _prepare_profiles(path: Path = PREPARE_PY) -> tuple[dict[str, dict[str, Any]
     constants = _module_constants(tree)
     profiles: dict[str, dict[str, Any]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id == "Profile":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "Profile"
+        ):
             fields = {kw.arg: _evaluate(kw.value, constants) for kw in node.keywords if kw.arg}
             profiles[fields["name"]] = fields
     return profiles, constants
@@ -87,11 +100,15 @@ def test_track_matches_prepare_profile(name: str) -> None:
     profile = _prepare_profiles()[0][name]
     track = TRACKS[name]
     assert (track.seq_len, track.width_divisor, track.batch_divisor) == (
-        profile["max_seq_len"], profile["width_divisor"], profile["batch_divisor"])
-    assert (track.vocab_size, track.eval_tokens) == (profile["vocab_size"],
-                                                     profile["eval_tokens"])
-    assert (track.cache_subdir, track.val_filename) == (profile["cache_subdir"],
-                                                        profile["val_filename"])
+        profile["max_seq_len"],
+        profile["width_divisor"],
+        profile["batch_divisor"],
+    )
+    assert (track.vocab_size, track.eval_tokens) == (profile["vocab_size"], profile["eval_tokens"])
+    assert (track.cache_subdir, track.val_filename) == (
+        profile["cache_subdir"],
+        profile["val_filename"],
+    )
     assert track.budget_s == profile["time_budget"]
 
 
@@ -114,9 +131,11 @@ def test_every_copy_reads_the_table() -> None:
     """Config defaults, proposer shapes, plausibility geometry and trust defaults agree with
     the table."""
     for name, track in TRACKS.items():
-        assert PROFILE_DEFAULTS[name] == {"budget_s": track.budget_s,
-                                          "startup_allowance_s": track.startup_allowance_s,
-                                          "grace_s": track.grace_s}
+        assert PROFILE_DEFAULTS[name] == {
+            "budget_s": track.budget_s,
+            "startup_allowance_s": track.startup_allowance_s,
+            "grace_s": track.grace_s,
+        }
         assert TRACK_SHAPES[name] == track.shape
         assert SEQ_LEN_BY_TRACK[name] == track.seq_len
         assert GEOMETRY[name] == (track.seq_len, track.batch_divisor, REFERENCE_SEQ_LEN)

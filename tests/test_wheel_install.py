@@ -26,10 +26,21 @@ from swarm.supervisor import data_ready
 from swarm.trainpy import code_hash
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKOUT_FILES = ("pyproject.toml", "README.md", "src", "configs", "collab.md", "train.py",
-                  "prepare.py")
-SHIPPED = ("train.py", "prepare.py", "collab.md",
-           *(f"configs/{p.name}" for p in sorted((REPO / "configs").glob("*.toml"))))
+CHECKOUT_FILES = (
+    "pyproject.toml",
+    "README.md",
+    "src",
+    "configs",
+    "collab.md",
+    "train.py",
+    "prepare.py",
+)
+SHIPPED = (
+    "train.py",
+    "prepare.py",
+    "collab.md",
+    *(f"configs/{p.name}" for p in sorted((REPO / "configs").glob("*.toml"))),
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +60,30 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in CHECKOUT_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, copy / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(
+                src,
+                copy / name,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+            )
         else:
             shutil.copy2(src, copy / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--no-index", "-q", "-w", str(tmp / "dist"), str(copy)], timeout=300)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(copy),
+        ],
+        timeout=300,
+    )
     (built,) = (tmp / "dist").glob("swarm-*.whl")
     return built
 
@@ -65,12 +94,26 @@ def venv_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "v"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
     python = venv / "bin" / "python"
-    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
-                   ).stdout.strip()
+    purelib = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+    ).stdout.strip()
     ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     Path(purelib, "dev-deps.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-          "--no-index", "-q", str(wheel)], timeout=300)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        timeout=300,
+    )
     return python
 
 
@@ -86,13 +129,15 @@ def test_every_config_is_packaged() -> None:
     """Each configs/*.toml of the repository has its link under src/swarm/data/configs."""
     packaged = REPO / "src" / "swarm" / "data" / "configs"
     assert sorted(p.name for p in packaged.glob("*.toml")) == sorted(
-        p.name for p in (REPO / "configs").glob("*.toml"))
+        p.name for p in (REPO / "configs").glob("*.toml")
+    )
     for link in packaged.glob("*.toml"):
         assert link.resolve() == (REPO / "configs" / link.name).resolve()
 
 
-def test_installed_package_finds_its_files_from_elsewhere(venv_python: Path,
-                                                          tmp_path: Path) -> None:
+def test_installed_package_finds_its_files_from_elsewhere(
+    venv_python: Path, tmp_path: Path
+) -> None:
     """Imported from the venv, swarm resolves configs, train.py, prepare.py and collab.md
     inside its own install, not in this checkout, whatever the working directory."""
     probe = (
@@ -110,9 +155,13 @@ def test_installed_package_finds_its_files_from_elsewhere(venv_python: Path,
     found = json.loads(done.stdout.strip().splitlines()[-1])
     site = Path(found["pkg"]).parent
     assert venv_python.parent.parent in site.parents
-    for key, name in (("smoke", "configs/smoke.toml"), ("train", "train.py"),
-                      ("prepare", "prepare.py"), ("agent_prepare", "prepare.py"),
-                      ("collab", "collab.md")):
+    for key, name in (
+        ("smoke", "configs/smoke.toml"),
+        ("train", "train.py"),
+        ("prepare", "prepare.py"),
+        ("agent_prepare", "prepare.py"),
+        ("collab", "collab.md"),
+    ):
         path = Path(found[key])
         assert path == site / "data" / name, (key, path)
         assert path.read_bytes() == (REPO / name).read_bytes()
@@ -125,19 +174,49 @@ def test_installed_swarm_runs_one_smoke_experiment(venv_python: Path, tmp_path: 
     train.py once in the sandbox, and records the baseline result."""
     work, state, cache = tmp_path / "elsewhere", tmp_path / "state", tmp_path / "cache"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SWARM_") and k not in ("ENSUE_API_KEY", "NOTIFY_SOCKET")}
-    env.update(AUTORESEARCH_CACHE=str(cache), XDG_CONFIG_HOME=str(tmp_path / "config"),
-               XDG_DATA_HOME=str(tmp_path / "data"), XDG_STATE_HOME=str(tmp_path / "xstate"),
-               HF_HUB_OFFLINE="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SWARM_") and k not in ("ENSUE_API_KEY", "NOTIFY_SOCKET")
+    }
+    env.update(
+        AUTORESEARCH_CACHE=str(cache),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        XDG_STATE_HOME=str(tmp_path / "xstate"),
+        HF_HUB_OFFLINE="1",
+    )
     swarm_bin = venv_python.parent / "swarm"
     done = subprocess.run(
-        [str(swarm_bin), "run", "--profile", "smoke", "--max-experiments", "1",
-         "--state-dir", str(state), "--memory-path", str(tmp_path / "memory.sqlite"),
-         "--agent-name", "wheel-tester", "--set", "budget_s=3",
-         "--set", "startup_allowance_s=400", "--set", "start_jitter_s=0",
-         "--set", "dedup.semantic=false", "--set", f"python={sys.executable}"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=840,
+        [
+            str(swarm_bin),
+            "run",
+            "--profile",
+            "smoke",
+            "--max-experiments",
+            "1",
+            "--state-dir",
+            str(state),
+            "--memory-path",
+            str(tmp_path / "memory.sqlite"),
+            "--agent-name",
+            "wheel-tester",
+            "--set",
+            "budget_s=3",
+            "--set",
+            "startup_allowance_s=400",
+            "--set",
+            "start_jitter_s=0",
+            "--set",
+            "dedup.semantic=false",
+            "--set",
+            f"python={sys.executable}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     assert data_ready("smoke", {"AUTORESEARCH_CACHE": str(cache)})

@@ -29,8 +29,15 @@ _SHARED: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 # chatty libraries: their INFO lines (model loading ...) only with --log-level debug
-_THIRD_PARTY = ("sentence_transformers", "transformers", "huggingface_hub", "urllib3",
-                "filelock", "httpx", "asyncio")
+_THIRD_PARTY = (
+    "sentence_transformers",
+    "transformers",
+    "huggingface_hub",
+    "urllib3",
+    "filelock",
+    "httpx",
+    "asyncio",
+)
 
 
 def _processors(renderer: Any) -> list[Any]:
@@ -42,8 +49,10 @@ def _library_defaults() -> None:
     if structlog.is_configured():
         return  # the application configured structlog: respect it
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level,
-                    *_processors(structlog.dev.ConsoleRenderer(colors=False))],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_processors(structlog.dev.ConsoleRenderer(colors=False)),
+        ],
         wrapper_class=structlog.stdlib.BoundLogger,
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
@@ -53,8 +62,9 @@ def _library_defaults() -> None:
 _library_defaults()
 
 
-def configure_logging(level: str = "info", *, json: bool = False, stream: Any = None,
-                      file: str | Path | None = None) -> None:
+def configure_logging(
+    level: str = "info", *, json: bool = False, stream: Any = None, file: str | Path | None = None
+) -> None:
     """Route structlog through stdlib logging to ``file`` (appended) or ``stream``
     (stderr by default), as JSON lines or plain key=value lines; records of other
     libraries get the same format (and stay at WARNING unless ``level`` is debug)."""
@@ -66,15 +76,18 @@ def configure_logging(level: str = "info", *, json: bool = False, stream: Any = 
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_SHARED,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
     root = logging.getLogger()
     for old in root.handlers:
         if isinstance(old, logging.FileHandler):
@@ -82,8 +95,9 @@ def configure_logging(level: str = "info", *, json: bool = False, stream: Any = 
     root.handlers[:] = [handler]
     root.setLevel(lvl)
     for name in _THIRD_PARTY:
-        logging.getLogger(name).setLevel(logging.DEBUG if lvl <= logging.DEBUG
-                                         else max(lvl, logging.WARNING))
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if lvl <= logging.DEBUG else max(lvl, logging.WARNING)
+        )
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

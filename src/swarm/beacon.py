@@ -90,9 +90,15 @@ class Beacon:
 
     def record(self) -> dict[str, Any]:
         m = self.memory
-        return {"agent_id": m.agent_id, "host": m.host, "session": m.session,
-                "heartbeat_at": to_iso(m.clock()), "lease_s": m.lease_s,
-                "holding": self.holding, "kind": "beacon"}
+        return {
+            "agent_id": m.agent_id,
+            "host": m.host,
+            "session": m.session,
+            "heartbeat_at": to_iso(m.clock()),
+            "lease_s": m.lease_s,
+            "holding": self.holding,
+            "kind": "beacon",
+        }
 
     async def beat(self) -> None:
         """Rewrite the beacon record (one call); every ``check_every`` beats also look for
@@ -102,11 +108,13 @@ class Beacon:
         try:
             await backend.update(self.key, text)
         except KeyNotFoundError:
-            (res,) = await backend.create([NewMemory(key=self.key, value=text,
-                                                     description="[autoresearch] beacon")])
+            (res,) = await backend.create(
+                [NewMemory(key=self.key, value=text, description="[autoresearch] beacon")]
+            )
             if not res.ok and not res.exists:
                 raise MemoryStoreError(
-                    f"cannot write the beacon {self.key!r}: {res.error}") from None
+                    f"cannot write the beacon {self.key!r}: {res.error}"
+                ) from None
         self.beats += 1
         for _, handle in self._held.values():
             handle.beats += 1
@@ -176,8 +184,11 @@ class Beacon:
         limit = self.memory.clock() - self.max_unattached_s
         for lock_key, since in list(self._unattached.items()):
             if since < limit:
-                log.warning("beacon_dropped_unattached_claim", lock=lock_key,
-                            idle_s=round(self.memory.clock() - since, 1))
+                log.warning(
+                    "beacon_dropped_unattached_claim",
+                    lock=lock_key,
+                    idle_s=round(self.memory.clock() - since, 1),
+                )
                 self.drop(lock_key)
 
     @asynccontextmanager
@@ -197,8 +208,13 @@ class Beacon:
                 self._unattached[claim.lock_key] = self.memory.clock()
 
 
-async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Claim]],
-                       now: float, *, max_lease_s: float = 600.0) -> set[str]:
+async def beacon_keeps(
+    backend: MemoryBackend,
+    holders: Sequence[tuple[str, Claim]],
+    now: float,
+    *,
+    max_lease_s: float = 600.0,
+) -> set[str]:
     """Which of ``holders`` (lock or claim key, record) a live beacon keeps: one read.
 
     A beacon's own ``lease_s`` counts up to ``max_lease_s``: a record that claims a
@@ -206,8 +222,13 @@ async def beacon_keeps(backend: MemoryBackend, holders: Sequence[tuple[str, Clai
     return set(await beacon_beats(backend, holders, now, max_lease_s=max_lease_s))
 
 
-async def beacon_beats(backend: MemoryBackend, holders: Sequence[tuple[str, Claim]],
-                       now: float, *, max_lease_s: float = 600.0) -> dict[str, float]:
+async def beacon_beats(
+    backend: MemoryBackend,
+    holders: Sequence[tuple[str, Claim]],
+    now: float,
+    *,
+    max_lease_s: float = 600.0,
+) -> dict[str, float]:
     """Like :func:`beacon_keeps`, with the last beat (epoch seconds) of the beacon that
     keeps each kept holder: the heartbeat a claim under a beacon really has."""
     wanted = {str(c.extra.get("beacon")) for _, c in holders if c.extra.get("beacon")}
@@ -231,7 +252,11 @@ async def beacon_beats(backend: MemoryBackend, holders: Sequence[tuple[str, Clai
         lease_s = min(lease_s, max_lease_s)
         raw = b.get("holding")
         holding: list[Any] = raw if isinstance(raw, list) else []
-        if (beat is not None and now < beat + lease_s
-                and b.get("session") == c.extra.get("session") and c.lock_key in holding):
+        if (
+            beat is not None
+            and now < beat + lease_s
+            and b.get("session") == c.extra.get("session")
+            and c.lock_key in holding
+        ):
             kept[key] = min(beat, now)  # a beat from the future is no fresher than now
     return kept

@@ -107,7 +107,7 @@ class ConfigKey:
         if self.kind == "str_list":
             return "a list of strings (env/flag: comma separated)"
         if self.kind == "str_map":
-            return "a table of worker index -> proposer kind, e.g. {0 = \"agent\"}"
+            return 'a table of worker index -> proposer kind, e.g. {0 = "agent"}'
         bounds = ""
         if self.minimum is not None and self.maximum is not None:
             bounds = f" between {self.minimum:g} and {self.maximum:g}"
@@ -125,118 +125,346 @@ def _k(name: str, kind: str, default: Any, help: str, **kw: Any) -> ConfigKey:
 
 
 KEYS: tuple[ConfigKey, ...] = (
-    _k("profile", "choice", TRACK_AUTO,
-       "track to train: smoke (CPU-sized), standard (5-minute GPU budget); auto = standard "
-       "with GPUs, smoke without", choices=(TRACK_AUTO, *PROFILES), flag="--profile"),
+    _k(
+        "profile",
+        "choice",
+        TRACK_AUTO,
+        "track to train: smoke (CPU-sized), standard (5-minute GPU budget); auto = standard "
+        "with GPUs, smoke without",
+        choices=(TRACK_AUTO, *PROFILES),
+        flag="--profile",
+    ),
     _k("gpus", "gpus", "all", "GPUs to use", flag="--gpus"),
-    _k("cpu_workers", "int", 1, "workers when no GPU is found (CPU mode)", minimum=1,
-       maximum=64, flag="--cpu-workers"),
+    _k(
+        "cpu_workers",
+        "int",
+        1,
+        "workers when no GPU is found (CPU mode)",
+        minimum=1,
+        maximum=64,
+        flag="--cpu-workers",
+    ),
     _k("min_free_mb", "int", 2048, "free GPU memory a run needs before it starts", minimum=0),
-    _k("agent_name", "str", "", "agent id in the shared memory; empty = a generated codename "
-       "kept in the state dir", nullable=True, flag="--agent-name"),
-    _k("state_dir", "path", "", "local state: snapshot, results.tsv/jsonl, run logs, scratch "
-       "dirs; empty = the platform's user state dir", nullable=True, flag="--state-dir"),
-    _k("memory.kind", "choice", "local", "shared memory backend",
-       choices=("local", "hub", "ensue"), flag="--memory"),
-    _k("memory.url", "str", "", "hub or Ensue URL (hub: required; ensue: default hosted URL)",
-       nullable=True, flag="--memory-url"),
-    _k("memory.path", "path", "", "SQLite file of the local store; empty = the user data dir's "
-       "memory.sqlite (shared by every swarm command of this user)",
-       nullable=True),
-    _k("memory.org", "str", "", "org of the swarm; empty = the backend's default "
-       "(autoresearch-at-home)", nullable=True),
-    _k("memory.api_key_env", "str", "", "environment variable holding the hub/Ensue key; "
-       "empty = ENSUE_API_KEY or the saved key", nullable=True),
-    _k("budget_s", "float", 0.0, "training budget per run in seconds; 0 = the profile's",
-       minimum=0, flag="--budget"),
-    _k("startup_allowance_s", "float", 0.0, "extra seconds a run may use for start-up and "
-       "evaluation; 0 = the profile's", minimum=0),
-    _k("grace_s", "float", 0.0, "on the first SIGTERM/SIGINT, seconds running experiments may "
-       "still take; 0 = the profile's", minimum=0, flag="--grace"),
-    _k("kill_grace_s", "float", 10.0, "seconds between SIGTERM and SIGKILL of a training "
-       "process group", minimum=0),
-    _k("start_jitter_s", "float", 2.0, "each worker starts after a random delay up to this",
-       minimum=0),
-    _k("max_experiments", "int", 0, "stop after this many published experiments "
-       "(0 = run until stopped)", minimum=0, flag="--max-experiments"),
-    _k("verify_runs", "bool", True, "judge every run (swarm.verify): refuse a train.py that "
-       "reaches into the metric before it runs, and a summary that disagrees with the metric "
-       "prepare.py reported or with the measured wall time (status invalid)"),
-    _k("verified_bests", "bool", True, "a result that would move a best is a candidate until "
-       "a confirming run (same code, another seed) by another agent on another host agrees; "
-       "alone, this machine confirms it itself (self-verified)"),
-    _k("confirm_k_sigma", "float", 3.0, "a confirmation agrees when both runs are within "
-       "k x sigma x sqrt(2) of each other", minimum=0.5, maximum=10),
-    _k("sigma", "float", 0.0, "seed noise of one run (val_bpb); 0 = measured per track and "
-       "tier from repeated runs (0.002 standard, 0.02 smoke until 8 pairs exist, never "
-       "below half of that)", minimum=0,
-       maximum=1),
-    _k("solo_after_s", "float", 600.0, "no other agent on another host seen in the tier for "
-       "this long: this machine may confirm its own candidates (self-verified)", minimum=0),
-    _k("adopt", "choice", "verified", "what workers build on: verified (bests confirmed by a "
-       "second run), trusted (also open candidates of agents with 3 verified in a row), any "
-       "(also any open candidate)", choices=("verified", "trusted", "any")),
-    _k("noise_margin", "float", 0.0, "improvements smaller than this are confirmed by a "
-       "second seed before the best moves", minimum=0, maximum=1),
-    _k("adopt_every", "int", 1, "check the swarm's best every N runs (1..5)", minimum=1,
-       maximum=5),
-    _k("prefetch", "int", 1, "proposals prepared ahead per worker while it trains",
-       minimum=1, maximum=8),
+    _k(
+        "agent_name",
+        "str",
+        "",
+        "agent id in the shared memory; empty = a generated codename kept in the state dir",
+        nullable=True,
+        flag="--agent-name",
+    ),
+    _k(
+        "state_dir",
+        "path",
+        "",
+        "local state: snapshot, results.tsv/jsonl, run logs, scratch "
+        "dirs; empty = the platform's user state dir",
+        nullable=True,
+        flag="--state-dir",
+    ),
+    _k(
+        "memory.kind",
+        "choice",
+        "local",
+        "shared memory backend",
+        choices=("local", "hub", "ensue"),
+        flag="--memory",
+    ),
+    _k(
+        "memory.url",
+        "str",
+        "",
+        "hub or Ensue URL (hub: required; ensue: default hosted URL)",
+        nullable=True,
+        flag="--memory-url",
+    ),
+    _k(
+        "memory.path",
+        "path",
+        "",
+        "SQLite file of the local store; empty = the user data dir's "
+        "memory.sqlite (shared by every swarm command of this user)",
+        nullable=True,
+    ),
+    _k(
+        "memory.org",
+        "str",
+        "",
+        "org of the swarm; empty = the backend's default (autoresearch-at-home)",
+        nullable=True,
+    ),
+    _k(
+        "memory.api_key_env",
+        "str",
+        "",
+        "environment variable holding the hub/Ensue key; empty = ENSUE_API_KEY or the saved key",
+        nullable=True,
+    ),
+    _k(
+        "budget_s",
+        "float",
+        0.0,
+        "training budget per run in seconds; 0 = the profile's",
+        minimum=0,
+        flag="--budget",
+    ),
+    _k(
+        "startup_allowance_s",
+        "float",
+        0.0,
+        "extra seconds a run may use for start-up and evaluation; 0 = the profile's",
+        minimum=0,
+    ),
+    _k(
+        "grace_s",
+        "float",
+        0.0,
+        "on the first SIGTERM/SIGINT, seconds running experiments may "
+        "still take; 0 = the profile's",
+        minimum=0,
+        flag="--grace",
+    ),
+    _k(
+        "kill_grace_s",
+        "float",
+        10.0,
+        "seconds between SIGTERM and SIGKILL of a training process group",
+        minimum=0,
+    ),
+    _k(
+        "start_jitter_s",
+        "float",
+        2.0,
+        "each worker starts after a random delay up to this",
+        minimum=0,
+    ),
+    _k(
+        "max_experiments",
+        "int",
+        0,
+        "stop after this many published experiments (0 = run until stopped)",
+        minimum=0,
+        flag="--max-experiments",
+    ),
+    _k(
+        "verify_runs",
+        "bool",
+        True,
+        "judge every run (swarm.verify): refuse a train.py that "
+        "reaches into the metric before it runs, and a summary that disagrees with the metric "
+        "prepare.py reported or with the measured wall time (status invalid)",
+    ),
+    _k(
+        "verified_bests",
+        "bool",
+        True,
+        "a result that would move a best is a candidate until "
+        "a confirming run (same code, another seed) by another agent on another host agrees; "
+        "alone, this machine confirms it itself (self-verified)",
+    ),
+    _k(
+        "confirm_k_sigma",
+        "float",
+        3.0,
+        "a confirmation agrees when both runs are within k x sigma x sqrt(2) of each other",
+        minimum=0.5,
+        maximum=10,
+    ),
+    _k(
+        "sigma",
+        "float",
+        0.0,
+        "seed noise of one run (val_bpb); 0 = measured per track and "
+        "tier from repeated runs (0.002 standard, 0.02 smoke until 8 pairs exist, never "
+        "below half of that)",
+        minimum=0,
+        maximum=1,
+    ),
+    _k(
+        "solo_after_s",
+        "float",
+        600.0,
+        "no other agent on another host seen in the tier for "
+        "this long: this machine may confirm its own candidates (self-verified)",
+        minimum=0,
+    ),
+    _k(
+        "adopt",
+        "choice",
+        "verified",
+        "what workers build on: verified (bests confirmed by a "
+        "second run), trusted (also open candidates of agents with 3 verified in a row), any "
+        "(also any open candidate)",
+        choices=("verified", "trusted", "any"),
+    ),
+    _k(
+        "noise_margin",
+        "float",
+        0.0,
+        "improvements smaller than this are confirmed by a second seed before the best moves",
+        minimum=0,
+        maximum=1,
+    ),
+    _k("adopt_every", "int", 1, "check the swarm's best every N runs (1..5)", minimum=1, maximum=5),
+    _k(
+        "prefetch",
+        "int",
+        1,
+        "proposals prepared ahead per worker while it trains",
+        minimum=1,
+        maximum=8,
+    ),
     _k("status_interval_s", "float", 2.0, "seconds between status snapshots", minimum=0.1),
-    _k("metrics_port", "int", 0, "serve this supervisor's Prometheus metrics at "
-       "http://metrics_host:PORT/metrics (0 = off)", minimum=0, maximum=65535,
-       flag="--metrics-port"),
+    _k(
+        "metrics_port",
+        "int",
+        0,
+        "serve this supervisor's Prometheus metrics at http://metrics_host:PORT/metrics (0 = off)",
+        minimum=0,
+        maximum=65535,
+        flag="--metrics-port",
+    ),
     _k("metrics_host", "str", "127.0.0.1", "address the metrics port listens on"),
-    _k("lease_s", "float", 300.0, "claim lease: a claim without heartbeat for this long is "
-       "dead (others may take it over)", minimum=1),
-    _k("heartbeat_s", "float", 100.0, "seconds between heartbeats (lease_s / 3: two beats "
-       "may be lost before the lease runs out)", minimum=0.1),
-    _k("train_py", "path", "", "the seed train.py; empty = ./train.py, else the checkout's",
-       nullable=True),
+    _k(
+        "lease_s",
+        "float",
+        300.0,
+        "claim lease: a claim without heartbeat for this long is dead (others may take it over)",
+        minimum=1,
+    ),
+    _k(
+        "heartbeat_s",
+        "float",
+        100.0,
+        "seconds between heartbeats (lease_s / 3: two beats may be lost before the lease runs out)",
+        minimum=0.1,
+    ),
+    _k(
+        "train_py",
+        "path",
+        "",
+        "the seed train.py; empty = ./train.py, else the checkout's",
+        nullable=True,
+    ),
     _k("prepare_py", "path", "", "the prepare.py; empty = next to train_py", nullable=True),
     _k("python", "str", "", "interpreter for training runs; empty = this one", nullable=True),
-    _k("prepare_on_start", "bool", True, "run prepare.py once when the profile's data is "
-       "missing"),
+    _k("prepare_on_start", "bool", True, "run prepare.py once when the profile's data is missing"),
     _k("dedup.semantic", "bool", True, "use the semantic (embedding) layer of dedup"),
-    _k("dedup.semantic_threshold", "float", 0.0, "cosine threshold of the semantic layer; "
-       "0 = the calibrated default", minimum=0, maximum=1),
-    _k("proposer.kind", "choice", "search", "where experiments come from",
-       choices=_PROPOSER_KINDS, flag="--proposer"),
-    _k("proposer.fallback", "choice", "search", "proposer used after repeated failures; "
-       "none = no fallback", choices=("none", *_PROPOSER_KINDS)),
-    _k("proposer.fallback_after", "int", 3, "consecutive failures before the fallback takes "
-       "over", minimum=1),
-    _k("proposer.per_worker", "str_map", {}, "proposer kind per worker index, overriding "
-       "proposer.kind for those workers"),
-    _k("proposer.idle_fallback_s", "float", 2.0, "when the worker's proposer has nothing "
-       "ready this long after a run ends, the built-in search proposes instead (the GPU does "
-       "not idle); 0 = always wait", minimum=0),
-    _k("proposer.llm_url", "str", "", "OpenAI-compatible base URL, e.g. http://host:8000/v1",
-       nullable=True, flag="--llm-url"),
-    _k("proposer.llm_model", "str", "", "model name for the llm proposer", nullable=True,
-       flag="--llm-model"),
+    _k(
+        "dedup.semantic_threshold",
+        "float",
+        0.0,
+        "cosine threshold of the semantic layer; 0 = the calibrated default",
+        minimum=0,
+        maximum=1,
+    ),
+    _k(
+        "proposer.kind",
+        "choice",
+        "search",
+        "where experiments come from",
+        choices=_PROPOSER_KINDS,
+        flag="--proposer",
+    ),
+    _k(
+        "proposer.fallback",
+        "choice",
+        "search",
+        "proposer used after repeated failures; none = no fallback",
+        choices=("none", *_PROPOSER_KINDS),
+    ),
+    _k(
+        "proposer.fallback_after",
+        "int",
+        3,
+        "consecutive failures before the fallback takes over",
+        minimum=1,
+    ),
+    _k(
+        "proposer.per_worker",
+        "str_map",
+        {},
+        "proposer kind per worker index, overriding proposer.kind for those workers",
+    ),
+    _k(
+        "proposer.idle_fallback_s",
+        "float",
+        2.0,
+        "when the worker's proposer has nothing "
+        "ready this long after a run ends, the built-in search proposes instead (the GPU does "
+        "not idle); 0 = always wait",
+        minimum=0,
+    ),
+    _k(
+        "proposer.llm_url",
+        "str",
+        "",
+        "OpenAI-compatible base URL, e.g. http://host:8000/v1",
+        nullable=True,
+        flag="--llm-url",
+    ),
+    _k(
+        "proposer.llm_model",
+        "str",
+        "",
+        "model name for the llm proposer",
+        nullable=True,
+        flag="--llm-model",
+    ),
     _k("proposer.llm_key_env", "str", "OPENAI_API_KEY", "environment variable with the LLM key"),
-    _k("proposer.agent_cmd", "str", "", "coding-agent command template, e.g. "
-       "'claude -p \"$(cat {prompt_file})\"'", nullable=True, flag="--agent-cmd"),
+    _k(
+        "proposer.agent_cmd",
+        "str",
+        "",
+        "coding-agent command template, e.g. 'claude -p \"$(cat {prompt_file})\"'",
+        nullable=True,
+        flag="--agent-cmd",
+    ),
     _k("proposer.agent_timeout_s", "float", 900.0, "time limit of one agent call", minimum=1),
     _k("proposer.agent_env", "str_list", [], "environment variables passed to the agent"),
     _k("proposer.temperature", "float", 0.7, "LLM sampling temperature", minimum=0, maximum=2),
-    _k("proposer.seed", "int", 0, "seed of the proposers (0 = derived from agent and worker)",
-       minimum=0),
-    _k("log_level", "choice", "info", "log level",
-       choices=("debug", "info", "warning", "error")),
-    _k("sandbox", "choice", "auto", "isolation of every training run: auto = bwrap, else "
-       "unshare, else none and only this machine's own code runs; none = no isolation "
-       "(warned on every result)", choices=("auto", "bwrap", "unshare", "none"),
-       flag="--sandbox"),
-    _k("sandbox_memory_mb", "int", 0, "memory cap of one run in MB; 0 = 80% of RAM divided "
-       "by the workers (GPU runs: only with a cgroup)", minimum=0),
-    _k("sandbox_procs", "int", 4096, "cap on the processes and threads of one run",
-       minimum=16),
-    _k("sandbox_scratch_mb", "int", 4096, "size of a run's writable scratch space (tmpfs: "
-       "working dir, HOME, /tmp) and of its /dev/shm, MB", minimum=16),
-    _k("sandbox_log_mb", "int", 256, "largest file a run may write, its run log included, MB",
-       minimum=1),
+    _k(
+        "proposer.seed",
+        "int",
+        0,
+        "seed of the proposers (0 = derived from agent and worker)",
+        minimum=0,
+    ),
+    _k("log_level", "choice", "info", "log level", choices=("debug", "info", "warning", "error")),
+    _k(
+        "sandbox",
+        "choice",
+        "auto",
+        "isolation of every training run: auto = bwrap, else "
+        "unshare, else none and only this machine's own code runs; none = no isolation "
+        "(warned on every result)",
+        choices=("auto", "bwrap", "unshare", "none"),
+        flag="--sandbox",
+    ),
+    _k(
+        "sandbox_memory_mb",
+        "int",
+        0,
+        "memory cap of one run in MB; 0 = 80% of RAM divided "
+        "by the workers (GPU runs: only with a cgroup)",
+        minimum=0,
+    ),
+    _k("sandbox_procs", "int", 4096, "cap on the processes and threads of one run", minimum=16),
+    _k(
+        "sandbox_scratch_mb",
+        "int",
+        4096,
+        "size of a run's writable scratch space (tmpfs: "
+        "working dir, HOME, /tmp) and of its /dev/shm, MB",
+        minimum=16,
+    ),
+    _k(
+        "sandbox_log_mb",
+        "int",
+        256,
+        "largest file a run may write, its run log included, MB",
+        minimum=1,
+    ),
 )
 
 _BY_NAME: dict[str, ConfigKey] = {k.name: k for k in KEYS}
@@ -538,9 +766,7 @@ def _suggest(name: str) -> str:
 
 
 def _unknown(name: str, origin: str, value: Any) -> ConfigError:
-    return ConfigError(
-        f"unknown key {name!r} ({origin}){_suggest(name)}", key=name, value=value
-    )
+    return ConfigError(f"unknown key {name!r} ({origin}){_suggest(name)}", key=name, value=value)
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -581,11 +807,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: not valid TOML: {exc}", key="config",
-                          value=str(path)) from exc
+        raise ConfigError(
+            f"config file {path}: not valid TOML: {exc}", key="config", value=str(path)
+        ) from exc
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}", key="config",
-                          value=str(path)) from exc
+        raise ConfigError(
+            f"config file {path}: cannot read: {exc.strerror}", key="config", value=str(path)
+        ) from exc
     flat = _flatten(data)
     for name, value in flat.items():
         if name not in _BY_NAME:
@@ -626,8 +854,11 @@ def load_config(
             guess = difflib.get_close_matches(var, list(_BY_ENV), n=1, cutoff=0.6)
             raise ConfigError(
                 f"unknown environment variable {var}"
-                + (f"; did you mean {guess[0]}?" if guess else
-                   f" (configuration keys are {ENV_PREFIX}<KEY>, e.g. {KEYS[0].env})"),
+                + (
+                    f"; did you mean {guess[0]}?"
+                    if guess
+                    else f" (configuration keys are {ENV_PREFIX}<KEY>, e.g. {KEYS[0].env})"
+                ),
                 key=var,
                 value=raw,
             )
@@ -651,7 +882,9 @@ def load_config(
 
     state_dir = values["state_dir"]
     state_path = (
-        Path(state_dir).expanduser() if state_dir else Path(platformdirs.user_state_dir("swarm", appauthor=False))
+        Path(state_dir).expanduser()
+        if state_dir
+        else Path(platformdirs.user_state_dir("swarm", appauthor=False))
     )
     kwargs = {k.attr: values[k.name] for k in KEYS}
     kwargs["state_dir"] = state_path.resolve()
@@ -675,8 +908,11 @@ def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
             key="memory.url",
             value=url,
         )
-    kinds = {values["proposer.kind"], values["proposer.fallback"],
-             *values["proposer.per_worker"].values()} - {"none"}
+    kinds = {
+        values["proposer.kind"],
+        values["proposer.fallback"],
+        *values["proposer.per_worker"].values(),
+    } - {"none"}
     if "llm" in kinds and not values["proposer.llm_url"]:
         raise ConfigError(
             "the llm proposer needs proposer.llm_url (flag --llm-url, e.g. "
@@ -708,18 +944,88 @@ def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
 # --------------------------------------------------------------------------- agent name
 
 _ADJECTIVES = (
-    "amber", "brave", "brisk", "calm", "clever", "cosmic", "crimson", "curious", "daring",
-    "eager", "electric", "fearless", "gentle", "golden", "happy", "hidden", "jolly", "keen",
-    "lively", "lucky", "mellow", "mighty", "nimble", "noble", "patient", "quiet", "rapid",
-    "restless", "rusty", "silent", "silver", "steady", "stellar", "swift", "tidy", "vivid",
-    "wandering", "wise", "witty", "zesty",
+    "amber",
+    "brave",
+    "brisk",
+    "calm",
+    "clever",
+    "cosmic",
+    "crimson",
+    "curious",
+    "daring",
+    "eager",
+    "electric",
+    "fearless",
+    "gentle",
+    "golden",
+    "happy",
+    "hidden",
+    "jolly",
+    "keen",
+    "lively",
+    "lucky",
+    "mellow",
+    "mighty",
+    "nimble",
+    "noble",
+    "patient",
+    "quiet",
+    "rapid",
+    "restless",
+    "rusty",
+    "silent",
+    "silver",
+    "steady",
+    "stellar",
+    "swift",
+    "tidy",
+    "vivid",
+    "wandering",
+    "wise",
+    "witty",
+    "zesty",
 )
 _ANIMALS = (
-    "badger", "beaver", "bison", "condor", "coyote", "crane", "dolphin", "falcon", "ferret",
-    "gecko", "heron", "ibex", "jackal", "koala", "lemur", "lynx", "marmot", "marten", "moose",
-    "narwhal", "ocelot", "otter", "owl", "panda", "pelican", "puffin", "quokka", "raven",
-    "salmon", "seal", "stoat", "swan", "tapir", "tiger", "toucan", "walrus", "wombat", "yak",
-    "zebra", "wolf",
+    "badger",
+    "beaver",
+    "bison",
+    "condor",
+    "coyote",
+    "crane",
+    "dolphin",
+    "falcon",
+    "ferret",
+    "gecko",
+    "heron",
+    "ibex",
+    "jackal",
+    "koala",
+    "lemur",
+    "lynx",
+    "marmot",
+    "marten",
+    "moose",
+    "narwhal",
+    "ocelot",
+    "otter",
+    "owl",
+    "panda",
+    "pelican",
+    "puffin",
+    "quokka",
+    "raven",
+    "salmon",
+    "seal",
+    "stoat",
+    "swan",
+    "tapir",
+    "tiger",
+    "toucan",
+    "walrus",
+    "wombat",
+    "yak",
+    "zebra",
+    "wolf",
 )
 
 AGENT_NAME_FILE = "agent_name"
@@ -743,8 +1049,11 @@ def resolve_agent_name(
     except FileNotFoundError:
         saved = ""
     except OSError as exc:
-        raise ConfigError(f"state_dir: cannot read {path}: {exc.strerror}", key="state_dir",
-                          value=str(config.state_dir)) from exc
+        raise ConfigError(
+            f"state_dir: cannot read {path}: {exc.strerror}",
+            key="state_dir",
+            value=str(config.state_dir),
+        ) from exc
     if saved:
         if not _AGENT_NAME.fullmatch(saved):
             raise ConfigError(
@@ -765,7 +1074,10 @@ def resolve_agent_name(
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as exc:
-        raise ConfigError(f"state_dir: cannot write {path}: {exc.strerror}", key="state_dir",
-                          value=str(config.state_dir)) from exc
+        raise ConfigError(
+            f"state_dir: cannot write {path}: {exc.strerror}",
+            key="state_dir",
+            value=str(config.state_dir),
+        ) from exc
     log.info("agent_name_generated", agent=name, saved_to=str(path))
     return name

@@ -43,40 +43,132 @@ __all__ = [
 # Free-text phrase (lower case, words separated by one space) -> constant name.
 # Names of the constants block of the project's train.py and of upstream autoresearch.
 _ALIAS_GROUPS: dict[str, tuple[str, ...]] = {
-    "MATRIX_LR": ("matrix lr", "matrix learning rate", "muon lr", "muon learning rate", "lr",
-                  "learning rate", "matrix_lr", "matrix lrs"),
-    "EMBEDDING_LR": ("embedding lr", "embedding learning rate", "embed lr", "emb lr",
-                     "embeddings lr", "wte lr", "token embedding lr"),
-    "UNEMBEDDING_LR": ("unembedding lr", "unembedding learning rate", "unembed lr",
-                       "lm_head lr", "lm head lr", "output lr", "head lr"),
+    "MATRIX_LR": (
+        "matrix lr",
+        "matrix learning rate",
+        "muon lr",
+        "muon learning rate",
+        "lr",
+        "learning rate",
+        "matrix_lr",
+        "matrix lrs",
+    ),
+    "EMBEDDING_LR": (
+        "embedding lr",
+        "embedding learning rate",
+        "embed lr",
+        "emb lr",
+        "embeddings lr",
+        "wte lr",
+        "token embedding lr",
+    ),
+    "UNEMBEDDING_LR": (
+        "unembedding lr",
+        "unembedding learning rate",
+        "unembed lr",
+        "lm_head lr",
+        "lm head lr",
+        "output lr",
+        "head lr",
+    ),
     "SCALAR_LR": ("scalar lr", "scalar learning rate", "scalars lr"),
-    "WEIGHT_DECAY": ("weight decay", "wd", "muon weight decay", "muon wd", "weight_decay",
-                     "cautious weight decay", "cautious wd"),
+    "WEIGHT_DECAY": (
+        "weight decay",
+        "wd",
+        "muon weight decay",
+        "muon wd",
+        "weight_decay",
+        "cautious weight decay",
+        "cautious wd",
+    ),
     "ADAM_BETAS[0]": ("adam beta1", "adam beta 1", "beta1", "adam b1"),
     "ADAM_BETAS[1]": ("adam beta2", "adam beta 2", "beta2", "adam b2"),
     "ADAM_BETAS": ("adam betas", "betas"),
     "WARMUP_RATIO": ("warmup", "warmup ratio", "lr warmup", "warmup fraction", "warmup_ratio"),
-    "WARMDOWN_RATIO": ("warmdown", "warmdown ratio", "warmdown fraction", "lr warmdown",
-                       "cooldown", "cooldown ratio", "warmdown_ratio"),
-    "FINAL_LR_FRAC": ("final lr frac", "final lr fraction", "final lr", "final_lr_frac",
-                      "final learning rate fraction", "min lr fraction", "lr floor"),
-    "TOTAL_BATCH_SIZE": ("batch", "batch size", "total batch", "total batch size",
-                         "total_batch_size", "tokens per step", "batch tokens"),
-    "DEVICE_BATCH_SIZE": ("device batch", "device batch size", "device_batch_size",
-                          "micro batch", "micro batch size", "microbatch"),
-    "DEPTH": ("depth", "layers", "n_layer", "n layer", "num layers", "number of layers",
-              "layer count", "model depth"),
+    "WARMDOWN_RATIO": (
+        "warmdown",
+        "warmdown ratio",
+        "warmdown fraction",
+        "lr warmdown",
+        "cooldown",
+        "cooldown ratio",
+        "warmdown_ratio",
+    ),
+    "FINAL_LR_FRAC": (
+        "final lr frac",
+        "final lr fraction",
+        "final lr",
+        "final_lr_frac",
+        "final learning rate fraction",
+        "min lr fraction",
+        "lr floor",
+    ),
+    "TOTAL_BATCH_SIZE": (
+        "batch",
+        "batch size",
+        "total batch",
+        "total batch size",
+        "total_batch_size",
+        "tokens per step",
+        "batch tokens",
+    ),
+    "DEVICE_BATCH_SIZE": (
+        "device batch",
+        "device batch size",
+        "device_batch_size",
+        "micro batch",
+        "micro batch size",
+        "microbatch",
+    ),
+    "DEPTH": (
+        "depth",
+        "layers",
+        "n_layer",
+        "n layer",
+        "num layers",
+        "number of layers",
+        "layer count",
+        "model depth",
+    ),
     "ASPECT_RATIO": ("aspect ratio", "aspect_ratio", "aspect", "ar"),
     "HEAD_DIM": ("head dim", "head_dim", "head dimension", "head size"),
-    "WINDOW_PATTERN": ("window pattern", "window_pattern", "window", "attention pattern",
-                       "sliding window pattern", "swa pattern", "pattern"),
+    "WINDOW_PATTERN": (
+        "window pattern",
+        "window_pattern",
+        "window",
+        "attention pattern",
+        "sliding window pattern",
+        "swa pattern",
+        "pattern",
+    ),
     "SEED": ("seed", "random seed"),
-    "LOGIT_SOFTCAP": ("softcap", "logit softcap", "logit cap", "soft cap", "logit soft cap",
-                      "logit_softcap", "tanh softcap", "output softcap"),
-    "ROPE_BASE": ("rope base", "rope base frequency", "rope theta", "rope frequency",
-                  "rotary base"),
-    "MLP_RATIO": ("mlp", "mlp ratio", "mlp expansion", "mlp hidden", "mlp width",
-                  "mlp_ratio", "ffn ratio", "mlp expansion ratio"),
+    "LOGIT_SOFTCAP": (
+        "softcap",
+        "logit softcap",
+        "logit cap",
+        "soft cap",
+        "logit soft cap",
+        "logit_softcap",
+        "tanh softcap",
+        "output softcap",
+    ),
+    "ROPE_BASE": (
+        "rope base",
+        "rope base frequency",
+        "rope theta",
+        "rope frequency",
+        "rotary base",
+    ),
+    "MLP_RATIO": (
+        "mlp",
+        "mlp ratio",
+        "mlp expansion",
+        "mlp hidden",
+        "mlp width",
+        "mlp_ratio",
+        "ffn ratio",
+        "mlp expansion ratio",
+    ),
     "SHORT_WINDOW": ("short window", "short_window", "sliding window size", "window size"),
     "EVAL_TOKENS": ("eval tokens", "eval_tokens"),
 }
@@ -86,25 +178,131 @@ ALIASES: dict[str, str] = {
 }
 
 # Relative-change verbs and their factors.
-_FACTOR_VERBS = {"halve": 0.5, "halved": 0.5, "halving": 0.5, "half": 0.5, "double": 2.0,
-                 "doubled": 2.0, "doubling": 2.0, "triple": 3.0, "tripled": 3.0,
-                 "quadruple": 4.0, "quarter": 0.25, "eighth": 0.125}
+_FACTOR_VERBS = {
+    "halve": 0.5,
+    "halved": 0.5,
+    "halving": 0.5,
+    "half": 0.5,
+    "double": 2.0,
+    "doubled": 2.0,
+    "doubling": 2.0,
+    "triple": 3.0,
+    "tripled": 3.0,
+    "quadruple": 4.0,
+    "quarter": 0.25,
+    "eighth": 0.125,
+}
 _VERBS = {
-    "increase", "increased", "raise", "raised", "bump", "boost", "lower", "lowered", "reduce",
-    "reduced", "decrease", "decreased", "cut", "set", "change", "changed", "try", "use",
-    "make", "drop", "add", "adjust", "tune", "retune", "revert", "restore", "shrink", "grow",
-    "scale", "bigger", "smaller", "higher", "larger", "fine-tune", "finetune", "lengthen",
-    "shorten", "extend", "widen", "narrow", "force", "push", "move", "switch", "go", "apply",
-    "enable", "disable", "test", "sweep", "re-tune", "bumped", "nudge",
+    "increase",
+    "increased",
+    "raise",
+    "raised",
+    "bump",
+    "boost",
+    "lower",
+    "lowered",
+    "reduce",
+    "reduced",
+    "decrease",
+    "decreased",
+    "cut",
+    "set",
+    "change",
+    "changed",
+    "try",
+    "use",
+    "make",
+    "drop",
+    "add",
+    "adjust",
+    "tune",
+    "retune",
+    "revert",
+    "restore",
+    "shrink",
+    "grow",
+    "scale",
+    "bigger",
+    "smaller",
+    "higher",
+    "larger",
+    "fine-tune",
+    "finetune",
+    "lengthen",
+    "shorten",
+    "extend",
+    "widen",
+    "narrow",
+    "force",
+    "push",
+    "move",
+    "switch",
+    "go",
+    "apply",
+    "enable",
+    "disable",
+    "test",
+    "sweep",
+    "re-tune",
+    "bumped",
+    "nudge",
 }
 # Words that may sit between a name and its value (or before the name) and mean nothing.
-_FILLERS = {"from", "the", "a", "an", "of", "init", "initial", "value", "at", "same", "new",
-            "back", "only", "all", "param", "parameter", "constant", "it", "again", "up", "down",
-            "slightly", "even", "more", "less", "by"}
+_FILLERS = {
+    "from",
+    "the",
+    "a",
+    "an",
+    "of",
+    "init",
+    "initial",
+    "value",
+    "at",
+    "same",
+    "new",
+    "back",
+    "only",
+    "all",
+    "param",
+    "parameter",
+    "constant",
+    "it",
+    "again",
+    "up",
+    "down",
+    "slightly",
+    "even",
+    "more",
+    "less",
+    "by",
+}
 # Words after a value that only give its unit.
-_UNITS = {"steps", "step", "tokens", "token", "layers", "layer", "heads", "head", "params",
-          "dim", "min", "minutes", "s", "sec", "seconds", "x", "k", "m", "ratio", "frac",
-          "fraction", "percent", "context", "channels"}
+_UNITS = {
+    "steps",
+    "step",
+    "tokens",
+    "token",
+    "layers",
+    "layer",
+    "heads",
+    "head",
+    "params",
+    "dim",
+    "min",
+    "minutes",
+    "s",
+    "sec",
+    "seconds",
+    "x",
+    "k",
+    "m",
+    "ratio",
+    "frac",
+    "fraction",
+    "percent",
+    "context",
+    "channels",
+}
 _SEPARATOR_WORDS = {"and", "plus", "with", "also", "then", "while", "but", "&"}
 _SEPARATOR_CHARS = {",", ";", "+", "&", "|"}
 _ARROWS = {"->", "→", "=>", "-->", "⟶", "~>", "⇒", "➝", "➔", "—>", "to"}
@@ -199,7 +397,7 @@ class ParsedDescription:
                 elem = _apply(current[index], ch)
                 if elem is None:
                     continue
-                out[base] = (*current[:index], elem, *current[index + 1:])
+                out[base] = (*current[:index], elem, *current[index + 1 :])
             else:
                 value = _apply(current, ch)
                 if value is not None:
@@ -335,8 +533,12 @@ def canonical_name(phrase: str, names: frozenset[str] | None = None) -> str | No
         w = words[0]
         if names is not None and w in names:
             return w
-        if _IDENT_UPPER.match(w) and len(w) >= 3 and any(c.isalpha() for c in w) \
-                and w.lower() not in ALIASES:
+        if (
+            _IDENT_UPPER.match(w)
+            and len(w) >= 3
+            and any(c.isalpha() for c in w)
+            and w.lower() not in ALIASES
+        ):
             return w
         if _IDENT_SNAKE.match(w) and w.lower() not in ALIASES:
             upper = w.upper()
@@ -418,8 +620,13 @@ def _parse_clause(toks: list[_Tok], names: frozenset[str] | None) -> _ClauseResu
                 buf.append(tok.text)
             i += 1
             continue
-        if tok.kind == "num" and tok.text.lower().endswith("x") and not buf \
-                and i + 1 < n and toks[i + 1].kind == "word":
+        if (
+            tok.kind == "num"
+            and tok.text.lower().endswith("x")
+            and not buf
+            and i + 1 < n
+            and toks[i + 1].kind == "word"
+        ):
             # "3x MATRIX_LR ..." : a multiplier before a name
             factor = float(_number(tok.text[:-1]))
             i += 1
@@ -469,8 +676,11 @@ def _parse_clause(toks: list[_Tok], names: frozenset[str] | None) -> _ClauseResu
     return res
 
 
-def _name_after(toks: list[_Tok], j: int, names: frozenset[str] | None,
-                ) -> tuple[str | None, int, str]:
+def _name_after(
+    toks: list[_Tok],
+    j: int,
+    names: frozenset[str] | None,
+) -> tuple[str | None, int, str]:
     """Longest name phrase starting at token j (for 'VALUE name' forms): (name, end, phrase)."""
     words: list[str] = []
     k = j
@@ -484,8 +694,9 @@ def _name_after(toks: list[_Tok], j: int, names: frozenset[str] | None,
     return None, j, " ".join(words)
 
 
-def _finish_clause(res: _ClauseResult, buf: list[str], factor: float | None,
-                   names: frozenset[str] | None) -> None:
+def _finish_clause(
+    res: _ClauseResult, buf: list[str], factor: float | None, names: frozenset[str] | None
+) -> None:
     """The words left at the clause's end: a factor's name ("double batch"), else leftovers."""
     if buf:
         if factor is not None:
@@ -503,8 +714,15 @@ def _is_multiplier(tok: _Tok) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _emit(res: _ClauseResult, name: str | None, phrase: str, old_tok: _Tok | None,
-          new_tok: _Tok, factor: float | None, text: str) -> None:
+def _emit(
+    res: _ClauseResult,
+    name: str | None,
+    phrase: str,
+    old_tok: _Tok | None,
+    new_tok: _Tok,
+    factor: float | None,
+    text: str,
+) -> None:
     if name is None:
         res.unknown.append((phrase + " " + text).strip())
         return
@@ -514,8 +732,12 @@ def _emit(res: _ClauseResult, name: str | None, phrase: str, old_tok: _Tok | Non
     except ValueError:
         res.unknown.append((phrase + " " + text).strip())
         return
-    if factor is not None and old_tok is None and new_tok.kind == "num" \
-            and new_tok.text.lower().endswith("x"):
+    if (
+        factor is not None
+        and old_tok is None
+        and new_tok.kind == "num"
+        and new_tok.text.lower().endswith("x")
+    ):
         new = None  # "scale X 2x": a factor, not a value
     res.changes.append(ParsedChange(name, old, new, factor if new is None else None, text))
 
@@ -542,8 +764,11 @@ def parse_description(text: str, names: Iterable[str] | None = None) -> ParsedDe
     for group in groups:
         # parenthesised text is usually commentary: keep only the explicit transitions in it
         r = _parse_clause(group, known)
-        assigned = {group[k].text for k in range(len(group) - 1)
-                    if group[k].kind == "word" and group[k + 1].kind == "assign"}
+        assigned = {
+            group[k].text
+            for k in range(len(group) - 1)
+            if group[k].kind == "word" and group[k + 1].kind == "assign"
+        }
         explicit = [c for c in r.changes if c.old is not None or c.name in assigned]
         if explicit:
             changes.extend(explicit)
@@ -556,6 +781,11 @@ def parse_description(text: str, names: Iterable[str] | None = None) -> ParsedDe
         if ch.name not in seen:
             seen.add(ch.name)
             unique.append(ch)
-    return ParsedDescription(text=text, head=head, changes=tuple(unique),
-                             unknown=tuple(unknown), leftover=tuple(leftover),
-                             notes=tuple(notes))
+    return ParsedDescription(
+        text=text,
+        head=head,
+        changes=tuple(unique),
+        unknown=tuple(unknown),
+        leftover=tuple(leftover),
+        notes=tuple(notes),
+    )

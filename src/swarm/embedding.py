@@ -55,8 +55,9 @@ def _resolve_model_path(name: str) -> str:
 class Embedder:
     """Batched, cached sentence embeddings. Thread-safe; the model loads on first use."""
 
-    def __init__(self, model_name: str = DEFAULT_MODEL, *, cache_size: int = 200_000,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, model_name: str = DEFAULT_MODEL, *, cache_size: int = 200_000, batch_size: int = 64
+    ) -> None:
         self.model_name = model_name
         self.batch_size = batch_size
         self._cache_size = cache_size
@@ -114,8 +115,7 @@ class Embedder:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
             if not keys:
-                return np.zeros((0, _dimension(self._load())),
-                                dtype=np.float32)
+                return np.zeros((0, _dimension(self._load())), dtype=np.float32)
             return np.stack([self._cache[k] for k in keys])
 
     def embed_one(self, text: str) -> np.ndarray:
@@ -129,7 +129,8 @@ class Embedder:
 def _dimension(model: Any) -> int:
     # sentence-transformers renamed the method (the old name warns); use whichever exists
     getter = getattr(model, "get_embedding_dimension", None) or (
-        model.get_sentence_embedding_dimension)
+        model.get_sentence_embedding_dimension
+    )
     return int(getter())
 
 

@@ -84,35 +84,54 @@ def classify(exc: BaseException, *, memory: str = "the shared memory") -> Fault:
     """The reaction to ``exc`` (raised while talking to ``memory`` or running on this machine)."""
     cause = f"{type(exc).__name__}: {_first_line(exc)}"
     if isinstance(exc, AuthError):
-        return Fault(Reaction.PERMANENT, f"{memory} refused the API key ({cause})",
-                     "check the key: --ensue-key, the variable named by memory.api_key_env, "
-                     "ENSUE_API_KEY or the saved key file (`python -m swarm register`); a hub's "
-                     "admin issues tokens with `python -m swarm hub token add NAME`")
+        return Fault(
+            Reaction.PERMANENT,
+            f"{memory} refused the API key ({cause})",
+            "check the key: --ensue-key, the variable named by memory.api_key_env, "
+            "ENSUE_API_KEY or the saved key file (`python -m swarm register`); a hub's "
+            "admin issues tokens with `python -m swarm hub token add NAME`",
+        )
     if isinstance(exc, InvalidRequestError):
-        return Fault(Reaction.PERMANENT, f"{memory} cannot take this request ({cause})",
-                     "check memory.url and memory.org; this is a bug if they are right: "
-                     "report it with the log")
+        return Fault(
+            Reaction.PERMANENT,
+            f"{memory} cannot take this request ({cause})",
+            "check memory.url and memory.org; this is a bug if they are right: "
+            "report it with the log",
+        )
     if isinstance(exc, ProtocolError):
-        return Fault(Reaction.PERMANENT, f"{memory} does not speak the Ensue protocol ({cause})",
-                     "check memory.kind and memory.url (a hub URL ends with the port, e.g. "
-                     "http://HOST:8765/)")
+        return Fault(
+            Reaction.PERMANENT,
+            f"{memory} does not speak the Ensue protocol ({cause})",
+            "check memory.kind and memory.url (a hub URL ends with the port, e.g. "
+            "http://HOST:8765/)",
+        )
     if isinstance(exc, ToolError) and any(w in str(exc).lower() for w in _FORBIDDEN_WORDS):
-        return Fault(Reaction.PERMANENT, f"{memory} refused a namespace ({cause})",
-                     "check memory.org and the key's role (participant or admin)")
+        return Fault(
+            Reaction.PERMANENT,
+            f"{memory} refused a namespace ({cause})",
+            "check memory.org and the key's role (participant or admin)",
+        )
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
-        return Fault(Reaction.INFRASTRUCTURE, f"the disk refused a write ({cause})",
-                     "free space in the state dir (or make it writable); nothing was lost")
+        return Fault(
+            Reaction.INFRASTRUCTURE,
+            f"the disk refused a write ({cause})",
+            "free space in the state dir (or make it writable); nothing was lost",
+        )
     if isinstance(exc, (RunnerError, GpuError)):
-        return Fault(Reaction.INFRASTRUCTURE, f"this machine cannot train ({cause})",
-                     "fix the machine (data cache, GPU driver, sandbox); see the log")
+        return Fault(
+            Reaction.INFRASTRUCTURE,
+            f"this machine cannot train ({cause})",
+            "fix the machine (data cache, GPU driver, sandbox); see the log",
+        )
     return Fault(Reaction.TRANSIENT, cause, "retrying with back-off")
 
 
 class FaultLatch:
     """Holds the first permanent fault of a run; ``on_trip`` (set by the supervisor) stops it."""
 
-    def __init__(self, on_trip: Callable[[Fault], None] | None = None, *,
-                 label: str = "the shared memory") -> None:
+    def __init__(
+        self, on_trip: Callable[[Fault], None] | None = None, *, label: str = "the shared memory"
+    ) -> None:
         self.fault: Fault | None = None
         self.on_trip = on_trip
         self.label = label  # names the memory in causes (the supervisor sets it)

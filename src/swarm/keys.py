@@ -208,8 +208,9 @@ def insight_key(agent_id: str, insight: str, attempt: int = 0) -> str:
     return f"{INSIGHTS}{agent_slug(agent_id)}--{slug(insight)}--{h}"
 
 
-def experiment_lock_prefix(parent_hash: str, code_hash: str, *, track: str = "",
-                           tier: str | None = None) -> str:
+def experiment_lock_prefix(
+    parent_hash: str, code_hash: str, *, track: str = "", tier: str | None = None
+) -> str:
     """``locks/exp/<track>/<tier>/<parent12>--<code12>/``: every generation of one lock.
 
     Results are only compared within a track and tier, so the same code on another track or
@@ -220,23 +221,31 @@ def experiment_lock_prefix(parent_hash: str, code_hash: str, *, track: str = "",
     return f"{EXPERIMENT_LOCKS}{scope}{experiment_id(parent_hash, code_hash)}/"
 
 
-def experiment_lock_key(parent_hash: str, code_hash: str, generation: int = 1, *,
-                        track: str = "", tier: str | None = None) -> str:
+def experiment_lock_key(
+    parent_hash: str,
+    code_hash: str,
+    generation: int = 1,
+    *,
+    track: str = "",
+    tier: str | None = None,
+) -> str:
     """``locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
     prefix = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
     return f"{prefix}g{generation:06d}"
 
 
-def confirmation_lock_prefix(parent_hash: str, code_hash: str, *, track: str,
-                             tier: str | None) -> str:
+def confirmation_lock_prefix(
+    parent_hash: str, code_hash: str, *, track: str, tier: str | None
+) -> str:
     """``locks/confirm/<track>/<tier>/<parent12>--<code12>/``: the confirmation of a candidate
     (its own lock kind: the experiment's lock was released when the candidate was published)."""
     exp = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
     return CONFIRM_LOCKS + exp.removeprefix(EXPERIMENT_LOCKS)
 
 
-def confirmation_lock_key(parent_hash: str, code_hash: str, generation: int = 1, *,
-                          track: str, tier: str | None) -> str:
+def confirmation_lock_key(
+    parent_hash: str, code_hash: str, generation: int = 1, *, track: str, tier: str | None
+) -> str:
     """``locks/confirm/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
     prefix = confirmation_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
     return f"{prefix}g{generation:06d}"
@@ -293,7 +302,11 @@ def lock_generation(key: str) -> int | None:
 
 def hypothesis_take_key(hypothesis_key_: str) -> str:
     """``locks/hyp/<tail>``: created once by whoever takes the hypothesis."""
-    tail = hypothesis_key_.split("/", 1)[1] if hypothesis_key_.startswith(HYPOTHESES) else hypothesis_key_
+    tail = (
+        hypothesis_key_.split("/", 1)[1]
+        if hypothesis_key_.startswith(HYPOTHESES)
+        else hypothesis_key_
+    )
     if tail.startswith("@"):
         raise InvalidRequestError(f"hypothesis key {hypothesis_key_!r} belongs to another org")
     return f"{HYPOTHESIS_TAKES}{tail}"
@@ -365,7 +378,7 @@ def feed_target(feed_key_: str) -> str | None:
     """The record a feed entry points at, ``None`` when ``feed_key_`` is no feed entry."""
     if not feed_key_.startswith(FEED):
         return None
-    stamp, _, target = feed_key_[len(FEED):].partition("/")
+    stamp, _, target = feed_key_[len(FEED) :].partition("/")
     if len(stamp) != 12 or not stamp.isdigit() or not target.startswith(_FEED_KINDS):
         return None
     return target

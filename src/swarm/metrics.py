@@ -77,21 +77,32 @@ class SupervisorCollector(Collector):
         sup = self.supervisor
         snap = sup.snapshot()
         c = snap.counters
-        exp = CounterMetricFamily("swarm_experiments", "published experiments by status",
-                                  labels=("status",))
-        for status, n in (("keep", c.kept), ("discard", c.discarded), ("crash", c.crashed),
-                          ("timeout", c.timeouts)):
+        exp = CounterMetricFamily(
+            "swarm_experiments", "published experiments by status", labels=("status",)
+        )
+        for status, n in (
+            ("keep", c.kept),
+            ("discard", c.discarded),
+            ("crash", c.crashed),
+            ("timeout", c.timeouts),
+        ):
             exp.add_metric((status,), n)
         yield exp
-        yield CounterMetricFamily("swarm_duplicates_skipped", "proposals skipped as duplicates",
-                                  value=c.duplicates_skipped)
-        yield CounterMetricFamily("swarm_claims_lost", "claims lost to another agent",
-                                  value=c.claims_lost)
+        yield CounterMetricFamily(
+            "swarm_duplicates_skipped",
+            "proposals skipped as duplicates",
+            value=c.duplicates_skipped,
+        )
+        yield CounterMetricFamily(
+            "swarm_claims_lost", "claims lost to another agent", value=c.claims_lost
+        )
         now = time.time()
-        busy = CounterMetricFamily("swarm_gpu_busy_seconds", "seconds a worker's GPU trained",
-                                   labels=("worker", "gpu"))
-        queue = GaugeMetricFamily("swarm_queue_depth", "proposals ready per worker",
-                                  labels=("worker",))
+        busy = CounterMetricFamily(
+            "swarm_gpu_busy_seconds", "seconds a worker's GPU trained", labels=("worker", "gpu")
+        )
+        queue = GaugeMetricFamily(
+            "swarm_queue_depth", "proposals ready per worker", labels=("worker",)
+        )
         states: Counter[str] = Counter()
         for worker in sup.workers:
             status = worker.status
@@ -106,14 +117,18 @@ class SupervisorCollector(Collector):
         for state, n in sorted(states.items()):
             workers.add_metric((state,), n)
         yield workers
-        errors = CounterMetricFamily("swarm_memory_errors", "memory calls that failed",
-                                     labels=("operation",))
+        errors = CounterMetricFamily(
+            "swarm_memory_errors", "memory calls that failed", labels=("operation",)
+        )
         for op in _OPERATIONS:
             errors.add_metric((op,), self.backend.errors[op] if self.backend else 0)
         yield errors
         publisher = getattr(sup, "publisher", None)
-        yield GaugeMetricFamily("swarm_memory_outbox", "results waiting for the memory",
-                                value=len(publisher.outbox) if publisher is not None else 0)
+        yield GaugeMetricFamily(
+            "swarm_memory_outbox",
+            "results waiting for the memory",
+            value=len(publisher.outbox) if publisher is not None else 0,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -124,8 +139,9 @@ async def serve_metrics(collector: Collector, host: str, port: int) -> AsyncIter
     registry.register(collector)
 
     async def handle(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
@@ -136,9 +152,13 @@ async def serve_metrics(collector: Collector, host: str, port: int) -> AsyncIter
         try:
             await site.start()
         except OSError as exc:
-            raise ConfigError(f"metrics_port {port}: cannot listen on {host}:{port} "
-                              f"({exc.strerror or exc}); pick another port or 0 to turn "
-                              "metrics off", key="metrics_port", value=port) from exc
+            raise ConfigError(
+                f"metrics_port {port}: cannot listen on {host}:{port} "
+                f"({exc.strerror or exc}); pick another port or 0 to turn "
+                "metrics off",
+                key="metrics_port",
+                value=port,
+            ) from exc
         bound = int(runner.addresses[0][1])
         log.info("metrics_listening", url=f"http://{host}:{bound}/metrics")
         yield bound
@@ -147,8 +167,9 @@ async def serve_metrics(collector: Collector, host: str, port: int) -> AsyncIter
 
 
 @contextlib.asynccontextmanager
-async def supervisor_metrics(supervisor: Any, backend: Any, host: str, port: int
-                             ) -> AsyncIterator[Any]:
+async def supervisor_metrics(
+    supervisor: Any, backend: Any, host: str, port: int
+) -> AsyncIterator[Any]:
     """With ``port`` 0: yields ``backend`` unchanged. Otherwise serves the supervisor's
     metrics on ``host:port`` and yields ``backend`` wrapped in a CountingBackend."""
     if not port:

@@ -70,14 +70,21 @@ def _entry_from(op: dict[str, Any]) -> OutboxEntry | None:
     if not ident:
         return None
     if kind == "result" and isinstance(op.get("result"), dict):
-        return OutboxEntry(ident, "result", result=Result.from_json("", op["result"]),
-                           decided=bool(op.get("decided", True)),
-                           confirming=bool(op.get("confirming", False)),
-                           noise_margin=float(op.get("noise_margin") or 0.0))
+        return OutboxEntry(
+            ident,
+            "result",
+            result=Result.from_json("", op["result"]),
+            decided=bool(op.get("decided", True)),
+            confirming=bool(op.get("confirming", False)),
+            noise_margin=float(op.get("noise_margin") or 0.0),
+        )
     if kind == "release" and isinstance(op.get("claim"), dict):
-        return OutboxEntry(ident, "release",
-                           claim=Claim.from_json(str(op.get("claim_key") or ""), op["claim"]),
-                           result_key=str(op["result_key"]) if op.get("result_key") else None)
+        return OutboxEntry(
+            ident,
+            "release",
+            claim=Claim.from_json(str(op.get("claim_key") or ""), op["claim"]),
+            result_key=str(op["result_key"]) if op.get("result_key") else None,
+        )
     return None
 
 
@@ -131,8 +138,11 @@ class Outbox:
         elif kind == "decided" and ident in self._pending:
             entry = self._pending[ident]
             if entry.result is not None:
-                result = replace(entry.result, status=str(op.get("status") or "discard"),
-                                 verified=bool(op.get("verified", False)))
+                result = replace(
+                    entry.result,
+                    status=str(op.get("status") or "discard"),
+                    verified=bool(op.get("verified", False)),
+                )
                 self._pending[ident] = replace(entry, result=result, decided=True)
         elif kind == "done":
             self._pending.pop(ident, None)
@@ -145,8 +155,13 @@ class Outbox:
                 _append_line(self.path, line)
             except OSError as exc:
                 self.write_failures += 1
-                log.error("outbox_write_failed", path=str(self.path), op=op.get("op"),
-                          error=str(exc), note="kept in memory; replayed while this process runs")
+                log.error(
+                    "outbox_write_failed",
+                    path=str(self.path),
+                    op=op.get("op"),
+                    error=str(exc),
+                    note="kept in memory; replayed while this process runs",
+                )
 
     def _compact_sync(self) -> None:
         """Truncate the file when nothing is pending (bounded growth)."""
@@ -172,24 +187,41 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.pending("result"))
 
-    async def add_result(self, result: Result, *, decided: bool, confirming: bool = False,
-                         noise_margin: float = 0.0) -> str:
+    async def add_result(
+        self, result: Result, *, decided: bool, confirming: bool = False, noise_margin: float = 0.0
+    ) -> str:
         ident = uuid.uuid4().hex
-        await self._write({"op": "add", "id": ident, "kind": "result",
-                           "result": result.to_json(), "decided": decided,
-                           "confirming": confirming, "noise_margin": noise_margin})
+        await self._write(
+            {
+                "op": "add",
+                "id": ident,
+                "kind": "result",
+                "result": result.to_json(),
+                "decided": decided,
+                "confirming": confirming,
+                "noise_margin": noise_margin,
+            }
+        )
         return ident
 
     async def add_release(self, claim: Claim, result_key: str | None = None) -> str:
         ident = uuid.uuid4().hex
-        await self._write({"op": "add", "id": ident, "kind": "release",
-                           "claim": claim.to_json(), "claim_key": claim.key,
-                           **({"result_key": result_key} if result_key else {})})
+        await self._write(
+            {
+                "op": "add",
+                "id": ident,
+                "kind": "release",
+                "claim": claim.to_json(),
+                "claim_key": claim.key,
+                **({"result_key": result_key} if result_key else {}),
+            }
+        )
         return ident
 
     async def mark_decided(self, ident: str, result: Result) -> None:
-        await self._write({"op": "decided", "id": ident, "status": result.status,
-                           "verified": result.verified})
+        await self._write(
+            {"op": "decided", "id": ident, "status": result.status, "verified": result.verified}
+        )
 
     async def mark_done(self, ident: str, key: str = "") -> None:
         await self._write({"op": "done", "id": ident, "key": key})
@@ -207,9 +239,15 @@ class Publisher:
     faults; ``on_replayed`` is told of every result a replay published (with its key).
     """
 
-    def __init__(self, outbox: Outbox, memory: Any, latch: FaultLatch, *,
-                 label: str = "the shared memory",
-                 on_replayed: OnPublished | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        memory: Any,
+        latch: FaultLatch,
+        *,
+        label: str = "the shared memory",
+        on_replayed: OnPublished | None = None,
+    ) -> None:
         self.outbox = outbox
         self.memory = memory
         self.latch = latch
@@ -224,24 +262,31 @@ class Publisher:
             return True
         return self.latch.check(exc, where=where, memory=self.label).reaction is Reaction.TRANSIENT
 
-    async def publish(self, result: Result, *, decided: bool, confirming: bool = False,
-                      noise_margin: float = 0.0) -> str:
+    async def publish(
+        self, result: Result, *, decided: bool, confirming: bool = False, noise_margin: float = 0.0
+    ) -> str:
         """Write ``result`` ahead, publish it, mark it done; its key, or "" when deferred."""
-        ident = await self.outbox.add_result(result, decided=decided, confirming=confirming,
-                                             noise_margin=noise_margin)
+        ident = await self.outbox.add_result(
+            result, decided=decided, confirming=confirming, noise_margin=noise_margin
+        )
         if self.latch.tripped:
             return ""
         self._in_flight.add(ident)  # the replay leaves it alone while this call owns it
         try:
-            key = str(await asyncio.wait_for(self.memory.publish_result(result),
-                                             timeout=_CALL_TIMEOUT_S))
+            key = str(
+                await asyncio.wait_for(self.memory.publish_result(result), timeout=_CALL_TIMEOUT_S)
+            )
         except InvalidRequestError as exc:
             await self._set_aside(ident, result, exc)
             return ""
         except (MemoryStoreError, TimeoutError) as exc:
             self._transient(exc, where="publish")
-            log.warning("publish_deferred", description=result.description, error=str(exc),
-                        queued=str(self.outbox.path))
+            log.warning(
+                "publish_deferred",
+                description=result.description,
+                error=str(exc),
+                queued=str(self.outbox.path),
+            )
             return ""
         finally:
             self._in_flight.discard(ident)
@@ -258,8 +303,9 @@ class Publisher:
         except OSError as write_exc:
             log.error("rejected_result_not_saved", path=str(path), error=str(write_exc))
             return  # stays in the outbox
-        log.error("result_rejected", description=result.description, error=str(exc),
-                  saved_to=str(path))
+        log.error(
+            "result_rejected", description=result.description, error=str(exc), saved_to=str(path)
+        )
         await self.outbox.mark_done(ident)
 
     async def release(self, claim: Claim, *, result_key: str | None = None) -> None:
@@ -267,7 +313,8 @@ class Publisher:
         for a retry when the memory is away."""
         try:
             await asyncio.wait_for(
-                asyncio.shield(self.memory.release(claim, result_key=result_key)), timeout=15)
+                asyncio.shield(self.memory.release(claim, result_key=result_key)), timeout=15
+            )
         except (MemoryStoreError, TimeoutError) as exc:
             self._transient(exc, where="release")
             log.warning("claim_release_deferred", claim=claim.key, error=str(exc))
@@ -278,8 +325,11 @@ class Publisher:
         if result.status not in ("keep", "discard") or result.val_bpb is None:
             return result
         candidate = replace(result, status="keep")
-        decision = (await self.memory.confirm_best(candidate) if confirming
-                    else await self.memory.propose_best(candidate, noise_margin=margin))
+        decision = (
+            await self.memory.confirm_best(candidate)
+            if confirming
+            else await self.memory.propose_best(candidate, noise_margin=margin)
+        )
         status = "keep" if decision.moved else "discard"
         return replace(result, status=status, verified=confirming and status == "keep")
 
@@ -308,8 +358,7 @@ class Publisher:
             await self._set_aside(entry.id, result, exc)
             return
         await self.outbox.mark_done(entry.id, key)
-        log.info("publish_replayed", key=key, status=result.status,
-                 description=result.description)
+        log.info("publish_replayed", key=key, status=result.status, description=result.description)
         if self.on_replayed is not None:
             await self.on_replayed(replace(result, key=key))
 
@@ -326,8 +375,9 @@ class Publisher:
                     await asyncio.wait_for(self._replay_one(entry), timeout=_CALL_TIMEOUT_S)
                 except (MemoryStoreError, TimeoutError) as exc:
                     self._transient(exc, where="replay")
-                    log.warning("replay_deferred", pending=len(self.outbox.pending()),
-                                error=str(exc))
+                    log.warning(
+                        "replay_deferred", pending=len(self.outbox.pending()), error=str(exc)
+                    )
                     break
                 done += 1
         return done

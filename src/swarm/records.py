@@ -188,14 +188,12 @@ def decode_record(key: str, text: str | bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        snippet = (text[:60] if isinstance(text, str) else text[:60].decode("utf-8", "replace"))
+        snippet = text[:60] if isinstance(text, str) else text[:60].decode("utf-8", "replace")
         raise ProtocolError(
             f"record {key!r} is not valid JSON ({exc}); value starts {snippet!r}"
         ) from exc
     if not isinstance(data, dict):
-        raise ProtocolError(
-            f"record {key!r} is JSON but not an object (got {type(data).__name__})"
-        )
+        raise ProtocolError(f"record {key!r} is JSON but not an object (got {type(data).__name__})")
     return data
 
 
@@ -258,11 +256,36 @@ class Result:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "agent_id", "status", "description", "train_py", "val_bpb", "memory_gb",
-        "completed_at", "vram_tier", "track", "parent_hash", "code_hash", "gpu_name",
-        "host", "seed", "prepare_hash", "verified", "num_steps", "total_tokens_M",
-        "mfu_percent", "training_seconds", "peak_vram_mb", "failure", "log_tail",
-        "changes", "proposer", "delta_vs_best", "delta", "sandbox", "wall_s", "reason",
+        "agent_id",
+        "status",
+        "description",
+        "train_py",
+        "val_bpb",
+        "memory_gb",
+        "completed_at",
+        "vram_tier",
+        "track",
+        "parent_hash",
+        "code_hash",
+        "gpu_name",
+        "host",
+        "seed",
+        "prepare_hash",
+        "verified",
+        "num_steps",
+        "total_tokens_M",
+        "mfu_percent",
+        "training_seconds",
+        "peak_vram_mb",
+        "failure",
+        "log_tail",
+        "changes",
+        "proposer",
+        "delta_vs_best",
+        "delta",
+        "sandbox",
+        "wall_s",
+        "reason",
     )
 
     @property
@@ -395,10 +418,24 @@ class Claim:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "agent_id", "description", "experiment_key", "claimed_at",
-        "expected_duration_seconds", "status", "heartbeat_at", "lease_s", "parent_hash",
-        "code_hash", "track", "vram_tier", "gpu_name", "host", "lock_key", "nonce",
-        "released_at", "claim_key",
+        "agent_id",
+        "description",
+        "experiment_key",
+        "claimed_at",
+        "expected_duration_seconds",
+        "status",
+        "heartbeat_at",
+        "lease_s",
+        "parent_hash",
+        "code_hash",
+        "track",
+        "vram_tier",
+        "gpu_name",
+        "host",
+        "lock_key",
+        "nonce",
+        "released_at",
+        "claim_key",
     )
 
     def expires_at(self, legacy_ttl_s: float = 900.0) -> float | None:
@@ -528,10 +565,20 @@ class Best:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "best_val_bpb", "achieved_by", "achieved_at", "previous_best_val_bpb",
-        "previous_best_by", "previous_best_description", "improvement_over_previous",
-        "previous_best", "result_key", "best_kind", "best_track", "best_tier",
-        "best_version", "confirmations",
+        "best_val_bpb",
+        "achieved_by",
+        "achieved_at",
+        "previous_best_val_bpb",
+        "previous_best_by",
+        "previous_best_description",
+        "improvement_over_previous",
+        "previous_best",
+        "result_key",
+        "best_kind",
+        "best_track",
+        "best_tier",
+        "best_version",
+        "confirmations",
     )
 
     @property
@@ -610,7 +657,9 @@ class Best:
         previous: Best | None = None
         prev_raw = data.get("previous_best")
         if isinstance(prev_raw, Mapping):
-            previous = Best.from_json(key, {k: v for k, v in prev_raw.items() if k != "previous_best"})
+            previous = Best.from_json(
+                key, {k: v for k, v in prev_raw.items() if k != "previous_best"}
+            )
         elif _float(data.get("previous_best_val_bpb")) is not None:
             previous = Best(
                 key=key,
@@ -699,8 +748,15 @@ class Hypothesis:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "agent_id", "title", "hypothesis", "suggested_config", "evidence_keys",
-        "priority", "created_at", "track", "parent_hash",
+        "agent_id",
+        "title",
+        "hypothesis",
+        "suggested_config",
+        "evidence_keys",
+        "priority",
+        "created_at",
+        "track",
+        "parent_hash",
     )
 
     def to_json(self) -> dict[str, Any]:
@@ -770,7 +826,13 @@ class Insight:
     track: str = DEFAULT_TRACK
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    KNOWN: ClassVar[tuple[str, ...]] = ("agent_id", "insight", "evidence_keys", "posted_at", "track")
+    KNOWN: ClassVar[tuple[str, ...]] = (
+        "agent_id",
+        "insight",
+        "evidence_keys",
+        "posted_at",
+        "track",
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The stored mapping."""
@@ -819,8 +881,14 @@ class LeaderboardEntry:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "agent_id", "val_bpb", "description", "vram_tier", "track", "result_key",
-        "completed_at", "gpu_name",
+        "agent_id",
+        "val_bpb",
+        "description",
+        "vram_tier",
+        "track",
+        "result_key",
+        "completed_at",
+        "gpu_name",
     )
 
     def to_json(self) -> dict[str, Any]:
@@ -907,8 +975,12 @@ class SwarmSummary:
     def to_text(self) -> str:
         """A short plain-text report (for prompts and ``status``)."""
         lines = [f"swarm summary (track: {self.track or 'all'})"]
-        lines.append(f"active agents ({len(self.active_agents)}): {', '.join(self.active_agents) or '-'}")
-        for (track, tier), b in sorted(self.bests.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        lines.append(
+            f"active agents ({len(self.active_agents)}): {', '.join(self.active_agents) or '-'}"
+        )
+        for (track, tier), b in sorted(
+            self.bests.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+        ):
             scope = f"{track}/{tier}" if tier else f"{track} (all tiers)"
             bpb = f"{b.val_bpb:.6f}" if b.val_bpb is not None else "?"
             lines.append(f"best {scope}: val_bpb={bpb} by {b.agent_id} -- {b.result.description}")

@@ -94,7 +94,8 @@ class StateLock:
             raise ConfigError(
                 f"state_dir {self.path.parent} is in use by another swarm supervisor (pid "
                 f"{holder}); stop it, or give this one its own --state-dir and --agent-name",
-                key="state_dir", value=str(self.path.parent),
+                key="state_dir",
+                value=str(self.path.parent),
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -139,10 +140,17 @@ def _harvest_one(workdir: Path, agent_id: str, host: str) -> Harvest | None:
         return Harvest(meta, workdir, train_py, None)
     status, failure, summary, message = classify_run(0, text)
     outcome = RunOutcome(
-        status=status, failure=failure, summary=summary, message=f"harvested: {message}",
-        log_path=workdir / LOG_NAME, log_tail="\n".join(text.splitlines()[-50:]),
-        returncode=None, wall_s=0.0, prepare_hash=hashlib.sha256(prepare).hexdigest(),
-        workdir=workdir, sandbox=meta.sandbox,
+        status=status,
+        failure=failure,
+        summary=summary,
+        message=f"harvested: {message}",
+        log_path=workdir / LOG_NAME,
+        log_tail="\n".join(text.splitlines()[-50:]),
+        returncode=None,
+        wall_s=0.0,
+        prepare_hash=hashlib.sha256(prepare).hexdigest(),
+        workdir=workdir,
+        sandbox=meta.sandbox,
     )
     return Harvest(meta, workdir, train_py, outcome)
 

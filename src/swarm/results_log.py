@@ -72,8 +72,12 @@ def _run_identity(record: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two lines the same run (as the memory's idempotent publish sees it)."""
     if record.get("completed_at") is None:
         return (id(record),)
-    return (record.get("agent_id"), record.get("code_hash"), record.get("seed"),
-            record.get("completed_at"))
+    return (
+        record.get("agent_id"),
+        record.get("code_hash"),
+        record.get("seed"),
+        record.get("completed_at"),
+    )
 
 
 class ResultsLog:

@@ -78,8 +78,22 @@ log = get_logger(__name__)
 
 RunStatus = Literal["ok", "crash", "timeout", "invalid"]
 Failure = Literal[
-    "oom", "nan", "exception", "no_summary", "bad_summary", "timeout", "signal", "infra",
-    "disk", "procs", "syntax", "import", "data", "static", "metric", "implausible",
+    "oom",
+    "nan",
+    "exception",
+    "no_summary",
+    "bad_summary",
+    "timeout",
+    "signal",
+    "infra",
+    "disk",
+    "procs",
+    "syntax",
+    "import",
+    "data",
+    "static",
+    "metric",
+    "implausible",
 ]
 
 LOG_NAME = "run.log"
@@ -106,7 +120,8 @@ _NAN = re.compile(
 _TRACEBACK = "Traceback (most recent call last):"
 _NO_DATA = re.compile(
     r"^\w*Error: .*(?:run `?(?:python )?prepare\.py|no tokenizer at|no training shards in|"
-    r"no validation shard)", re.MULTILINE,
+    r"no validation shard)",
+    re.MULTILINE,
 )
 _SYNTAX = re.compile(r"^(?:SyntaxError|IndentationError|TabError): ", re.MULTILINE)
 _SYNTAX_AT = re.compile(r'File "[^"\n]*train\.py", line (\d+)')
@@ -371,8 +386,13 @@ def _start_plan(spec: RunSpec, workdir: Path, extra_env: Mapping[str, str]) -> _
         return _Start([spec.python, "train.py", *spec.args], env, workdir, None, "none")
     try:
         launch = spec.sandbox.launch(
-            workdir=workdir, src_dir=workdir / SRC_DIR, python=spec.python, args=spec.args,
-            env=env, gpu=spec.gpu, name=spec.experiment_id,
+            workdir=workdir,
+            src_dir=workdir / SRC_DIR,
+            python=spec.python,
+            args=spec.args,
+            env=env,
+            gpu=spec.gpu,
+            name=spec.experiment_id,
         )
     except OSError as exc:
         raise RunnerError(f"cannot set up the sandbox of {spec.experiment_id}: {exc}") from exc
@@ -380,8 +400,11 @@ def _start_plan(spec: RunSpec, workdir: Path, extra_env: Mapping[str, str]) -> _
 
 
 def _limit_failure(
-    spec: RunSpec, outcome: tuple[RunStatus, Failure | None, Summary | None, str],
-    events: CgroupEvents, log_size: int, text: str,
+    spec: RunSpec,
+    outcome: tuple[RunStatus, Failure | None, Summary | None, str],
+    events: CgroupEvents,
+    log_size: int,
+    text: str,
 ) -> tuple[RunStatus, Failure | None, Summary | None, str]:
     """Re-classify a crash that a sandbox limit caused (memory, processes, disk, log)."""
     status, _, summary, _ = outcome
@@ -389,20 +412,39 @@ def _limit_failure(
         return outcome
     limits = spec.sandbox.limits
     if events.oom_kills:
-        return status, "oom", summary, (f"out of memory: the run hit its {limits.memory_mb} MB "
-                                        "cap (sandbox_memory_mb)")
+        return (
+            status,
+            "oom",
+            summary,
+            (f"out of memory: the run hit its {limits.memory_mb} MB cap (sandbox_memory_mb)"),
+        )
     if log_size >= limits.log_mb * 1024 * 1024:
-        return status, "disk", summary, (f"run log reached the {limits.log_mb} MB cap "
-                                         "(sandbox_log_mb)")
+        return (
+            status,
+            "disk",
+            summary,
+            (f"run log reached the {limits.log_mb} MB cap (sandbox_log_mb)"),
+        )
     disk = _DISK.search(text)
     if disk is not None:
-        return status, "disk", summary, (f"scratch space exhausted ({_line_at(text, disk.start())};"
-                                         f" caps: {limits.scratch_mb} MB scratch, "
-                                         f"{limits.log_mb} MB per file)")
+        return (
+            status,
+            "disk",
+            summary,
+            (
+                f"scratch space exhausted ({_line_at(text, disk.start())};"
+                f" caps: {limits.scratch_mb} MB scratch, "
+                f"{limits.log_mb} MB per file)"
+            ),
+        )
     procs = _PROCS.search(text)
     if events.pids_max or procs is not None:
-        return status, "procs", summary, (f"too many processes: the run hit its cap of "
-                                          f"{limits.procs} (sandbox_procs)")
+        return (
+            status,
+            "procs",
+            summary,
+            (f"too many processes: the run hit its cap of {limits.procs} (sandbox_procs)"),
+        )
     return outcome
 
 
@@ -420,15 +462,12 @@ async def run_experiment(
     if spec.verify:
         refused = refuse_code(await asyncio.to_thread(check_train_py, spec.train_py))
         if refused is not None:
-            return await asyncio.to_thread(_refused, spec, refused, workdir, log_path,
-                                           prepare_hash)
+            return await asyncio.to_thread(_refused, spec, refused, workdir, log_path, prepare_hash)
     channel = MetricChannel() if spec.verify and reports else None
     try:
-        start = await asyncio.to_thread(_start_plan, spec, workdir,
-                                        channel.env if channel else {})
+        start = await asyncio.to_thread(_start_plan, spec, workdir, channel.env if channel else {})
         try:
-            return await _supervise(spec, start, workdir, log_path, prepare_hash, on_start,
-                                    channel)
+            return await _supervise(spec, start, workdir, log_path, prepare_hash, on_start, channel)
         finally:
             if start.cgroup is not None:
                 await asyncio.to_thread(start.cgroup.remove)
@@ -437,44 +476,68 @@ async def run_experiment(
             channel.close()
 
 
-def _refused(spec: RunSpec, refused: Invalid, workdir: Path, log_path: Path,
-             prepare_hash: str) -> RunOutcome:
+def _refused(
+    spec: RunSpec, refused: Invalid, workdir: Path, log_path: Path, prepare_hash: str
+) -> RunOutcome:
     """The outcome of a train.py the static check refused: never started, reasons logged."""
     text = refused.message + "\n"
     with contextlib.suppress(OSError):
         log_path.write_text(text, encoding="utf-8")
     log.warning("run_refused", experiment_id=spec.experiment_id, reasons=refused.reasons)
     return RunOutcome(
-        status="invalid", failure=refused.kind, summary=None, message=refused.message,
-        log_path=log_path, log_tail=text, returncode=None, wall_s=0.0,
-        prepare_hash=prepare_hash, workdir=workdir,
+        status="invalid",
+        failure=refused.kind,
+        summary=None,
+        message=refused.message,
+        log_path=log_path,
+        log_tail=text,
+        returncode=None,
+        wall_s=0.0,
+        prepare_hash=prepare_hash,
+        workdir=workdir,
         sandbox=spec.sandbox.mechanism if spec.sandbox is not None else "none",
     )
 
 
 def _verdict(
-    spec: RunSpec, classified: tuple[RunStatus, Failure | None, Summary | None, str],
-    channel: MetricChannel | None, wall_s: float, prepare_hash: str,
+    spec: RunSpec,
+    classified: tuple[RunStatus, Failure | None, Summary | None, str],
+    channel: MetricChannel | None,
+    wall_s: float,
+    prepare_hash: str,
 ) -> tuple[RunStatus, Failure | None, Summary | None, str]:
     """Re-classify an ok run whose summary a check of :mod:`swarm.verify` does not believe."""
     status, _, summary, _ = classified
     if not spec.verify or status != "ok" or summary is None:
         return classified
     expect = Expectations(
-        profile=spec.profile, budget_s=spec.budget_s, prepare_sha256=spec.prepare_sha256,
+        profile=spec.profile,
+        budget_s=spec.budget_s,
+        prepare_sha256=spec.prepare_sha256,
         fixed_steps=bool(build_child_env(spec).get("AUTORESEARCH_MAX_STEPS", "").strip("0 ")),
         real_target=channel is not None,
     )
-    invalid = judge_run(summary, trusted=channel.read() if channel else None, wall_s=wall_s,
-                        prepare_hash=prepare_hash, train_py=spec.train_py, expect=expect)
+    invalid = judge_run(
+        summary,
+        trusted=channel.read() if channel else None,
+        wall_s=wall_s,
+        prepare_hash=prepare_hash,
+        train_py=spec.train_py,
+        expect=expect,
+    )
     if invalid is None:
         return classified
     return "invalid", invalid.kind, summary, invalid.message
 
 
 async def _supervise(
-    spec: RunSpec, start: _Start, workdir: Path, log_path: Path, prepare_hash: str,
-    on_start: Callable[[int, Path], None] | None, channel: MetricChannel | None = None,
+    spec: RunSpec,
+    start: _Start,
+    workdir: Path,
+    log_path: Path,
+    prepare_hash: str,
+    on_start: Callable[[int, Path], None] | None,
+    channel: MetricChannel | None = None,
 ) -> RunOutcome:
     started = time.monotonic()
     cgroup = start.cgroup
@@ -505,7 +568,7 @@ async def _supervise(
     text = await asyncio.to_thread(read_log_tail, log_path)
     classified = classify_run(proc.returncode, text, timed_out=timed_out, deadline_s=deadline)
     if spec.sandbox is not None:
-        events = (start.cgroup.events() if start.cgroup is not None else CgroupEvents())
+        events = start.cgroup.events() if start.cgroup is not None else CgroupEvents()
         size = await asyncio.to_thread(_size, log_path)
         classified = _limit_failure(spec, classified, events, size, text)
     classified = _verdict(spec, classified, channel, wall_s, prepare_hash)

@@ -52,11 +52,23 @@ SNAPSHOT_FILE = "status.json"
 SNAPSHOT_VERSION = 1
 
 WorkerState = Literal[
-    "idle", "proposing", "claiming", "training", "publishing", "waiting", "quarantined",
+    "idle",
+    "proposing",
+    "claiming",
+    "training",
+    "publishing",
+    "waiting",
+    "quarantined",
     "stopped",
 ]
 WORKER_STATES: tuple[str, ...] = (
-    "idle", "proposing", "claiming", "training", "publishing", "waiting", "quarantined",
+    "idle",
+    "proposing",
+    "claiming",
+    "training",
+    "publishing",
+    "waiting",
+    "quarantined",
     "stopped",
 )
 
@@ -117,7 +129,10 @@ class Counters:
     def add(self, status: str) -> Counters:
         """Counters after one more published result of ``status``."""
         field_name = {
-            "keep": "kept", "discard": "discarded", "crash": "crashed", "timeout": "timeouts",
+            "keep": "kept",
+            "discard": "discarded",
+            "crash": "crashed",
+            "timeout": "timeouts",
             "invalid": "invalid",
         }.get(status)
         new = replace(self, done=self.done + 1)
@@ -158,7 +173,8 @@ class Snapshot:
             known = {k: w[k] for k in WorkerStatus.__dataclass_fields__ if k in w}
             known["last_result"] = (
                 LastResult(**{k: lr[k] for k in LastResult.__dataclass_fields__ if k in lr})
-                if lr else None
+                if lr
+                else None
             )
             workers.append(WorkerStatus(**known))
         counters = data.get("counters") or {}
@@ -267,8 +283,9 @@ class SnapshotWriter:
                 await asyncio.to_thread(write_snapshot, self.state_dir, snap)
                 self.writes += 1
             except OSError as exc:
-                log.warning("status_snapshot_write_failed", state_dir=str(self.state_dir),
-                            error=str(exc))
+                log.warning(
+                    "status_snapshot_write_failed", state_dir=str(self.state_dir), error=str(exc)
+                )
 
     async def _loop(self) -> None:
         while True:
@@ -321,9 +338,7 @@ class StatusReport:
             "swarm_error": self.swarm_error,
         }
         if self.config_values is not None:
-            out["config"] = [
-                {"key": k, "value": v, "source": s} for k, v, s in self.config_values
-            ]
+            out["config"] = [{"key": k, "value": v, "source": s} for k, v, s in self.config_values]
         return out
 
 
@@ -374,8 +389,9 @@ def _gpu_table(report: StatusReport) -> Table | Text:
 def _worker_table(report: StatusReport) -> Table | Text:
     snap = report.snapshot
     if snap is None:
-        return Text(f"Workers: no supervisor running (no snapshot in {report.state_dir})",
-                    style="yellow")
+        return Text(
+            f"Workers: no supervisor running (no snapshot in {report.state_dir})", style="yellow"
+        )
     now = report.generated_at
     head = (
         f"Workers: supervisor pid {snap.pid} on {snap.host}, agent {snap.agent_id}, "
@@ -387,7 +403,8 @@ def _worker_table(report: StatusReport) -> Table | Text:
         head = (
             f"Workers: no supervisor running (last snapshot from pid {snap.pid}, "
             f"{_fmt_age(now - snap.updated_at)} ago, state {snap.state}"
-            + (f", {snap.exit_reason}" if snap.exit_reason else "") + ")"
+            + (f", {snap.exit_reason}" if snap.exit_reason else "")
+            + ")"
         )
     c = snap.counters
     table = Table(
@@ -433,31 +450,45 @@ def _trust_part(swarm: Mapping[str, Any]) -> list[Any]:
 
     cands = [c for c in swarm.get("candidates") or [] if c.get("state") in SHOWN_STATES]
     if cands:
-        table = Table(title=f"Candidate bests: open and refuted ({len(cands)}, newest 20)",
-                      title_justify="left")
+        table = Table(
+            title=f"Candidate bests: open and refuted ({len(cands)}, newest 20)",
+            title_justify="left",
+        )
         for col in ("state", "track", "tier", "val_bpb", "agent", "description", "runs"):
             table.add_column(col)
         for c in cands[:20]:
-            runs = ", ".join(f"{r.get('agent_id')} {_fmt_bpb(r.get('val_bpb'))}"
-                             for r in c.get("runs") or [])
+            runs = ", ".join(
+                f"{r.get('agent_id')} {_fmt_bpb(r.get('val_bpb'))}" for r in c.get("runs") or []
+            )
             state = str(c.get("state", "")) + (" (suspicious)" if c.get("suspicious") else "")
-            table.add_row(state, str(c.get("track", "")), str(c.get("tier", "")),
-                          _fmt_bpb(c.get("val_bpb")), str(c.get("agent_id", "")),
-                          str(c.get("description", "")), runs)
+            table.add_row(
+                state,
+                str(c.get("track", "")),
+                str(c.get("tier", "")),
+                _fmt_bpb(c.get("val_bpb")),
+                str(c.get("agent_id", "")),
+                str(c.get("description", "")),
+                runs,
+            )
         parts.append(table)
     noise = swarm.get("noise") or []
     if noise:
-        parts.append(Text("Seed noise (sigma): " + "; ".join(
-            f"{n['track']}/{n['tier']} {n['sigma']:.4f} "
-            f"({'measured from ' + str(n['pairs']) + ' pairs' if n['measured'] else 'default'})"
-            for n in noise)))
+        parts.append(
+            Text(
+                "Seed noise (sigma): "
+                + "; ".join(
+                    f"{n['track']}/{n['tier']} {n['sigma']:.4f} "
+                    f"({'measured from ' + str(n['pairs']) + ' pairs' if n['measured'] else 'default'})"
+                    for n in noise
+                )
+            )
+        )
     return parts
 
 
 def _swarm_part(report: StatusReport) -> list[Any]:
     if report.swarm is None:
-        return [Text(f"Swarm ({report.memory}): unreachable: {report.swarm_error}",
-                     style="red")]
+        return [Text(f"Swarm ({report.memory}): unreachable: {report.swarm_error}", style="red")]
     parts: list[Any] = []
     bests = report.swarm.get("bests") or []
     table = Table(title=f"Swarm bests ({report.memory})", title_justify="left")
@@ -467,8 +498,11 @@ def _swarm_part(report: StatusReport) -> list[Any]:
     for b in bests:
         at = b.get("completed_at")
         table.add_row(
-            str(b.get("track", "")), str(b.get("tier", "")), _fmt_bpb(b.get("val_bpb")),
-            str(b.get("agent_id", "")), str(b.get("description", "")),
+            str(b.get("track", "")),
+            str(b.get("tier", "")),
+            _fmt_bpb(b.get("val_bpb")),
+            str(b.get("agent_id", "")),
+            str(b.get("description", "")),
             _fmt_age(now - at) if isinstance(at, int | float) else "-",
             _verified_cell(b),
         )
@@ -481,8 +515,11 @@ def _swarm_part(report: StatusReport) -> list[Any]:
     for c in claims:
         hb = c.get("heartbeat_at") or c.get("claimed_at")
         ctab.add_row(
-            str(c.get("agent_id", "")), str(c.get("description", "")), str(c.get("track", "")),
-            str(c.get("tier", "")), _fmt_age(now - hb) if isinstance(hb, int | float) else "-",
+            str(c.get("agent_id", "")),
+            str(c.get("description", "")),
+            str(c.get("track", "")),
+            str(c.get("tier", "")),
+            _fmt_age(now - hb) if isinstance(hb, int | float) else "-",
         )
     parts.append(ctab if claims else Text("Live claims: none"))
     recent = report.swarm.get("recent") or []
@@ -492,9 +529,12 @@ def _swarm_part(report: StatusReport) -> list[Any]:
     for r in recent:
         delta = r.get("delta")
         rtab.add_row(
-            str(r.get("status", "")), _fmt_bpb(r.get("val_bpb")),
-            "-" if delta is None else f"{float(delta):+.4f}", str(r.get("agent_id", "")),
-            f"{r.get('track', '')}/{r.get('vram_tier', '')}", str(r.get("description", "")),
+            str(r.get("status", "")),
+            _fmt_bpb(r.get("val_bpb")),
+            "-" if delta is None else f"{float(delta):+.4f}",
+            str(r.get("agent_id", "")),
+            f"{r.get('track', '')}/{r.get('vram_tier', '')}",
+            str(r.get("description", "")),
         )
     parts.append(rtab if recent else Text("Recent results: none"))
     for note in report.swarm.get("notes") or []:
@@ -503,8 +543,9 @@ def _swarm_part(report: StatusReport) -> list[Any]:
 
 
 def render_config_values(values: Sequence[tuple[str, Any, str]]) -> Table:
-    table = Table(title="Configuration (effective value and where it came from)",
-                  title_justify="left")
+    table = Table(
+        title="Configuration (effective value and where it came from)", title_justify="left"
+    )
     table.add_column("key")
     table.add_column("value")
     table.add_column("source")
@@ -527,30 +568,34 @@ def render_status(report: StatusReport, console: Console) -> None:
 def _gpu_rows(infos: Sequence[Any], quarantined: Mapping[int, str]) -> list[dict[str, Any]]:
     rows = []
     for g in infos:
-        rows.append({
-            "index": g.index,
-            "uuid": g.uuid,
-            "name": g.name,
-            "tier": g.tier,
-            "utilization": g.utilization_pct,
-            "temperature": g.temperature_c,
-            "total_mb": g.memory_total_mb,
-            "free_mb": g.memory_free_mb,
-            "used_mb": g.memory_total_mb - g.memory_free_mb,
-            "processes": [{"pid": p.pid, "used_mb": p.used_mb or 0} for p in g.processes],
-            "quarantined": g.index in quarantined,
-        })
+        rows.append(
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "tier": g.tier,
+                "utilization": g.utilization_pct,
+                "temperature": g.temperature_c,
+                "total_mb": g.memory_total_mb,
+                "free_mb": g.memory_free_mb,
+                "used_mb": g.memory_total_mb - g.memory_free_mb,
+                "processes": [{"pid": p.pid, "used_mb": p.used_mb or 0} for p in g.processes],
+                "quarantined": g.index in quarantined,
+            }
+        )
     return rows
 
 
-async def gather_gpus(nvml: Any = None, *, snapshot: Snapshot | None = None,
-                      timeout_s: float = 10.0) -> tuple[list[dict[str, Any]] | None, str | None]:
+async def gather_gpus(
+    nvml: Any = None, *, snapshot: Snapshot | None = None, timeout_s: float = 10.0
+) -> tuple[list[dict[str, Any]] | None, str | None]:
     """GPU rows from NVML, or (None, why) when NVML is unavailable."""
     from swarm.errors import GpuError
     from swarm.gpu_pool import GpuPool
 
     quarantined = {
-        w.gpu_index: w.detail for w in (snapshot.workers if snapshot else ())
+        w.gpu_index: w.detail
+        for w in (snapshot.workers if snapshot else ())
         if w.state == "quarantined" and w.gpu_index is not None
     }
     try:
@@ -567,8 +612,12 @@ async def gather_gpus(nvml: Any = None, *, snapshot: Snapshot | None = None,
 
 def _claim_row(c: Any) -> dict[str, Any]:
     return {
-        "agent_id": c.agent_id, "description": c.description, "track": c.track,
-        "tier": c.vram_tier, "heartbeat_at": c.heartbeat_at, "claimed_at": c.claimed_at,
+        "agent_id": c.agent_id,
+        "description": c.description,
+        "track": c.track,
+        "tier": c.vram_tier,
+        "heartbeat_at": c.heartbeat_at,
+        "claimed_at": c.claimed_at,
         "key": c.key,
     }
 
@@ -576,11 +625,20 @@ def _claim_row(c: Any) -> dict[str, Any]:
 def result_row(r: Any) -> dict[str, Any]:
     """The JSON/table form of a result (no source)."""
     return {
-        "key": r.key, "status": r.status, "val_bpb": r.val_bpb, "delta": r.delta,
-        "agent_id": r.agent_id, "track": r.track, "vram_tier": r.vram_tier,
-        "description": r.description, "completed_at": r.completed_at,
-        "failure": r.failure, "gpu_name": r.gpu_name, "code_hash": r.code_hash,
-        "parent_hash": r.parent_hash, "proposer": r.proposer,
+        "key": r.key,
+        "status": r.status,
+        "val_bpb": r.val_bpb,
+        "delta": r.delta,
+        "agent_id": r.agent_id,
+        "track": r.track,
+        "vram_tier": r.vram_tier,
+        "description": r.description,
+        "completed_at": r.completed_at,
+        "failure": r.failure,
+        "gpu_name": r.gpu_name,
+        "code_hash": r.code_hash,
+        "parent_hash": r.parent_hash,
+        "proposer": r.proposer,
     }
 
 
@@ -590,14 +648,22 @@ async def gather_swarm(memory: Any, *, recent: int = 10) -> dict[str, Any]:
 
     summary = await memory.analyze()
     bests = []
-    for (track, tier), b in sorted(summary.bests.items(),
-                                   key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        bests.append({
-            "track": track, "tier": tier or "all", "val_bpb": b.val_bpb,
-            "agent_id": b.agent_id, "description": b.result.description,
-            "completed_at": b.result.completed_at, "verified": b.verified,
-            "code_hash": b.code_hash, **best_fields(b),
-        })
+    for (track, tier), b in sorted(
+        summary.bests.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+    ):
+        bests.append(
+            {
+                "track": track,
+                "tier": tier or "all",
+                "val_bpb": b.val_bpb,
+                "agent_id": b.agent_id,
+                "description": b.result.description,
+                "completed_at": b.result.completed_at,
+                "verified": b.verified,
+                "code_hash": b.code_hash,
+                **best_fields(b),
+            }
+        )
     results = await memory.results(limit=recent)
     return {
         "bests": bests,
@@ -640,8 +706,13 @@ async def gather_status(
             path = config.memory_file()
             label = f"local {path}"
             if not path.exists():
-                swarm = {"bests": [], "live_claims": [], "recent": [], "total_results": 0,
-                         "notes": [f"no memory file yet at {path}"]}
+                swarm = {
+                    "bests": [],
+                    "live_claims": [],
+                    "recent": [],
+                    "total_results": 0,
+                    "notes": [f"no memory file yet at {path}"],
+                }
         if swarm is None:
             if backend is None:
                 from swarm.memory.factory import open_configured
@@ -649,8 +720,7 @@ async def gather_status(
                 backend = open_configured(config, api_key)
             async with asyncio.timeout(timeout_s), backend as opened:
                 agent = snap.agent_id if snap and snap.agent_id else "status"
-                swarm = await gather_swarm(SwarmMemory(opened, agent_id=agent),
-                                           recent=recent)
+                swarm = await gather_swarm(SwarmMemory(opened, agent_id=agent), recent=recent)
     except (MemoryStoreError, ConfigError, OSError) as exc:
         swarm, swarm_error = None, f"{type(exc).__name__}: {exc}"
     except TimeoutError:

@@ -241,8 +241,10 @@ class Supervisor:
         c = self.counters.value
         training = sum(1 for w in self.workers if w.status.state == "training")
         queued = len(self.publisher.outbox) if self.publisher is not None else 0
-        return (f"{self.state}: {training}/{len(self.workers)} training, {c.done} done "
-                f"({c.kept} keep), {queued} result(s) waiting for the memory")
+        return (
+            f"{self.state}: {training}/{len(self.workers)} training, {c.done} done "
+            f"({c.kept} keep), {queued} result(s) waiting for the memory"
+        )
 
     # ---------------------------------------------------------------- run
 
@@ -263,8 +265,9 @@ class Supervisor:
             code = EXIT_FAILURE
             self._final_snapshot()
         self.exit_code = code
-        log.info("supervisor_exit", code=code, reason=self.exit_reason,
-                 counters=self.counters.value)
+        log.info(
+            "supervisor_exit", code=code, reason=self.exit_reason, counters=self.counters.value
+        )
         return code
 
     async def _run(self) -> int:
@@ -273,9 +276,12 @@ class Supervisor:
                 async with asyncio.TaskGroup() as tg:
                     # STATUS lines and watchdog pings from the first moment (data preparation
                     # included) to the last
-                    notifier = tg.create_task(notify_loop(
-                        self._env, self._status_line, lambda m: sd_notify(m, env=self._env)),
-                        name="sd-notify")
+                    notifier = tg.create_task(
+                        notify_loop(
+                            self._env, self._status_line, lambda m: sd_notify(m, env=self._env)
+                        ),
+                        name="sd-notify",
+                    )
                     try:
                         return await self._run_inner()
                     finally:
@@ -300,9 +306,12 @@ class Supervisor:
             self._run_env.update(budget_env)
             if cfg.prepare_on_start:
                 await ensure_data(
-                    self.track, prepare_py, python=cfg.python or sys.executable,
+                    self.track,
+                    prepare_py,
+                    python=cfg.python or sys.executable,
                     log_path=cfg.state_dir / "logs" / f"prepare-{self.track}.log",
-                    env={**self._env, **self._run_env}, stop=self.stop.stopping,
+                    env={**self._env, **self._run_env},
+                    stop=self.stop.stopping,
                 )
             if self.stop.stopping.is_set():
                 self.exit_reason = f"stopped before the workers started ({self.stop.reason})"
@@ -311,18 +320,26 @@ class Supervisor:
             workers = cfg.cpu_workers if self.cpu_mode else len(devices.gpus)
             self._run_env = {**cpu_threads_env(cfg, devices, self._env), **self._run_env}
             # another budget is another track: never compared with the profile's bests
-            self.track = budget_track(self.track, budget,
-                                      PROFILE_DEFAULTS[self.track]["budget_s"])
-            launch = _Launch(seed_src, *await asyncio.to_thread(
-                pin_prepare, prepare_py, cfg.state_dir), budget, devices.gpus)
+            self.track = budget_track(self.track, budget, PROFILE_DEFAULTS[self.track]["budget_s"])
+            launch = _Launch(
+                seed_src,
+                *await asyncio.to_thread(pin_prepare, prepare_py, cfg.state_dir),
+                budget,
+                devices.gpus,
+            )
             self.sandbox = await asyncio.to_thread(select_sandbox, cfg, workers, self._env)
             # The embedded store embeds records with the local model; with the semantic
             # layer off no model is loaded at all (hub and Ensue embed server-side).
-            async with self._open_backend() as opened, supervisor_metrics(
-                    self, opened, cfg.metrics_host, cfg.metrics_port) as backend:
+            async with (
+                self._open_backend() as opened,
+                supervisor_metrics(self, opened, cfg.metrics_host, cfg.metrics_port) as backend,
+            ):
                 self.memory = SwarmMemory(
-                    backend, agent_id=self.agent_id, host=self.host,
-                    lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,
+                    backend,
+                    agent_id=self.agent_id,
+                    host=self.host,
+                    lease_s=cfg.lease_s,
+                    heartbeat_s=cfg.heartbeat_s,
                     embed_records=cfg.dedup_semantic or cfg.memory_kind != "local",
                 )
                 return await self._run_workers(self.memory, pool, launch)
@@ -346,38 +363,61 @@ class Supervisor:
         try:
             await memory.backend.ping()
         except MemoryStoreError as exc:
-            if self.faults.check(exc, where="start", memory=self._memory_label).reaction \
-                    is Reaction.PERMANENT:
+            if (
+                self.faults.check(exc, where="start", memory=self._memory_label).reaction
+                is Reaction.PERMANENT
+            ):
                 self._final_snapshot()
                 return self._exit_code(0)
-            log.warning("memory_unreachable_at_start", memory=self._memory_label,
-                        error=str(exc), note="training goes on; results are replayed later")
+            log.warning(
+                "memory_unreachable_at_start",
+                memory=self._memory_label,
+                error=str(exc),
+                note="training goes on; results are replayed later",
+            )
         dedup = await self._load_dedup(memory, sorted({g.tier for g in launch.gpus} or {"cpu"}))
-        view = SwarmView(memory, self.track, feed=self.feed,
-                         ttl_s=POLLS_PER_HEARTBEATS * cfg.heartbeat_s)
+        view = SwarmView(
+            memory, self.track, feed=self.feed, ttl_s=POLLS_PER_HEARTBEATS * cfg.heartbeat_s
+        )
         # The model, the swarm's records and their vectors live for the whole run: move them
         # out of the cyclic collector's view so its pauses stay short (dedup p99 halves).
         gc.collect()
         gc.freeze()
         results_log = ResultsLog(cfg.state_dir)
         self.publisher = Publisher(
-            await asyncio.to_thread(Outbox, cfg.state_dir / OUTBOX_NAME), memory, self.faults,
-            label=self._memory_label, on_replayed=record_replayed(results_log, dedup),
+            await asyncio.to_thread(Outbox, cfg.state_dir / OUTBOX_NAME),
+            memory,
+            self.faults,
+            label=self._memory_label,
+            on_replayed=record_replayed(results_log, dedup),
         )
         replay = OutboxReplay(self.publisher, interval_s=self.replay_interval_s)
         await register_queued(self.publisher.outbox, dedup, self.track)
         self.deps = deps = WorkerDeps(
-            config=cfg, agent_id=self.agent_id, host=self.host, track=self.track,
-            memory=memory, results_log=results_log, dedup=dedup, view=view,
-            stop=self.stop, slots=self.slots, counters=self.counters,
-            seed_train_py=launch.seed_train_py, prepare_py=launch.prepare_py,
-            work_root=cfg.state_dir / "runs", run_experiment=self._run_fn,
-            pool=None if self.cpu_mode else pool, run_env=self._run_env,
+            config=cfg,
+            agent_id=self.agent_id,
+            host=self.host,
+            track=self.track,
+            memory=memory,
+            results_log=results_log,
+            dedup=dedup,
+            view=view,
+            stop=self.stop,
+            slots=self.slots,
+            counters=self.counters,
+            seed_train_py=launch.seed_train_py,
+            prepare_py=launch.prepare_py,
+            work_root=cfg.state_dir / "runs",
+            run_experiment=self._run_fn,
+            pool=None if self.cpu_mode else pool,
+            run_env=self._run_env,
             budget_s=launch.budget_s,
             startup_allowance_s=cfg.effective_startup_allowance_s(self.track),
-            sandbox=self.sandbox, prepare_sha256=launch.prepare_sha256,
+            sandbox=self.sandbox,
+            prepare_sha256=launch.prepare_sha256,
             trusted_only=bool(self.sandbox and self.sandbox.trusted_only),
-            publisher=self.publisher, faults=self.faults,
+            publisher=self.publisher,
+            faults=self.faults,
         )
         self._build_workers(deps, launch.gpus)
         await self._assign_leftovers(deps.work_root)
@@ -388,9 +428,12 @@ class Supervisor:
         dedup = TierDedup(self._dedup_factory)
         for tier in tiers:
             await dedup.warm(tier)
-        self.feed = feed = ResultFeed(memory, track=self.track,
-                                      cache_dir=self.config.state_dir / "sync",
-                                      label=self._memory_label)
+        self.feed = feed = ResultFeed(
+            memory,
+            track=self.track,
+            cache_dir=self.config.state_dir / "sync",
+            label=self._memory_label,
+        )
         memory.beacon = Beacon(memory)
         try:
             loaded = await dedup.load(await feed.start())
@@ -405,7 +448,8 @@ class Supervisor:
         cfg = self.config
         slots: list[tuple[int | None, str, str]] = (
             [(None, "cpu", "cpu")] * cfg.cpu_workers
-            if self.cpu_mode else [(g.index, g.name, g.tier) for g in gpus]
+            if self.cpu_mode
+            else [(g.index, g.name, g.tier) for g in gpus]
         )
         for i, (gpu_index, gpu_name, tier) in enumerate(slots):
             index = i if gpu_index is None else gpu_index
@@ -414,12 +458,27 @@ class Supervisor:
             idle = None
             if choice.kind != "search" and cfg.proposer_idle_fallback_s > 0:
                 idle = self._proposer(index, "search", None)
-            self.workers.append(Worker(
-                index, deps, proposer, gpu_index=gpu_index, gpu_name=gpu_name, tier=tier,
-                idle_proposer=idle, rng=random.Random(self.rng.random()),
-            ))
-            log.info("worker_ready", worker=index, gpu=gpu_index, gpu_name=gpu_name, tier=tier,
-                     proposer=choice.kind, fallback=choice.fallback)
+            self.workers.append(
+                Worker(
+                    index,
+                    deps,
+                    proposer,
+                    gpu_index=gpu_index,
+                    gpu_name=gpu_name,
+                    tier=tier,
+                    idle_proposer=idle,
+                    rng=random.Random(self.rng.random()),
+                )
+            )
+            log.info(
+                "worker_ready",
+                worker=index,
+                gpu=gpu_index,
+                gpu_name=gpu_name,
+                tier=tier,
+                proposer=choice.kind,
+                fallback=choice.fallback,
+            )
 
     def _proposer(self, index: int, kind: str, fallback: str | None) -> Proposer:
         spec = proposer_spec(self.config, self.agent_id, kind, fallback, index)
@@ -427,16 +486,22 @@ class Supervisor:
 
     async def _assign_leftovers(self, work_root: Path) -> None:
         """Runs a crashed predecessor left behind go to a worker of their tier."""
-        found = await asyncio.to_thread(find_unfinished, work_root, agent_id=self.agent_id,
-                                        host=self.host)
+        found = await asyncio.to_thread(
+            find_unfinished, work_root, agent_id=self.agent_id, host=self.host
+        )
         for harvest in found:
-            worker = next((w for w in self.workers if w.tier == harvest.meta.tier),
-                          self.workers[0] if self.workers else None)
+            worker = next(
+                (w for w in self.workers if w.tier == harvest.meta.tier),
+                self.workers[0] if self.workers else None,
+            )
             if worker is not None:
                 worker.leftovers.append(harvest)
         if found:
-            log.info("leftover_runs_found", runs=len(found),
-                     complete=sum(h.outcome is not None for h in found))
+            log.info(
+                "leftover_runs_found",
+                runs=len(found),
+                complete=sum(h.outcome is not None for h in found),
+            )
 
     async def _serve(self, budget_s: float, replay: OutboxReplay) -> int:
         """Run the workers with the status writer until they end; the exit status."""
@@ -445,21 +510,32 @@ class Supervisor:
         async with writer:
             self.state = "running"
             await writer.flush()
-            sd_notify(f"READY=1\nSTATUS=training on {len(self.workers)} worker(s)",
-                      env=self._env)
-            log.info("supervisor_started", agent=self.agent_id, track=self.track,
-                     workers=len(self.workers), cpu_mode=self.cpu_mode,
-                     memory=self._memory_label, state_dir=str(cfg.state_dir),
-                     grace_s=cfg.effective_grace_s(self.track), budget_s=budget_s,
-                     sandbox=self.sandbox.mechanism if self.sandbox else "none")
+            sd_notify(f"READY=1\nSTATUS=training on {len(self.workers)} worker(s)", env=self._env)
+            log.info(
+                "supervisor_started",
+                agent=self.agent_id,
+                track=self.track,
+                workers=len(self.workers),
+                cpu_mode=self.cpu_mode,
+                memory=self._memory_label,
+                state_dir=str(cfg.state_dir),
+                grace_s=cfg.effective_grace_s(self.track),
+                budget_s=budget_s,
+                sandbox=self.sandbox.mechanism if self.sandbox else "none",
+            )
             failures = await self._supervise_all(writer, replay)
             self.state = "stopped"
             await replay.flush(final=True, forced=self.stop.forced)
             return self._exit_code(failures)
 
     def _exit_code(self, failures: int) -> int:
-        status = exit_status(self.stop, self.faults.fault, failures=failures,
-                             workers=len(self.workers), slots=self.slots)
+        status = exit_status(
+            self.stop,
+            self.faults.fault,
+            failures=failures,
+            workers=len(self.workers),
+            slots=self.slots,
+        )
         self.exit_reason = status.reason
         return status.code
 
@@ -475,28 +551,35 @@ class Supervisor:
                     return
                 except Exception as exc:  # supervision edge of a worker: log, restart
                     attempts += 1
-                    log.exception("worker_crashed", worker=worker.index, gpu=worker.gpu_index,
-                                  error=repr(exc), attempt=attempts)
+                    log.exception(
+                        "worker_crashed",
+                        worker=worker.index,
+                        gpu=worker.gpu_index,
+                        error=repr(exc),
+                        attempt=attempts,
+                    )
                     if self.stop.stopping.is_set() or attempts >= 5:
                         failures += 1
                         return
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop.stopping.wait(),
-                                               timeout=min(60.0, 2.0 ** attempts))
+                        await asyncio.wait_for(
+                            self.stop.stopping.wait(), timeout=min(60.0, 2.0**attempts)
+                        )
 
         assert self.memory is not None and self.memory.beacon is not None
         beacon = self.memory.beacon
         async with asyncio.TaskGroup() as tg:
             drain = tg.create_task(self._drain_watch(writer), name="drain-watch")
             aux = [
-                tg.create_task(self._sync_loop(POLLS_PER_HEARTBEATS * self.config.heartbeat_s),
-                               name="dedup-sync"),
+                tg.create_task(
+                    self._sync_loop(POLLS_PER_HEARTBEATS * self.config.heartbeat_s),
+                    name="dedup-sync",
+                ),
                 # one heartbeat for all of this machine's claims (swarm.beacon)
                 tg.create_task(beacon.run(), name="beacon"),
                 tg.create_task(replay.run(), name="outbox"),
             ]
-            tasks = [tg.create_task(supervise(w), name=f"worker-{w.index}")
-                     for w in self.workers]
+            tasks = [tg.create_task(supervise(w), name=f"worker-{w.index}") for w in self.workers]
             if tasks:
                 await asyncio.wait(tasks)
             drain.cancel()
@@ -509,8 +592,12 @@ class Supervisor:
         await stop.stopping.wait()
         grace = self.config.effective_grace_s(self.track)
         self.state = "draining"
-        log.warning("supervisor_draining", reason=stop.reason, grace_s=grace,
-                    running=sum(1 for w in self.workers if w.status.state == "training"))
+        log.warning(
+            "supervisor_draining",
+            reason=stop.reason,
+            grace_s=grace,
+            running=sum(1 for w in self.workers if w.status.state == "training"),
+        )
         sd_notify("STOPPING=1", env=self._env)
         await writer.flush()
         try:

@@ -86,16 +86,18 @@ def feed_prefixes(since: float, now: float, *, max_minutes: int = 10) -> list[st
 
 def feed_entry(result_key: str, now: float) -> NewMemory:
     """The feed entry that goes into the same create call as ``result_key``."""
-    return NewMemory(key=keys.feed_key(result_key, now), value=encode_record({"key": result_key}),
-                     description="[autoresearch] feed")
+    return NewMemory(
+        key=keys.feed_key(result_key, now),
+        value=encode_record({"key": result_key}),
+        description="[autoresearch] feed",
+    )
 
 
 def missing_feed_entries(created: Sequence[str], now: float) -> list[NewMemory]:
     """Feed entries for the ``results/`` keys among ``created`` whose batch had none (a
     hub calls this after a create, for clients that do not write feed entries)."""
     indexed = {t for k in created if (t := keys.feed_target(k)) is not None}
-    return [feed_entry(k, now) for k in created
-            if k.startswith(keys.RESULTS) and k not in indexed]
+    return [feed_entry(k, now) for k in created if k.startswith(keys.RESULTS) and k not in indexed]
 
 
 class ResultFeed:
@@ -106,9 +108,17 @@ class ResultFeed:
     ``label`` names the store, so that a cache of another store is never used.
     """
 
-    def __init__(self, memory: SwarmMemory, *, track: str, cache_dir: Path | None = None,
-                 label: str = "", keep: int = 5000, skew_s: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        memory: SwarmMemory,
+        *,
+        track: str,
+        cache_dir: Path | None = None,
+        label: str = "",
+        keep: int = 5000,
+        skew_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.memory = memory
         self.track = track
         self.cache_dir = cache_dir
@@ -165,15 +175,21 @@ class ResultFeed:
             await self.poll()
         else:
             started = self.clock()
-            log.info("feed_full_sync_started", track=self.track, note="first start: listing "
-                     "every result once; later starts read only what is new")
+            log.info(
+                "feed_full_sync_started",
+                track=self.track,
+                note="first start: listing every result once; later starts read only what is new",
+            )
             results = await self.memory.results(track=self.track, limit=self.keep)
             self._add(list(reversed(results)))
             self.cursor = started
             self._polled_at = started
             await asyncio.to_thread(self._save_cache, True)
-            log.info("feed_full_sync_done", results=len(results),
-                     seconds=round(self.clock() - started, 1))
+            log.info(
+                "feed_full_sync_done",
+                results=len(results),
+                seconds=round(self.clock() - started, 1),
+            )
         return self.recent()
 
     async def refresh(self, max_age_s: float) -> None:
@@ -191,9 +207,14 @@ class ResultFeed:
             listings = await asyncio.gather(*(self.memory.backend.list_keys(p) for p in prefixes))
             listed = sum(len(infos) for infos in listings)
             self._rate = listed / max(1.0, (started - since) / _MINUTE)
-            targets = list(dict.fromkeys(
-                t for infos in listings for i in infos
-                if (t := keys.feed_target(i.key)) is not None and t not in self._seen))
+            targets = list(
+                dict.fromkeys(
+                    t
+                    for infos in listings
+                    for i in infos
+                    if (t := keys.feed_target(i.key)) is not None and t not in self._seen
+                )
+            )
             new = await self._fetch(targets) if targets else []
             for t in targets:
                 self._seen[t] = started
@@ -250,8 +271,11 @@ class ResultFeed:
             return None
         try:
             head = json.loads(paths[0].read_text(encoding="utf-8"))
-            if (head.get("version") != _CACHE_VERSION or head.get("label") != self.label
-                    or head.get("track") != self.track):
+            if (
+                head.get("version") != _CACHE_VERSION
+                or head.get("label") != self.label
+                or head.get("track") != self.track
+            ):
                 log.info("feed_cache_ignored", reason="another store, track or version")
                 return None
             results: OrderedDict[str, Result] = OrderedDict()
@@ -260,10 +284,14 @@ class ResultFeed:
                     row = json.loads(line)
                     results[row["key"]] = Result.from_json(row["key"], row["record"])
             self._cache_lines = len(results)
-            return float(head["cursor"]), list(results.values())[-self.keep:]
+            return float(head["cursor"]), list(results.values())[-self.keep :]
         except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
-            log.warning("feed_cache_unreadable", path=str(paths[0]), error=str(exc),
-                        note="listing every result once instead")
+            log.warning(
+                "feed_cache_unreadable",
+                path=str(paths[0]),
+                error=str(exc),
+                note="listing every result once instead",
+            )
             return None
 
     def _save_cache(self, rewrite: bool, new: Sequence[Result] = ()) -> None:
@@ -283,9 +311,17 @@ class ResultFeed:
                 for r in rows:
                     fh.write(json.dumps({"key": r.key, "record": r.to_json()}) + "\n")
             tmp = head.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"version": _CACHE_VERSION, "label": self.label,
-                                       "track": self.track, "cursor": self.cursor}),
-                           encoding="utf-8")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "version": _CACHE_VERSION,
+                        "label": self.label,
+                        "track": self.track,
+                        "cursor": self.cursor,
+                    }
+                ),
+                encoding="utf-8",
+            )
             tmp.replace(head)
         except OSError as exc:
             log.warning("feed_cache_write_failed", path=str(head), error=str(exc))

@@ -27,6 +27,7 @@ log = get_logger(__name__)
 #: seconds prepare.py gets between SIGTERM and SIGKILL
 PREPARE_GRACE_S = 10.0
 
+
 def data_ready(track: str, env: Mapping[str, str] | None = None) -> bool:
     """Whether the track's cache holds the tokenizer and the data (what prepare.py writes)."""
     environ = os.environ if env is None else env

@@ -66,30 +66,54 @@ class Track:
     @property
     def shape(self) -> TrackShape:
         """How train.py scales the constants block on this track."""
-        return TrackShape(seq_len=self.seq_len, width_divisor=self.width_divisor,
-                          batch_divisor=self.batch_divisor)
+        return TrackShape(
+            seq_len=self.seq_len, width_divisor=self.width_divisor, batch_divisor=self.batch_divisor
+        )
 
     @property
     def defaults(self) -> dict[str, float]:
         """The config values that 0 (auto) stands for: budget, startup allowance, grace."""
-        return {"budget_s": self.budget_s, "startup_allowance_s": self.startup_allowance_s,
-                "grace_s": self.grace_s}
+        return {
+            "budget_s": self.budget_s,
+            "startup_allowance_s": self.startup_allowance_s,
+            "grace_s": self.grace_s,
+        }
 
 
-TRACKS: Mapping[str, Track] = MappingProxyType({
-    "smoke": Track(
-        name="smoke", seq_len=256, width_divisor=4, batch_divisor=64, vocab_size=2048,
-        eval_tokens=2**15, cache_subdir="smoke", val_filename="val.parquet",
-        budget_s=25.0, startup_allowance_s=60.0, grace_s=90.0,
-        seed_sigma=0.02, best_max_step=1.0,  # val_bpb starts near 3; early keeps gain tenths
-    ),
-    "standard": Track(
-        name="standard", seq_len=2048, width_divisor=1, batch_divisor=1, vocab_size=8192,
-        eval_tokens=40 * 524288, cache_subdir="", val_filename="shard_06542.parquet",
-        budget_s=300.0, startup_allowance_s=120.0, grace_s=420.0,
-        seed_sigma=0.002, best_max_step=0.1,
-    ),
-})
+TRACKS: Mapping[str, Track] = MappingProxyType(
+    {
+        "smoke": Track(
+            name="smoke",
+            seq_len=256,
+            width_divisor=4,
+            batch_divisor=64,
+            vocab_size=2048,
+            eval_tokens=2**15,
+            cache_subdir="smoke",
+            val_filename="val.parquet",
+            budget_s=25.0,
+            startup_allowance_s=60.0,
+            grace_s=90.0,
+            seed_sigma=0.02,
+            best_max_step=1.0,  # val_bpb starts near 3; early keeps gain tenths
+        ),
+        "standard": Track(
+            name="standard",
+            seq_len=2048,
+            width_divisor=1,
+            batch_divisor=1,
+            vocab_size=8192,
+            eval_tokens=40 * 524288,
+            cache_subdir="",
+            val_filename="shard_06542.parquet",
+            budget_s=300.0,
+            startup_allowance_s=120.0,
+            grace_s=420.0,
+            seed_sigma=0.002,
+            best_max_step=0.1,
+        ),
+    }
+)
 """name -> :class:`Track` (read-only)."""
 
 

@@ -108,8 +108,12 @@ def literal_value(node: ast.AST) -> Value:
             return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = literal_value(node.left), literal_value(node.right)
-        if isinstance(left, int | float) and isinstance(right, int | float) \
-                and not isinstance(left, bool) and not isinstance(right, bool):
+        if (
+            isinstance(left, int | float)
+            and isinstance(right, int | float)
+            and not isinstance(left, bool)
+            and not isinstance(right, bool)
+        ):
             if isinstance(node.op, ast.Pow | ast.LShift) and abs(right) > 256:
                 raise ValueError("exponent too large")
             result: int | float = _BINOPS[type(node.op)](left, right)
@@ -170,8 +174,12 @@ def _constants_block(source: str) -> tuple[Constant, ...]:
     for node in tree.body:
         if not (start < node.lineno <= end):
             continue
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and _NAME.match(node.targets[0].id)):
+        if not (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and _NAME.match(node.targets[0].id)
+        ):
             continue
         name = node.targets[0].id
         try:
@@ -187,7 +195,7 @@ def _constants_block(source: str) -> tuple[Constant, ...]:
             # col offsets are UTF-8 byte offsets; slice the one line instead of re-splitting
             raw = line.encode("utf-8")
             end_col = node.value.end_col_offset or 0
-            seg = raw[node.value.col_offset:end_col].decode("utf-8")
+            seg = raw[node.value.col_offset : end_col].decode("utf-8")
             rest = raw[end_col:].decode("utf-8")
             if "#" in rest:
                 comment = rest.split("#", 1)[1].strip()
@@ -209,8 +217,12 @@ def format_value(value: Value, *, like: str | None = None) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return repr(value)
     if isinstance(value, int):
-        if like is not None and re.fullmatch(r"\s*2\s*\*\*\s*\d+\s*", like) and value > 0 \
-                and value & (value - 1) == 0:
+        if (
+            like is not None
+            and re.fullmatch(r"\s*2\s*\*\*\s*\d+\s*", like)
+            and value > 0
+            and value & (value - 1) == 0
+        ):
             return f"2**{value.bit_length() - 1}"
         if like is not None and "_" in like and abs(value) >= 10_000:
             return f"{value:_}"
@@ -265,11 +277,16 @@ def _assign_spans(source: str) -> dict[tuple[str, int], tuple[int, int, int]]:
     single-name assignment (read-only: the cache shares it)."""
     spans: dict[tuple[str, int], tuple[int, int, int]] = {}
     for node in parse_train_py(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             spans[(node.targets[0].id, node.lineno)] = (
-                node.end_lineno or node.lineno, node.value.col_offset,
-                node.value.end_col_offset or 0)
+                node.end_lineno or node.lineno,
+                node.value.col_offset,
+                node.value.end_col_offset or 0,
+            )
     return spans
 
 
@@ -285,8 +302,12 @@ def diff_constants(parent: str, child: str) -> dict[str, tuple[Value, Value]]:
 
 
 def _same(a: Value, b: Value) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float) \
-            and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return a == b
     return type(a) is type(b) and a == b
 
@@ -298,8 +319,12 @@ class Normaliser(ast.NodeTransformer):
     the result is what :func:`code_hash` hashes."""
 
     def _strip_doc(self, body: list[ast.stmt]) -> list[ast.stmt]:
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             body = body[1:] or [ast.Pass()]
         return body
 

@@ -32,8 +32,9 @@ def src(batch: str = "2**19", lr: str = "0.001") -> str:
     return BLOCK.format(batch=batch, lr=lr)
 
 
-@pytest.mark.parametrize("batch", ["524288", "524_288", "2 ** 19", "(2**19)", "2**20 // 2",
-                                   "2**18 * 2"])
+@pytest.mark.parametrize(
+    "batch", ["524288", "524_288", "2 ** 19", "(2**19)", "2**20 // 2", "2**18 * 2"]
+)
 def test_powers_and_separators_hash_equal(batch: str) -> None:
     """2**19, 524288, 524_288 (and other folded integer forms) give one code hash."""
     assert code_hash(src(batch=batch)) == code_hash(src())
@@ -48,12 +49,16 @@ def test_float_spellings_hash_equal(lr: str) -> None:
 def test_comments_docstrings_and_layout_ignored() -> None:
     """Comments, docstrings and formatting do not change the code hash."""
     a = src()
-    b = (a.replace("# tokens per step", "# a different comment")
-          .replace('"""A tiny train.py."""', '"""Another module docstring."""')
-          .replace('    """Learning rate at a step."""\n', "")
-          .replace("return MATRIX_LR * math.exp(-step / 1000)",
-                   "return MATRIX_LR*math.exp(\n        -step/1000\n    )  # decay")
-          .replace("\n\ndef lr_at", "\n\n\n\ndef lr_at"))
+    b = (
+        a.replace("# tokens per step", "# a different comment")
+        .replace('"""A tiny train.py."""', '"""Another module docstring."""')
+        .replace('    """Learning rate at a step."""\n', "")
+        .replace(
+            "return MATRIX_LR * math.exp(-step / 1000)",
+            "return MATRIX_LR*math.exp(\n        -step/1000\n    )  # decay",
+        )
+        .replace("\n\ndef lr_at", "\n\n\n\ndef lr_at")
+    )
     assert a != b
     assert code_hash(b) == code_hash(a)
 
@@ -61,8 +66,7 @@ def test_comments_docstrings_and_layout_ignored() -> None:
 def test_class_and_async_docstrings_ignored() -> None:
     """Docstrings of classes and async functions are not part of the identity."""
     a = "class A:\n    x = 1\n\n\nasync def f():\n    return 1\n"
-    b = ('class A:\n    """Doc."""\n    x = 1\n\n\nasync def f():\n    """Doc."""\n'
-         "    return 1\n")
+    b = 'class A:\n    """Doc."""\n    x = 1\n\n\nasync def f():\n    """Doc."""\n    return 1\n'
     assert code_hash(a) == code_hash(b)
 
 
@@ -126,17 +130,24 @@ def test_constants_only_fast_path_matches_full_analysis(train_py: str) -> None:
     analyse(train_py)  # leaves a template for train.py's code outside the block
     checked = 0
     for _ in range(40):
-        changes = {"MATRIX_LR": round(rng.uniform(0.001, 0.2), 5),
-                   "TOTAL_BATCH_SIZE": 2 ** rng.randint(14, 21),
-                   "WINDOW_PATTERN": rng.choice(["SSSL", "SL", "L"]),
-                   "ADAM_BETAS": (round(rng.uniform(0.7, 0.95), 3), 0.95)}
+        changes = {
+            "MATRIX_LR": round(rng.uniform(0.001, 0.2), 5),
+            "TOTAL_BATCH_SIZE": 2 ** rng.randint(14, 21),
+            "WINDOW_PATTERN": rng.choice(["SSSL", "SL", "L"]),
+            "ADAM_BETAS": (round(rng.uniform(0.7, 0.95), 3), 0.95),
+        }
         child = apply_changes(train_py, dict(rng.sample(sorted(changes.items()), 2)))
         fast = analyse(child)
         dedup.clear_analysis_caches()
         full = analyse(child)
         assert fast.code_hash == full.code_hash == code_hash(child)
-        assert (fast.names, fast.values, fast.skeleton, fast.stmts, fast.constants_fp) == \
-            (full.names, full.values, full.skeleton, full.stmts, full.constants_fp)
+        assert (fast.names, fast.values, fast.skeleton, fast.stmts, fast.constants_fp) == (
+            full.names,
+            full.values,
+            full.skeleton,
+            full.stmts,
+            full.constants_fp,
+        )
         checked += 1
     # a block line that is not a literal falls back to the full path, still correct
     odd = train_py.replace("DEPTH = 8", "DEPTH = int(8)")
@@ -152,7 +163,7 @@ def test_statement_cache_matches_full_normalisation(train_py: str) -> None:
     edits = [
         ("F.relu(self.c_fc(x)).square()", "F.silu(self.c_fc(x))"),
         ("min(step / 300, 1.0)", "min(step / 200, 1.0)"),
-        ("def norm(x):\n", "def norm(x):\n    \"\"\"RMS norm.\"\"\"\n"),
+        ("def norm(x):\n", 'def norm(x):\n    """RMS norm."""\n'),
         ("def norm(x):\n", "@torch.no_grad()\ndef norm(x):\n"),
         ("import gc  # noqa: E402\n", "import gc; import re  # noqa: E402\n"),
     ]

@@ -39,13 +39,16 @@ OPT_STEP = "    for opt in optimizers:\n        opt.step()"
 
 
 def silu_b(src: str) -> str:
-    return src.replace("        return self.c_proj(F.relu(self.c_fc(x)).square())",
-                       "        h = self.c_fc(x)\n        return self.c_proj(h * torch.sigmoid(h))")
+    return src.replace(
+        "        return self.c_proj(F.relu(self.c_fc(x)).square())",
+        "        h = self.c_fc(x)\n        return self.c_proj(h * torch.sigmoid(h))",
+    )
 
 
 def clip(src: str, value: str) -> str:
-    return src.replace(OPT_STEP, f"    torch.nn.utils.clip_grad_norm_(model.parameters(), "
-                                 f"{value})\n{OPT_STEP}")
+    return src.replace(
+        OPT_STEP, f"    torch.nn.utils.clip_grad_norm_(model.parameters(), {value})\n{OPT_STEP}"
+    )
 
 
 @pytest.fixture
@@ -66,11 +69,16 @@ def child(parent: str, desc: str = "", **changes) -> Candidate:
 def test_exact_duplicate_despite_words_and_formatting(dd: Deduplicator, train_py: str) -> None:
     """The same code (reformatted, recommented, reworded) is an exact duplicate of any parent."""
     dd.add(child(train_py, "LR 0.04 -> 0.05", MATRIX_LR=0.05), "results/a")
-    src = apply_changes(train_py, {"MATRIX_LR": 0.05}).replace("MATRIX_LR = 0.05", "MATRIX_LR = 5e-2")
+    src = apply_changes(train_py, {"MATRIX_LR": 0.05}).replace(
+        "MATRIX_LR = 0.05", "MATRIX_LR = 5e-2"
+    )
     src = src.replace("# Muon learning rate", "# higher Muon learning rate")
     other_parent = apply_changes(train_py, {"MATRIX_LR": 0.03})
-    v = dd.check(Candidate("increase matrix learning rate from 0.03 to 0.05", src,
-                           parent_train_py=other_parent))
+    v = dd.check(
+        Candidate(
+            "increase matrix learning rate from 0.03 to 0.05", src, parent_train_py=other_parent
+        )
+    )
     assert (v.duplicate, v.layer, v.match_key, v.score) == (True, "exact", "results/a", 1.0)
     assert v.changes == (("MATRIX_LR", 0.03, 0.05),)
 
@@ -118,9 +126,13 @@ def test_noop_identical_to_parent(dd: Deduplicator, train_py: str) -> None:
 
 def test_noop_values_written_differently(dd: Deduplicator, train_py: str) -> None:
     """15 instead of 15.0 differs in code but changes nothing: a no-op."""
-    v = dd.check(Candidate("softcap 15.0 -> 15", train_py.replace("LOGIT_SOFTCAP = 15.0",
-                                                                   "LOGIT_SOFTCAP = 15"),
-                           parent_train_py=train_py))
+    v = dd.check(
+        Candidate(
+            "softcap 15.0 -> 15",
+            train_py.replace("LOGIT_SOFTCAP = 15.0", "LOGIT_SOFTCAP = 15"),
+            parent_train_py=train_py,
+        )
+    )
     assert v.layer == "noop" and "how values are written" in v.reason
 
 
@@ -173,8 +185,13 @@ def test_structural_via_ancestor(dd: Deduplicator, train_py: str) -> None:
     assert "2 generations up" in v.reason
     # the same change from the parent itself is structural too (generation 0)
     dd.add(child(p2, "MATRIX_LR 0.04 -> 0.06", MATRIX_LR=0.06), "results/lr6")
-    v = dd.check(Candidate("again", apply_changes(p2, {"MATRIX_LR": 0.06}).replace(
-        "MATRIX_LR = 0.06", "MATRIX_LR = 0.060"), parent_train_py=p2))
+    v = dd.check(
+        Candidate(
+            "again",
+            apply_changes(p2, {"MATRIX_LR": 0.06}).replace("MATRIX_LR = 0.06", "MATRIX_LR = 0.060"),
+            parent_train_py=p2,
+        )
+    )
     assert v.layer == "exact"  # same normalised code: the exact layer fires first
 
 
@@ -199,14 +216,28 @@ def test_ancestor_depth_limits_the_walk(train_py: str) -> None:
 
 def test_multi_change_order_and_subsets(dd: Deduplicator, train_py: str) -> None:
     """A multi-change proposal matches in any order; a subset or superset does not."""
-    dd.add(child(train_py, "MATRIX_LR 0.04->0.05, WARMDOWN_RATIO 0.5->0.7", MATRIX_LR=0.05,
-                 WARMDOWN_RATIO=0.7), "results/multi")
-    v = dd.check(child(train_py, "warmdown 0.5 to 0.7 + matrix LR 0.04 to 0.05",
-                       WARMDOWN_RATIO=0.7, MATRIX_LR=0.05))
+    dd.add(
+        child(
+            train_py,
+            "MATRIX_LR 0.04->0.05, WARMDOWN_RATIO 0.5->0.7",
+            MATRIX_LR=0.05,
+            WARMDOWN_RATIO=0.7,
+        ),
+        "results/multi",
+    )
+    v = dd.check(
+        child(
+            train_py,
+            "warmdown 0.5 to 0.7 + matrix LR 0.04 to 0.05",
+            WARMDOWN_RATIO=0.7,
+            MATRIX_LR=0.05,
+        )
+    )
     assert v.duplicate and v.match_key == "results/multi"
     assert not dd.check(child(train_py, "MATRIX_LR 0.04->0.05", MATRIX_LR=0.05)).duplicate
-    assert not dd.check(child(train_py, "three", MATRIX_LR=0.05, WARMDOWN_RATIO=0.7,
-                              DEPTH=9)).duplicate
+    assert not dd.check(
+        child(train_py, "three", MATRIX_LR=0.05, WARMDOWN_RATIO=0.7, DEPTH=9)
+    ).duplicate
 
 
 def test_parent_found_by_hash(train_py: str) -> None:
@@ -216,8 +247,7 @@ def test_parent_found_by_hash(train_py: str) -> None:
     d.add(Candidate("base", train_py), "results/base")
     d.add(Candidate("depth 9", p1, parent_hash=code_hash(train_py)), "results/p1")
     d.add(child(train_py, "LR", MATRIX_LR=0.05), "results/lr")
-    v = d.check(Candidate("LR", apply_changes(p1, {"MATRIX_LR": 0.05}),
-                          parent_hash=code_hash(p1)))
+    v = d.check(Candidate("LR", apply_changes(p1, {"MATRIX_LR": 0.05}), parent_hash=code_hash(p1)))
     assert v.layer == "structural" and v.changes == (("MATRIX_LR", 0.04, 0.05),)
     assert d.source_of(code_hash(p1)) == p1
 
@@ -233,8 +263,7 @@ def test_children_added_before_their_parent(train_py: str) -> None:
     assert d.stats()["orphans"] == 2
     d.add(Candidate("base", train_py), "results/base")
     assert d.stats()["orphans"] == 0
-    v = d.check(Candidate("LR", apply_changes(p1, {"MATRIX_LR": 0.05}),
-                          parent_hash=code_hash(p1)))
+    v = d.check(Candidate("LR", apply_changes(p1, {"MATRIX_LR": 0.05}), parent_hash=code_hash(p1)))
     assert v.layer == "structural" and v.match_key == "results/lr"
 
 
@@ -244,8 +273,7 @@ def test_unknown_parent_still_catches_exact(train_py: str) -> None:
     cand = Candidate("depth 9", apply_changes(train_py, {"DEPTH": 9}), parent_hash="f" * 64)
     d.add(cand, "results/d9")
     assert d.check(cand).layer == "exact"
-    v = d.check(Candidate("depth 10", apply_changes(train_py, {"DEPTH": 10}),
-                          parent_hash="f" * 64))
+    v = d.check(Candidate("depth 10", apply_changes(train_py, {"DEPTH": 10}), parent_hash="f" * 64))
     assert not v.duplicate and "unknown" in v.reason
 
 
@@ -266,18 +294,33 @@ def sem(train_py: str, embedder) -> tuple[Deduplicator, CountingEmbedder]:
     counting = CountingEmbedder(embedder)
     d = Deduplicator(counting)
     d.add(Candidate("baseline", train_py), "results/baseline")
-    d.add(Candidate("switch MLP activation to SiLU", train_py.replace(MLP_FWD, SILU_A),
-                    parent_train_py=train_py), "results/silu")
-    d.add(Candidate("gradient clipping max_norm=1.0", clip(train_py, "1.0"),
-                    parent_train_py=train_py), "results/clip")
+    d.add(
+        Candidate(
+            "switch MLP activation to SiLU",
+            train_py.replace(MLP_FWD, SILU_A),
+            parent_train_py=train_py,
+        ),
+        "results/silu",
+    )
+    d.add(
+        Candidate(
+            "gradient clipping max_norm=1.0", clip(train_py, "1.0"), parent_train_py=train_py
+        ),
+        "results/clip",
+    )
     return d, counting
 
 
 def test_semantic_catches_another_implementation(sem, train_py: str) -> None:
     """The same idea in other code and other words is a semantic duplicate (real model)."""
     d, _ = sem
-    v = d.check(Candidate("SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
-                          silu_b(train_py), parent_train_py=train_py))
+    v = d.check(
+        Candidate(
+            "SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
+            silu_b(train_py),
+            parent_train_py=train_py,
+        )
+    )
     assert (v.duplicate, v.layer, v.match_key) == (True, "semantic", "results/silu")
     assert DEFAULT_SEMANTIC_THRESHOLD <= v.score < 1.0
 
@@ -286,10 +329,13 @@ def test_semantic_keeps_other_choices_apart(sem, train_py: str) -> None:
     """Another activation, or another clipping value, is a new experiment however alike the words."""
     d, _ = sem
     relu = train_py.replace(MLP_FWD, "F.relu(self.c_fc(x))")
-    v = d.check(Candidate("plain ReLU instead of ReLU^2 activation", relu, parent_train_py=train_py))
+    v = d.check(
+        Candidate("plain ReLU instead of ReLU^2 activation", relu, parent_train_py=train_py)
+    )
     assert not v.duplicate
-    v = d.check(Candidate("gradient clipping max_norm=0.5", clip(train_py, "0.5"),
-                          parent_train_py=train_py))
+    v = d.check(
+        Candidate("gradient clipping max_norm=0.5", clip(train_py, "0.5"), parent_train_py=train_py)
+    )
     assert not v.duplicate and "other choice" in v.reason
 
 
@@ -299,20 +345,27 @@ def test_semantic_needs_same_parent_and_constants(sem, train_py: str) -> None:
     plus = apply_changes(silu_b(train_py), {"MATRIX_LR": 0.05})
     assert not d.check(Candidate("SiLU + matrix LR 0.05", plus, parent_train_py=train_py)).duplicate
     p1 = apply_changes(train_py, {"DEPTH": 9})
-    assert not d.check(Candidate("switch MLP activation to SiLU", silu_b(p1),
-                                 parent_train_py=p1)).duplicate
+    assert not d.check(
+        Candidate("switch MLP activation to SiLU", silu_b(p1), parent_train_py=p1)
+    ).duplicate
 
 
 def test_vectors_of_known_records_are_kept(sem, train_py: str) -> None:
     """Known records are embedded once (in one batch); each later check embeds one text."""
     d, counting = sem
-    d.check(Candidate("swap the MLP nonlinearity for SiLU", silu_b(train_py),
-                      parent_train_py=train_py))
+    d.check(
+        Candidate("swap the MLP nonlinearity for SiLU", silu_b(train_py), parent_train_py=train_py)
+    )
     first = len(counting.texts)
     assert first >= 2  # the pending known rows plus the candidate
     for i in range(3):
-        d.check(Candidate(f"SiLU variant {i}", silu_b(train_py).replace(
-            "torch.sigmoid(h)", f"torch.sigmoid(h * {i + 1})"), parent_train_py=train_py))
+        d.check(
+            Candidate(
+                f"SiLU variant {i}",
+                silu_b(train_py).replace("torch.sigmoid(h)", f"torch.sigmoid(h * {i + 1})"),
+                parent_train_py=train_py,
+            )
+        )
     assert len(counting.texts) == first + 3
     assert d.stats()["pending_vectors"] <= 1  # only the parentless baseline's own group
 
@@ -328,17 +381,40 @@ def test_constant_changes_never_load_the_model(train_py: str) -> None:
 def test_semantic_window_limits_results(train_py: str, embedder) -> None:
     """Only the latest semantic_window results of a group are compared (claims always)."""
     d = Deduplicator(embedder, semantic_window=1)
-    d.add(Candidate("switch MLP activation to SiLU", train_py.replace(MLP_FWD, SILU_A),
-                    parent_train_py=train_py), "results/silu")
-    d.add(Candidate("remove QK-norm", train_py.replace(
-        "q, k = norm(rotate(q, cos, sin)), norm(rotate(k, cos, sin))",
-        "q, k = rotate(q, cos, sin), rotate(k, cos, sin)"), parent_train_py=train_py),
-        "results/qk")
-    cand = Candidate("SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
-                     silu_b(train_py), parent_train_py=train_py)
+    d.add(
+        Candidate(
+            "switch MLP activation to SiLU",
+            train_py.replace(MLP_FWD, SILU_A),
+            parent_train_py=train_py,
+        ),
+        "results/silu",
+    )
+    d.add(
+        Candidate(
+            "remove QK-norm",
+            train_py.replace(
+                "q, k = norm(rotate(q, cos, sin)), norm(rotate(k, cos, sin))",
+                "q, k = rotate(q, cos, sin), rotate(k, cos, sin)",
+            ),
+            parent_train_py=train_py,
+        ),
+        "results/qk",
+    )
+    cand = Candidate(
+        "SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
+        silu_b(train_py),
+        parent_train_py=train_py,
+    )
     assert not d.check(cand).duplicate  # results/silu fell out of the window
-    d.add(Candidate("switch MLP activation to SiLU", train_py.replace(MLP_FWD, SILU_A),
-                    parent_train_py=train_py), "claims/silu", live=True)
+    d.add(
+        Candidate(
+            "switch MLP activation to SiLU",
+            train_py.replace(MLP_FWD, SILU_A),
+            parent_train_py=train_py,
+        ),
+        "claims/silu",
+        live=True,
+    )
     assert d.check(cand).match_key == "claims/silu"
 
 
@@ -403,8 +479,7 @@ def test_threads_add_and_check_concurrently(train_py: str) -> None:
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(40)))
     assert len(d) == 41
-    assert d.known_code(code_hash(apply_changes(train_py, {"MATRIX_LR": values[7]}))) == \
-        "results/7"
+    assert d.known_code(code_hash(apply_changes(train_py, {"MATRIX_LR": values[7]}))) == "results/7"
 
 
 @pytest.mark.slow
@@ -414,12 +489,23 @@ async def test_acheck_does_not_block_the_loop(train_py: str) -> None:
 
     fresh = Embedder()  # own cache: the first acheck loads the model and embeds every row
     d = Deduplicator(fresh)
-    await d.aadd(Candidate("switch MLP activation to SiLU", train_py.replace(MLP_FWD, SILU_A),
-                           parent_train_py=train_py), "results/silu")
+    await d.aadd(
+        Candidate(
+            "switch MLP activation to SiLU",
+            train_py.replace(MLP_FWD, SILU_A),
+            parent_train_py=train_py,
+        ),
+        "results/silu",
+    )
     for i in range(300):  # known rows of the same group, embedded in batches by the check
-        await d.aadd(Candidate(f"SiLU in the MLP, run {i} with notes on seed {i * 7}",
-                               train_py.replace(MLP_FWD, SILU_A), parent_train_py=train_py),
-                     f"results/silu-{i}")
+        await d.aadd(
+            Candidate(
+                f"SiLU in the MLP, run {i} with notes on seed {i * 7}",
+                train_py.replace(MLP_FWD, SILU_A),
+                parent_train_py=train_py,
+            ),
+            f"results/silu-{i}",
+        )
     ticks: list[float] = []
     stop = asyncio.Event()
 
@@ -431,8 +517,13 @@ async def test_acheck_does_not_block_the_loop(train_py: str) -> None:
     async with asyncio.TaskGroup() as tg:
         tg.create_task(heartbeat())
         t0 = time.perf_counter()
-        v = await d.acheck(Candidate("SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
-                                     silu_b(train_py), parent_train_py=train_py))
+        v = await d.acheck(
+            Candidate(
+                "SiLU (x * sigmoid(x)) in the MLP instead of ReLU squared",
+                silu_b(train_py),
+                parent_train_py=train_py,
+            )
+        )
         elapsed = time.perf_counter() - t0
         stop.set()
     assert v.layer == "semantic"

@@ -27,8 +27,10 @@ def changes(text: str, names=None) -> list[tuple]:
         ("TOTAL_BATCH_SIZE 2^16→2^17", [("TOTAL_BATCH_SIZE", 65536, 131072, None)]),
         ("halve batch 524K to 262K", [("TOTAL_BATCH_SIZE", 524288, 262144, None)]),
         ("RoPE base frequency 10K to 200K", [("ROPE_BASE", 10000, 200000, None)]),
-        ("MATRIX_LR 0.04->0.05, WARMDOWN_RATIO 0.5->0.7",
-         [("MATRIX_LR", 0.04, 0.05, None), ("WARMDOWN_RATIO", 0.5, 0.7, None)]),
+        (
+            "MATRIX_LR 0.04->0.05, WARMDOWN_RATIO 0.5->0.7",
+            [("MATRIX_LR", 0.04, 0.05, None), ("WARMDOWN_RATIO", 0.5, 0.7, None)],
+        ),
         ("depth 9 aspect_ratio 57", [("DEPTH", None, 9, None), ("ASPECT_RATIO", None, 57, None)]),
         ("warmdown 0.5 to 0.7", [("WARMDOWN_RATIO", 0.5, 0.7, None)]),
         ("add 5% warmup", [("WARMUP_RATIO", None, 0.05, None)]),
@@ -47,8 +49,10 @@ def test_forms(text: str, expected: list[tuple]) -> None:
 
 def test_rationale_and_results_are_cut_off() -> None:
     """Hypothesis, evidence and val_bpb results after the change are not read as changes."""
-    text = ("MATRIX_LR 0.03→0.04 (hypothesis: higher Muon LR, evidence: 0.03→0.04 elsewhere): "
-            "val_bpb 1.283→1.269 (0.014 improvement). MFU 86→92% and tok/sec 68K→71K")
+    text = (
+        "MATRIX_LR 0.03→0.04 (hypothesis: higher Muon LR, evidence: 0.03→0.04 elsewhere): "
+        "val_bpb 1.283→1.269 (0.014 improvement). MFU 86→92% and tok/sec 68K→71K"
+    )
     p = parse_description(text)
     assert p.head == "MATRIX_LR 0.03→0.04"
     assert changes(text) == [("MATRIX_LR", 0.03, 0.04, None)]
@@ -62,7 +66,8 @@ def test_explicit_changes_inside_parentheses_are_kept() -> None:
     p = parse_description("add LR warmup (WARMUP_RATIO=0.05)")
     assert [(c.name, c.new) for c in p.changes] == [("WARMUP_RATIO", 0.05)]
     assert changes("halve batch 524K to 262K (more steps in 5 min)") == [
-        ("TOTAL_BATCH_SIZE", 524288, 262144, None)]
+        ("TOTAL_BATCH_SIZE", 524288, 262144, None)
+    ]
 
 
 def test_unknown_parameters_and_code_changes_are_reported() -> None:
@@ -88,7 +93,8 @@ def test_resolve_against_parent_constants(train_py: str) -> None:
     assert parse_description("halve batch").resolve(consts) == {"TOTAL_BATCH_SIZE": 262144}
     assert parse_description("double MATRIX_LR").resolve(consts) == {"MATRIX_LR": 0.08}
     assert parse_description("Adam beta1 0.8 to 0.85").resolve(consts) == {
-        "ADAM_BETAS": (0.85, 0.95)}
+        "ADAM_BETAS": (0.85, 0.95)
+    }
     resolved = parse_description("depth 9.0").resolve(consts)
     assert resolved == {"DEPTH": 9} and isinstance(resolved["DEPTH"], int)
     assert parse_description("SEED 42 to 7, FOO_BAR 1 to 2").resolve(consts) == {"SEED": 7}
@@ -96,9 +102,22 @@ def test_resolve_against_parent_constants(train_py: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("2**19", 524288), ("2^17", 131072), ("524K", 524288), ("10K", 10000), ("131K", 131072),
-     ("5%", 0.05), ("1/8", 0.125), ("1e-3", 0.001), ("524_288", 524288), ("SSSL", "SSSL"),
-     ("(0.8, 0.95)", (0.8, 0.95)), ("True", True), ("'abc'", "abc"), ("2x", 2)],
+    [
+        ("2**19", 524288),
+        ("2^17", 131072),
+        ("524K", 524288),
+        ("10K", 10000),
+        ("131K", 131072),
+        ("5%", 0.05),
+        ("1/8", 0.125),
+        ("1e-3", 0.001),
+        ("524_288", 524288),
+        ("SSSL", "SSSL"),
+        ("(0.8, 0.95)", (0.8, 0.95)),
+        ("True", True),
+        ("'abc'", "abc"),
+        ("2x", 2),
+    ],
 )
 def test_parse_value(text: str, value: object) -> None:
     """Value tokens of descriptions become Python values."""
@@ -141,8 +160,11 @@ REAL_ROWS = [
     ("halve batch size to 2^15 (more optimizer steps)", {"TOTAL_BATCH_SIZE": 32768}),
     ("SSSSL window pattern (5:1 short:long)", {"WINDOW_PATTERN": "SSSSL"}),
     ("depth 9 aspect_ratio 57 (extra layer dim ~512)", {"DEPTH": 9, "ASPECT_RATIO": 57}),
-    ("HEAD_DIM 128→64 (6 heads→12 heads) (hypothesis: more attention heads = more diverse "
-     "patterns", {"HEAD_DIM": 64}),
+    (
+        "HEAD_DIM 128→64 (6 heads→12 heads) (hypothesis: more attention heads = more diverse "
+        "patterns",
+        {"HEAD_DIM": 64},
+    ),
     ("set final LR fraction to 0.1", {"FINAL_LR_FRAC": 0.1}),
     ("add 5% warmup", {"WARMUP_RATIO": 0.05}),
 ]

@@ -9,9 +9,22 @@ import pytest
 from swarm.dedup import DEFAULT_SEMANTIC_THRESHOLD, Deduplicator
 
 REQUIRED_KINDS = {
-    "paraphrase", "real_paraphrase", "near_value", "real_near_value", "same_change_other_parent",
-    "ancestor", "ancestor_moved", "multi_same", "multi_subset", "noop", "code_paraphrase",
-    "code_other_idea", "code_near_value", "code_plus_constant", "code_other_parent", "unrelated",
+    "paraphrase",
+    "real_paraphrase",
+    "near_value",
+    "real_near_value",
+    "same_change_other_parent",
+    "ancestor",
+    "ancestor_moved",
+    "multi_same",
+    "multi_subset",
+    "noop",
+    "code_paraphrase",
+    "code_other_idea",
+    "code_near_value",
+    "code_plus_constant",
+    "code_other_parent",
+    "unrelated",
 }
 
 
@@ -90,16 +103,20 @@ def test_combination_on_the_held_out_part(outcomes, calib) -> None:
 @pytest.mark.slow
 def test_code_layers_never_false_positive(outcomes) -> None:
     """No pair is wrongly blocked by the noop, exact or structural layer."""
-    wrong = [p.id for p, v, _ in outcomes
-             if not p.label and v.duplicate and v.layer != "semantic"]
+    wrong = [p.id for p, v, _ in outcomes if not p.label and v.duplicate and v.layer != "semantic"]
     assert wrong == []
 
 
 @pytest.mark.slow
 def test_constant_duplicates_all_caught_by_code_layers(outcomes) -> None:
     """Every duplicate that changes only constants is caught without words."""
-    missed = [p.id for p, v, _ in outcomes if p.label and not p.kind.startswith("code")
-              and v.layer not in ("noop", "exact", "structural")]
+    missed = [
+        p.id
+        for p, v, _ in outcomes
+        if p.label
+        and not p.kind.startswith("code")
+        and v.layer not in ("noop", "exact", "structural")
+    ]
     assert missed == []
 
 
@@ -151,8 +168,14 @@ def test_report_tunes_on_one_part_and_scores_the_other(pairs, calib) -> None:
     def fake(p):
         # tuning part: duplicates at 0.80, new ones at 0.60; held-out part: the reverse
         high = bool(p.label) == (p.id in tune_ids)
-        return calib.PairResult(p, {"noop": False, "exact": False, "structural": False},
-                                None, 0.80 if high else 0.60, 0.0, 0.0)
+        return calib.PairResult(
+            p,
+            {"noop": False, "exact": False, "structural": False},
+            None,
+            0.80 if high else 0.60,
+            0.0,
+            0.0,
+        )
 
     _text, data = calib.report([fake(p) for p in pairs])
     assert data["chosen_threshold"] == 0.80

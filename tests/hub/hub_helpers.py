@@ -51,7 +51,9 @@ class Rpc:
         status, parsed, _ = await self.raw(json.dumps(msg), token=token, headers=headers)
         return status, parsed
 
-    async def tool(self, name: str, args: dict[str, Any], *, token: str | None = None) -> tuple[int, Any]:
+    async def tool(
+        self, name: str, args: dict[str, Any], *, token: str | None = None
+    ) -> tuple[int, Any]:
         return await self.call("tools/call", {"name": name, "arguments": args}, token=token)
 
     async def ok(self, name: str, args: dict[str, Any], *, token: str | None) -> dict[str, Any]:

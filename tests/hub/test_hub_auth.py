@@ -14,8 +14,11 @@ from swarm.hub import HubPolicy, TokenStore, serve_hub
 
 
 async def _create(hub: Hub, who: str, *keys: str) -> None:
-    out = await hub.rpc.ok("create_memory", {"items": [{"key_name": k, "value": f"by {who}"}
-                                                      for k in keys]}, token=hub.tokens[who])
+    out = await hub.rpc.ok(
+        "create_memory",
+        {"items": [{"key_name": k, "value": f"by {who}"} for k in keys]},
+        token=hub.tokens[who],
+    )
     assert out["created"] == len(keys), out
 
 
@@ -25,12 +28,14 @@ async def test_bad_and_revoked_tokens_get_401(hub: Hub) -> None:
     assert status == 401 and body["error"]["code"] == -32001
     assert "unknown or revoked token" in body["error"]["message"]
     status, body, _ = await hub.rpc.raw(
-        '{"jsonrpc":"2.0","id":1,"method":"ping"}', headers={"Authorization": "Basic abc"})
+        '{"jsonrpc":"2.0","id":1,"method":"ping"}', headers={"Authorization": "Basic abc"}
+    )
     assert status == 401 and "Bearer" in body["error"]["message"]
     await _create(hub, "alice", "results/a")
     assert hub.handle.revoke_token("alice")
-    status, body = await hub.rpc.tool("get_memory", {"key_names": ["results/a"]},
-                                      token=hub.tokens["alice"])
+    status, body = await hub.rpc.tool(
+        "get_memory", {"key_names": ["results/a"]}, token=hub.tokens["alice"]
+    )
     assert status == 401
 
 
@@ -54,11 +59,29 @@ async def test_anonymous_reads_only_public_keys(tmp_path: Path, embedder: Embedd
         tok = h.add_token("alice", "participant")
         async with aiohttp.ClientSession() as session:
             rpc = Rpc(session, h.url)
-            await rpc.ok("create_memory", {"items": [
-                {"key_name": "best/metadata", "value": "pub", "description": "best", "embed": True},
-                {"key_name": "results/x", "value": "priv", "description": "best", "embed": True},
-            ]}, token=tok)
-            out = await rpc.ok("get_memory", {"key_names": ["best/metadata", "results/x"]}, token=None)
+            await rpc.ok(
+                "create_memory",
+                {
+                    "items": [
+                        {
+                            "key_name": "best/metadata",
+                            "value": "pub",
+                            "description": "best",
+                            "embed": True,
+                        },
+                        {
+                            "key_name": "results/x",
+                            "value": "priv",
+                            "description": "best",
+                            "embed": True,
+                        },
+                    ]
+                },
+                token=tok,
+            )
+            out = await rpc.ok(
+                "get_memory", {"key_names": ["best/metadata", "results/x"]}, token=None
+            )
             pub, priv = out["results"]
             assert pub["value"] == "pub"
             assert priv["status"] == "error" and priv["code"] == "forbidden" and "value" not in priv
@@ -92,8 +115,9 @@ async def test_participants_own_records(hub: Hub) -> None:
     """Participants update/delete their own records but not others' results."""
     await _create(hub, "alice", "results/a", "insights/a")
     bob = hub.tokens["bob"]
-    status, body = await hub.rpc.tool("update_memory", {"key_name": "results/a", "value": "x"},
-                                      token=bob)
+    status, body = await hub.rpc.tool(
+        "update_memory", {"key_name": "results/a", "value": "x"}, token=bob
+    )
     assert status == 200 and body["result"]["isError"] is True
     assert body["result"]["structuredContent"]["code"] == "forbidden"
     assert "alice" in body["result"]["content"][0]["text"]
@@ -139,17 +163,29 @@ async def test_share_is_admin_only_and_takes_effect(hub: Hub) -> None:
     await hub.rpc.ok("share", cmd, token=hub.tokens["root"])
     out = await hub.rpc.ok("get_memory", {"key_names": ["results/a"]}, token=None)
     assert out["results"][0]["value"] == "by alice"
-    grant = {"command": {"command": "grant", "target": {"type": "group", "group_name": "participants"},
-                         "action": "update", "key_pattern": "results/"}}
+    grant = {
+        "command": {
+            "command": "grant",
+            "target": {"type": "group", "group_name": "participants"},
+            "action": "update",
+            "key_pattern": "results/",
+        }
+    }
     await hub.rpc.ok("share", grant, token=hub.tokens["root"])
-    await hub.rpc.ok("update_memory", {"key_name": "results/a", "value": "bob"},
-                     token=hub.tokens["bob"])
+    await hub.rpc.ok(
+        "update_memory", {"key_name": "results/a", "value": "bob"}, token=hub.tokens["bob"]
+    )
     listing = await hub.rpc.ok("share", {"command": {"command": "list"}}, token=hub.tokens["root"])
     assert listing["public"] == ["results/"]
-    assert {"role": "participant", "action": "update", "key_pattern": "results/"} in listing["grants"]
-    status, body = await hub.rpc.tool("share", {"command": {"command": "explode"}},
-                                      token=hub.tokens["root"])
-    assert body["error"]["code"] == -32602 and "unknown command 'explode'" in body["error"]["message"]
+    assert {"role": "participant", "action": "update", "key_pattern": "results/"} in listing[
+        "grants"
+    ]
+    status, body = await hub.rpc.tool(
+        "share", {"command": {"command": "explode"}}, token=hub.tokens["root"]
+    )
+    assert (
+        body["error"]["code"] == -32602 and "unknown command 'explode'" in body["error"]["message"]
+    )
 
 
 async def test_invites_upgrade_or_mint_tokens(hub: Hub) -> None:
@@ -157,18 +193,27 @@ async def test_invites_upgrade_or_mint_tokens(hub: Hub) -> None:
     anonymous claimer gets a new participant token."""
     status, _ = await hub.rpc.tool("create_invite", {"auto_approve": True}, token=hub.tokens["bob"])
     assert status == 403
-    invite = (await hub.rpc.ok("create_invite", {"auto_approve": True, "max_uses": 2},
-                               token=hub.tokens["root"]))["token"]
+    invite = (
+        await hub.rpc.ok(
+            "create_invite", {"auto_approve": True, "max_uses": 2}, token=hub.tokens["root"]
+        )
+    )["token"]
     reader = hub.tokens["reader"]
     out = await hub.rpc.ok("claim_invite", {"token": invite}, token=reader)
     assert out["role"] == "participant" and out["name"] == "reader"
-    await hub.rpc.ok("create_memory", {"items": [{"key_name": "claims/r", "value": "v"}]},
-                     token=reader)
+    await hub.rpc.ok(
+        "create_memory", {"items": [{"key_name": "claims/r", "value": "v"}]}, token=reader
+    )
     out = await hub.rpc.ok("claim_invite", {"token": invite}, token=None)
     new = out["api_key"]
-    await hub.rpc.ok("create_memory", {"items": [{"key_name": "claims/n", "value": "v"}]}, token=new)
+    await hub.rpc.ok(
+        "create_memory", {"items": [{"key_name": "claims/n", "value": "v"}]}, token=new
+    )
     status, body = await hub.rpc.tool("claim_invite", {"token": "inv_bogus"}, token=reader)
-    assert body["result"]["isError"] is True and "unknown invite" in body["result"]["content"][0]["text"]
+    assert (
+        body["result"]["isError"] is True
+        and "unknown invite" in body["result"]["content"][0]["text"]
+    )
 
 
 async def test_open_access_needs_no_token(tmp_path: Path, embedder: Embedder) -> None:
@@ -191,7 +236,9 @@ async def test_custom_policy_narrows_shared_prefixes(tmp_path: Path, embedder: E
         a, b = h.add_token("a", "participant"), h.add_token("b", "participant")
         async with aiohttp.ClientSession() as session:
             rpc = Rpc(session, h.url)
-            await rpc.ok("create_memory", {"items": [{"key_name": "best/x", "value": "v"}]}, token=a)
+            await rpc.ok(
+                "create_memory", {"items": [{"key_name": "best/x", "value": "v"}]}, token=a
+            )
             _, body = await rpc.tool("update_memory", {"key_name": "best/x", "value": "w"}, token=b)
             assert body["result"]["structuredContent"]["code"] == "forbidden"
 

@@ -22,7 +22,10 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 def swarm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "swarm", "--log-level", "warning", *args],
-        capture_output=True, text=True, env=ENV, timeout=120,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
     )
 
 
@@ -62,26 +65,41 @@ async def test_server_process_serves_revokes_and_stops_gracefully(tmp_path: Path
     token = swarm("hub", "token", "add", "ada", "--role", "participant", "--db", db).stdout.strip()
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarm", "hub", "--port", str(port), "--db", db,
-        "--public-prefix", "best/", env=ENV,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "swarm",
+        "hub",
+        "--port",
+        str(port),
+        "--db",
+        db,
+        "--public-prefix",
+        "best/",
+        env=ENV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
         async with aiohttp.ClientSession() as session:
             await wait_for_hub(url, session=session)
             rpc = Rpc(session, url)
-            await rpc.ok("create_memory", {"items": [{"key_name": "best/metadata", "value": "m"}]},
-                         token=token)
+            await rpc.ok(
+                "create_memory",
+                {"items": [{"key_name": "best/metadata", "value": "m"}]},
+                token=token,
+            )
             out = await rpc.ok("get_memory", {"key_names": ["best/metadata"]}, token=None)
             assert out["results"][0]["value"] == "m"
 
-            busy = await asyncio.to_thread(swarm, "hub", "--port", str(port), "--db",
-                                           str(tmp_path / "other.db"))
+            busy = await asyncio.to_thread(
+                swarm, "hub", "--port", str(port), "--db", str(tmp_path / "other.db")
+            )
             assert busy.returncode == 2 and "cannot listen" in busy.stderr
 
-            assert (await asyncio.to_thread(swarm, "hub", "token", "revoke", "ada", "--db", db)
-                    ).returncode == 0
+            assert (
+                await asyncio.to_thread(swarm, "hub", "token", "revoke", "ada", "--db", db)
+            ).returncode == 0
             for _ in range(50):
                 status, _body = await rpc.tool("get_memory", {"key_names": ["x"]}, token=token)
                 if status == 401:

@@ -32,8 +32,11 @@ async def _ensue(hub: Hub, token: str, *args: str) -> tuple[int, str, str]:
     env.pop("ENSUE_PREFIX", None)
     env.pop("ENSUE_WRITABLE", None)
     proc = await asyncio.create_subprocess_exec(
-        _ensue_exe(), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        _ensue_exe(),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     rc = proc.returncode
@@ -51,8 +54,9 @@ async def test_ensue_cli_mem_roundtrip(hub: Hub) -> None:
     rc, out, err = await _ensue(hub, tok, "mem", "put", "notes/lr", "--value", json.dumps(doc))
     assert rc == 0, err
     assert "created" in err
-    rc, out, err = await _ensue(hub, tok, "mem", "put", "notes/lr", "--value",
-                                json.dumps({**doc, "val_bpb": 0.98}))
+    rc, out, err = await _ensue(
+        hub, tok, "mem", "put", "notes/lr", "--value", json.dumps({**doc, "val_bpb": 0.98})
+    )
     assert rc == 0 and "updated" in err, err
     rc, out, err = await _ensue(hub, tok, "mem", "get", "notes/lr")
     assert rc == 0, err
@@ -98,14 +102,18 @@ def legacy_rpc(url: str, api_key: str, tool: str, arguments: dict[str, Any]) -> 
     resp = requests.post(
         url,
         headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
-        json={"jsonrpc": "2.0", "method": "tools/call",
-              "params": {"name": tool, "arguments": arguments}, "id": 1},
+        json={
+            "jsonrpc": "2.0",
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+            "id": 1,
+        },
         timeout=30,
     )
     resp.raise_for_status()
     text = resp.text.strip()
     if text.startswith("data: "):
-        text = text[len("data: "):]
+        text = text[len("data: ") :]
     data = json.loads(text)
     if "error" in data:
         raise RuntimeError(f"RPC error: {data['error']}")
@@ -127,39 +135,88 @@ def legacy_agent_session(url: str, key: str) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     exp = "ada--increase-lr-to-0-04--a7f3b2"
     claim_key = f"@{ORG}/claims/{exp}"
-    claim = {"agent_id": "ada", "description": "increase LR to 0.04",
-             "claimed_at": datetime.now(UTC).isoformat(), "status": "claimed"}
-    rpc("create_memory", {"items": [{
-        "key_name": claim_key, "description": "[autoresearch] Claim: increase LR to 0.04",
-        "value": b64json(claim), "base64": True, "embed": True, "embed_source": "description"}]})
+    claim = {
+        "agent_id": "ada",
+        "description": "increase LR to 0.04",
+        "claimed_at": datetime.now(UTC).isoformat(),
+        "status": "claimed",
+    }
+    rpc(
+        "create_memory",
+        {
+            "items": [
+                {
+                    "key_name": claim_key,
+                    "description": "[autoresearch] Claim: increase LR to 0.04",
+                    "value": b64json(claim),
+                    "base64": True,
+                    "embed": True,
+                    "embed_source": "description",
+                }
+            ]
+        },
+    )
     verify = rpc("get_memory", {"key_names": [claim_key]})["results"]
     seen["claim_holder"] = json.loads(verify[0]["value"])["agent_id"]
     seen["claim_status"] = verify[0]["status"]
-    similar = rpc("search_memories", {"query": "increase LR to 0.04", "limit": 5,
-                                      "prefix": f"@{ORG}/claims/"})["results"]
-    seen["similar"] = [(m["key_name"], m["score"], json.loads(m["value"])["agent_id"])
-                       for m in similar]
-    result = {"agent_id": "ada", "val_bpb": 0.9912, "status": "keep",
-              "description": "increase LR to 0.04", "train_py": "print('hi')\n"}
-    rpc("create_memory", {"items": [{
-        "key_name": f"@{ORG}/results/{exp}", "value": b64json(result), "base64": True,
-        "description": "[autoresearch] Result: [ada KEEP] val_bpb=0.991200", "embed": True,
-        "embed_source": "description"}]})
+    similar = rpc(
+        "search_memories", {"query": "increase LR to 0.04", "limit": 5, "prefix": f"@{ORG}/claims/"}
+    )["results"]
+    seen["similar"] = [
+        (m["key_name"], m["score"], json.loads(m["value"])["agent_id"]) for m in similar
+    ]
+    result = {
+        "agent_id": "ada",
+        "val_bpb": 0.9912,
+        "status": "keep",
+        "description": "increase LR to 0.04",
+        "train_py": "print('hi')\n",
+    }
+    rpc(
+        "create_memory",
+        {
+            "items": [
+                {
+                    "key_name": f"@{ORG}/results/{exp}",
+                    "value": b64json(result),
+                    "base64": True,
+                    "description": "[autoresearch] Result: [ada KEEP] val_bpb=0.991200",
+                    "embed": True,
+                    "embed_source": "description",
+                }
+            ]
+        },
+    )
     # personal best: update, and create when the update fails
     best_key = f"@{ORG}/best/agent/ada"
     try:
-        rpc("update_memory", {"key_name": best_key, "value": b64json({"val_bpb": 0.9912}),
-                              "base64": True})
+        rpc(
+            "update_memory",
+            {"key_name": best_key, "value": b64json({"val_bpb": 0.9912}), "base64": True},
+        )
         seen["best_path"] = "update"
     except Exception:  # the fork's idiom: any failure of the update means "create it"
-        rpc("create_memory", {"items": [{"key_name": best_key, "value": b64json({"val_bpb": 0.9912}),
-                                         "base64": True, "description": "personal best"}]})
+        rpc(
+            "create_memory",
+            {
+                "items": [
+                    {
+                        "key_name": best_key,
+                        "value": b64json({"val_bpb": 0.9912}),
+                        "base64": True,
+                        "description": "personal best",
+                    }
+                ]
+            },
+        )
         seen["best_path"] = "create"
     listing = rpc("list_keys", {"prefix": f"@{ORG}/best/agent/", "limit": 200})
     names = [k.get("key_name", k) if isinstance(k, dict) else k for k in listing["keys"]]
     seen["best_names"] = names
-    bests = [json.loads(rpc("get_memory", {"key_names": [f"@{ORG}/{n}"]})["results"][0]["value"])
-             for n in names]
+    bests = [
+        json.loads(rpc("get_memory", {"key_names": [f"@{ORG}/{n}"]})["results"][0]["value"])
+        for n in names
+    ]
     seen["bests"] = bests
     results = rpc("list_keys", {"prefix": f"@{ORG}/results/", "limit": 200})["keys"]
     seen["results"] = [k["key_name"] for k in results]
@@ -187,15 +244,25 @@ async def test_legacy_raw_client_full_session(hub: Hub) -> None:
 
 async def test_legacy_client_sees_sse_and_plain_alike(hub: Hub) -> None:
     """The 'data: ' stripping of raw clients works on the hub's SSE framing too."""
+
     def call_sse() -> dict[str, Any]:
-        resp = requests.post(hub.url, headers={"Accept": "text/event-stream",
-                                                "Authorization": f"Bearer {hub.tokens['alice']}"},
-                             json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                   "params": {"name": "list_keys", "arguments": {"limit": 1}}},
-                             timeout=30)
+        resp = requests.post(
+            hub.url,
+            headers={
+                "Accept": "text/event-stream",
+                "Authorization": f"Bearer {hub.tokens['alice']}",
+            },
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "list_keys", "arguments": {"limit": 1}},
+            },
+            timeout=30,
+        )
         text = resp.text.strip()
         assert text.startswith("data: ")
-        return dict(json.loads(json.loads(text[len("data: "):])["result"]["content"][0]["text"]))
+        return dict(json.loads(json.loads(text[len("data: ") :])["result"]["content"][0]["text"]))
 
     out = await asyncio.to_thread(call_sse)
     assert out["keys"] == [] and out["count"] == 0

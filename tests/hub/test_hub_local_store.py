@@ -175,7 +175,9 @@ async def test_semantic_search_ranks_by_meaning(store: LocalStore) -> None:
     """search returns embedded items best first, with cosine scores; unembedded are skipped."""
     await store.create(
         [
-            NewMemory("insights/lr", "v1", "raising the learning rate made training unstable", embed=True),
+            NewMemory(
+                "insights/lr", "v1", "raising the learning rate made training unstable", embed=True
+            ),
             NewMemory("insights/depth", "v2", "a deeper network with more layers", embed=True),
             NewMemory("insights/cat", "v3", "my cat sleeps all day", embed=True),
             NewMemory("insights/plain", "v4", "learning rate learning rate", embed=False),
@@ -193,7 +195,9 @@ async def test_search_embeds_value_when_asked(store: LocalStore) -> None:
     """embed_source='value' embeds the value rather than the description."""
     await store.create(
         [
-            NewMemory("a", "the optimizer diverged with NaN losses", "x", embed=True, embed_source="value"),
+            NewMemory(
+                "a", "the optimizer diverged with NaN losses", "x", embed=True, embed_source="value"
+            ),
             NewMemory("b", "sunny weather at the beach", "x", embed=True, embed_source="value"),
         ]
     )
@@ -217,8 +221,12 @@ async def test_search_honours_prefix(store: LocalStore) -> None:
 
 async def test_search_follows_updates_and_deletes(store: LocalStore) -> None:
     """The in-memory index follows re-embedding updates, embed=False and deletes."""
-    await store.create([NewMemory("h/1", "v", "batch size doubled", embed=True),
-                        NewMemory("h/2", "v", "weight decay removed", embed=True)])
+    await store.create(
+        [
+            NewMemory("h/1", "v", "batch size doubled", embed=True),
+            NewMemory("h/2", "v", "weight decay removed", embed=True),
+        ]
+    )
     assert (await store.search("bigger batch", limit=1))[0].key == "h/1"
     await store.update("h/2", "v", description="batch size quadrupled to a huge batch")
     assert (await store.search("huge batch quadrupled", limit=1))[0].key == "h/2"
@@ -314,8 +322,14 @@ async def test_several_processes_hammer_one_file(tmp_path: Path) -> None:
     n_own, n_shared, names = 150, 60, ["p0", "p1", "p2", "p3"]
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE / "hub_mp_writer.py"), str(db), name, str(n_own), str(n_shared),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            str(HERE / "hub_mp_writer.py"),
+            str(db),
+            name,
+            str(n_own),
+            str(n_shared),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for name in names
     ]

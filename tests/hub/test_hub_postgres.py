@@ -25,7 +25,10 @@ from swarm.memory._keys import MAX_PREFIX_CHARS
 def swarm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "swarm", "--log-level", "info", *args],
-        capture_output=True, text=True, env=ENV, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
     )
 
 
@@ -40,11 +43,25 @@ async def hub_procs(url: str, tmp: Path, n: int) -> AsyncIterator[list[str]]:
         for log in logs:
             port = free_port()
             with open(log, "wb") as out:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "swarm", "--log-level", "debug", "hub",
-                     "--port", str(port), "--db", url],
-                    stdout=out, stderr=subprocess.STDOUT, env=ENV,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "swarm",
+                            "--log-level",
+                            "debug",
+                            "hub",
+                            "--port",
+                            str(port),
+                            "--db",
+                            url,
+                        ],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=ENV,
+                    )
+                )
             urls.append(f"http://127.0.0.1:{port}/")
         for hub_url in urls:
             await wait_for_hub(hub_url, timeout_s=90)
@@ -77,7 +94,8 @@ async def test_two_hub_processes_race_to_create_each_key_once(pg_url: str, tmp_p
 
         async def create(rpc: Rpc, key: str, who: int) -> str:
             body = await rpc.ok(
-                "create_memory", {"items": [{"key_name": key, "value": f"from {who}"}]},
+                "create_memory",
+                {"items": [{"key_name": key, "value": f"from {who}"}]},
                 token=token,
             )
             return str(body["results"][0]["status"])
@@ -97,9 +115,7 @@ async def test_two_hub_processes_race_to_create_each_key_once(pg_url: str, tmp_p
 
 
 @pytest.mark.slow
-async def test_a_token_made_through_one_hub_works_on_the_other(
-    pg_url: str, tmp_path: Path
-) -> None:
+async def test_a_token_made_through_one_hub_works_on_the_other(pg_url: str, tmp_path: Path) -> None:
     """A token claimed (from an invite) through hub 1 is accepted by hub 2; after a
     CLI revoke, hub 2 refuses it with 401 on the next request."""
     admin = swarm("hub", "token", "add", "root", "--role", "admin", "--db", pg_url)
@@ -111,7 +127,8 @@ async def test_a_token_made_through_one_hub_works_on_the_other(
         claimed = await hub1.ok("claim_invite", {"token": invite["token"]}, token=None)
         new_token = claimed["api_key"]
         status, _ = await hub2.tool(
-            "create_memory", {"items": [{"key_name": "results/x", "value": "1"}]},
+            "create_memory",
+            {"items": [{"key_name": "results/x", "value": "1"}]},
             token=new_token,
         )
         assert status == 200
@@ -147,22 +164,56 @@ def test_missing_asyncpg_exits_2_with_the_install_command() -> None:
         "from swarm.cli import main\n"
         "sys.exit(main(['hub', '--port', '0', '--db', 'postgresql://u:pw@127.0.0.1:9/db']))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
     assert out.returncode == 2, out.stderr
     assert "pip install 'swarm[postgres]'" in out.stderr
 
 
 HOSTILE_KEYS = [
     "x'; DROP TABLE memories; --",
-    "a%b", "a_b", "a\\b", "ab", "abc", "a%", "a\\%b",
-    "q\" OR 1=1 --", "$1", "$$; SELECT pg_sleep(10); $$",
-    "é/ü", "z\U0010ffff", "@lab/x'--", "@lab/%",
+    "a%b",
+    "a_b",
+    "a\\b",
+    "ab",
+    "abc",
+    "a%",
+    "a\\%b",
+    'q" OR 1=1 --',
+    "$1",
+    "$$; SELECT pg_sleep(10); $$",
+    "é/ü",
+    "z\U0010ffff",
+    "@lab/x'--",
+    "@lab/%",
 ]
 HOSTILE_PREFIXES = [
-    "", "a", "a%", "a\\%", "a_", "a\\_", "%", "_", "%b", "a%b%", "'", "x'; DROP",
-    "\\", "a\\", "a\\\\", "$1", "@lab/", "@lab/%", "@lab/x'", "\U0010ffff", "z\U0010ffff",
-    "%" * MAX_PREFIX_CHARS, "_" * 300, "%" * (MAX_PREFIX_CHARS + 1), "@la%b/x",
+    "",
+    "a",
+    "a%",
+    "a\\%",
+    "a_",
+    "a\\_",
+    "%",
+    "_",
+    "%b",
+    "a%b%",
+    "'",
+    "x'; DROP",
+    "\\",
+    "a\\",
+    "a\\\\",
+    "$1",
+    "@lab/",
+    "@lab/%",
+    "@lab/x'",
+    "\U0010ffff",
+    "z\U0010ffff",
+    "%" * MAX_PREFIX_CHARS,
+    "_" * 300,
+    "%" * (MAX_PREFIX_CHARS + 1),
+    "@la%b/x",
 ]
 
 
@@ -182,16 +233,29 @@ async def _hostile_transcript(db: Path | str, embedder: Embedder) -> list[Any]:
                 )
                 assert status == 200, body
                 res = body.get("result", {}).get("structuredContent")
-                out.append(("list", prefix[:20], offset, [k["key_name"] for k in res["keys"]],
-                            res["has_more"]) if res else ("list", prefix[:20], body["error"]))
+                out.append(
+                    (
+                        "list",
+                        prefix[:20],
+                        offset,
+                        [k["key_name"] for k in res["keys"]],
+                        res["has_more"],
+                    )
+                    if res
+                    else ("list", prefix[:20], body["error"])
+                )
             status, body = await rpc.tool(
-                "search_memories", {"query": "drop table", "prefix": prefix, "limit": 5},
+                "search_memories",
+                {"query": "drop table", "prefix": prefix, "limit": 5},
                 token=token,
             )
             assert status == 200, body
             res = body.get("result", {}).get("structuredContent")
-            out.append(("search", prefix[:20], sorted(h["key_name"] for h in res["results"]))
-                       if res else ("search", prefix[:20], body["error"]))
+            out.append(
+                ("search", prefix[:20], sorted(h["key_name"] for h in res["results"]))
+                if res
+                else ("search", prefix[:20], body["error"])
+            )
         got = await rpc.ok("get_memory", {"key_names": HOSTILE_KEYS}, token=token)
         out.append([(r["key_name"], r.get("value")) for r in got["results"]])
         deleted = await rpc.ok("delete_memory", {"key_names": HOSTILE_KEYS[:5]}, token=token)

@@ -20,11 +20,17 @@ async def test_tools_roundtrip_with_result_shapes(hub: Hub) -> None:
     tok = hub.tokens["alice"]
     out = await hub.rpc.ok(
         "create_memory",
-        {"items": [
-            {"key_name": "results/a", "value": b64('{"val_bpb": 0.99}'), "base64": True,
-             "description": "first result"},
-            {"key_name": "results/b", "value": "plain", "description": "second"},
-        ]},
+        {
+            "items": [
+                {
+                    "key_name": "results/a",
+                    "value": b64('{"val_bpb": 0.99}'),
+                    "base64": True,
+                    "description": "first result",
+                },
+                {"key_name": "results/b", "value": "plain", "description": "second"},
+            ]
+        },
         token=tok,
     )
     assert out["created"] == 2 and out["failed"] == 0
@@ -35,19 +41,25 @@ async def test_tools_roundtrip_with_result_shapes(hub: Hub) -> None:
     found, missing = out["results"]
     assert found["status"] == "success" and json.loads(found["value"]) == {"val_bpb": 0.99}
     assert found["description"] == "first result" and found["updated_at"] >= found["created_at"]
-    assert missing == {"key_name": "results/none", "status": "error", "code": "not_found",
-                       "error": "key 'results/none' not found"}
+    assert missing == {
+        "key_name": "results/none",
+        "status": "error",
+        "code": "not_found",
+        "error": "key 'results/none' not found",
+    }
 
-    out = await hub.rpc.ok("update_memory", {"key_name": "results/b", "value": b64("new"),
-                                             "base64": True}, token=tok)
+    out = await hub.rpc.ok(
+        "update_memory", {"key_name": "results/b", "value": b64("new"), "base64": True}, token=tok
+    )
     assert out["status"] == "success" and out["updated_at"] >= out["created_at"]
     got = await hub.rpc.ok("get_memory", {"key_names": ["results/b"]}, token=tok)
     assert got["results"][0]["value"] == "new"
 
     listing = await hub.rpc.ok("list_keys", {"prefix": "results/", "limit": 1}, token=tok)
     assert [k["key_name"] for k in listing["keys"]] == ["results/a"] and listing["has_more"]
-    listing = await hub.rpc.ok("list_keys", {"prefix": "results/", "limit": 5, "offset": 1},
-                               token=tok)
+    listing = await hub.rpc.ok(
+        "list_keys", {"prefix": "results/", "limit": 5, "offset": 1}, token=tok
+    )
     assert [k["key_name"] for k in listing["keys"]] == ["results/b"] and not listing["has_more"]
     assert listing["keys"][0]["size"] == 3
 
@@ -59,20 +71,26 @@ async def test_tools_roundtrip_with_result_shapes(hub: Hub) -> None:
 async def test_create_existing_key_is_a_per_item_error(hub: Hub) -> None:
     """A create on an existing key fails that item only, with code already_exists."""
     tok = hub.tokens["alice"]
-    await hub.rpc.ok("create_memory", {"items": [{"key_name": "claims/x", "value": "1"}]}, token=tok)
+    await hub.rpc.ok(
+        "create_memory", {"items": [{"key_name": "claims/x", "value": "1"}]}, token=tok
+    )
     out = await hub.rpc.ok(
         "create_memory",
         {"items": [{"key_name": "claims/x", "value": "2"}, {"key_name": "claims/y", "value": "3"}]},
         token=tok,
     )
-    assert out["results"][0]["code"] == "already_exists" and "already exists" in out["results"][0]["error"]
+    assert (
+        out["results"][0]["code"] == "already_exists"
+        and "already exists" in out["results"][0]["error"]
+    )
     assert out["results"][1]["status"] == "success"
 
 
 async def test_update_missing_key_is_a_tool_error_with_plain_text(hub: Hub) -> None:
     """update_memory of a missing key answers isError with a plain message (not JSON)."""
-    status, body = await hub.rpc.tool("update_memory", {"key_name": "best/none", "value": "v"},
-                                      token=hub.tokens["alice"])
+    status, body = await hub.rpc.tool(
+        "update_memory", {"key_name": "best/none", "value": "v"}, token=hub.tokens["alice"]
+    )
     assert status == 200
     result = body["result"]
     assert result["isError"] is True
@@ -86,8 +104,11 @@ async def test_update_missing_key_is_a_tool_error_with_plain_text(hub: Hub) -> N
 async def test_org_prefixed_keys(hub: Hub) -> None:
     """'@org/key' of the hub's org is the same item; listings return the bare key."""
     tok = hub.tokens["alice"]
-    await hub.rpc.ok("create_memory", {"items": [
-        {"key_name": "@autoresearch-at-home/best/metadata", "value": "m"}]}, token=tok)
+    await hub.rpc.ok(
+        "create_memory",
+        {"items": [{"key_name": "@autoresearch-at-home/best/metadata", "value": "m"}]},
+        token=tok,
+    )
     out = await hub.rpc.ok("get_memory", {"key_names": ["best/metadata"]}, token=tok)
     assert out["results"][0]["value"] == "m"
     listing = await hub.rpc.ok("list_keys", {"prefix": "@autoresearch-at-home/best/"}, token=tok)
@@ -97,8 +118,11 @@ async def test_org_prefixed_keys(hub: Hub) -> None:
 async def test_list_keys_prefix_is_a_like_pattern(hub: Hub) -> None:
     """list_keys treats the prefix as LIKE: escaped wildcards are literal, bare ones match."""
     tok = hub.tokens["alice"]
-    await hub.rpc.ok("create_memory", {"items": [
-        {"key_name": k, "value": "v"} for k in ("run_1/a", "runX1/b", "run%1/c")]}, token=tok)
+    await hub.rpc.ok(
+        "create_memory",
+        {"items": [{"key_name": k, "value": "v"} for k in ("run_1/a", "runX1/b", "run%1/c")]},
+        token=tok,
+    )
     esc = await hub.rpc.ok("list_keys", {"prefix": "run\\_1/"}, token=tok)
     assert [k["key_name"] for k in esc["keys"]] == ["run_1/a"]
     wild = await hub.rpc.ok("list_keys", {"prefix": "run_1/"}, token=tok)
@@ -110,17 +134,39 @@ async def test_list_keys_prefix_is_a_like_pattern(hub: Hub) -> None:
 async def test_search_memories_shape_and_prefix(hub: Hub) -> None:
     """search_memories finds embedded items by meaning, honours prefix, returns scores."""
     tok = hub.tokens["alice"]
-    await hub.rpc.ok("create_memory", {"items": [
-        {"key_name": "claims/lr", "value": b64('{"agent_id": "a"}'), "base64": True,
-         "description": "increase the learning rate to 0.04", "embed": True},
-        {"key_name": "results/lr", "value": "{}", "description": "increase the learning rate",
-         "embed": True},
-        {"key_name": "claims/depth", "value": "{}", "description": "add two more layers",
-         "embed": True, "embed_source": "description"},
-    ]}, token=tok)
-    out = await hub.rpc.ok("search_memories", {"query": "raise learning rate", "limit": 5,
-                                               "prefix": "@autoresearch-at-home/claims/"},
-                           token=tok)
+    await hub.rpc.ok(
+        "create_memory",
+        {
+            "items": [
+                {
+                    "key_name": "claims/lr",
+                    "value": b64('{"agent_id": "a"}'),
+                    "base64": True,
+                    "description": "increase the learning rate to 0.04",
+                    "embed": True,
+                },
+                {
+                    "key_name": "results/lr",
+                    "value": "{}",
+                    "description": "increase the learning rate",
+                    "embed": True,
+                },
+                {
+                    "key_name": "claims/depth",
+                    "value": "{}",
+                    "description": "add two more layers",
+                    "embed": True,
+                    "embed_source": "description",
+                },
+            ]
+        },
+        token=tok,
+    )
+    out = await hub.rpc.ok(
+        "search_memories",
+        {"query": "raise learning rate", "limit": 5, "prefix": "@autoresearch-at-home/claims/"},
+        token=tok,
+    )
     keys = [r["key_name"] for r in out["results"]]
     assert keys[0] == "claims/lr" and "results/lr" not in keys
     top = out["results"][0]
@@ -133,20 +179,36 @@ async def test_mcp_handshake(hub: Hub) -> None:
     """initialize echoes a supported version, notifications get 202, tools/list has schemas."""
     hdr = {"Accept": "application/json, text/event-stream"}
     for version in ("2025-06-18", "2025-03-26", "2024-11-05"):
-        status, body = await hub.rpc.call("initialize", {
-            "protocolVersion": version, "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}, headers=hdr)
+        status, body = await hub.rpc.call(
+            "initialize",
+            {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+            headers=hdr,
+        )
         assert status == 200 and body["result"]["protocolVersion"] == version
         assert "tools" in body["result"]["capabilities"]
     status, body = await hub.rpc.call("initialize", {"protocolVersion": "1999-01-01"})
     assert body["result"]["protocolVersion"] == "2025-11-25"
     status, _parsed, text = await hub.rpc.raw(
-        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}), headers=hdr)
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}), headers=hdr
+    )
     assert (status, text) == (202, "")
     status, body = await hub.rpc.call("tools/list", {}, headers=hdr)
     tools = {t["name"]: t for t in body["result"]["tools"]}
-    assert {"create_memory", "get_memory", "update_memory", "delete_memory", "list_keys",
-            "search_memories", "claim_invite", "create_invite", "share"} <= set(tools)
+    assert {
+        "create_memory",
+        "get_memory",
+        "update_memory",
+        "delete_memory",
+        "list_keys",
+        "search_memories",
+        "claim_invite",
+        "create_invite",
+        "share",
+    } <= set(tools)
     assert all("inputSchema" in t and "outputSchema" not in t for t in tools.values())
     assert tools["create_memory"]["inputSchema"]["properties"]["items"]["maxItems"] == 100
     status, body = await hub.rpc.call("ping")
@@ -160,7 +222,7 @@ async def test_sse_framing_when_only_event_stream_is_accepted(hub: Hub) -> None:
         headers={"Accept": "text/event-stream"},
     )
     assert status == 200 and text.startswith("data: ") and text.endswith("\n\n")
-    assert json.loads(text[len("data: "):]) == {"jsonrpc": "2.0", "id": 7, "result": {}}
+    assert json.loads(text[len("data: ") :]) == {"jsonrpc": "2.0", "id": 7, "result": {}}
 
 
 async def test_get_and_delete_verbs_are_405(hub: Hub) -> None:
@@ -176,11 +238,13 @@ async def test_get_and_delete_verbs_are_405(hub: Hub) -> None:
 
 async def test_batch_requests(hub: Hub) -> None:
     """A JSON-RPC batch array gets an array of replies (notifications omitted)."""
-    body = json.dumps([
-        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
-    ])
+    body = json.dumps(
+        [
+            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+        ]
+    )
     status, parsed, _ = await hub.rpc.raw(body)
     assert status == 200 and [r["id"] for r in parsed] == [1, 2]
     assert parsed[1]["error"]["code"] == -32601
@@ -194,7 +258,12 @@ async def test_batch_requests(hub: Hub) -> None:
     [
         ("{not json", 400, -32700, "parse error"),
         (b"\xff\xfe{}", 400, -32700, "UTF-8"),
-        ('{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"\\ud800"}}', 400, -32700, "surrogate"),
+        (
+            '{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"\\ud800"}}',
+            400,
+            -32700,
+            "surrogate",
+        ),
         ("[]", 400, -32600, "empty batch"),
         ('"just a string"', 400, -32600, "object"),
         ('{"id":1,"method":"ping"}', 400, -32600, "jsonrpc"),
@@ -205,10 +274,19 @@ async def test_batch_requests(hub: Hub) -> None:
         ('{"jsonrpc":"2.0","method":"tools/call"}', 400, -32600, "no id"),
         ('{"jsonrpc":"2.0","id":1,"method":"resources/list"}', 200, -32601, "unknown method"),
         ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}', 200, -32602, "params.name"),
-        ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"drop_db"}}', 200, -32602,
-         "unknown tool 'drop_db'"),
-        ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_memory",'
-         '"arguments":[]}}', 200, -32602, "arguments must be an object"),
+        (
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"drop_db"}}',
+            200,
+            -32602,
+            "unknown tool 'drop_db'",
+        ),
+        (
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_memory",'
+            '"arguments":[]}}',
+            200,
+            -32602,
+            "arguments must be an object",
+        ),
     ],
 )
 async def test_malformed_requests_get_jsonrpc_errors(
@@ -227,14 +305,27 @@ async def test_malformed_requests_get_jsonrpc_errors(
         ("create_memory", {}, "missing required argument items"),
         ("create_memory", {"items": "x"}, "items must be a list"),
         ("create_memory", {"items": []}, "items is empty"),
-        ("create_memory", {"items": [{"key_name": f"k{i}", "value": "v"} for i in range(101)]},
-         "101 items in one call; send at most 100"),
+        (
+            "create_memory",
+            {"items": [{"key_name": f"k{i}", "value": "v"} for i in range(101)]},
+            "101 items in one call; send at most 100",
+        ),
         ("create_memory", {"items": [{"value": "v"}]}, "items[0].key_name"),
-        ("create_memory", {"items": [{"key_name": "k", "value": 5}]}, "items[0].value must be a string"),
-        ("create_memory", {"items": [{"key_name": "k", "value": "v", "embed": "yes"}]},
-         "items[0].embed must be true or false"),
-        ("create_memory", {"items": [{"key_name": "k", "value": "v", "embed_source": "body"}]},
-         "embed_source must be 'description' or 'value'"),
+        (
+            "create_memory",
+            {"items": [{"key_name": "k", "value": 5}]},
+            "items[0].value must be a string",
+        ),
+        (
+            "create_memory",
+            {"items": [{"key_name": "k", "value": "v", "embed": "yes"}]},
+            "items[0].embed must be true or false",
+        ),
+        (
+            "create_memory",
+            {"items": [{"key_name": "k", "value": "v", "embed_source": "body"}]},
+            "embed_source must be 'description' or 'value'",
+        ),
         ("create_memory", {"items": ["k"]}, "items[0] must be an object"),
         ("get_memory", {}, "missing required argument key_names"),
         ("get_memory", {"key_names": "k"}, "key_names must be a list"),
@@ -269,11 +360,19 @@ async def test_bad_arguments_are_invalid_params(
         ({"key_name": "a\nb", "value": "v"}, "control character"),
         ({"key_name": "a\x7fb", "value": "v"}, "control character"),
         ({"key_name": "k", "value": "not base64!!", "base64": True}, "not valid base64"),
-        ({"key_name": "k", "value": base64.b64encode(b"\xff\xfe").decode(), "base64": True},
-         "not UTF-8"),
+        (
+            {"key_name": "k", "value": base64.b64encode(b"\xff\xfe").decode(), "base64": True},
+            "not UTF-8",
+        ),
         ({"key_name": "k", "value": "x" * ((1 << 20) + 1)}, "over the 1048576-byte limit"),
-        ({"key_name": "k", "value": base64.b64encode(b"x" * ((1 << 20) + 1)).decode(),
-          "base64": True}, "over the 1048576-byte limit"),
+        (
+            {
+                "key_name": "k",
+                "value": base64.b64encode(b"x" * ((1 << 20) + 1)).decode(),
+                "base64": True,
+            },
+            "over the 1048576-byte limit",
+        ),
     ],
 )
 async def test_bad_items_fail_alone_and_write_nothing(
@@ -281,8 +380,9 @@ async def test_bad_items_fail_alone_and_write_nothing(
 ) -> None:
     """A bad item gets a per-item 'invalid' error naming the problem; its neighbour is written."""
     tok = hub.tokens["alice"]
-    out = await hub.rpc.ok("create_memory", {"items": [item, {"key_name": "good", "value": "v"}]},
-                           token=tok)
+    out = await hub.rpc.ok(
+        "create_memory", {"items": [item, {"key_name": "good", "value": "v"}]}, token=tok
+    )
     bad, good = out["results"]
     assert bad["status"] == "error" and bad["code"] == "invalid" and words in bad["error"]
     assert good["status"] == "success"
@@ -294,10 +394,14 @@ async def test_bad_update_values_are_tool_errors(hub: Hub) -> None:
     """update_memory with invalid base64 or an oversize value is an isError 'invalid' result
     and the stored value stays."""
     tok = hub.tokens["alice"]
-    await hub.rpc.ok("create_memory", {"items": [{"key_name": "best/x", "value": "keep"}]}, token=tok)
-    for args in ({"key_name": "best/x", "value": "%%%", "base64": True},
-                 {"key_name": "best/x", "value": "y" * ((1 << 20) + 5)},
-                 {"key_name": "bad\x01key", "value": "v"}):
+    await hub.rpc.ok(
+        "create_memory", {"items": [{"key_name": "best/x", "value": "keep"}]}, token=tok
+    )
+    for args in (
+        {"key_name": "best/x", "value": "%%%", "base64": True},
+        {"key_name": "best/x", "value": "y" * ((1 << 20) + 5)},
+        {"key_name": "bad\x01key", "value": "v"},
+    ):
         status, body = await hub.rpc.tool("update_memory", args, token=tok)
         assert status == 200 and body["result"]["isError"] is True
         assert body["result"]["structuredContent"]["code"] == "invalid"
@@ -319,14 +423,21 @@ async def test_body_over_the_limit_is_413(hub: Hub) -> None:
 async def test_concurrent_creates_over_http_have_one_winner(hub: Hub) -> None:
     """Forty concurrent create_memory calls of one key from two agents: exactly one wins."""
     toks = [hub.tokens["alice"], hub.tokens["bob"]]
-    outs = await asyncio.gather(*(
-        hub.rpc.ok("create_memory", {"items": [{"key_name": "claims/same", "value": str(i)}]},
-                   token=toks[i % 2])
-        for i in range(40)
-    ))
+    outs = await asyncio.gather(
+        *(
+            hub.rpc.ok(
+                "create_memory",
+                {"items": [{"key_name": "claims/same", "value": str(i)}]},
+                token=toks[i % 2],
+            )
+            for i in range(40)
+        )
+    )
     wins = [i for i, o in enumerate(outs) if o["results"][0]["status"] == "success"]
     assert len(wins) == 1
-    assert all(o["results"][0]["code"] == "already_exists" for i, o in enumerate(outs) if i not in wins)
+    assert all(
+        o["results"][0]["code"] == "already_exists" for i, o in enumerate(outs) if i not in wins
+    )
     got = await hub.rpc.ok("get_memory", {"key_names": ["claims/same"]}, token=toks[0])
     assert got["results"][0]["value"] == str(wins[0])
 

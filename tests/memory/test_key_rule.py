@@ -28,13 +28,15 @@ def test_precedence_of_the_key_sources(tmp_path: Path) -> None:
     """Each source wins over the ones after it, and only a non-empty value counts."""
     key_file = save_api_key("from-file", tmp_path / "cfg" / "key")
     env = {"LAB_KEY": "from-lab-var", "ENSUE_API_KEY": "from-ensue-var"}
-    assert resolve_api_key("from-flag", key_env="LAB_KEY", env=env, key_file=key_file) \
-        == "from-flag"
-    assert resolve_api_key(None, key_env="LAB_KEY", env=env, key_file=key_file) \
-        == "from-lab-var"
+    assert (
+        resolve_api_key("from-flag", key_env="LAB_KEY", env=env, key_file=key_file) == "from-flag"
+    )
+    assert resolve_api_key(None, key_env="LAB_KEY", env=env, key_file=key_file) == "from-lab-var"
     assert resolve_api_key(None, key_env="", env=env, key_file=key_file) == "from-ensue-var"
-    assert resolve_api_key(None, key_env="LAB_KEY", env={"LAB_KEY": " "},
-                           key_file=key_file) == "from-file"
+    assert (
+        resolve_api_key(None, key_env="LAB_KEY", env={"LAB_KEY": " "}, key_file=key_file)
+        == "from-file"
+    )
     assert resolve_api_key("", env={}, key_file=tmp_path / "none") is None
 
 
@@ -46,9 +48,14 @@ async def test_hub_memory_takes_the_key_from_ensue_api_key(tmp_path: Path) -> No
         cfg = load_config(env={}, flags={"memory.kind": "hub", "memory.url": hub.url})
         async with open_configured(cfg, env={"ENSUE_API_KEY": token}) as backend:
             mem = SwarmMemory(backend, agent_id="alice", embed_records=False)
-            outcome = await mem.try_claim(parent_hash="", code_hash="ab" * 32,
-                                          description="x", track="smoke", tier="cpu",
-                                          gpu_name="cpu")
+            outcome = await mem.try_claim(
+                parent_hash="",
+                code_hash="ab" * 32,
+                description="x",
+                track="smoke",
+                tier="cpu",
+                gpu_name="cpu",
+            )
             assert outcome.won
 
 
@@ -60,25 +67,40 @@ async def hub_with_result(tmp_path: Path) -> AsyncIterator[tuple[HubHandle, str]
         async with open_configured(cfg, token) as backend:
             mem = SwarmMemory(backend, agent_id="alice", embed_records=False)
             result = Result(
-                agent_id="alice", status="keep", description="baseline", train_py=SRC,
-                val_bpb=1.1, completed_at=1.8e9, vram_tier="cpu", track="smoke",
-                code_hash=code_hash(SRC))
+                agent_id="alice",
+                status="keep",
+                description="baseline",
+                train_py=SRC,
+                val_bpb=1.1,
+                completed_at=1.8e9,
+                vram_tier="cpu",
+                track="smoke",
+                code_hash=code_hash(SRC),
+            )
             assert (await mem.propose_best(result)).moved
             await mem.publish_result(result)
         yield hub, token
 
 
 def _cli(tmp: Path, env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SWARM_") and k != "ENSUE_API_KEY"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SWARM_") and k != "ENSUE_API_KEY"
+    }
     env.update(XDG_CONFIG_HOME=str(tmp / "no-config"), **env_extra)
-    return subprocess.run([sys.executable, "-m", "swarm", "--log-level", "error", *args],
-                          capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "swarm", "--log-level", "error", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.slow
 async def test_every_command_reads_a_hub_with_the_key_from_ensue_api_key(
-    tmp_path: Path, hub_with_result: tuple[HubHandle, str],
+    tmp_path: Path,
+    hub_with_result: tuple[HubHandle, str],
 ) -> None:
     """status, best, results and dedup against a token hub, the key only in ENSUE_API_KEY:
     each one reads the swarm (and a wrong key is refused, not ignored)."""
@@ -94,9 +116,24 @@ async def test_every_command_reads_a_hub_with_the_key_from_ensue_api_key(
     assert status.returncode == 0 and json.loads(status.stdout)["swarm_error"] is None
     train = tmp_path / "cand.py"
     train.write_text(SRC)
-    dedup = await _run(tmp_path, good, "dedup", "check", "--description", "baseline",
-                       "--train-py", str(train), "--memory", "hub", "--url", hub.url,
-                       "--track", "smoke", "--no-semantic", "--json")
+    dedup = await _run(
+        tmp_path,
+        good,
+        "dedup",
+        "check",
+        "--description",
+        "baseline",
+        "--train-py",
+        str(train),
+        "--memory",
+        "hub",
+        "--url",
+        hub.url,
+        "--track",
+        "smoke",
+        "--no-semantic",
+        "--json",
+    )
     assert dedup.returncode == 1, dedup.stderr  # the hub's result makes it a duplicate
     refused = await _run(tmp_path, {"ENSUE_API_KEY": "swm_wrong"}, "results", *mem, "--json")
     assert refused.returncode != 0 and "401" in refused.stderr

@@ -57,8 +57,13 @@ async def race(args: argparse.Namespace) -> None:
             random.Random(hash(agent)).shuffle(order)
             for i in order:
                 p, c = experiment(i)
-                out = await mem.try_claim(parent_hash=p, code_hash=c, description=f"experiment {i}",
-                                          track="standard", tier="xl")
+                out = await mem.try_claim(
+                    parent_hash=p,
+                    code_hash=c,
+                    description=f"experiment {i}",
+                    track="standard",
+                    tier="xl",
+                )
                 if out.won:
                     wins.append((agent, i))
 
@@ -71,11 +76,18 @@ async def race(args: argparse.Namespace) -> None:
 async def hold(args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
         backend = await open_backend(stack, args)
-        mem = SwarmMemory(backend, agent_id=args.prefix, host="doomed", lease_s=args.lease,
-                          heartbeat_s=args.lease / 4, embed_records=False)
+        mem = SwarmMemory(
+            backend,
+            agent_id=args.prefix,
+            host="doomed",
+            lease_s=args.lease,
+            heartbeat_s=args.lease / 4,
+            embed_records=False,
+        )
         p, c = experiment(args.index)
-        out = await mem.try_claim(parent_hash=p, code_hash=c, description="doomed run",
-                                  track="standard", tier="xl")
+        out = await mem.try_claim(
+            parent_hash=p, code_hash=c, description="doomed run", track="standard", tier="xl"
+        )
         if not out.won or out.claim is None:
             print("LOST", flush=True)
             return

@@ -26,4 +26,3 @@ async def local_swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-

@@ -28,8 +28,11 @@ class CallLog:
 
     def count(self, operation: str, prefix: str = "") -> int:
         """Calls of ``operation``; for list_keys only those under ``prefix``."""
-        return sum(1 for op, arg in self.calls if op == operation
-                   and (operation != "list_keys" or str(arg).startswith(prefix)))
+        return sum(
+            1
+            for op, arg in self.calls
+            if op == operation and (operation != "list_keys" or str(arg).startswith(prefix))
+        )
 
     def reset(self) -> None:
         self.calls.clear()

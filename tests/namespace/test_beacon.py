@@ -26,12 +26,15 @@ async def beaconed(swarm: Swarm, agent: str, clock: FakeClock) -> SwarmMemory:
 
 async def claim(mem: SwarmMemory, i: int = 1) -> object:
     p, c = experiment(i)
-    out = await mem.try_claim(parent_hash=p, code_hash=c, description=f"exp {i}", track="standard",
-                              tier="xl")
+    out = await mem.try_claim(
+        parent_hash=p, code_hash=c, description=f"exp {i}", track="standard", tier="xl"
+    )
     return out
 
 
-async def test_a_beating_beacon_keeps_a_claim_past_its_own_lease(swarm: Swarm, clock: FakeClock) -> None:
+async def test_a_beating_beacon_keeps_a_claim_past_its_own_lease(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """Ten minutes after claiming, with beats only on the beacon, the claim is still held."""
     ada = await beaconed(swarm, "ada", clock)
     bob = await swarm.memory("bob", clock=clock, lease_s=LEASE, heartbeat_s=30.0)
@@ -54,15 +57,28 @@ async def test_a_beating_beacon_keeps_a_claim_past_its_own_lease(swarm: Swarm, c
         assert handle.lost
 
 
-async def test_one_beacon_write_per_beat_for_any_number_of_claims(swarm: Swarm, clock: FakeClock) -> None:
+async def test_one_beacon_write_per_beat_for_any_number_of_claims(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """Three held claims cost one write per beat, plus one read every check_every beats."""
     spy = CallLog(await swarm.backend("ada"))
-    ada = SwarmMemory(spy, agent_id="ada", host="h", clock=clock, lease_s=LEASE,  # type: ignore[arg-type]
-                      heartbeat_s=30.0, embed_records=False, sleep=no_sleep)
+    ada = SwarmMemory(
+        spy,
+        agent_id="ada",
+        host="h",
+        clock=clock,
+        lease_s=LEASE,  # type: ignore[arg-type]
+        heartbeat_s=30.0,
+        embed_records=False,
+        sleep=no_sleep,
+    )
     ada.beacon = Beacon(ada, check_every=5)
     claims = [await claim(ada, i) for i in range(3)]
-    async with ada.heartbeating(claims[0].claim), ada.heartbeating(claims[1].claim), \
-            ada.heartbeating(claims[2].claim):  # type: ignore[attr-defined]
+    async with (
+        ada.heartbeating(claims[0].claim),
+        ada.heartbeating(claims[1].claim),
+        ada.heartbeating(claims[2].claim),
+    ):  # type: ignore[attr-defined]
         spy.reset()
         for _ in range(10):
             clock.advance(30)
@@ -79,8 +95,14 @@ async def test_a_forged_beacon_keeps_nothing(swarm: Swarm, clock: FakeClock) -> 
     lock = won.claim.lock_key  # type: ignore[attr-defined]
     mallory = await swarm.backend("mallory")
     bob = await swarm.memory("bob", clock=clock, lease_s=LEASE, heartbeat_s=30.0)
-    base = {"agent_id": "ada", "host": "test-host", "session": ada.session, "lease_s": LEASE,
-            "holding": [lock], "kind": "beacon"}
+    base = {
+        "agent_id": "ada",
+        "host": "test-host",
+        "session": ada.session,
+        "lease_s": LEASE,
+        "holding": [lock],
+        "kind": "beacon",
+    }
     clock.advance(LEASE + 1)
     forged = [
         {**base, "session": "not-adas"},
@@ -96,8 +118,9 @@ async def test_a_forged_beacon_keeps_nothing(swarm: Swarm, clock: FakeClock) -> 
             await mallory.update(key, encode_record(rec))
         assert await bob.live_claims() == [], rec
     # an endless lease counts as ten minutes at most
-    await mallory.update(key, encode_record({**base, "lease_s": 1e12,
-                                             "heartbeat_at": to_iso(clock() - 601)}))
+    await mallory.update(
+        key, encode_record({**base, "lease_s": 1e12, "heartbeat_at": to_iso(clock() - 601)})
+    )
     assert await bob.live_claims() == []
     taken = await claim(bob)
     assert taken.won  # type: ignore[attr-defined]
@@ -110,9 +133,18 @@ async def test_a_result_that_beats_no_best_takes_no_lock(swarm: Swarm, clock: Fa
 
     def res(n: int, val: float) -> Result:
         code = hashlib.sha256(f"code-{n}".encode()).hexdigest()
-        return Result(agent_id="ada", status="keep", description=f"change {n}", train_py=f"X = {n}\n",
-                      val_bpb=val, vram_tier="xl", track="standard", parent_hash=parent,
-                      code_hash=code, seed=n)
+        return Result(
+            agent_id="ada",
+            status="keep",
+            description=f"change {n}",
+            train_py=f"X = {n}\n",
+            val_bpb=val,
+            vram_tier="xl",
+            track="standard",
+            parent_hash=parent,
+            code_hash=code,
+            seed=n,
+        )
 
     assert (await ada.propose_best(res(1, 0.99))).moved
     spy = CallLog(ada.backend)

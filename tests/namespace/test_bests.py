@@ -16,26 +16,50 @@ from swarm.records import Result, decode_record, encode_record, to_iso
 PARENT = hashlib.sha256(b"base").hexdigest()
 
 
-def result(agent: str, val: float | None, *, n: int = 0, tier: str = "xl", track: str = "standard",
-           seed: int = 0, status: str = "keep", key: str = "") -> Result:
+def result(
+    agent: str,
+    val: float | None,
+    *,
+    n: int = 0,
+    tier: str = "xl",
+    track: str = "standard",
+    seed: int = 0,
+    status: str = "keep",
+    key: str = "",
+) -> Result:
     code = hashlib.sha256(f"code-{n}".encode()).hexdigest()
-    return Result(key=key, agent_id=agent, status=status, description=f"change {n}",
-                  train_py=f"# code {n}\nX = {n}\n", val_bpb=val, vram_tier=tier, track=track,
-                  parent_hash=PARENT, code_hash=code, seed=seed, completed_at=1.0e9 + n)
+    return Result(
+        key=key,
+        agent_id=agent,
+        status=status,
+        description=f"change {n}",
+        train_py=f"# code {n}\nX = {n}\n",
+        val_bpb=val,
+        vram_tier=tier,
+        track=track,
+        parent_hash=PARENT,
+        code_hash=code,
+        seed=seed,
+        completed_at=1.0e9 + n,
+    )
 
 
 async def test_first_keep_sets_tier_global_and_agent_bests(swarm: Swarm) -> None:
     """The first believable keep becomes the tier, track and agent best, readable by old clients."""
     mem = await swarm.memory("ada")
     d = await mem.propose_best(result("ada", 0.998, n=1))
-    assert d.moved and d.tier_moved and d.global_moved and d.agent_moved and not d.needs_confirmation
+    assert (
+        d.moved and d.tier_moved and d.global_moved and d.agent_moved and not d.needs_confirmation
+    )
     assert d.best is not None and d.best.val_bpb == 0.998 and d.best.tier == "xl"
     tier = await mem.get_best("standard", "xl")
     glob = await mem.get_best("standard")
     agent = await mem.get_agent_best("ada")
     assert tier and glob and agent
     assert tier.train_py == glob.train_py == "# code 1\nX = 1\n" and agent.val_bpb == 0.998
-    got = await mem.backend.get(["best/metadata", "best/train_py", "best/tier/xl/metadata", "best/agent/ada"])
+    got = await mem.backend.get(
+        ["best/metadata", "best/train_py", "best/tier/xl/metadata", "best/agent/ada"]
+    )
     assert got["best/train_py"].value == "# code 1\nX = 1\n"  # raw source, as old clients read it
     meta = decode_record("best/metadata", got["best/metadata"].value)
     assert meta["val_bpb"] == 0.998 and meta["agent_id"] == "ada" and meta["achieved_by"] == "ada"
@@ -59,7 +83,9 @@ async def test_best_only_moves_forward_and_keeps_previous(swarm: Swarm) -> None:
 
 
 @pytest.mark.parametrize(("val", "why"), [(0.5, "sanity"), (0.3, "sanity"), (None, "no metric")])
-async def test_sanity_bounds_reject_unbelievable_values(local_swarm: Swarm, val: float | None, why: str) -> None:
+async def test_sanity_bounds_reject_unbelievable_values(
+    local_swarm: Swarm, val: float | None, why: str
+) -> None:
     """val_bpb at or below 0.5, or no metric at all, never becomes a best."""
     mem = await local_swarm.memory("ada")
     d = await mem.propose_best(result("ada", val, n=1, status="keep" if val else "crash"))
@@ -90,8 +116,11 @@ async def test_tiers_and_tracks_are_never_compared(local_swarm: Swarm) -> None:
     assert (await mem.get_best("smoke", "cpu")).val_bpb == 1.5  # type: ignore[union-attr]
     assert (await mem.get_best("standard")).val_bpb == 0.990  # type: ignore[union-attr]
     stored = await mem.backend.list_keys("best/track/smoke/")
-    assert {i.key for i in stored} >= {"best/track/smoke/metadata", "best/track/smoke/tier/cpu/metadata",
-                                       "best/track/smoke/agent/ada"}
+    assert {i.key for i in stored} >= {
+        "best/track/smoke/metadata",
+        "best/track/smoke/tier/cpu/metadata",
+        "best/track/smoke/agent/ada",
+    }
 
 
 async def test_agent_bests_are_personal(local_swarm: Swarm) -> None:
@@ -118,7 +147,9 @@ async def test_noise_margin_needs_confirmation_with_another_seed(swarm: Swarm) -
     assert [p.code_hash for p in pending] == [small.code_hash] and pending[0].seed == 1
     same_seed = await bob.confirm_best(result("bob", 0.997, n=2, seed=1))
     assert not same_seed.moved and "another seed" in same_seed.reason
-    ok = await bob.confirm_best(result("bob", 0.996, n=2, seed=2, key="results/bob--change-2--bbbbbb"))
+    ok = await bob.confirm_best(
+        result("bob", 0.996, n=2, seed=2, key="results/bob--change-2--bbbbbb")
+    )
     assert ok.moved and ok.tier_moved and ok.global_moved
     best = await ada.get_best("standard", "xl")
     assert best is not None and best.verified and best.val_bpb == pytest.approx(0.997)
@@ -146,7 +177,10 @@ async def test_concurrent_proposals_end_at_the_minimum(swarm: Swarm) -> None:
     mems = [await swarm.memory(f"p{j}", backend) for j in range(16)]
     vals = [0.999 - 0.001 * ((j * 7) % 16) for j in range(16)]
     decisions = await asyncio.gather(
-        *(m.propose_best(result(m.agent_id, v, n=j + 1)) for j, (m, v) in enumerate(zip(mems, vals, strict=True)))
+        *(
+            m.propose_best(result(m.agent_id, v, n=j + 1))
+            for j, (m, v) in enumerate(zip(mems, vals, strict=True))
+        )
     )
     best = await first.get_best("standard", "xl")
     assert best is not None and best.val_bpb == pytest.approx(min(vals))
@@ -162,9 +196,17 @@ async def test_concurrent_proposals_end_at_the_minimum(swarm: Swarm) -> None:
 async def test_original_clients_best_is_respected(local_swarm: Swarm, clock: FakeClock) -> None:
     """A best/metadata written by an original client is read and only beaten by a better result."""
     mem = await local_swarm.memory("ada", clock=clock)
-    legacy = {"agent_id": "gpu0", "val_bpb": 0.9931, "status": "keep", "description": "old best",
-              "train_py": "old = 1\n", "best_val_bpb": 0.9931, "achieved_by": "gpu0",
-              "achieved_at": to_iso(clock.now), "previous_best_val_bpb": 0.9979}
+    legacy = {
+        "agent_id": "gpu0",
+        "val_bpb": 0.9931,
+        "status": "keep",
+        "description": "old best",
+        "train_py": "old = 1\n",
+        "best_val_bpb": 0.9931,
+        "achieved_by": "gpu0",
+        "achieved_at": to_iso(clock.now),
+        "previous_best_val_bpb": 0.9979,
+    }
     await mem.backend.create([NewMemory(key="best/metadata", value=encode_record(legacy))])
     current = await mem.get_best("standard")
     assert current is not None and current.agent_id == "gpu0" and current.train_py == "old = 1\n"
@@ -179,10 +221,17 @@ async def test_original_clients_best_is_respected(local_swarm: Swarm, clock: Fak
 async def test_mutex_of_a_dead_proposer_is_taken_over(local_swarm: Swarm, clock: FakeClock) -> None:
     """A best mutex left by a crashed proposer is free again after its lease."""
     mem = await local_swarm.memory("ada", clock=clock, mutex_wait_s=5.0)
-    dead = {"agent_id": "crashed", "heartbeat_at": to_iso(clock.now), "lease_s": 30, "nonce": "x",
-            "status": "claimed"}
+    dead = {
+        "agent_id": "crashed",
+        "heartbeat_at": to_iso(clock.now),
+        "lease_s": 30,
+        "nonce": "x",
+        "status": "claimed",
+    }
     name = keys.best_mutex_name("standard")
-    await mem.backend.create([NewMemory(key=keys.mutex_lock_key(name, 1), value=encode_record(dead))])
+    await mem.backend.create(
+        [NewMemory(key=keys.mutex_lock_key(name, 1), value=encode_record(dead))]
+    )
     clock.advance(31)
     d = await mem.propose_best(result("ada", 0.99, n=1))
     assert d.tier_moved
@@ -192,8 +241,9 @@ async def test_mutex_of_a_dead_proposer_is_taken_over(local_swarm: Swarm, clock:
     locks = await mem.backend.get([k.key for k in await mem.backend.list_keys(prefix)])
     records = {k: decode_record(k, m.value) for k, m in locks.items()}
     assert keys.mutex_lock_key(name, 1) not in records
-    assert records and all(r["agent_id"] == "ada" and r["status"] == "released"
-                           for r in records.values()), records
+    assert records and all(
+        r["agent_id"] == "ada" and r["status"] == "released" for r in records.values()
+    ), records
     assert all((keys.lock_generation(k) or 0) > 1 for k in records)
     best = await mem.get_best("standard", "xl")
     assert best is not None and best.agent_id == "ada" and best.val_bpb == 0.99
@@ -214,10 +264,17 @@ async def test_busy_mutex_gives_a_clear_store_error(local_swarm: Swarm, clock: F
     from swarm.errors import MemoryStoreError
 
     mem = await local_swarm.memory("ada", clock=clock, mutex_wait_s=0.3)
-    held = {"agent_id": "slowpoke", "heartbeat_at": to_iso(clock.now), "lease_s": 30, "nonce": "x",
-            "status": "claimed"}
+    held = {
+        "agent_id": "slowpoke",
+        "heartbeat_at": to_iso(clock.now),
+        "lease_s": 30,
+        "nonce": "x",
+        "status": "claimed",
+    }
     name = keys.best_mutex_name("standard")
-    await mem.backend.create([NewMemory(key=keys.mutex_lock_key(name, 1), value=encode_record(held))])
+    await mem.backend.create(
+        [NewMemory(key=keys.mutex_lock_key(name, 1), value=encode_record(held))]
+    )
     with pytest.raises(MemoryStoreError, match="slowpoke"):
         await mem.propose_best(result("ada", 0.99, n=1))
 

@@ -29,8 +29,9 @@ SCOPE = {"track": "standard", "tier": "xl"}  # the track and tier every claim he
 
 async def claim(mem: SwarmMemory, i: int, **kw: object):  # type: ignore[no-untyped-def]
     p, c = experiment(i)
-    return await mem.try_claim(parent_hash=p, code_hash=c, description=f"experiment {i}",
-                               track="standard", tier="xl", **kw)  # type: ignore[arg-type]
+    return await mem.try_claim(
+        parent_hash=p, code_hash=c, description=f"experiment {i}", track="standard", tier="xl", **kw
+    )  # type: ignore[arg-type]
 
 
 async def test_first_claim_wins_second_loses_naming_winner(swarm: Swarm) -> None:
@@ -76,18 +77,27 @@ async def test_64_coroutine_claimers_each_experiment_won_once(swarm: Swarm) -> N
     assert per_exp == Counter(range(N_EXPERIMENTS)), per_exp
     # the stored lock names the same winner as the race did
     winners = dict((i, a) for a, i in wins)
-    locks = await mems[0].backend.get([keys.experiment_lock_key(*experiment(i), **SCOPE) for i in range(N_EXPERIMENTS)])
+    locks = await mems[0].backend.get(
+        [keys.experiment_lock_key(*experiment(i), **SCOPE) for i in range(N_EXPERIMENTS)]
+    )
     for i in range(N_EXPERIMENTS):
         rec = decode_record("k", locks[keys.experiment_lock_key(*experiment(i), **SCOPE)].value)
         assert rec["agent_id"] == winners[i]
     live = await mems[0].live_claims()
-    assert sorted(c.description for c in live) == sorted(f"experiment {i}" for i in range(N_EXPERIMENTS))
+    assert sorted(c.description for c in live) == sorted(
+        f"experiment {i}" for i in range(N_EXPERIMENTS)
+    )
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, AGENT_SCRIPT, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, AGENT_SCRIPT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _backend_args(swarm: Swarm, name: str) -> list[str]:
@@ -101,8 +111,20 @@ async def test_64_claimers_in_separate_processes_each_experiment_won_once(swarm:
     """4 processes x 16 claimers on one SQLite file / one hub: each experiment won exactly once."""
     go = swarm.tmp / "go"
     procs = [
-        _spawn(["race", *_backend_args(swarm, f"proc{k}"), "--prefix", f"proc{k}",
-                "--claimers", str(N_CLAIMERS // 4), "--experiments", str(N_EXPERIMENTS), "--go", str(go)])
+        _spawn(
+            [
+                "race",
+                *_backend_args(swarm, f"proc{k}"),
+                "--prefix",
+                f"proc{k}",
+                "--claimers",
+                str(N_CLAIMERS // 4),
+                "--experiments",
+                str(N_EXPERIMENTS),
+                "--go",
+                str(go),
+            ]
+        )
         for k in range(4)
     ]
     for p in procs:  # all open their stores, then start together
@@ -122,8 +144,18 @@ async def test_64_claimers_in_separate_processes_each_experiment_won_once(swarm:
 @pytest.mark.slow
 async def test_killed_claimer_lease_expires_then_claimed_again(swarm: Swarm) -> None:
     """A process killed mid-run keeps its claim only until its lease (2 s) runs out."""
-    proc = _spawn(["hold", *_backend_args(swarm, "doomed"), "--prefix", "doomed", "--lease", "2",
-                   "--index", "3"])
+    proc = _spawn(
+        [
+            "hold",
+            *_backend_args(swarm, "doomed"),
+            "--prefix",
+            "doomed",
+            "--lease",
+            "2",
+            "--index",
+            "3",
+        ]
+    )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)  # type: ignore[union-attr]
         assert line.startswith("CLAIMED "), f"claimer said {line!r} (exit code {proc.poll()})"
@@ -149,7 +181,9 @@ async def test_killed_claimer_lease_expires_then_claimed_again(swarm: Swarm) -> 
     assert keys.lock_generation(out.claim.lock_key) == 2
     # freed exactly by the lease: not before the dead holder's last heartbeat + 2 s
     first = keys.experiment_lock_key(*experiment(3), 1, **SCOPE)
-    dead = Claim.from_json(first, decode_record(first, (await me.backend.get([first]))[first].value))
+    dead = Claim.from_json(
+        first, decode_record(first, (await me.backend.get([first]))[first].value)
+    )
     expiry = dead.expires_at()
     assert dead.agent_id == "doomed" and expiry is not None and dead.lease_s == 2.0
     assert expiry - 0.05 <= won_at <= expiry + 3.0
@@ -184,7 +218,9 @@ async def test_heartbeat_keeps_claim_alive(swarm: Swarm, clock: FakeClock) -> No
         assert await ada.heartbeat(c)
         assert not (await claim(bob, 2)).won
     found = await ada.backend.get([c.key])
-    assert Claim.from_json(c.key, decode_record(c.key, found[c.key].value)).heartbeat_at == clock.now
+    assert (
+        Claim.from_json(c.key, decode_record(c.key, found[c.key].value)).heartbeat_at == clock.now
+    )
 
 
 async def test_racing_takeover_of_dead_lock_has_one_winner(swarm: Swarm, clock: FakeClock) -> None:
@@ -219,11 +255,18 @@ async def test_release_frees_the_experiment_and_deletes_claim_record(swarm: Swar
 async def test_legacy_claims_use_fifteen_minute_rule(swarm: Swarm, clock: FakeClock) -> None:
     """A claim written by an original client (no heartbeat) is live 15 minutes after claimed_at."""
     mem = await swarm.memory("reader", clock=clock)
-    legacy = {"agent_id": "oldclient", "description": "increase LR to 0.04",
-              "experiment_key": "oldclient--increase-lr-to-0-04--a7f3b2",
-              "claimed_at": to_iso(clock.now), "expected_duration_seconds": 300, "status": "claimed"}
+    legacy = {
+        "agent_id": "oldclient",
+        "description": "increase LR to 0.04",
+        "experiment_key": "oldclient--increase-lr-to-0-04--a7f3b2",
+        "claimed_at": to_iso(clock.now),
+        "expected_duration_seconds": 300,
+        "status": "claimed",
+    }
     key = "claims/oldclient--increase-lr-to-0-04--a7f3b2"
-    res = await mem.backend.create([NewMemory(key=key, value=encode_record(legacy), description="x")])
+    res = await mem.backend.create(
+        [NewMemory(key=key, value=encode_record(legacy), description="x")]
+    )
     assert res[0].ok
     clock.advance(899)
     live = await mem.live_claims()
@@ -274,8 +317,9 @@ async def test_non_atomic_backend_falls_back_to_claim_then_verify(local_swarm: S
     async def sleep(s: float) -> None:
         slept.append(s)
 
-    ada = SwarmMemory(backend, agent_id="ada", host="h", sleep=sleep, verify_delay_s=0.25,
-                      embed_records=False)
+    ada = SwarmMemory(
+        backend, agent_id="ada", host="h", sleep=sleep, verify_delay_s=0.25, embed_records=False
+    )
     bob = SwarmMemory(backend, agent_id="bob", host="h", sleep=sleep, embed_records=False)
     assert not ada.claims_are_atomic
     assert (await claim(ada, 8)).won
@@ -304,13 +348,16 @@ async def test_same_code_on_two_tiers_is_two_experiments(swarm: Swarm) -> None:
     """One agent may run the same code on two tiers at once: each tier's claim wins."""
     ada = await swarm.memory("ada")
     p, c = experiment(7)
-    xl = await ada.try_claim(parent_hash=p, code_hash=c, description="baseline",
-                             track="standard", tier="xl")
-    large = await ada.try_claim(parent_hash=p, code_hash=c, description="baseline",
-                                track="standard", tier="large")
+    xl = await ada.try_claim(
+        parent_hash=p, code_hash=c, description="baseline", track="standard", tier="xl"
+    )
+    large = await ada.try_claim(
+        parent_hash=p, code_hash=c, description="baseline", track="standard", tier="large"
+    )
     assert xl.won and large.won
     assert xl.claim is not None and large.claim is not None
     assert xl.claim.lock_key != large.claim.lock_key
-    again = await ada.try_claim(parent_hash=p, code_hash=c, description="baseline",
-                                track="standard", tier="xl")
+    again = await ada.try_claim(
+        parent_hash=p, code_hash=c, description="baseline", track="standard", tier="xl"
+    )
     assert not again.won

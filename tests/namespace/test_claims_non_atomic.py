@@ -25,8 +25,9 @@ def _make_overwriting(handle: HubHandle) -> list[int]:
     real = store.create_checked
     overwrites = [0]
 
-    async def create_checked(items: Sequence[Any], *, creator: str | None = None,
-                             vectors: Any = None) -> list[Outcome]:
+    async def create_checked(
+        items: Sequence[Any], *, creator: str | None = None, vectors: Any = None
+    ) -> list[Outcome]:
         outcomes = await real(items, creator=creator, vectors=vectors)
         fixed = []
         for item, outcome in zip(items, outcomes, strict=True):
@@ -52,14 +53,27 @@ async def _claimers(stack: AsyncExitStack, url: str, n: int) -> list[SwarmMemory
     for i in range(n):
         backend = await stack.enter_async_context(EnsueBackend(url, None, name="hub"))
         assert await backend.check_create_atomic() is False  # the probe sees the overwrite
-        out.append(SwarmMemory(backend, agent_id=f"agent-{i}", host=f"h{i}",
-                               verify_delay_s=0.3, embed_records=False))
+        out.append(
+            SwarmMemory(
+                backend,
+                agent_id=f"agent-{i}",
+                host=f"h{i}",
+                verify_delay_s=0.3,
+                embed_records=False,
+            )
+        )
     return out
 
 
 async def _claim(mem: SwarmMemory, code: str) -> bool:
-    outcome = await mem.try_claim(parent_hash="a" * 64, code_hash=code, description="lr up",
-                                  track="smoke", tier="cpu", gpu_name="cpu")
+    outcome = await mem.try_claim(
+        parent_hash="a" * 64,
+        code_hash=code,
+        description="lr up",
+        track="smoke",
+        tier="cpu",
+        gpu_name="cpu",
+    )
     return outcome.won
 
 
@@ -86,9 +100,19 @@ async def test_a_lost_race_is_detected_before_training(
     handle, _ = overwriting_hub
     async with AsyncExitStack() as stack:
         mems = await _claimers(stack, handle.url, 3)
-        outcomes = await asyncio.gather(*(
-            m.try_claim(parent_hash="a" * 64, code_hash="d" * 64, description="wd",
-                        track="smoke", tier="cpu", gpu_name="cpu") for m in mems))
+        outcomes = await asyncio.gather(
+            *(
+                m.try_claim(
+                    parent_hash="a" * 64,
+                    code_hash="d" * 64,
+                    description="wd",
+                    track="smoke",
+                    tier="cpu",
+                    gpu_name="cpu",
+                )
+                for m in mems
+            )
+        )
         winners = [o for o in outcomes if o.won]
         assert len(winners) == 1
         claim = winners[0].claim

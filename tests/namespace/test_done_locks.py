@@ -18,8 +18,9 @@ SCOPE = {"track": "standard", "tier": "xl"}
 
 async def claim(mem: SwarmMemory, i: int, **kw: object):  # type: ignore[no-untyped-def]
     p, c = experiment(i)
-    return await mem.try_claim(parent_hash=p, code_hash=c, description=f"experiment {i}",
-                               **SCOPE, **kw)  # type: ignore[arg-type]
+    return await mem.try_claim(
+        parent_hash=p, code_hash=c, description=f"experiment {i}", **SCOPE, **kw
+    )  # type: ignore[arg-type]
 
 
 async def beaconed(swarm: Swarm, agent: str, clock: FakeClock) -> SwarmMemory:
@@ -33,7 +34,9 @@ async def lock_record(mem: SwarmMemory, c: Claim) -> dict[str, object]:
     return decode_record(c.lock_key, got[c.lock_key].value)
 
 
-async def test_a_published_experiment_is_never_claimed_again(swarm: Swarm, clock: FakeClock) -> None:
+async def test_a_published_experiment_is_never_claimed_again(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """Released with its result key, the lock reads done: another agent loses the claim now and
     an hour later, and learns who ran it."""
     ada = await swarm.memory("ada", clock=clock, lease_s=LEASE)

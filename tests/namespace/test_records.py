@@ -72,8 +72,16 @@ def test_result_round_trip_keeps_every_field() -> None:
 def test_result_json_uses_original_field_names() -> None:
     """The stored result has the original clients' names (delta as delta_vs_best, ISO time)."""
     data = full_result().to_json()
-    for name in ("agent_id", "val_bpb", "memory_gb", "status", "description", "train_py",
-                 "completed_at", "vram_tier"):
+    for name in (
+        "agent_id",
+        "val_bpb",
+        "memory_gb",
+        "status",
+        "description",
+        "train_py",
+        "completed_at",
+        "vram_tier",
+    ):
         assert name in data
     assert data["delta_vs_best"] == pytest.approx(-0.0067)
     assert datetime.fromisoformat(data["completed_at"]).timestamp() == pytest.approx(T0)
@@ -105,7 +113,9 @@ def test_result_from_original_client() -> None:
     assert r.agent_id == "gpu0" and r.status == "keep" and r.val_bpb == pytest.approx(0.9979)
     assert r.track == "standard"  # clients that do not know tracks run the standard one
     assert r.delta == pytest.approx(-0.002)
-    assert r.completed_at == pytest.approx(datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC).timestamp())
+    assert r.completed_at == pytest.approx(
+        datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC).timestamp()
+    )
     assert r.code_hash == "" and r.seed is None and r.changes == {}
     assert r.extra["repo_url"].startswith("https://") and r.extra["vram_total_gb"] == 79.6
     again = r.to_json()
@@ -116,8 +126,17 @@ def test_result_from_original_client() -> None:
 
 def test_result_numbers_as_strings_and_crash_zero() -> None:
     """Numbers written as strings parse; a crash's 0.0 val_bpb reads as no metric."""
-    r = Result.from_json("results/x", {"agent_id": "x", "status": "KEEP", "val_bpb": "0.9931",
-                                       "num_steps": "953", "seed": "3.0", "verified": "true"})
+    r = Result.from_json(
+        "results/x",
+        {
+            "agent_id": "x",
+            "status": "KEEP",
+            "val_bpb": "0.9931",
+            "num_steps": "953",
+            "seed": "3.0",
+            "verified": "true",
+        },
+    )
     assert r.status == "keep" and r.val_bpb == pytest.approx(0.9931)
     assert r.num_steps == 953 and r.seed == 3 and r.verified is True
     crash = Result.from_json("results/y", {"agent_id": "y", "status": "crash", "val_bpb": 0.0})
@@ -181,10 +200,22 @@ def test_claim_with_heartbeat_uses_its_lease() -> None:
 
 def test_claim_round_trip_and_lock_form() -> None:
     """A claim round-trips; read from its lock record it keeps the claim key and lock key."""
-    c = Claim(key="claims/a--d--123456", agent_id="a", description="d", claimed_at=T0,
-              heartbeat_at=T0 + 30, lease_s=90, parent_hash="p" * 6, code_hash="c" * 6,
-              track="smoke", vram_tier="cpu", gpu_name="", host="h",
-              lock_key="locks/exp/pppppp--cccccc/g000001", nonce="n1")
+    c = Claim(
+        key="claims/a--d--123456",
+        agent_id="a",
+        description="d",
+        claimed_at=T0,
+        heartbeat_at=T0 + 30,
+        lease_s=90,
+        parent_hash="p" * 6,
+        code_hash="c" * 6,
+        track="smoke",
+        vram_tier="cpu",
+        gpu_name="",
+        host="h",
+        lock_key="locks/exp/pppppp--cccccc/g000001",
+        nonce="n1",
+    )
     assert Claim.from_json(c.key, roundtrip_json(c.to_json())) == c
     lock = Claim.from_json(c.lock_key, roundtrip_json(c.to_json()))
     assert lock.key == c.key and lock.lock_key == c.lock_key and lock.nonce == "n1"
@@ -193,12 +224,25 @@ def test_claim_round_trip_and_lock_form() -> None:
 def test_best_round_trip_with_previous() -> None:
     """A best with a previous best round-trips; the previous keeps its source but no chain."""
     older = Best(result=full_result(), key="best/metadata", version=1, achieved_at=T0)
-    newer_result = Result(agent_id="bob", status="keep", description="DEPTH 8 → 9",
-                          train_py="DEPTH = 9\n", val_bpb=0.985, completed_at=T0 + 60,
-                          vram_tier="xl", key="results/bob--depth--111111")
-    newer = Best(result=newer_result, key="best/metadata", previous=older, version=2,
-                 improvement_over_previous=0.0062, achieved_at=T0 + 61,
-                 confirmations=({"seed": 1, "val_bpb": 0.985},))
+    newer_result = Result(
+        agent_id="bob",
+        status="keep",
+        description="DEPTH 8 → 9",
+        train_py="DEPTH = 9\n",
+        val_bpb=0.985,
+        completed_at=T0 + 60,
+        vram_tier="xl",
+        key="results/bob--depth--111111",
+    )
+    newer = Best(
+        result=newer_result,
+        key="best/metadata",
+        previous=older,
+        version=2,
+        improvement_over_previous=0.0062,
+        achieved_at=T0 + 61,
+        confirmations=({"seed": 1, "val_bpb": 0.985},),
+    )
     data = roundtrip_json(newer.to_json())
     assert data["val_bpb"] == 0.985 and data["best_val_bpb"] == 0.985
     assert data["achieved_by"] == "bob" and data["previous_best_by"] == "ada"
@@ -216,45 +260,86 @@ def test_best_round_trip_with_previous() -> None:
 def test_best_from_original_metadata() -> None:
     """The original best/metadata (result fields + best_* fields) reads as a Best with a previous."""
     original = {
-        "agent_id": "gpu0", "val_bpb": 0.9931, "memory_gb": 44.1, "status": "keep",
-        "description": "warmdown 0.5 → 0.7", "train_py": "x = 1\n", "completed_at": to_iso(T0),
-        "best_val_bpb": 0.9931, "achieved_by": "gpu0", "achieved_at": to_iso(T0 + 1),
-        "previous_best_val_bpb": 0.9979, "previous_best_by": "gpu1",
-        "previous_best_description": "baseline", "improvement_over_previous": 0.0048,
+        "agent_id": "gpu0",
+        "val_bpb": 0.9931,
+        "memory_gb": 44.1,
+        "status": "keep",
+        "description": "warmdown 0.5 → 0.7",
+        "train_py": "x = 1\n",
+        "completed_at": to_iso(T0),
+        "best_val_bpb": 0.9931,
+        "achieved_by": "gpu0",
+        "achieved_at": to_iso(T0 + 1),
+        "previous_best_val_bpb": 0.9979,
+        "previous_best_by": "gpu1",
+        "previous_best_description": "baseline",
+        "improvement_over_previous": 0.0048,
     }
     b = Best.from_json("best/metadata", original)
     assert b.val_bpb == pytest.approx(0.9931) and b.agent_id == "gpu0" and b.kind == "global"
     assert b.previous is not None and b.previous.val_bpb == pytest.approx(0.9979)
     assert b.previous.agent_id == "gpu1" and b.previous.result.description == "baseline"
-    tier = Best.from_json("best/tier/small/metadata", {"val_bpb": "1.01", "agent_id": "z",
-                                                       "vram_tier": "small"})
+    tier = Best.from_json(
+        "best/tier/small/metadata", {"val_bpb": "1.01", "agent_id": "z", "vram_tier": "small"}
+    )
     assert tier.kind == "tier" and tier.tier == "small" and tier.val_bpb == pytest.approx(1.01)
 
 
 def test_hypothesis_round_trip_and_original_shape() -> None:
     """Hypotheses round-trip; the original shape (and a JSON-string config) reads."""
-    h = Hypothesis(key="hypotheses/a--t--123456", agent_id="a", title="Deeper is better",
-                   hypothesis="DEPTH 8 → 10 should help at this budget",
-                   suggested_config={"DEPTH": 10}, evidence_keys=("results/x",), priority=4,
-                   created_at=T0, track="standard", parent_hash="ab" * 32)
+    h = Hypothesis(
+        key="hypotheses/a--t--123456",
+        agent_id="a",
+        title="Deeper is better",
+        hypothesis="DEPTH 8 → 10 should help at this budget",
+        suggested_config={"DEPTH": 10},
+        evidence_keys=("results/x",),
+        priority=4,
+        created_at=T0,
+        track="standard",
+        parent_hash="ab" * 32,
+    )
     assert Hypothesis.from_json(h.key, roundtrip_json(h.to_json())) == h
-    original = {"agent_id": "gpu2", "title": "Try smaller batch",
-                "hypothesis": "TOTAL_BATCH_SIZE 2**19 → 2**18", "suggested_config": '{"TOTAL_BATCH_SIZE": 262144}',
-                "evidence_keys": "results/q", "priority": "2", "created_at": to_iso(T0)}
+    original = {
+        "agent_id": "gpu2",
+        "title": "Try smaller batch",
+        "hypothesis": "TOTAL_BATCH_SIZE 2**19 → 2**18",
+        "suggested_config": '{"TOTAL_BATCH_SIZE": 262144}',
+        "evidence_keys": "results/q",
+        "priority": "2",
+        "created_at": to_iso(T0),
+    }
     o = Hypothesis.from_json("hypotheses/gpu2--try--abcdef", original)
     assert o.suggested_config == {"TOTAL_BATCH_SIZE": 262144}
-    assert o.evidence_keys == ("results/q",) and o.priority == 2 and o.created_at == pytest.approx(T0)
+    assert (
+        o.evidence_keys == ("results/q",) and o.priority == 2 and o.created_at == pytest.approx(T0)
+    )
 
 
 def test_insight_round_trip_and_original_shape() -> None:
     """Insights round-trip and read the original (agent_id, insight, evidence_keys, posted_at)."""
-    i = Insight(key="insights/a--lr--123456", agent_id="a", insight="LR above 0.08 diverges",
-                evidence_keys=("results/1", "results/2"), posted_at=T0, track="smoke",
-                extra={"mood": "sure"})
+    i = Insight(
+        key="insights/a--lr--123456",
+        agent_id="a",
+        insight="LR above 0.08 diverges",
+        evidence_keys=("results/1", "results/2"),
+        posted_at=T0,
+        track="smoke",
+        extra={"mood": "sure"},
+    )
     assert Insight.from_json(i.key, roundtrip_json(i.to_json())) == i
-    o = Insight.from_json("insights/x", {"agent_id": "g", "insight": "warmup matters",
-                                          "evidence_keys": [], "posted_at": to_iso(T0)})
-    assert o.insight == "warmup matters" and o.posted_at == pytest.approx(T0) and o.track == "standard"
+    o = Insight.from_json(
+        "insights/x",
+        {
+            "agent_id": "g",
+            "insight": "warmup matters",
+            "evidence_keys": [],
+            "posted_at": to_iso(T0),
+        },
+    )
+    assert (
+        o.insight == "warmup matters" and o.posted_at == pytest.approx(T0) and o.track == "standard"
+    )
 
 
 def test_leaderboard_entry_skips_entries_without_metric() -> None:

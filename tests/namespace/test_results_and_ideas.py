@@ -17,21 +17,44 @@ from swarm.records import Claim, Hypothesis, Insight, Result, decode_record, enc
 PARENT = hashlib.sha256(b"base").hexdigest()
 
 
-def result(agent: str, val: float | None, *, n: int = 0, status: str = "keep", tier: str = "xl",
-           track: str = "standard", seed: int = 0, at: float | None = None) -> Result:
+def result(
+    agent: str,
+    val: float | None,
+    *,
+    n: int = 0,
+    status: str = "keep",
+    tier: str = "xl",
+    track: str = "standard",
+    seed: int = 0,
+    at: float | None = None,
+) -> Result:
     code = hashlib.sha256(f"code-{n}".encode()).hexdigest()
-    return Result(agent_id=agent, status=status, description=f"MATRIX_LR 0.04 → 0.0{n}",
-                  train_py=f"X = {n}\n", val_bpb=val, vram_tier=tier, track=track,
-                  parent_hash=PARENT, code_hash=code, seed=seed, completed_at=at,
-                  failure="oom" if status == "crash" else None,
-                  log_tail="CUDA out of memory" if status == "crash" else "")
+    return Result(
+        agent_id=agent,
+        status=status,
+        description=f"MATRIX_LR 0.04 → 0.0{n}",
+        train_py=f"X = {n}\n",
+        val_bpb=val,
+        vram_tier=tier,
+        track=track,
+        parent_hash=PARENT,
+        code_hash=code,
+        seed=seed,
+        completed_at=at,
+        failure="oom" if status == "crash" else None,
+        log_tail="CUDA out of memory" if status == "crash" else "",
+    )
 
 
-async def test_publish_every_status_with_source_and_log_tail(swarm: Swarm, clock: FakeClock) -> None:
+async def test_publish_every_status_with_source_and_log_tail(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """keep, discard, crash and timeout are all published with the full source; crash keeps its log."""
     mem = await swarm.memory("ada", clock=clock)
     published = {}
-    for n, (status, val) in enumerate([("keep", 0.99), ("discard", 1.01), ("crash", None), ("timeout", None)]):
+    for n, (status, val) in enumerate(
+        [("keep", 0.99), ("discard", 1.01), ("crash", None), ("timeout", None)]
+    ):
         clock.advance(10)
         published[status] = await mem.publish_result(result("ada", val, n=n, status=status))
     got = await mem.backend.get(list(published.values()))
@@ -42,7 +65,9 @@ async def test_publish_every_status_with_source_and_log_tail(swarm: Swarm, clock
         assert data["completed_at"] is not None and data["host"] == "test-host"
     crash = decode_record("c", got[published["crash"]].value)
     assert crash["failure"] == "oom" and crash["log_tail"] == "CUDA out of memory"
-    assert got[published["keep"]].description.startswith("[autoresearch] Result: [ada KEEP] val_bpb=0.990000")
+    assert got[published["keep"]].description.startswith(
+        "[autoresearch] Result: [ada KEEP] val_bpb=0.990000"
+    )
 
 
 async def test_results_newest_first_with_filters(swarm: Swarm, clock: FakeClock) -> None:
@@ -50,7 +75,9 @@ async def test_results_newest_first_with_filters(swarm: Swarm, clock: FakeClock)
     mem = await swarm.memory("ada", clock=clock)
     specs = [("xl", "standard"), ("small", "standard"), ("xl", "standard"), ("cpu", "smoke")]
     for n, (tier, track) in enumerate(specs):
-        await mem.publish_result(result("ada", 1.0 + n / 100, n=n, tier=tier, track=track, at=1e9 + n))
+        await mem.publish_result(
+            result("ada", 1.0 + n / 100, n=n, tier=tier, track=track, at=1e9 + n)
+        )
         await asyncio.sleep(0.02)  # distinct creation times
     allr = await mem.results()
     assert [r.code_hash for r in allr] == [result("a", 1, n=n).code_hash for n in (3, 2, 1, 0)]
@@ -88,12 +115,21 @@ async def test_publish_rejects_bad_status_and_missing_metric(local_swarm: Swarm)
 async def test_results_of_other_clients_are_read(local_swarm: Swarm) -> None:
     """A result written raw by an original client shows up; an unreadable record is skipped."""
     mem = await local_swarm.memory("ada")
-    legacy = {"agent_id": "gpu0", "val_bpb": "0.9979", "status": "keep", "description": "baseline",
-              "train_py": "...", "completed_at": "2025-03-10T12:00:00+00:00", "commit": "abc1234"}
-    await mem.backend.create([
-        NewMemory(key="results/gpu0--baseline--a1b2c3", value=encode_record(legacy)),
-        NewMemory(key="results/broken--x--000000", value="this is not json"),
-    ])
+    legacy = {
+        "agent_id": "gpu0",
+        "val_bpb": "0.9979",
+        "status": "keep",
+        "description": "baseline",
+        "train_py": "...",
+        "completed_at": "2025-03-10T12:00:00+00:00",
+        "commit": "abc1234",
+    }
+    await mem.backend.create(
+        [
+            NewMemory(key="results/gpu0--baseline--a1b2c3", value=encode_record(legacy)),
+            NewMemory(key="results/broken--x--000000", value="this is not json"),
+        ]
+    )
     rs = await mem.results()
     assert [r.agent_id for r in rs] == ["gpu0"]
     assert rs[0].val_bpb == pytest.approx(0.9979) and rs[0].extra["commit"] == "abc1234"
@@ -102,10 +138,21 @@ async def test_results_of_other_clients_are_read(local_swarm: Swarm) -> None:
 async def test_hypotheses_publish_list_take_once(swarm: Swarm, clock: FakeClock) -> None:
     """Hypotheses round-trip; of 8 concurrent takers exactly one wins; taken ones drop out."""
     mem = await swarm.memory("ada", clock=clock)
-    h1 = Hypothesis(agent_id="", title="Deeper model", hypothesis="DEPTH 8 → 10",
-                    suggested_config={"DEPTH": 10}, priority=5)
-    h2 = Hypothesis(agent_id="", title="Smaller batch", hypothesis="TOTAL_BATCH_SIZE 2**19 → 2**18",
-                    suggested_config={"TOTAL_BATCH_SIZE": 262144}, priority=2, track="smoke")
+    h1 = Hypothesis(
+        agent_id="",
+        title="Deeper model",
+        hypothesis="DEPTH 8 → 10",
+        suggested_config={"DEPTH": 10},
+        priority=5,
+    )
+    h2 = Hypothesis(
+        agent_id="",
+        title="Smaller batch",
+        hypothesis="TOTAL_BATCH_SIZE 2**19 → 2**18",
+        suggested_config={"TOTAL_BATCH_SIZE": 262144},
+        priority=2,
+        track="smoke",
+    )
     k1 = await mem.publish_hypothesis(h1)
     clock.advance(1)
     k2 = await mem.publish_hypothesis(h2)
@@ -126,8 +173,9 @@ async def test_hypotheses_publish_list_take_once(swarm: Swarm, clock: FakeClock)
 async def test_insights_newest_first(swarm: Swarm, clock: FakeClock) -> None:
     """Insights are published once and listed newest first, filtered by track."""
     mem = await swarm.memory("ada", clock=clock)
-    k1 = await mem.publish_insight(Insight(agent_id="", insight="LR above 0.08 diverges",
-                                           evidence_keys=("results/a",)))
+    k1 = await mem.publish_insight(
+        Insight(agent_id="", insight="LR above 0.08 diverges", evidence_keys=("results/a",))
+    )
     clock.advance(5)
     k2 = await mem.publish_insight(Insight(agent_id="", insight="warmup matters", track="smoke"))
     assert await mem.publish_insight(Insight(agent_id="", insight="LR above 0.08 diverges")) == k1
@@ -147,7 +195,9 @@ async def test_leaderboard_updated_on_keep(swarm: Swarm) -> None:
     await bob.publish_result(result("bob", 1.2, n=5, status="discard"))  # not a keep
     board = await ada.leaderboard()
     assert [(e.agent_id, e.val_bpb) for e in board] == [("ada", 0.990), ("bob", 0.993)]
-    raw = decode_record("leaderboard", (await ada.backend.get(["leaderboard"]))["leaderboard"].value)
+    raw = decode_record(
+        "leaderboard", (await ada.backend.get(["leaderboard"]))["leaderboard"].value
+    )
     assert len(raw["entries"]) == 2  # the original clients read data["entries"]
     assert await ada.leaderboard("smoke") == []
 
@@ -166,8 +216,13 @@ async def test_analyze_summarises_the_swarm(swarm: Swarm, clock: FakeClock) -> N
         await asyncio.sleep(0.02)
     await bob.publish_result(result("bob", None, n=9, status="crash", at=clock.now))
     await bob.publish_result(result("bob", 1.1, n=8, status="discard", at=clock.now))
-    out = await bob.try_claim(parent_hash=PARENT, code_hash="ab" * 32, description="DEPTH 8 → 9",
-                              track="standard", tier="xl")
+    out = await bob.try_claim(
+        parent_hash=PARENT,
+        code_hash="ab" * 32,
+        description="DEPTH 8 → 9",
+        track="standard",
+        tier="xl",
+    )
     assert out.won
     s = await ada.analyze("standard")
     assert s.active_agents == ("ada", "bob")
@@ -183,17 +238,22 @@ async def test_analyze_summarises_the_swarm(swarm: Swarm, clock: FakeClock) -> N
     assert ("standard", "xl") in everything.bests
 
 
-async def test_prune_dead_claims_removes_only_own_dead_records(local_swarm: Swarm, clock: FakeClock) -> None:
+async def test_prune_dead_claims_removes_only_own_dead_records(
+    local_swarm: Swarm, clock: FakeClock
+) -> None:
     """After a crash, an agent deletes its own dead claim records, never live or others' ones."""
     ada = await local_swarm.memory("ada", clock=clock)
     bob = await local_swarm.memory("bob", backend=ada.backend, clock=clock)
-    dead = await ada.try_claim(parent_hash=PARENT, code_hash="cd" * 32, description="x",
-                               track="standard", tier="xl")
+    dead = await ada.try_claim(
+        parent_hash=PARENT, code_hash="cd" * 32, description="x", track="standard", tier="xl"
+    )
     clock.advance(200)
-    live = await ada.try_claim(parent_hash=PARENT, code_hash="ef" * 32, description="y",
-                               track="standard", tier="xl")
-    other = await bob.try_claim(parent_hash=PARENT, code_hash="cd" * 32, description="x",
-                                track="standard", tier="xl")
+    live = await ada.try_claim(
+        parent_hash=PARENT, code_hash="ef" * 32, description="y", track="standard", tier="xl"
+    )
+    other = await bob.try_claim(
+        parent_hash=PARENT, code_hash="cd" * 32, description="x", track="standard", tier="xl"
+    )
     assert dead.won and live.won and other.won
     assert await ada.prune_dead_claims() == 1
     keys_left = {i.key for i in await ada.backend.list_keys("claims/")}

@@ -24,9 +24,18 @@ PARENT = hashlib.sha256(b"parent").hexdigest()
 
 def result(agent: str, n: int, *, track: str = "standard", tier: str = "xl") -> Result:
     code = hashlib.sha256(f"code-{n}".encode()).hexdigest()
-    return Result(agent_id=agent, status="discard", description=f"change {n}", train_py=f"X = {n}\n",
-                  val_bpb=1.1 + n / 1000, vram_tier=tier, track=track, parent_hash=PARENT,
-                  code_hash=code, seed=n)
+    return Result(
+        agent_id=agent,
+        status="discard",
+        description=f"change {n}",
+        train_py=f"X = {n}\n",
+        val_bpb=1.1 + n / 1000,
+        vram_tier=tier,
+        track=track,
+        parent_hash=PARENT,
+        code_hash=code,
+        seed=n,
+    )
 
 
 async def publish(mem: SwarmMemory, clock: FakeClock, first: int, count: int) -> list[str]:
@@ -37,11 +46,14 @@ async def publish(mem: SwarmMemory, clock: FakeClock, first: int, count: int) ->
     return out
 
 
-async def reader(swarm: Swarm, clock: FakeClock, cache: Path | None = None,
-                 name: str = "reader") -> tuple[ResultFeed, CallLog]:
+async def reader(
+    swarm: Swarm, clock: FakeClock, cache: Path | None = None, name: str = "reader"
+) -> tuple[ResultFeed, CallLog]:
     spy = CallLog(await swarm.backend(name))
     mem = SwarmMemory(spy, agent_id="reader", host="h", clock=clock, embed_records=False)  # type: ignore[arg-type]
-    return ResultFeed(mem, track="standard", cache_dir=cache, label=swarm.url or "local", clock=clock), spy
+    return ResultFeed(
+        mem, track="standard", cache_dir=cache, label=swarm.url or "local", clock=clock
+    ), spy
 
 
 async def test_poll_cost_is_independent_of_the_history(swarm: Swarm, clock: FakeClock) -> None:
@@ -64,7 +76,9 @@ async def test_poll_cost_is_independent_of_the_history(swarm: Swarm, clock: Fake
     assert [r.key for r in feed.recent("xl", 3)] == list(reversed(fresh))
 
 
-async def test_a_restart_catches_up_from_the_cached_cursor(swarm: Swarm, clock: FakeClock, tmp_path: Path) -> None:
+async def test_a_restart_catches_up_from_the_cached_cursor(
+    swarm: Swarm, clock: FakeClock, tmp_path: Path
+) -> None:
     """A second start with the cache lists no results/ prefix, yet sees what came meanwhile."""
     peer = await swarm.memory("peer", clock=clock)
     old = await publish(peer, clock, 0, 20)
@@ -79,7 +93,9 @@ async def test_a_restart_catches_up_from_the_cached_cursor(swarm: Swarm, clock: 
     assert {r.key for r in known} == set(old) | set(fresh)
 
 
-async def test_a_cache_of_another_store_is_not_used(swarm: Swarm, clock: FakeClock, tmp_path: Path) -> None:
+async def test_a_cache_of_another_store_is_not_used(
+    swarm: Swarm, clock: FakeClock, tmp_path: Path
+) -> None:
     """The cache names its store: a feed of another store lists everything again."""
     peer = await swarm.memory("peer", clock=clock)
     await publish(peer, clock, 0, 3)
@@ -91,7 +107,9 @@ async def test_a_cache_of_another_store_is_not_used(swarm: Swarm, clock: FakeClo
     assert spy.count("list_keys", keys.RESULTS) == 1
 
 
-async def test_results_of_old_clients_arrive_through_a_hubs_feed(tmp_path: Path, clock: FakeClock) -> None:
+async def test_results_of_old_clients_arrive_through_a_hubs_feed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     """A results/ record created without a feed entry (the original fork) is indexed by the hub."""
     async with open_swarm("hub", tmp_path) as swarm:
         feed, _ = await reader(swarm, clock)

@@ -60,8 +60,15 @@ def run_one(mod: ModuleType, consts: dict[str, Any]) -> tuple[str, float | None,
     return "ok", r["val_bpb"], mod.evaluate(consts, noise=False)["val_bpb"]
 
 
-async def simulate(proposer: Any, *, seed: int, n: int = 60, track: str = "standard",
-                   tier: str = "xl", agent_id: str = "sim") -> SimOutcome:
+async def simulate(
+    proposer: Any,
+    *,
+    seed: int,
+    n: int = 60,
+    track: str = "standard",
+    tier: str = "xl",
+    agent_id: str = "sim",
+) -> SimOutcome:
     mod = load_synthetic()
     best_src = SYNTHETIC_PATH.read_text()
     best_hash = code_hash(best_src)
@@ -69,16 +76,33 @@ async def simulate(proposer: Any, *, seed: int, n: int = 60, track: str = "stand
     status, best_val, best_true = run_one(mod, best_consts)
     assert status == "ok" and best_val is not None and best_true is not None
     start_true = best_true
-    base = Result(agent_id=agent_id, status="keep", description="baseline", train_py=best_src,
-                  val_bpb=best_val, track=track, vram_tier=tier, parent_hash="",
-                  code_hash=best_hash, completed_at=0.0, key="results/sim--baseline")
+    base = Result(
+        agent_id=agent_id,
+        status="keep",
+        description="baseline",
+        train_py=best_src,
+        val_bpb=best_val,
+        track=track,
+        vram_tier=tier,
+        parent_hash="",
+        code_hash=best_hash,
+        completed_at=0.0,
+        key="results/sim--baseline",
+    )
     history: list[Result] = [base]
     keeps = crashes = repeats = 0
     ran = {best_hash}
     for i in range(1, n + 1):
-        ctx = ProposalContext(best_train_py=best_src, parent_hash=best_hash, track=track,
-                              tier=tier, agent_id=agent_id, history=tuple(history),
-                              seed=seed, best_val_bpb=best_val)
+        ctx = ProposalContext(
+            best_train_py=best_src,
+            parent_hash=best_hash,
+            track=track,
+            tier=tier,
+            agent_id=agent_id,
+            history=tuple(history),
+            seed=seed,
+            best_val_bpb=best_val,
+        )
         proposal: Proposal = await proposer.propose(ctx)
         h = code_hash(proposal.train_py)
         repeats += h in ran
@@ -92,12 +116,22 @@ async def simulate(proposer: Any, *, seed: int, n: int = 60, track: str = "stand
             assert val is not None
             rstatus = "keep" if val < best_val else "discard"
         changes = {k: [o, v] for k, (o, v) in proposal.changes.items()}
-        result = Result(agent_id=agent_id, status=rstatus, description=proposal.description,
-                        train_py=proposal.train_py, val_bpb=val, track=track, vram_tier=tier,
-                        parent_hash=best_hash, code_hash=h, completed_at=float(i),
-                        changes=changes, proposer=proposal.proposer,
-                        delta=(val - best_val) if val is not None else None,
-                        key=f"results/sim--{i}")
+        result = Result(
+            agent_id=agent_id,
+            status=rstatus,
+            description=proposal.description,
+            train_py=proposal.train_py,
+            val_bpb=val,
+            track=track,
+            vram_tier=tier,
+            parent_hash=best_hash,
+            code_hash=h,
+            completed_at=float(i),
+            changes=changes,
+            proposer=proposal.proposer,
+            delta=(val - best_val) if val is not None else None,
+            key=f"results/sim--{i}",
+        )
         await proposer.observe(proposal, result)
         history.insert(0, result)
         if rstatus == "keep":
@@ -105,8 +139,7 @@ async def simulate(proposer: Any, *, seed: int, n: int = 60, track: str = "stand
             keeps += 1
             best_src, best_hash, best_val, best_true = proposal.train_py, h, val, true
             best_consts = consts
-    return SimOutcome(best_val, best_true, start_true, keeps, crashes, repeats, history,
-                      best_src)
+    return SimOutcome(best_val, best_true, start_true, keeps, crashes, repeats, history, best_src)
 
 
 class RandomMutationProposer:
@@ -139,8 +172,9 @@ class RandomMutationProposer:
             if code_hash(src) in ran:
                 continue
             changes = {k: (values[k], v) for k, v in fixed.items()}
-            return Proposal(src, describe_changes(changes, sources), ctx.parent_hash,
-                            self.name, changes=changes)
+            return Proposal(
+                src, describe_changes(changes, sources), ctx.parent_hash, self.name, changes=changes
+            )
         raise ProposerError("random mutation found nothing new")
 
     async def observe(self, proposal: Proposal, result: Result) -> None:

@@ -33,32 +33,70 @@ def synthetic_src() -> str:
     return SYNTHETIC.read_text()
 
 
-def make_ctx(src: str, *, history: tuple[Any, ...] = (), track: str = "standard",
-             tier: str = "xl", seed: int = 0, best_val: float | None = 1.0,
-             agent_id: str = "tester", **kw: Any) -> ProposalContext:
-    return ProposalContext(best_train_py=src, parent_hash=code_hash(src), track=track,
-                           tier=tier, agent_id=agent_id, history=history, seed=seed,
-                           best_val_bpb=best_val, **kw)
+def make_ctx(
+    src: str,
+    *,
+    history: tuple[Any, ...] = (),
+    track: str = "standard",
+    tier: str = "xl",
+    seed: int = 0,
+    best_val: float | None = 1.0,
+    agent_id: str = "tester",
+    **kw: Any,
+) -> ProposalContext:
+    return ProposalContext(
+        best_train_py=src,
+        parent_hash=code_hash(src),
+        track=track,
+        tier=tier,
+        agent_id=agent_id,
+        history=history,
+        seed=seed,
+        best_val_bpb=best_val,
+        **kw,
+    )
 
 
-def child_result(parent_src: str, changes: dict[str, Any], *, val: float | None,
-                 parent_val: float | None = 1.0, status: str | None = None, t: float = 1.0,
-                 track: str = "standard", tier: str = "xl", agent: str = "other",
-                 parent_hash: str | None = None) -> tuple[Result, str]:
+def child_result(
+    parent_src: str,
+    changes: dict[str, Any],
+    *,
+    val: float | None,
+    parent_val: float | None = 1.0,
+    status: str | None = None,
+    t: float = 1.0,
+    track: str = "standard",
+    tier: str = "xl",
+    agent: str = "other",
+    parent_hash: str | None = None,
+) -> tuple[Result, str]:
     """A result of running ``parent_src`` with ``changes`` (and the child's source)."""
     from swarm.trainpy import constants
 
     old = constants(parent_src)
     src = apply_changes(parent_src, changes)
     if status is None:
-        status = "crash" if val is None else (
-            "keep" if parent_val is not None and val < parent_val else "discard")
+        status = (
+            "crash"
+            if val is None
+            else ("keep" if parent_val is not None and val < parent_val else "discard")
+        )
     delta = val - parent_val if val is not None and parent_val is not None else None
-    r = Result(agent_id=agent, status=status, description=" ".join(changes), train_py=src,
-               val_bpb=val, track=track, vram_tier=tier,
-               parent_hash=parent_hash or code_hash(parent_src), code_hash=code_hash(src),
-               completed_at=t, changes={k: [old[k], v] for k, v in changes.items()},
-               delta=delta, key=f"results/{agent}--{t}")
+    r = Result(
+        agent_id=agent,
+        status=status,
+        description=" ".join(changes),
+        train_py=src,
+        val_bpb=val,
+        track=track,
+        vram_tier=tier,
+        parent_hash=parent_hash or code_hash(parent_src),
+        code_hash=code_hash(src),
+        completed_at=t,
+        changes={k: [old[k], v] for k, v in changes.items()},
+        delta=delta,
+        key=f"results/{agent}--{t}",
+    )
     return r, src
 
 
@@ -89,9 +127,18 @@ async def stub_llm() -> AsyncIterator[StubLLM]:
             step = step[2] if len(step) > 2 else "{}"
         if isinstance(step, tuple):
             return web.Response(status=step[0], text=str(step[1]))
-        body = {"id": "x", "object": "chat.completion", "model": "stub",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": step}}]}
+        body = {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "stub",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": step},
+                }
+            ],
+        }
         return web.json_response(body)
 
     app = web.Application()

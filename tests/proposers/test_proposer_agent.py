@@ -33,8 +33,13 @@ def collab(tmp_path: Path) -> Path:
 
 
 def agent(cmd: str, collab: Path, tmp_path: Path, **kw) -> AgentProposer:
-    return AgentProposer(command=cmd, collab_path=collab, prepare_path=REPO / "prepare.py",
-                         scratch_root=tmp_path / "scratch", **kw)
+    return AgentProposer(
+        command=cmd,
+        collab_path=collab,
+        prepare_path=REPO / "prepare.py",
+        scratch_root=tmp_path / "scratch",
+        **kw,
+    )
 
 
 def _dead(pid: int) -> bool:
@@ -57,8 +62,9 @@ async def _wait_dead(pid: int, within: float = 3.0) -> bool:
     return _dead(pid)
 
 
-async def test_agent_edits_train_py(tmp_path: Path, collab: Path, synthetic_src: str,
-                                    monkeypatch) -> None:
+async def test_agent_edits_train_py(
+    tmp_path: Path, collab: Path, synthetic_src: str, monkeypatch
+) -> None:
     """The agent's edit comes back with a PARAM old → new description; it saw the right files and env."""
     monkeypatch.setenv("ENSUE_API_KEY", "lmn_secret")
     monkeypatch.setenv("MY_AGENT_KEY", "agent-key")
@@ -82,7 +88,8 @@ async def test_agent_edits_train_py(tmp_path: Path, collab: Path, synthetic_src:
     assert p.description == "MATRIX_LR 0.04 → 0.05" and p.proposer == "agent"
     info = json.loads(seen.read_text())
     assert {"train.py", "prepare.py", "collab.md", "SWARM_STATE.md", "PROMPT.md"} <= set(
-        info["files"])
+        info["files"]
+    )
     assert info["prep_mode"] == 0o444
     assert "MY_AGENT_KEY" in info["env"] and "PATH" in info["env"]
     assert "ENSUE_API_KEY" not in info["env"] and "UNLISTED_VAR" not in info["env"]
@@ -91,23 +98,29 @@ async def test_agent_edits_train_py(tmp_path: Path, collab: Path, synthetic_src:
     assert not list((tmp_path / "scratch").iterdir())  # scratch cleaned up
 
 
-async def test_code_edit_keeps_the_agents_description(tmp_path: Path, collab: Path,
-                                                      synthetic_src: str) -> None:
+async def test_code_edit_keeps_the_agents_description(
+    tmp_path: Path, collab: Path, synthetic_src: str
+) -> None:
     """A code change (not a constant) is described by the first line of DESCRIPTION.txt."""
-    code = ("import pathlib; p = pathlib.Path('train.py'); "
-            "p.write_text(p.read_text().replace('BASE = 0.95', 'BASE = 0.94')); "
-            "pathlib.Path('DESCRIPTION.txt').write_text('lower the synthetic floor\\nmore')")
+    code = (
+        "import pathlib; p = pathlib.Path('train.py'); "
+        "p.write_text(p.read_text().replace('BASE = 0.95', 'BASE = 0.94')); "
+        "pathlib.Path('DESCRIPTION.txt').write_text('lower the synthetic floor\\nmore')"
+    )
     p = await agent(py(code), collab, tmp_path).propose(make_ctx(synthetic_src))
     assert p.description == "lower the synthetic floor" and "BASE = 0.94" in p.train_py
 
 
-async def test_hanging_agent_is_killed_at_the_limit(tmp_path: Path, collab: Path,
-                                                    synthetic_src: str) -> None:
+async def test_hanging_agent_is_killed_at_the_limit(
+    tmp_path: Path, collab: Path, synthetic_src: str
+) -> None:
     """A hanging agent and its child are killed at the time limit; nothing is left running."""
     pidfile = tmp_path / "child.pid"
-    code = ("import subprocess, sys, time, pathlib; "
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
-            f"pathlib.Path({str(pidfile)!r}).write_text(str(c.pid)); time.sleep(120)")
+    code = (
+        "import subprocess, sys, time, pathlib; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"pathlib.Path({str(pidfile)!r}).write_text(str(c.pid)); time.sleep(120)"
+    )
     prop = agent(py(code), collab, tmp_path, timeout_s=1.5, kill_grace_s=0.5)
     t0 = time.monotonic()
     with pytest.raises(ProposerError, match=r"past its 1\.5s limit"):
@@ -117,8 +130,9 @@ async def test_hanging_agent_is_killed_at_the_limit(tmp_path: Path, collab: Path
     assert await _wait_dead(int(pidfile.read_text()))
 
 
-async def test_cancelled_proposal_reaps_the_agent(tmp_path: Path, collab: Path,
-                                                  synthetic_src: str) -> None:
+async def test_cancelled_proposal_reaps_the_agent(
+    tmp_path: Path, collab: Path, synthetic_src: str
+) -> None:
     """Cancelling a proposal kills the agent's process group and re-raises the cancellation."""
     prop = agent(py("import time; time.sleep(120)"), collab, tmp_path, kill_grace_s=0.5)
     task = asyncio.create_task(prop.propose(make_ctx(synthetic_src)))
@@ -132,18 +146,26 @@ async def test_cancelled_proposal_reaps_the_agent(tmp_path: Path, collab: Path,
     assert prop.last_pid is not None and await _wait_dead(prop.last_pid)
 
 
-@pytest.mark.parametrize(("code", "match"), [
-    ("import os; os.remove('train.py')", "left no train.py"),
-    ("pass", "change nothing"),
-    ("open('train.py', 'a').write('\\ndef broken(:\\n')", "broken|compile"),
-    ("import os, stat; os.chmod('prepare.py', 0o644); open('prepare.py', 'a').write('#')",
-     "prepare.py"),
-    ("import pathlib; p = pathlib.Path('train.py'); "
-     "p.write_text(p.read_text().replace('TOTAL_BATCH_SIZE = 2**19', 'TOTAL_BATCH_SIZE = 2**17'))",
-     "not divisible"),
-])
-async def test_bad_agent_results_are_rejected(tmp_path: Path, collab: Path, synthetic_src: str,
-                                              code: str, match: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "match"),
+    [
+        ("import os; os.remove('train.py')", "left no train.py"),
+        ("pass", "change nothing"),
+        ("open('train.py', 'a').write('\\ndef broken(:\\n')", "broken|compile"),
+        (
+            "import os, stat; os.chmod('prepare.py', 0o644); open('prepare.py', 'a').write('#')",
+            "prepare.py",
+        ),
+        (
+            "import pathlib; p = pathlib.Path('train.py'); "
+            "p.write_text(p.read_text().replace('TOTAL_BATCH_SIZE = 2**19', 'TOTAL_BATCH_SIZE = 2**17'))",
+            "not divisible",
+        ),
+    ],
+)
+async def test_bad_agent_results_are_rejected(
+    tmp_path: Path, collab: Path, synthetic_src: str, code: str, match: str
+) -> None:
     """A deleted, unchanged, broken or invalid train.py, or a touched prepare.py, is rejected."""
     with pytest.raises(ProposalRejected, match=match):
         await agent(py(code), collab, tmp_path).propose(make_ctx(synthetic_src))
@@ -151,7 +173,14 @@ async def test_bad_agent_results_are_rejected(tmp_path: Path, collab: Path, synt
 
 def test_environment_never_carries_swarm_credentials() -> None:
     """Basics and listed names only; swarm credentials are dropped even when listed."""
-    env = agent_environment(["OPENAI_API_KEY"], {"PATH": "/bin", "HOME": "/h",
-                                                 "OPENAI_API_KEY": "k", "ENSUE_API_KEY": "s",
-                                                 "AWS_SECRET": "x"})
+    env = agent_environment(
+        ["OPENAI_API_KEY"],
+        {
+            "PATH": "/bin",
+            "HOME": "/h",
+            "OPENAI_API_KEY": "k",
+            "ENSUE_API_KEY": "s",
+            "AWS_SECRET": "x",
+        },
+    )
     assert env == {"PATH": "/bin", "HOME": "/h", "OPENAI_API_KEY": "k"}

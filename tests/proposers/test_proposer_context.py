@@ -25,24 +25,54 @@ async def test_summary_has_every_section(tmp_path: Path, synthetic_src: str) -> 
     now = time.time()
     async with LocalStore(tmp_path / "s.db") as store:
         mem = SwarmMemory(store, agent_id="alice", embed_records=False)
-        base = Result(agent_id="alice", status="keep", description="baseline",
-                      train_py=synthetic_src, val_bpb=1.0, vram_tier="xl", code_hash=parent,
-                      completed_at=now - 100)
+        base = Result(
+            agent_id="alice",
+            status="keep",
+            description="baseline",
+            train_py=synthetic_src,
+            val_bpb=1.0,
+            vram_tier="xl",
+            code_hash=parent,
+            completed_at=now - 100,
+        )
         await mem.publish_result(base)
         await mem.propose_best(base)
-        child = Result(agent_id="bob", status="discard", description="DEPTH 8 → 10",
-                       val_bpb=1.004, vram_tier="xl", parent_hash=parent,
-                       code_hash=_h("child"), completed_at=now - 50)
-        crash = Result(agent_id="bob", status="crash", failure="oom",
-                       description="DEVICE_BATCH_SIZE 128 → 256", vram_tier="xl",
-                       parent_hash=parent, code_hash=_h("crash"), completed_at=now - 40)
-        claim = await mem.try_claim(parent_hash=parent, code_hash=_h("running"),
-                                    description="WARMDOWN_RATIO 0.5 → 0.6", track="standard",
-                                    tier="xl")
+        child = Result(
+            agent_id="bob",
+            status="discard",
+            description="DEPTH 8 → 10",
+            val_bpb=1.004,
+            vram_tier="xl",
+            parent_hash=parent,
+            code_hash=_h("child"),
+            completed_at=now - 50,
+        )
+        crash = Result(
+            agent_id="bob",
+            status="crash",
+            failure="oom",
+            description="DEVICE_BATCH_SIZE 128 → 256",
+            vram_tier="xl",
+            parent_hash=parent,
+            code_hash=_h("crash"),
+            completed_at=now - 40,
+        )
+        claim = await mem.try_claim(
+            parent_hash=parent,
+            code_hash=_h("running"),
+            description="WARMDOWN_RATIO 0.5 → 0.6",
+            track="standard",
+            tier="xl",
+        )
         assert claim.won
-        await mem.publish_hypothesis(Hypothesis(agent_id="bob", title="try a longer warmdown",
-                                                hypothesis="keeps went that way",
-                                                suggested_config={"WARMDOWN_RATIO": 0.7}))
+        await mem.publish_hypothesis(
+            Hypothesis(
+                agent_id="bob",
+                title="try a longer warmdown",
+                hypothesis="keeps went that way",
+                suggested_config={"WARMDOWN_RATIO": 0.7},
+            )
+        )
         await mem.publish_insight(Insight(agent_id="bob", insight="depth 10 runs out of steps"))
         ctx = make_ctx(synthetic_src, memory=mem, history=(crash, child, base), best_val=1.0)
         text = render_state(await gather_state(ctx), 4000)
@@ -56,9 +86,14 @@ async def test_summary_has_every_section(tmp_path: Path, synthetic_src: str) -> 
 
 def test_render_trims_oldest_first_within_budget() -> None:
     """Under a small budget the oldest entries go first and the text fits."""
-    state = SwarmState(track="standard", tier="xl", parent_hash="ab" * 32, best_val_bpb=0.99,
-                       results=[f"- discard result number {i:03d}" for i in range(200)],
-                       insights=[f"- insight {i:03d}" for i in range(50)])
+    state = SwarmState(
+        track="standard",
+        tier="xl",
+        parent_hash="ab" * 32,
+        best_val_bpb=0.99,
+        results=[f"- discard result number {i:03d}" for i in range(200)],
+        insights=[f"- insight {i:03d}" for i in range(50)],
+    )
     text = render_state(state, 300)
     assert estimate_tokens(text) <= 300
     assert "result number 000" in text and "result number 199" not in text

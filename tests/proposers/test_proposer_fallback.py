@@ -87,8 +87,15 @@ def test_build_kinds_and_fallbacks(tmp_path) -> None:
     search = build_proposer(ProposerSpec(kind="search"))
     assert isinstance(search, ChainProposer) and search.name == "search"
     assert isinstance(search.proposers[-1], SearchProposer)
-    llm = build_proposer(ProposerSpec(kind="llm", llm_url="http://127.0.0.1:9/v1",
-                                      llm_model="m", fallback="search", fallback_after=2))
+    llm = build_proposer(
+        ProposerSpec(
+            kind="llm",
+            llm_url="http://127.0.0.1:9/v1",
+            llm_model="m",
+            fallback="search",
+            fallback_after=2,
+        )
+    )
     assert isinstance(llm, FallbackProposer) and isinstance(llm.primary, LlmProposer)
     assert llm.after == 2 and llm.fallback.name == "search"
     agent = build_proposer(ProposerSpec(kind="agent", agent_cmd="true", fallback=None))
@@ -97,15 +104,18 @@ def test_build_kinds_and_fallbacks(tmp_path) -> None:
     assert isinstance(hyp, FallbackProposer) and hyp.primary.name == "hypotheses"
 
 
-@pytest.mark.parametrize(("spec", "key"), [
-    (ProposerSpec(kind="magic"), "proposer"),
-    (ProposerSpec(kind="llm", llm_model="m"), "llm_url"),
-    (ProposerSpec(kind="llm", llm_url="http://x/v1"), "llm_model"),
-    (ProposerSpec(kind="agent"), "agent_cmd"),
-    (ProposerSpec(kind="search", fallback="nope"), "fallback"),
-    (ProposerSpec(kind="search", fallback_after=0), "fallback_after"),
-    (ProposerSpec(kind="agent", agent_cmd="x", agent_env=("ENSUE_API_KEY",)), "agent_env"),
-])
+@pytest.mark.parametrize(
+    ("spec", "key"),
+    [
+        (ProposerSpec(kind="magic"), "proposer"),
+        (ProposerSpec(kind="llm", llm_model="m"), "llm_url"),
+        (ProposerSpec(kind="llm", llm_url="http://x/v1"), "llm_model"),
+        (ProposerSpec(kind="agent"), "agent_cmd"),
+        (ProposerSpec(kind="search", fallback="nope"), "fallback"),
+        (ProposerSpec(kind="search", fallback_after=0), "fallback_after"),
+        (ProposerSpec(kind="agent", agent_cmd="x", agent_env=("ENSUE_API_KEY",)), "agent_env"),
+    ],
+)
 def test_bad_specs_name_the_key(spec: ProposerSpec, key: str) -> None:
     """A bad spec raises ConfigError naming the key to fix."""
     with pytest.raises(ConfigError) as err:

@@ -40,10 +40,21 @@ async def test_round_trip_between_two_agents(two_agents, synthetic_src: str) -> 
         await alice.propose(ctx_a)  # nothing to take yet
 
     # Alice ran MATRIX_LR 0.04 -> 0.0566 (from search) and it improved
-    r1, src1 = child_result(synthetic_src, {"MATRIX_LR": 0.0566}, val=0.99, parent_val=1.0,
-                            agent="alice", t=1_760_000_000.0)
-    p1 = Proposal(src1, "MATRIX_LR 0.04 → 0.0566", code_hash(synthetic_src), "search",
-                  changes={"MATRIX_LR": (0.04, 0.0566)})
+    r1, src1 = child_result(
+        synthetic_src,
+        {"MATRIX_LR": 0.0566},
+        val=0.99,
+        parent_val=1.0,
+        agent="alice",
+        t=1_760_000_000.0,
+    )
+    p1 = Proposal(
+        src1,
+        "MATRIX_LR 0.04 → 0.0566",
+        code_hash(synthetic_src),
+        "search",
+        changes={"MATRIX_LR": (0.04, 0.0566)},
+    )
     r1_key = await alice_mem.publish_result(r1)
     await alice.observe(p1, r1)
 
@@ -53,8 +64,15 @@ async def test_round_trip_between_two_agents(two_agents, synthetic_src: str) -> 
     assert h.agent_id == "alice" and h.parent_hash == code_hash(src1) and h.priority == 4
     assert h.suggested_config == {"MATRIX_LR": 0.08}
     raw = orjson.loads((await bob_mem.backend.get([h.key]))[h.key].value)
-    assert {"agent_id", "title", "hypothesis", "suggested_config", "evidence_keys",
-            "priority", "created_at"} <= set(raw)  # the fields other clients read
+    assert {
+        "agent_id",
+        "title",
+        "hypothesis",
+        "suggested_config",
+        "evidence_keys",
+        "priority",
+        "created_at",
+    } <= set(raw)  # the fields other clients read
     insights = await bob_mem.insights(track="standard")
     assert len(insights) == 1 and "MATRIX_LR 0.04 → 0.0566" in insights[0].insight
     assert "-0.0100 vs parent" in insights[0].insight and "tier xl" in insights[0].insight
@@ -72,8 +90,9 @@ async def test_round_trip_between_two_agents(two_agents, synthetic_src: str) -> 
         await alice.propose(make_ctx(src1, memory=alice_mem, agent_id="alice"))
 
     # Bob's run was worse: he publishes an insight and the opposite idea, half the step
-    r2, _ = child_result(src1, {"MATRIX_LR": 0.08}, val=0.995, parent_val=0.99, agent="bob",
-                         t=1_760_000_100.0)
+    r2, _ = child_result(
+        src1, {"MATRIX_LR": 0.08}, val=0.995, parent_val=0.99, agent="bob", t=1_760_000_100.0
+    )
     await bob.observe(p2, r2)
     texts = [i.insight for i in await alice_mem.insights(track="standard")]
     assert any(h.key in t and "no improvement" in t for t in texts)
@@ -83,21 +102,31 @@ async def test_round_trip_between_two_agents(two_agents, synthetic_src: str) -> 
 
 
 @pytest.mark.slow
-async def test_unappliable_hypotheses_are_reported_and_left_open(two_agents,
-                                                                  synthetic_src: str) -> None:
+async def test_unappliable_hypotheses_are_reported_and_left_open(
+    two_agents, synthetic_src: str
+) -> None:
     """Configs that do not fit are reported with the reason and stay open; good ones apply."""
     alice_mem, bob_mem = two_agents
-    for title, cfg, prio in (("unknown constant", {"RoPE_BASE": 1, "ROPE_BASE": 200000}, 9),
-                             ("bad batch", {"TOTAL_BATCH_SIZE": 131072}, 8),
-                             ("betas and batch", {"ADAM_BETAS": [0.85, 0.99],
-                                                  "TOTAL_BATCH_SIZE": "2**20"}, 5)):
-        await alice_mem.publish_hypothesis(Hypothesis(agent_id="alice", title=title,
-                                                      hypothesis="try it",
-                                                      suggested_config=cfg, priority=prio))
+    for title, cfg, prio in (
+        ("unknown constant", {"RoPE_BASE": 1, "ROPE_BASE": 200000}, 9),
+        ("bad batch", {"TOTAL_BATCH_SIZE": 131072}, 8),
+        ("betas and batch", {"ADAM_BETAS": [0.85, 0.99], "TOTAL_BATCH_SIZE": "2**20"}, 5),
+    ):
+        await alice_mem.publish_hypothesis(
+            Hypothesis(
+                agent_id="alice",
+                title=title,
+                hypothesis="try it",
+                suggested_config=cfg,
+                priority=prio,
+            )
+        )
     bob = HypothesesProposer()
     p = await bob.propose(make_ctx(synthetic_src, memory=bob_mem, agent_id="bob"))
-    assert p.changes == {"ADAM_BETAS": ((0.8, 0.95), (0.85, 0.99)),
-                         "TOTAL_BATCH_SIZE": (2**19, 2**20)}
+    assert p.changes == {
+        "ADAM_BETAS": ((0.8, 0.95), (0.85, 0.99)),
+        "TOTAL_BATCH_SIZE": (2**19, 2**20),
+    }
     reasons = set(bob.unappliable.values())
     assert any("ROPE_BASE is not a constant" in r for r in reasons)
     assert any("not divisible" in r for r in reasons)

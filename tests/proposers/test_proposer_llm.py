@@ -17,9 +17,13 @@ from swarm.trainpy import code_hash, constants
 
 
 def good(search: str = "MATRIX_LR = 0.04", replace: str = "MATRIX_LR = 0.05") -> dict:
-    return {"description": "raise the matrix LR", "rationale": "keeps went up",
-            "edits": [{"search": search, "replace": replace}],
-            "insight": "matrix LR is under-tuned", "hypothesis": "try 0.06 next"}
+    return {
+        "description": "raise the matrix LR",
+        "rationale": "keeps went up",
+        "edits": [{"search": search, "replace": replace}],
+        "insight": "matrix LR is under-tuned",
+        "hypothesis": "try 0.06 next",
+    }
 
 
 class Sleeps:
@@ -33,18 +37,19 @@ class Sleeps:
 def llm(stub: StubLLM, **kw) -> LlmProposer:
     kw.setdefault("collab_text", "# collab\nClaims are leased; results are always published.\n")
     kw.setdefault("sleep", Sleeps())
-    return LlmProposer(url=stub.url, model="stub-model", timeout_s=kw.pop("timeout_s", 5.0),
-                       **kw)
+    return LlmProposer(url=stub.url, model="stub-model", timeout_s=kw.pop("timeout_s", 5.0), **kw)
 
 
-async def test_good_reply_becomes_a_proposal(stub_llm: StubLLM, synthetic_src: str,
-                                             monkeypatch) -> None:
+async def test_good_reply_becomes_a_proposal(
+    stub_llm: StubLLM, synthetic_src: str, monkeypatch
+) -> None:
     """A valid reply yields the edited train.py, a PARAM old → new description, insight, hypothesis."""
     monkeypatch.setenv("MY_LLM_KEY", "sk-test-123")
     stub_llm.reply(good())
     hist = (child_result(synthetic_src, {"DEPTH": 10}, val=1.03, parent_val=1.02)[0],)
     p = await llm(stub_llm, key_env="MY_LLM_KEY", temperature=0.3).propose(
-        make_ctx(synthetic_src, history=hist, best_val=1.02))
+        make_ctx(synthetic_src, history=hist, best_val=1.02)
+    )
     assert constants(p.train_py)["MATRIX_LR"] == 0.05
     assert p.description == "MATRIX_LR 0.04 → 0.05" and p.proposer == "llm"
     assert p.changes == {"MATRIX_LR": (0.04, 0.05)}
@@ -66,8 +71,10 @@ async def test_malformed_json_is_repaired(stub_llm: StubLLM, synthetic_src: str)
     assert p.description == "MATRIX_LR 0.04 → 0.05"
     assert len(stub_llm.requests) == 2
     repair = stub_llm.requests[1]["messages"]
-    assert repair[-2] == {"role": "assistant",
-                          "content": "Sure! {description: MATRIX_LR up, edits: [}"}
+    assert repair[-2] == {
+        "role": "assistant",
+        "content": "Sure! {description: MATRIX_LR up, edits: [}",
+    }
     assert "not valid JSON" in repair[-1]["content"]
 
 
@@ -103,8 +110,9 @@ async def test_reply_that_breaks_the_file(stub_llm: StubLLM, synthetic_src: str)
     assert constants(p.train_py)["MATRIX_LR"] == 0.05
 
 
-async def test_removed_constants_block_and_invalid_values(stub_llm: StubLLM,
-                                                          synthetic_src: str) -> None:
+async def test_removed_constants_block_and_invalid_values(
+    stub_llm: StubLLM, synthetic_src: str
+) -> None:
     """Removing the Hyperparameters banner, or an invalid batch, is refused with the reason."""
     stub_llm.reply(good(search="# Hyperparameters", replace="# Settings"))
     stub_llm.reply(good(search="TOTAL_BATCH_SIZE = 2**19", replace="TOTAL_BATCH_SIZE = 2**17"))
@@ -147,15 +155,23 @@ async def test_client_errors_are_not_retried(stub_llm: StubLLM, synthetic_src: s
     assert len(stub_llm.requests) == 1
 
 
-async def test_prompt_stays_within_the_token_budget(stub_llm: StubLLM,
-                                                    synthetic_src: str) -> None:
+async def test_prompt_stays_within_the_token_budget(stub_llm: StubLLM, synthetic_src: str) -> None:
     """A long history is trimmed oldest first so the prompt fits the budget."""
     parent = code_hash(synthetic_src)
-    hist = tuple(Result(agent_id=f"agent{i:03d}", status="discard", val_bpb=1.0 + i / 1e4,
-                        description=f"MATRIX_LR 0.04 → {0.04 + i / 1000:.3f}",
-                        parent_hash=parent, code_hash=f"{i:064x}", vram_tier="xl",
-                        completed_at=float(i), delta=i / 1e4)
-                 for i in range(299, 0, -1))
+    hist = tuple(
+        Result(
+            agent_id=f"agent{i:03d}",
+            status="discard",
+            val_bpb=1.0 + i / 1e4,
+            description=f"MATRIX_LR 0.04 → {0.04 + i / 1000:.3f}",
+            parent_hash=parent,
+            code_hash=f"{i:064x}",
+            vram_tier="xl",
+            completed_at=float(i),
+            delta=i / 1e4,
+        )
+        for i in range(299, 0, -1)
+    )
     prop = llm(stub_llm, max_prompt_tokens=6000, collab_text="# collab\n" + "rule\n" * 3000)
     msgs = await prop.build_messages(make_ctx(synthetic_src, history=hist))
     total = sum(estimate_tokens(m["content"]) for m in msgs)
@@ -167,8 +183,11 @@ async def test_prompt_stays_within_the_token_budget(stub_llm: StubLLM,
 async def test_failing_llm_falls_back_to_search(stub_llm: StubLLM, synthetic_src: str) -> None:
     """With the endpoint down the chain answers from search and switches after N failures."""
     stub_llm.script += [(400, "no such model")] * 4
-    chain = build_proposer(ProposerSpec(kind="llm", llm_url=stub_llm.url, llm_model="x",
-                                        fallback="search", fallback_after=2))
+    chain = build_proposer(
+        ProposerSpec(
+            kind="llm", llm_url=stub_llm.url, llm_model="x", fallback="search", fallback_after=2
+        )
+    )
     assert isinstance(chain, FallbackProposer)
     for _ in range(2):
         p = await chain.propose(make_ctx(synthetic_src))

@@ -53,8 +53,14 @@ async def test_proposals_on_real_train_py_are_valid(train_src: str) -> None:
         assert check_values(consts, TRACK_SHAPES["smoke"]) is None
         assert DESC.match(p.description), p.description
         assert p.parent_hash == code_hash(train_src) and p.changes
-        r, _ = child_result(train_src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01,
-                            t=float(i + 1), track="smoke", tier="cpu")
+        r, _ = child_result(
+            train_src,
+            {k: v for k, (_o, v) in p.changes.items()},
+            val=1.01,
+            t=float(i + 1),
+            track="smoke",
+            tier="cpu",
+        )
         await prop.observe(p, r)
         history.insert(0, r)
 
@@ -67,8 +73,10 @@ async def test_no_repeat_of_tried_or_in_flight_changes(synthetic_src: str) -> No
     second = await prop.propose(ctx)  # the first is still in flight
     assert code_hash(first.train_py) != code_hash(second.train_py)
     # a fresh proposer that sees both in the history avoids them too
-    hist = tuple(child_result(synthetic_src, {k: v for k, (_o, v) in p.changes.items()},
-                              val=1.01, t=i)[0] for i, p in enumerate((first, second)))
+    hist = tuple(
+        child_result(synthetic_src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01, t=i)[0]
+        for i, p in enumerate((first, second))
+    )
     third = await SearchProposer(seed=0).propose(make_ctx(synthetic_src, history=hist))
     assert code_hash(third.train_py) not in {code_hash(first.train_py), code_hash(second.train_py)}
 
@@ -117,9 +125,10 @@ async def test_step_shrinks_after_improvements_reverse() -> None:
     r1, src1 = child_result(src0, {"MATRIX_LR": 0.0566}, val=0.99, parent_val=1.0, t=1)
     r2, src2 = child_result(src1, {"MATRIX_LR": 0.0476}, val=0.985, parent_val=0.99, t=2)
     p = await SearchProposer(seed=0, explore=0.0).propose(
-        make_ctx(src2, history=(r2, r1), best_val=0.985))
+        make_ctx(src2, history=(r2, r1), best_val=0.985)
+    )
     old, new = p.changes["MATRIX_LR"]
-    assert 2 ** -0.25 <= new / old <= 2 ** 0.25 and new not in (0.0566, 0.04)
+    assert 2**-0.25 <= new / old <= 2**0.25 and new not in (0.0566, 0.04)
 
 
 async def test_combines_a_keep_found_on_another_parent() -> None:
@@ -128,7 +137,8 @@ async def test_combines_a_keep_found_on_another_parent() -> None:
     won, src_best = child_result(src0, {"DEPTH": 10}, val=0.98, parent_val=1.0, t=1)
     lost, _ = child_result(src0, {"WARMDOWN_RATIO": 0.7}, val=0.99, parent_val=1.0, t=2)
     p = await SearchProposer(seed=0, explore=0.0).propose(
-        make_ctx(src_best, history=(lost, won), best_val=0.98))
+        make_ctx(src_best, history=(lost, won), best_val=0.98)
+    )
     assert p.changes == {"WARMDOWN_RATIO": (0.5, 0.7)}
     assert "carries over" in p.rationale
 
@@ -144,8 +154,9 @@ async def test_steers_away_from_a_crash() -> None:
         for i in range(3):
             p = await prop.propose(make_ctx(src, history=tuple(hist)))
             out.append(p.description)
-            r, _ = child_result(src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01,
-                                t=10.0 + i)
+            r, _ = child_result(
+                src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01, t=10.0 + i
+            )
             await prop.observe(p, r)
             hist.insert(0, r)
         return out
@@ -185,8 +196,10 @@ async def test_search_beats_random_mutation_on_the_synthetic_trainer() -> None:
         search.append(s.best_true)
         rand.append(r.best_true)
     mean_s, mean_r = sum(search) / 4, sum(rand) / 4
-    print(f"\nsearch final val_bpb per seed {[round(x, 4) for x in search]} mean {mean_s:.4f}; "
-          f"random {[round(x, 4) for x in rand]} mean {mean_r:.4f}")
+    print(
+        f"\nsearch final val_bpb per seed {[round(x, 4) for x in search]} mean {mean_s:.4f}; "
+        f"random {[round(x, 4) for x in rand]} mean {mean_r:.4f}"
+    )
     assert mean_s <= mean_r - 0.005
     assert sum(a < b for a, b in zip(search, rand, strict=True)) >= 3
 
@@ -194,8 +207,9 @@ async def test_search_beats_random_mutation_on_the_synthetic_trainer() -> None:
 def test_synthetic_trainer_runs_as_a_subprocess(tmp_path) -> None:
     """The fixture runs as a script in well under a second and prints a valid summary block."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SYNTHETIC)], capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(SYNTHETIC)], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     summary = parse_summary(proc.stdout)
@@ -214,8 +228,9 @@ def test_synthetic_trainer_fails_like_a_real_run(tmp_path) -> None:
     for change in ({"DEVICE_BATCH_SIZE": 256}, {"TOTAL_BATCH_SIZE": 2**17}):
         script = tmp_path / "train.py"
         script.write_text(apply_changes(SYNTHETIC.read_text(), change))
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                              timeout=30)
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+        )
         assert proc.returncode == 1 and parse_summary(proc.stdout) is None
         assert "out of memory" in proc.stderr or "not divisible" in proc.stderr
 
@@ -224,11 +239,22 @@ def test_synthetic_landscape_has_its_optimum_away_from_the_start() -> None:
     """The noise-free optimum is far below the start; noise is seeded and small."""
     mod = load_synthetic()
     start = mod.block_constants()
-    opt = dict(start, MATRIX_LR=0.06, EMBEDDING_LR=0.9, UNEMBEDDING_LR=0.006, WEIGHT_DECAY=0.1,
-               TOTAL_BATCH_SIZE=2**18, DEPTH=10, WARMDOWN_RATIO=0.7, FINAL_LR_FRAC=0.05,
-               WINDOW_PATTERN="SSSSL")
-    assert mod.evaluate(start, noise=False)["val_bpb"] - mod.evaluate(opt, noise=False)[
-        "val_bpb"] > 0.05
+    opt = dict(
+        start,
+        MATRIX_LR=0.06,
+        EMBEDDING_LR=0.9,
+        UNEMBEDDING_LR=0.006,
+        WEIGHT_DECAY=0.1,
+        TOTAL_BATCH_SIZE=2**18,
+        DEPTH=10,
+        WARMDOWN_RATIO=0.7,
+        FINAL_LR_FRAC=0.05,
+        WINDOW_PATTERN="SSSSL",
+    )
+    assert (
+        mod.evaluate(start, noise=False)["val_bpb"] - mod.evaluate(opt, noise=False)["val_bpb"]
+        > 0.05
+    )
     assert mod.evaluate(start)["val_bpb"] == mod.evaluate(start)["val_bpb"]  # seeded
     assert abs(mod.evaluate(start)["val_bpb"] - mod.evaluate(start, noise=False)["val_bpb"]) < 0.01
 
@@ -241,8 +267,9 @@ async def test_explores_a_small_fraction_of_the_time() -> None:
         p = await SearchProposer(seed=seed, explore=0.1).propose(make_ctx(src, seed=seed))
         origins.append(p.rationale.split("; ", 1)[-1].startswith("exploration"))
     assert 1 <= sum(origins) <= 15
-    none = [await SearchProposer(seed=s, explore=0.0).propose(make_ctx(src, seed=s))
-            for s in range(10)]
+    none = [
+        await SearchProposer(seed=s, explore=0.0).propose(make_ctx(src, seed=s)) for s in range(10)
+    ]
     assert not any("exploration" in p.rationale for p in none)
 
 
@@ -266,20 +293,36 @@ async def _run_dry_from_one_parent(seed: int, n: int) -> list:
     history: list = []
     out = []
     for i in range(1, n + 1):
-        ctx = ProposalContext(best_train_py=src, parent_hash=parent, track="standard",
-                              tier="xl", agent_id="sim", history=tuple(history), seed=seed,
-                              best_val_bpb=1.0)
+        ctx = ProposalContext(
+            best_train_py=src,
+            parent_hash=parent,
+            track="standard",
+            tier="xl",
+            agent_id="sim",
+            history=tuple(history),
+            seed=seed,
+            best_val_bpb=1.0,
+        )
         p = await prop.propose(ctx)
         out.append(p)
         consts = {**base_consts, **{k: v for k, (_o, v) in p.changes.items()}}
         status, val, _true = run_one(mod, consts)
         val = None if status == "crash" else 1.0 + 0.001 + (val or 0.0) * 0.0  # never better
-        r = Result(agent_id="sim", status="crash" if val is None else "discard",
-                   description=p.description, train_py=p.train_py, val_bpb=val,
-                   track="standard", vram_tier="xl", parent_hash=parent,
-                   code_hash=code_hash(p.train_py), completed_at=float(i),
-                   changes={k: [o, v] for k, (o, v) in p.changes.items()},
-                   delta=(val - 1.0) if val is not None else None, key=f"results/sim--{i}")
+        r = Result(
+            agent_id="sim",
+            status="crash" if val is None else "discard",
+            description=p.description,
+            train_py=p.train_py,
+            val_bpb=val,
+            track="standard",
+            vram_tier="xl",
+            parent_hash=parent,
+            code_hash=code_hash(p.train_py),
+            completed_at=float(i),
+            changes={k: [o, v] for k, (o, v) in p.changes.items()},
+            delta=(val - 1.0) if val is not None else None,
+            key=f"results/sim--{i}",
+        )
         await prop.observe(p, r)
         history.insert(0, r)
     return out
@@ -323,20 +366,27 @@ async def test_widens_to_finer_larger_and_paired_moves_before_giving_up() -> Non
     for i in range(40):
         p = await prop.propose(make_ctx(src, history=tuple(history)))
         descs.append(p.description)
-        r, _ = child_result(src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01,
-                            t=float(i + 1))
+        r, _ = child_result(
+            src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01, t=float(i + 1)
+        )
         await prop.observe(p, r)
         history.insert(0, r)
     assert len(set(descs)) == 40
     lrs = [float(d.split(" → ")[1]) for d in descs if d.startswith("MATRIX_LR") and "," not in d]
     near = [x for x in lrs if 2 ** -(0.5 / 16) <= x / 0.04 <= 2 ** (0.5 / 16)]
-    far = [x for x in lrs if not 2 ** -0.5 <= x / 0.04 <= 2 ** 0.5]
+    far = [x for x in lrs if not 2**-0.5 <= x / 0.04 <= 2**0.5]
     assert near and far  # finer than level 3 and larger than level 0
     assert all(1e-4 <= x <= 1.0 for x in lrs)  # within the sane range
     paired = [d for d in descs if "," in d]
-    assert paired and all(re.fullmatch(r"MATRIX_LR [0-9.e-]+ → [0-9.e-]+, USE_FLASH True → False"
-                                       r"|USE_FLASH True → False, MATRIX_LR [0-9.e-]+ → "
-                                       r"[0-9.e-]+", d) for d in paired), paired
+    assert paired and all(
+        re.fullmatch(
+            r"MATRIX_LR [0-9.e-]+ → [0-9.e-]+, USE_FLASH True → False"
+            r"|USE_FLASH True → False, MATRIX_LR [0-9.e-]+ → "
+            r"[0-9.e-]+",
+            d,
+        )
+        for d in paired
+    ), paired
 
 
 async def test_a_fresh_proposer_skips_a_long_history_quickly() -> None:
@@ -346,8 +396,9 @@ async def test_a_fresh_proposer_skips_a_long_history_quickly() -> None:
     history: list = []
     for i in range(150):
         p = await prop.propose(make_ctx(src, history=tuple(history)))
-        r, _ = child_result(src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01,
-                            t=float(i + 1))
+        r, _ = child_result(
+            src, {k: v for k, (_o, v) in p.changes.items()}, val=1.01, t=float(i + 1)
+        )
         history.insert(0, r)
     ran = {r.code_hash for r in history}
     t0 = time.perf_counter()

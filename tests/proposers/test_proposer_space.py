@@ -36,8 +36,17 @@ def test_real_train_py_is_valid_on_both_tracks(values: dict) -> None:
 def test_space_covers_the_block_but_not_the_seed(values: dict) -> None:
     """Every tunable constant of train.py gets a dim; SEED is never searched."""
     keys = {d.key for d in build_space(values)}
-    assert {"MATRIX_LR", "DEPTH", "TOTAL_BATCH_SIZE", "ADAM_BETAS[0]", "ADAM_BETAS[1]",
-            "WINDOW_PATTERN", "HEAD_DIM", "LOGIT_SOFTCAP", "WARMDOWN_RATIO"} <= keys
+    assert {
+        "MATRIX_LR",
+        "DEPTH",
+        "TOTAL_BATCH_SIZE",
+        "ADAM_BETAS[0]",
+        "ADAM_BETAS[1]",
+        "WINDOW_PATTERN",
+        "HEAD_DIM",
+        "LOGIT_SOFTCAP",
+        "WARMDOWN_RATIO",
+    } <= keys
     assert "SEED" not in keys
 
 
@@ -79,8 +88,12 @@ def test_ratios_clamp_into_range(values: dict) -> None:
 
 def test_unknown_constants_get_a_generic_rule() -> None:
     """Unknown UPPER_CASE constants are searched by type; run-identity ones are not."""
-    dims = {d.key: d for d in build_space({"FOO_LR": 0.01, "N_WIDGETS": 6, "USE_X": True,
-                                           "EVAL_EVERY": 100, "MY_SEED": 3})}
+    dims = {
+        d.key: d
+        for d in build_space(
+            {"FOO_LR": 0.01, "N_WIDGETS": 6, "USE_X": True, "EVAL_EVERY": 100, "MY_SEED": 3}
+        )
+    }
     assert dims["FOO_LR"].kind == "log" and dims["N_WIDGETS"].kind == "int"
     assert dims["USE_X"].move(True, 1, 0) is False
     assert "EVAL_EVERY" not in dims and "MY_SEED" not in dims
@@ -114,12 +127,15 @@ def test_sane_ranges(values: dict) -> None:
     """Out-of-range constants and a bad window pattern are rejected, naming the constant."""
     assert "MATRIX_LR" in (check_values({**values, "MATRIX_LR": 5.0}, STD) or "")
     assert "WINDOW_PATTERN" in (check_values({**values, "WINDOW_PATTERN": "SXL"}, STD) or "")
-    assert "WARMDOWN_RATIO" in (check_values({**values, "WARMUP_RATIO": 0.5,
-                                              "WARMDOWN_RATIO": 0.7}, STD) or "")
+    assert "WARMDOWN_RATIO" in (
+        check_values({**values, "WARMUP_RATIO": 0.5, "WARMDOWN_RATIO": 0.7}, STD) or ""
+    )
 
 
 def test_description_style() -> None:
     """Descriptions read `PARAM old → new`, keeping a 2**k style."""
-    text = describe_changes({"TOTAL_BATCH_SIZE": (2**19, 2**18), "MATRIX_LR": (0.04, 0.05)},
-                            {"TOTAL_BATCH_SIZE": "2**19"})
+    text = describe_changes(
+        {"TOTAL_BATCH_SIZE": (2**19, 2**18), "MATRIX_LR": (0.04, 0.05)},
+        {"TOTAL_BATCH_SIZE": "2**19"},
+    )
     assert text == "TOTAL_BATCH_SIZE 2**19 → 2**18, MATRIX_LR 0.04 → 0.05"

@@ -52,9 +52,12 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sandbox]:
     cache = tmp_path_factory.mktemp("cache-probe")
     out = {}
     for mech in MECHS:
-        out[mech] = select_sandbox(mech, SandboxLimits(memory_mb=1536, procs=64,
-                                                       scratch_mb=64, log_mb=8),
-                                   python=sys.executable, cache_dir=cache)
+        out[mech] = select_sandbox(
+            mech,
+            SandboxLimits(memory_mb=1536, procs=64, scratch_mb=64, log_mb=8),
+            python=sys.executable,
+            cache_dir=cache,
+        )
     return out
 
 
@@ -104,8 +107,19 @@ def victim(tmp_path: Path) -> Iterator[Victim]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield Victim(home, ssh_key, saved, state, store, tsv, cache, shard, prepare_src,
-                     srv.getsockname()[1], received)
+        yield Victim(
+            home,
+            ssh_key,
+            saved,
+            state,
+            store,
+            tsv,
+            cache,
+            shard,
+            prepare_src,
+            srv.getsockname()[1],
+            received,
+        )
     finally:
         stop.set()
         thread.join(2)
@@ -113,8 +127,9 @@ def victim(tmp_path: Path) -> Iterator[Victim]:
 
 
 @pytest.fixture
-def hostile_spec(tmp_path: Path, victim: Victim, sandboxes: dict[str, Sandbox],
-                 monkeypatch: pytest.MonkeyPatch) -> Callable[..., RunSpec]:
+def hostile_spec(
+    tmp_path: Path, victim: Victim, sandboxes: dict[str, Sandbox], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., RunSpec]:
     """A RunSpec of a (hostile) train.py under one mechanism, in the victim's world."""
     monkeypatch.setenv("HOME", str(victim.home))
 
@@ -122,13 +137,21 @@ def hostile_spec(tmp_path: Path, victim: Victim, sandboxes: dict[str, Sandbox],
         from dataclasses import replace
 
         sandbox = replace(sandboxes[mech], cache_dir=victim.cache)
-        opts: dict[str, Any] = {"gpu": None, "profile": "smoke", "budget_s": 5.0,
-                                "startup_allowance_s": 10.0, "kill_grace_s": 0.5}
+        opts: dict[str, Any] = {
+            "gpu": None,
+            "profile": "smoke",
+            "budget_s": 5.0,
+            "startup_allowance_s": 10.0,
+            "kill_grace_s": 0.5,
+        }
         opts.update(kw)
         return RunSpec(
             train_py=SUMMARY_CODE + textwrap.dedent(body),
-            prepare_py=victim.prepare_src, work_root=victim.state_dir / "runs",
-            experiment_id=f"hostile-{mech}", sandbox=sandbox, **opts,
+            prepare_py=victim.prepare_src,
+            work_root=victim.state_dir / "runs",
+            experiment_id=f"hostile-{mech}",
+            sandbox=sandbox,
+            **opts,
         )
 
     return make

@@ -27,24 +27,52 @@ from swarm.trainpy import code_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
-def _cli(tmp_path: Path, train: Path, prepare: Path, sleep_s: float, *extra: str,
-         mech: str = "bwrap") -> subprocess.Popen[str]:
+
+def _cli(
+    tmp_path: Path, train: Path, prepare: Path, sleep_s: float, *extra: str, mech: str = "bwrap"
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     env["AUTORESEARCH_TEST_SLEEP"] = str(sleep_s)
     cmd = [
-        sys.executable, "-m", "swarm", "--log-level", "info", "run", "--profile", "smoke",
-        "--state-dir", str(tmp_path / "state"), "--memory-path", str(tmp_path / "mem.sqlite"),
-        "--agent-name", "crash-tester", "--sandbox", mech,
-        "--set", f"train_py={train}", "--set", f"prepare_py={prepare}",
-        "--set", "prepare_on_start=false", "--set", "start_jitter_s=0",
-        "--set", "status_interval_s=0.2", "--set", "dedup.semantic=false",
-        "--set", "kill_grace_s=1",
+        sys.executable,
+        "-m",
+        "swarm",
+        "--log-level",
+        "info",
+        "run",
+        "--profile",
+        "smoke",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--memory-path",
+        str(tmp_path / "mem.sqlite"),
+        "--agent-name",
+        "crash-tester",
+        "--sandbox",
+        mech,
+        "--set",
+        f"train_py={train}",
+        "--set",
+        f"prepare_py={prepare}",
+        "--set",
+        "prepare_on_start=false",
+        "--set",
+        "start_jitter_s=0",
+        "--set",
+        "status_interval_s=0.2",
+        "--set",
+        "dedup.semantic=false",
+        "--set",
+        "kill_grace_s=1",
         # the stand-in leaves a grandchild behind on purpose: the static check would refuse
         # it before it runs, and this test is about containing what runs
-        "--set", "verify_runs=false", *extra,
+        "--set",
+        "verify_runs=false",
+        *extra,
     ]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _matching(needle: str) -> list[int]:
@@ -70,8 +98,7 @@ async def _results(path: Path) -> list[Any]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mech", ["bwrap", "unshare"])
-def test_kill9_contains_the_run_and_restart_runs_the_baseline(tmp_path: Path, mech: str
-                                                              ) -> None:
+def test_kill9_contains_the_run_and_restart_runs_the_baseline(tmp_path: Path, mech: str) -> None:
     """After kill -9 of `swarm run` mid-training, no process of the run is alive 5 s later;
     the restart re-claims its own baseline (claim still live) and runs it to a result."""
     marker = str(time.time_ns())
@@ -100,7 +127,8 @@ def test_kill9_contains_the_run_and_restart_runs_the_baseline(tmp_path: Path, me
     assert again.returncode == EXIT_OK, out[-3000:]
     results = asyncio.run(_results(tmp_path / "mem.sqlite"))
     assert [(r.description, r.status, r.sandbox) for r in results] == [
-        ("baseline", "keep", mech)], out[-6000:]
+        ("baseline", "keep", mech)
+    ], out[-6000:]
     assert results[0].wall_s is not None and results[0].wall_s >= results[0].training_seconds
     assert "leftover_run_abandoned" in out
     assert "claim_taken_over" in out
@@ -114,14 +142,24 @@ def _leftover(state: Path, train_src: str, description: str, agent: str, host: s
     (work / "src").mkdir(parents=True)
     (work / "src" / "train.py").write_text(train_src)
     (work / "src" / "prepare.py").write_text("# stub\n")
-    meta = RunMeta(agent_id=agent, host=host, track="smoke", tier="cpu", gpu_name="cpu",
-                   description=description, parent_hash="", code_hash=code_hash(train_src),
-                   proposer="search", sandbox="bwrap")
+    meta = RunMeta(
+        agent_id=agent,
+        host=host,
+        track="smoke",
+        tier="cpu",
+        gpu_name="cpu",
+        description=description,
+        parent_hash="",
+        code_hash=code_hash(train_src),
+        proposer="search",
+        sandbox="bwrap",
+    )
     (work / "run.json").write_bytes(orjson.dumps(meta.to_json()))
     (work / "run.log").write_text(
         "training\n---\nval_bpb:          1.234000\ntraining_seconds: 1.0\n"
         "total_seconds:    1.2\npeak_vram_mb:     0.0\nmfu_percent:      0.00\n"
-        "total_tokens_M:   0.1\nnum_steps:        3\nnum_params_M:     1.0\ndepth:            9\n")
+        "total_tokens_M:   0.1\nnum_steps:        3\nnum_params_M:     1.0\ndepth:            9\n"
+    )
     return work
 
 
@@ -138,13 +176,24 @@ async def test_finished_leftover_is_published_once(tmp_path: Path) -> None:
     foreign = _leftover(state / "other", src, "x", "someone-else", "host-a")
 
     def cfg() -> Any:
-        return load_config(env={}, flags={
-            "state_dir": str(state), "memory.path": str(tmp_path / "mem.sqlite"),
-            "agent_name": "me", "train_py": str(train), "prepare_py": str(prepare),
-            "prepare_on_start": "false", "start_jitter_s": "0", "profile": "smoke",
-            "max_experiments": "1", "dedup.semantic": "false", "sandbox": "bwrap",
-            "verify_runs": "false", "verified_bests": "false",  # no confirmation rerun
-        })
+        return load_config(
+            env={},
+            flags={
+                "state_dir": str(state),
+                "memory.path": str(tmp_path / "mem.sqlite"),
+                "agent_name": "me",
+                "train_py": str(train),
+                "prepare_py": str(prepare),
+                "prepare_on_start": "false",
+                "start_jitter_s": "0",
+                "profile": "smoke",
+                "max_experiments": "1",
+                "dedup.semantic": "false",
+                "sandbox": "bwrap",
+                "verify_runs": "false",
+                "verified_bests": "false",  # no confirmation rerun
+            },
+        )
 
     os.environ["AUTORESEARCH_TEST_SLEEP"] = "0.2"
     try:

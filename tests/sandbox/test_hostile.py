@@ -58,8 +58,14 @@ async def test_environment_is_an_allow_list(mech, hostile_spec, monkeypatch) -> 
     line = next(x for x in out.log_path.read_text().splitlines() if x.startswith("ENV "))
     env = json.loads(line[4:])
     blob = json.dumps(env)
-    for secret in ("pw-in-url", "torch-secret", "lmn_env_secret", "random-secret",
-                   "ar-token-secret", "alice"):
+    for secret in (
+        "pw-in-url",
+        "torch-secret",
+        "lmn_env_secret",
+        "random-secret",
+        "ar-token-secret",
+        "alice",
+    ):
         assert secret not in blob, secret
     assert env["AUTORESEARCH_DATA_URL"] == "https://data.example/x"
     assert env["LC_ALL"] == "C.UTF-8" and env["AUTORESEARCH_PROFILE"] == "smoke"
@@ -82,12 +88,13 @@ async def test_no_network_not_even_loopback_services(mech, hostile_spec, victim)
     assert victim.received == []
 
 
-async def test_cannot_tamper_with_metric_data_results_or_store(mech, hostile_spec, victim
-                                                               ) -> None:
+async def test_cannot_tamper_with_metric_data_results_or_store(mech, hostile_spec, victim) -> None:
     """prepare.py, the data cache, results.tsv and the store stay byte-identical; prepare.py
     cannot be shadowed by a package next to it."""
-    before = {p: p.read_bytes() for p in (victim.prepare_src, victim.val_shard,
-                                          victim.results_tsv, victim.store)}
+    before = {
+        p: p.read_bytes()
+        for p in (victim.prepare_src, victim.val_shard, victim.results_tsv, victim.store)
+    }
     body = f"""
     import os
     def attempt(what, fn):

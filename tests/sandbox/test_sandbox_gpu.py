@@ -33,9 +33,17 @@ async def test_gpu_run_inside_the_sandbox_sees_its_gpu(mech: str, tmp_path: Path
     sandbox = select_sandbox(mech, SandboxLimits(), python=sys.executable, cache_dir=None)
     prepare = tmp_path / "prepare.py"
     prepare.write_text("# stub\n")
-    spec = RunSpec(train_py=GPU_TRAIN, prepare_py=prepare, work_root=tmp_path / "runs",
-                   experiment_id=f"gpu-{mech}", gpu="0", profile="standard", budget_s=30,
-                   startup_allowance_s=120, sandbox=sandbox)
+    spec = RunSpec(
+        train_py=GPU_TRAIN,
+        prepare_py=prepare,
+        work_root=tmp_path / "runs",
+        experiment_id=f"gpu-{mech}",
+        gpu="0",
+        profile="standard",
+        budget_s=30,
+        startup_allowance_s=120,
+        sandbox=sandbox,
+    )
     out = await run_experiment(spec)
     assert out.ok, out.log_tail
     text = out.log_path.read_text()

@@ -21,8 +21,13 @@ def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke track prepared once by the real prepare.py into a temporary cache."""
     root = tmp_path_factory.mktemp("sandbox-cache")
     env = {**os.environ, "AUTORESEARCH_CACHE": str(root)}
-    done = subprocess.run([sys.executable, str(REPO / "prepare.py"), "--profile", "smoke"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "prepare.py"), "--profile", "smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
@@ -30,16 +35,26 @@ def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_same_val_bpb_with_and_without_a_sandbox(
-    smoke_cache: Path, sandboxes: dict[str, Sandbox], tmp_path: Path,
+    smoke_cache: Path,
+    sandboxes: dict[str, Sandbox],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A fixed-step smoke run (same seed) reports the same val_bpb bare, under bwrap and under
     unshare: the sandbox changes where files are, not what is computed."""
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(smoke_cache))
     env = {"AUTORESEARCH_MAX_STEPS": "6", "AUTORESEARCH_SEED": "7", "OMP_NUM_THREADS": "2"}
-    base = RunSpec(train_py=(REPO / "train.py").read_text(), prepare_py=REPO / "prepare.py",
-                   work_root=tmp_path / "runs", experiment_id="bare", gpu=None,
-                   profile="smoke", budget_s=25, startup_allowance_s=200, env=env)
+    base = RunSpec(
+        train_py=(REPO / "train.py").read_text(),
+        prepare_py=REPO / "prepare.py",
+        work_root=tmp_path / "runs",
+        experiment_id="bare",
+        gpu=None,
+        profile="smoke",
+        budget_s=25,
+        startup_allowance_s=200,
+        env=env,
+    )
     vals: dict[str, float] = {}
     for name in ("bare", "bwrap", "unshare"):
         spec = replace(base, experiment_id=name)

@@ -14,6 +14,7 @@ from swarm.trainpy import apply_changes
 
 REPO = Path(__file__).resolve().parents[2]
 
+
 @pytest.fixture
 def fake_sources(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
     """Write the fake train.py (constants overridable) and a stub prepare.py."""

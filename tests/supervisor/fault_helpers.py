@@ -32,18 +32,32 @@ def free_port() -> int:
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a child: no SWARM_* or key variables, its own config dir."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SWARM_") and k not in ("ENSUE_API_KEY", "NOTIFY_SOCKET")}
-    env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"),
-               XDG_STATE_HOME=str(home / "xstate"), HF_HUB_OFFLINE="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SWARM_") and k not in ("ENSUE_API_KEY", "NOTIFY_SOCKET")
+    }
+    env.update(
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_STATE_HOME=str(home / "xstate"),
+        HF_HUB_OFFLINE="1",
+    )
     env.update(extra)
     return env
 
 
-def swarm_cli(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "swarm", "--log-level", "warning", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+def swarm_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swarm", "--log-level", "warning", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 class HubProcess:
@@ -69,7 +83,9 @@ class HubProcess:
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "swarm", "hub", "--port", str(self.port), "--db", self.db],
-                stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, HF_HUB_OFFLINE="1"),
             )
         await wait_for_hub(self.url, timeout_s=60)
 
@@ -97,19 +113,41 @@ class HubProcess:
 def run_args(tmp: Path, train: Path, prepare: Path, *extra: str) -> list[str]:
     """`python -m swarm run` on the fake trainer with this test's state dir."""
     return [
-        sys.executable, "-m", "swarm", "--log-level", "info", "run",
-        "--profile", "smoke", "--state-dir", str(tmp / "state"), "--agent-name", "fault-tester",
-        "--set", f"train_py={train}", "--set", f"prepare_py={prepare}",
-        "--set", "prepare_on_start=false", "--set", "start_jitter_s=0",
-        "--set", "status_interval_s=0.2", "--set", "dedup.semantic=false",
-        "--set", "kill_grace_s=1", *extra,
+        sys.executable,
+        "-m",
+        "swarm",
+        "--log-level",
+        "info",
+        "run",
+        "--profile",
+        "smoke",
+        "--state-dir",
+        str(tmp / "state"),
+        "--agent-name",
+        "fault-tester",
+        "--set",
+        f"train_py={train}",
+        "--set",
+        f"prepare_py={prepare}",
+        "--set",
+        "prepare_on_start=false",
+        "--set",
+        "start_jitter_s=0",
+        "--set",
+        "status_interval_s=0.2",
+        "--set",
+        "dedup.semantic=false",
+        "--set",
+        "kill_grace_s=1",
+        *extra,
     ]
 
 
 def start_run(tmp: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     out = (tmp / "run.log").open("a")
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def teardown(proc: subprocess.Popen[str], hub: HubProcess | None = None) -> None:
@@ -134,8 +172,9 @@ def pending(state: Path) -> int:
     return len(Outbox(state / OUTBOX_NAME).pending("result"))
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float, what: str,
-                     proc: subprocess.Popen[str] | None = None) -> None:
+async def wait_until(
+    cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

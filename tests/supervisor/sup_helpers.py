@@ -67,7 +67,6 @@ FAKE_TRAIN = textwrap.dedent(
 )
 
 
-
 # MODE "fill" (the disk-full test, run without the sandbox and without the static check, which
 # refuses a train.py that writes files): after the summary, fill the state dir's disk.
 FILL_BLOCK = """\
@@ -103,8 +102,10 @@ class ScriptedProposer:
             raise ProposerError("script exhausted")
         description, changes = self.steps.pop(0)
         return Proposal(
-            train_py=apply_changes(ctx.best_train_py, changes), description=description,
-            parent_hash=ctx.parent_hash, proposer=self.name,
+            train_py=apply_changes(ctx.best_train_py, changes),
+            description=description,
+            parent_hash=ctx.parent_hash,
+            proposer=self.name,
         )
 
     async def observe(self, proposal: Proposal, result: Any) -> None:

@@ -23,13 +23,18 @@ from swarm.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "swarm", *args], capture_output=True, text=True, timeout=120,
-        env=full_env, cwd=cwd or REPO,
+        [sys.executable, "-m", "swarm", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+        cwd=cwd or REPO,
     )
 
 
@@ -38,7 +43,9 @@ def test_layers_file_env_flag_and_sources(tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text(
         'profile = "smoke"\ngrace_s = 12.5\n[memory]\nkind = "local"\n'
-        '[proposer]\nfallback_after = 5\n', encoding="utf-8")
+        "[proposer]\nfallback_after = 5\n",
+        encoding="utf-8",
+    )
     cfg = load_config(
         config_file=cfg_file,
         env={"SWARM_GRACE_S": "30", "SWARM_GPUS": "0,2"},
@@ -83,7 +90,9 @@ def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
     """An unknown key in a file or the environment is an error with a did-you-mean."""
     cfg_file = tmp_path / "typo.toml"
     cfg_file.write_text('[memory]\nkindd = "local"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"unknown key 'memory.kindd'.*did you mean 'memory.kind'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'memory.kindd'.*did you mean 'memory.kind'"
+    ):
         load_config(config_file=cfg_file, env={})
     with pytest.raises(ConfigError, match="did you mean SWARM_GRACE_S"):
         load_config(env={"SWARM_GRACE_SS": "3"})
@@ -97,8 +106,9 @@ def test_cross_key_rules() -> None:
         load_config(env={}, flags={"proposer.kind": "llm"})
     with pytest.raises(ConfigError, match="heartbeat_s"):
         load_config(env={}, flags={"heartbeat_s": "90", "lease_s": "60"})
-    cfg = load_config(env={}, flags={"proposer.per_worker": "0=agent",
-                                     "proposer.agent_cmd": "echo {prompt_file}"})
+    cfg = load_config(
+        env={}, flags={"proposer.per_worker": "0=agent", "proposer.agent_cmd": "echo {prompt_file}"}
+    )
     assert cfg.proposer_for(0).kind == "agent" and cfg.proposer_for(0).fallback == "search"
     assert cfg.proposer_for(1).kind == "search" and cfg.proposer_for(1).fallback is None
 
@@ -126,7 +136,8 @@ def test_systemd_unit_stops_after_the_grace_period() -> None:
     """The unit is Type=notify, restarts on failure, and TimeoutStopSec exceeds h100's grace."""
     unit = (REPO / "deploy" / "swarm.service").read_text(encoding="utf-8")
     lines = dict(
-        line.split("=", 1) for line in unit.splitlines()
+        line.split("=", 1)
+        for line in unit.splitlines()
         if "=" in line and not line.lstrip().startswith("#")
     )
     assert lines["Type"] == "notify"
@@ -183,12 +194,24 @@ def test_cli_shows_config_values_with_sources(tmp_path: Path) -> None:
     """`swarm status --config-values --only-config --json` lists each value and its origin."""
     import json
 
-    res = _run_cli("status", "--config-values", "--only-config", "--json", "--config", "smoke",
-                   "--state-dir", str(tmp_path), env={"SWARM_NOISE_MARGIN": "0.003"})
+    res = _run_cli(
+        "status",
+        "--config-values",
+        "--only-config",
+        "--json",
+        "--config",
+        "smoke",
+        "--state-dir",
+        str(tmp_path),
+        env={"SWARM_NOISE_MARGIN": "0.003"},
+    )
     assert res.returncode == 0, res.stderr
     rows = {r["key"]: r for r in json.loads(res.stdout)}
-    assert rows["noise_margin"] == {"key": "noise_margin", "value": 0.003,
-                                    "source": "env:SWARM_NOISE_MARGIN"}
+    assert rows["noise_margin"] == {
+        "key": "noise_margin",
+        "value": 0.003,
+        "source": "env:SWARM_NOISE_MARGIN",
+    }
     assert rows["profile"]["source"].startswith("file:") and rows["profile"]["value"] == "smoke"
     assert rows["state_dir"]["source"] == "flag:--state-dir"
 

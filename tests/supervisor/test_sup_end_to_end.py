@@ -33,8 +33,13 @@ async def test_two_fake_gpus_run_the_real_smoke_trainer(
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     assert not data_ready("smoke")
     cfg = make_config(
-        train_py=REPO / "train.py", prepare_py=REPO / "prepare.py", profile="smoke",
-        max_experiments=4, budget_s=2, startup_allowance_s=400, prepare_on_start="true",
+        train_py=REPO / "train.py",
+        prepare_py=REPO / "prepare.py",
+        profile="smoke",
+        max_experiments=4,
+        budget_s=2,
+        startup_allowance_s=400,
+        prepare_on_start="true",
         agent_name="",  # a codename is generated and kept in the state dir
     )
     sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(2, total_mb=24564), install_signals=False)
@@ -71,16 +76,17 @@ async def test_two_fake_gpus_run_the_real_smoke_trainer(
     for row in rows:
         r = by_key[row["key"]]
         assert (row["status"], row["val_bpb"], row["description"]) == (
-            r.status, r.val_bpb, r.description)
+            r.status,
+            r.val_bpb,
+            r.description,
+        )
     tsv = (cfg.state_dir / "results.tsv").read_text(encoding="utf-8").splitlines()
     assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert sorted(line.split("\t")[4] for line in tsv[1:]) == sorted(
-        r.description for r in results)
+    assert sorted(line.split("\t")[4] for line in tsv[1:]) == sorted(r.description for r in results)
 
     # the best moved only on improvement: keeps in publication order strictly improve,
     # and the best is the lowest keep
-    keeps = sorted((r for r in results if r.status == "keep"),
-                   key=lambda r: r.completed_at or 0.0)
+    keeps = sorted((r for r in results if r.status == "keep"), key=lambda r: r.completed_at or 0.0)
     assert keeps, "the baseline (or a better run) must have become the best"
     vals = [r.val_bpb for r in keeps]
     assert all(b < a for a, b in itertools.pairwise(vals)), vals

@@ -30,32 +30,48 @@ async def _results(path: Path) -> list[Any]:
 
 @pytest.mark.slow
 async def test_crash_nan_hang_and_no_summary_are_published_and_the_worker_goes_on(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
     """Crash, NaN, a hang past the deadline and a missing summary are each classified and
     published; the worker keeps going and the good run after them is judged normally."""
     train, prepare = fake_sources()
     cfg = make_config(
-        train_py=train, prepare_py=prepare, profile="smoke", max_experiments=6,
-        budget_s=1, startup_allowance_s=1.5, kill_grace_s=0.5, **{"dedup.semantic": "false"},
+        train_py=train,
+        prepare_py=prepare,
+        profile="smoke",
+        max_experiments=6,
+        budget_s=1,
+        startup_allowance_s=1.5,
+        kill_grace_s=0.5,
+        **{"dedup.semantic": "false"},
     )
-    script = ScriptedProposer([
-        ("MODE ok → crash", {"MODE": "crash", "DEPTH": 9}),
-        ("MODE ok → nan", {"MODE": "nan", "DEPTH": 10}),
-        ("MODE ok → hang", {"MODE": "hang", "DEPTH": 11}),
-        ("MODE ok → nosummary", {"MODE": "nosummary", "DEPTH": 12}),
-        ("MATRIX_LR 0.04 → 0.05", {"MATRIX_LR": 0.05}),
-    ])
-    sup = Supervisor(cfg, nvml=FakeNvml([]), install_signals=False,
-                     proposer_factory=lambda i, spec: script)
+    script = ScriptedProposer(
+        [
+            ("MODE ok → crash", {"MODE": "crash", "DEPTH": 9}),
+            ("MODE ok → nan", {"MODE": "nan", "DEPTH": 10}),
+            ("MODE ok → hang", {"MODE": "hang", "DEPTH": 11}),
+            ("MODE ok → nosummary", {"MODE": "nosummary", "DEPTH": 12}),
+            ("MATRIX_LR 0.04 → 0.05", {"MATRIX_LR": 0.05}),
+        ]
+    )
+    sup = Supervisor(
+        cfg, nvml=FakeNvml([]), install_signals=False, proposer_factory=lambda i, spec: script
+    )
     code = await sup.run()
     assert code == EXIT_OK
     assert sup.cpu_mode and len(sup.workers) == 1
 
     by_desc = {r.description: r for r in await _results(cfg.memory_file())}
-    assert set(by_desc) == {BASELINE_DESCRIPTION, "MODE ok → crash", "MODE ok → nan",
-                            "MODE ok → hang", "MODE ok → nosummary", "MATRIX_LR 0.04 → 0.05"}
+    assert set(by_desc) == {
+        BASELINE_DESCRIPTION,
+        "MODE ok → crash",
+        "MODE ok → nan",
+        "MODE ok → hang",
+        "MODE ok → nosummary",
+        "MATRIX_LR 0.04 → 0.05",
+    }
     outcomes = {d: (r.status, r.failure) for d, r in by_desc.items()}
     assert outcomes["MODE ok → crash"] == ("crash", "exception")
     assert outcomes["MODE ok → nan"] == ("crash", "nan")
@@ -77,13 +93,19 @@ async def test_crash_nan_hang_and_no_summary_are_published_and_the_worker_goes_o
 
 
 async def test_memory_claims_released_and_best_is_the_minimum(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """After a run on two fake GPUs no claim is left live, each tier best is the lowest keep,
     and every non-baseline result with a metric carries its delta to the parent."""
     train, prepare = fake_sources()
-    cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke", max_experiments=6,
-                      **{"dedup.semantic": "false"})
+    cfg = make_config(
+        train_py=train,
+        prepare_py=prepare,
+        profile="smoke",
+        max_experiments=6,
+        **{"dedup.semantic": "false"},
+    )
     sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(2), install_signals=False)
     assert await sup.run() == EXIT_OK
     assert [w.gpu_index for w in sup.workers] == [0, 1]
@@ -100,8 +122,12 @@ async def test_memory_claims_released_and_best_is_the_minimum(
     for r in results:
         parent = by_code.get(r.parent_hash)
         parent_val = parent.val_bpb if parent is not None else None
-        if r.val_bpb is not None and parent_val is not None and r.parent_hash != r.code_hash \
-                and parent.completed_at < r.completed_at:  # parent finished first
+        if (
+            r.val_bpb is not None
+            and parent_val is not None
+            and r.parent_hash != r.code_hash
+            and parent.completed_at < r.completed_at
+        ):  # parent finished first
             assert r.delta is not None, r.description
             assert r.delta == pytest.approx(r.val_bpb - parent_val, abs=1e-9), r.description
     # all but the baseline and the one run that trained beside it on the other GPU
@@ -126,15 +152,23 @@ class _SlowProposer:
 
 @pytest.mark.slow
 async def test_a_slow_proposer_never_idles_the_gpu(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """When the configured proposer has nothing ready, the built-in search fills in after
     proposer.idle_fallback_s, so experiments keep flowing."""
     train, prepare = fake_sources()
     cfg = make_config(
-        train_py=train, prepare_py=prepare, profile="smoke", max_experiments=3,
-        **{"dedup.semantic": "false", "proposer.kind": "agent",
-           "proposer.agent_cmd": "never-called {prompt_file}", "proposer.idle_fallback_s": 0.3},
+        train_py=train,
+        prepare_py=prepare,
+        profile="smoke",
+        max_experiments=3,
+        **{
+            "dedup.semantic": "false",
+            "proposer.kind": "agent",
+            "proposer.agent_cmd": "never-called {prompt_file}",
+            "proposer.idle_fallback_s": 0.3,
+        },
     )
     slow = _SlowProposer()
 
@@ -151,7 +185,8 @@ async def test_a_slow_proposer_never_idles_the_gpu(
 
 @pytest.mark.slow
 async def test_unreachable_memory_keeps_training_and_saves_results_locally(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """With the hub down the worker still trains (offline claim), writes results.tsv, and
     keeps the unpublished result in the durable outbox for a later replay."""
@@ -160,9 +195,15 @@ async def test_unreachable_memory_keeps_training_and_saves_results_locally(
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     train, prepare = fake_sources()
     cfg = make_config(
-        train_py=train, prepare_py=prepare, profile="smoke", max_experiments=1,
-        **{"dedup.semantic": "false", "memory.kind": "hub",
-           "memory.url": f"http://127.0.0.1:{port}/"},
+        train_py=train,
+        prepare_py=prepare,
+        profile="smoke",
+        max_experiments=1,
+        **{
+            "dedup.semantic": "false",
+            "memory.kind": "hub",
+            "memory.url": f"http://127.0.0.1:{port}/",
+        },
     )
     sup = Supervisor(cfg, nvml=FakeNvml([]), install_signals=False)
     assert await asyncio.wait_for(sup.run(), timeout=240) == EXIT_OK
@@ -174,13 +215,19 @@ async def test_unreachable_memory_keeps_training_and_saves_results_locally(
 
 @pytest.mark.slow
 async def test_a_lost_gpu_is_quarantined_and_the_others_go_on(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """A GPU that falls off the bus fails three readiness checks, is quarantined and shown
     so; the other GPU does all the experiments."""
     train, prepare = fake_sources()
-    cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke", max_experiments=4,
-                      **{"dedup.semantic": "false"})
+    cfg = make_config(
+        train_py=train,
+        prepare_py=prepare,
+        profile="smoke",
+        max_experiments=4,
+        **{"dedup.semantic": "false"},
+    )
     nvml = FakeNvml.with_gpus(2)
     sup = Supervisor(cfg, nvml=nvml, install_signals=False)
     nvml_lose = nvml.lose

@@ -40,8 +40,9 @@ from swarm.trainpy import code_hash
 Sources = Callable[..., tuple[Path, Path]]
 
 
-async def _hub_and_run(tmp_path: Path, fake_sources: Sources, *extra: str, hub_up: bool = True
-                      ) -> tuple[HubProcess, str, list[str], subprocess.Popen[str]]:
+async def _hub_and_run(
+    tmp_path: Path, fake_sources: Sources, *extra: str, hub_up: bool = True
+) -> tuple[HubProcess, str, list[str], subprocess.Popen[str]]:
     """A hub process (started or not) with a token, and a supervisor using it (1 s runs)."""
     hub = HubProcess(tmp_path)
     token = hub.token("alice")
@@ -56,8 +57,9 @@ def _keyed(state: Path) -> int:
     return sum(1 for r in local_rows(state) if r.get("key"))
 
 
-async def _assert_all_published_once(hub: HubProcess, token: str, state: Path,
-                                     expected: int) -> None:
+async def _assert_all_published_once(
+    hub: HubProcess, token: str, state: Path, expected: int
+) -> None:
     rows = local_rows(state)
     in_hub = await hub.results(token)
     assert len(rows) == expected, [r["description"] for r in rows]
@@ -69,13 +71,15 @@ async def _assert_all_published_once(hub: HubProcess, token: str, state: Path,
 
 @pytest.mark.slow
 async def test_readme_hub_command_trains_and_publishes_with_the_token(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """The README's lab line, run as written (token in ENSUE_API_KEY, scripts/start,
     --memory hub URL) against a real hub process: it trains and publishes."""
     readme = (REPO / "README.md").read_text()
-    found = re.search(r"`(ENSUE_API_KEY=<token> scripts/start --memory hub http://HUB:8765/)`",
-                      readme)
+    found = re.search(
+        r"`(ENSUE_API_KEY=<token> scripts/start --memory hub http://HUB:8765/)`", readme
+    )
     assert found, "the README's hub command changed: update this test with it"
     hub = HubProcess(tmp_path)
     token = hub.token("alice")
@@ -86,8 +90,16 @@ async def test_readme_hub_command_trains_and_publishes_with_the_token(
         extra = run_args(tmp_path, train, prepare, "--max-experiments", "2")[6:]
         env = clean_env(tmp_path, SWARM_VENV=str(Path(__import__("sys").prefix)))
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", line + ' "$@"', "readme", *extra, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            "bash",
+            "-c",
+            line + ' "$@"',
+            "readme",
+            *extra,
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
         text = out.decode(errors="replace")
         assert proc.returncode == EXIT_OK, text[-3000:]
@@ -99,20 +111,21 @@ async def test_readme_hub_command_trains_and_publishes_with_the_token(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("outage", ["killed mid-run", "down at start"])
-async def test_hub_outage_loses_nothing(fake_sources: Sources, tmp_path: Path, outage: str
-                                        ) -> None:
+async def test_hub_outage_loses_nothing(fake_sources: Sources, tmp_path: Path, outage: str) -> None:
     """The hub is kill -9'd while experiments run (or is down when the supervisor starts):
     training goes on, results queue in the outbox and are replayed once the hub is back:
     every run is in the hub exactly once, and results.jsonl holds each with its key."""
-    hub, token, _args, proc = await _hub_and_run(tmp_path, fake_sources, "--max-experiments",
-                                                 "4", hub_up=outage == "killed mid-run")
+    hub, token, _args, proc = await _hub_and_run(
+        tmp_path, fake_sources, "--max-experiments", "4", hub_up=outage == "killed mid-run"
+    )
     state = tmp_path / "state"
     try:
         if outage == "killed mid-run":
             await wait_until(lambda: _keyed(state) >= 1, 120, "a first published result", proc)
             hub.kill9()
-        await wait_until(lambda: "publish_deferred" in run_log(tmp_path), 120,
-                         "a result queued offline", proc)
+        await wait_until(
+            lambda: "publish_deferred" in run_log(tmp_path), 120, "a result queued offline", proc
+        )
         await hub.start()
         code, _ = await wait_exit(proc, 240)
         assert code == EXIT_OK, run_log(tmp_path)[-3000:]
@@ -124,7 +137,8 @@ async def test_hub_outage_loses_nothing(fake_sources: Sources, tmp_path: Path, o
 
 @pytest.mark.slow
 async def test_rejected_key_at_start_stops_with_the_fix(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """A wrong token: exit 4 within 10 s, the last line names the cause and the fix, and
     nothing was claimed or published."""
@@ -133,12 +147,17 @@ async def test_rejected_key_at_start_stops_with_the_fix(
     await hub.start()
     train, prepare = fake_sources()
     try:
-        proc = start_run(tmp_path, run_args(tmp_path, train, prepare, "--memory", "hub",
-                                            hub.url),
-                         clean_env(tmp_path, ENSUE_API_KEY="swm_revoked-or-wrong"))
+        proc = start_run(
+            tmp_path,
+            run_args(tmp_path, train, prepare, "--memory", "hub", hub.url),
+            clean_env(tmp_path, ENSUE_API_KEY="swm_revoked-or-wrong"),
+        )
         # from the supervisor's first line (the interpreter has started) to its exit
-        await wait_until(lambda: "[swarm." in run_log(tmp_path) or proc.poll() is not None,
-                         60, "the supervisor to start")
+        await wait_until(
+            lambda: "[swarm." in run_log(tmp_path) or proc.poll() is not None,
+            60,
+            "the supervisor to start",
+        )
         t0 = time.monotonic()
         code, _ = await wait_exit(proc, 60)
         took = time.monotonic() - t0
@@ -156,7 +175,8 @@ async def test_rejected_key_at_start_stops_with_the_fix(
 
 @pytest.mark.slow
 async def test_token_revoked_mid_run_stops_and_keeps_results_for_later(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """The admin revokes the token while the swarm trains: exit 4 within 10 s of the hub
     refusing it; results it could not publish stay in the outbox, and a restart with a new
@@ -176,8 +196,9 @@ async def test_token_revoked_mid_run_stops_and_keeps_results_for_later(
         unkeyed = [r for r in local_rows(state) if not r.get("key")]
         assert len(unkeyed) == pending(state)  # every unpublished result is queued
         bob = hub.token("bob")
-        again = start_run(tmp_path, [*args, "--max-experiments", "1"],
-                          clean_env(tmp_path, ENSUE_API_KEY=bob))
+        again = start_run(
+            tmp_path, [*args, "--max-experiments", "1"], clean_env(tmp_path, ENSUE_API_KEY=bob)
+        )
         code, _ = await wait_exit(again, 120)
         assert code == EXIT_OK, run_log(tmp_path)[-3000:]
         await _assert_all_published_once(hub, bob, state, len(local_rows(state)))
@@ -187,7 +208,8 @@ async def test_token_revoked_mid_run_stops_and_keeps_results_for_later(
 
 @pytest.mark.slow
 async def test_supervisor_kill9_with_queued_results_replays_them_once(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """kill -9 of the supervisor while results wait in the outbox (hub down) and a run
     trains: the next start replays each queued result exactly once."""
@@ -197,11 +219,13 @@ async def test_supervisor_kill9_with_queued_results_replays_them_once(
         await wait_until(lambda: pending(state) >= 2, 180, "two results queued", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        queued = {identity(e.result) for e in Outbox(state / OUTBOX_NAME).pending("result")
-                  if e.result}
+        queued = {
+            identity(e.result) for e in Outbox(state / OUTBOX_NAME).pending("result") if e.result
+        }
         await hub.start()
-        again = start_run(tmp_path, [*args, "--max-experiments", "1"],
-                          clean_env(tmp_path, ENSUE_API_KEY=token))
+        again = start_run(
+            tmp_path, [*args, "--max-experiments", "1"], clean_env(tmp_path, ENSUE_API_KEY=token)
+        )
         code, _ = await wait_exit(again, 180)
         assert code == EXIT_OK, run_log(tmp_path)[-3000:]
         in_hub = [identity(r) for r in await hub.results(token)]
@@ -218,7 +242,8 @@ async def test_supervisor_kill9_with_queued_results_replays_them_once(
 
 @pytest.mark.slow
 async def test_supervisor_kill9_mid_publish_publishes_once(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """kill -9 while the first result is being published (written ahead, not yet marked
     done; the store is loading its embedding model): the next start publishes it, once."""
@@ -227,12 +252,17 @@ async def test_supervisor_kill9_mid_publish_publishes_once(
     state = tmp_path / "state"
     # without verified bests: a solo agent's confirming run of the baseline (another seed) is
     # a second baseline result by design, and this test counts publications of one run
-    args = run_args(tmp_path, train, prepare, "--memory-path", str(db),
-                    "--set", "verified_bests=false")
+    args = run_args(
+        tmp_path, train, prepare, "--memory-path", str(db), "--set", "verified_bests=false"
+    )
     proc = start_run(tmp_path, args, clean_env(tmp_path))
     try:
-        await wait_until(lambda: pending(state) >= 1 and "best_moved" in run_log(tmp_path),
-                         120, "the baseline being published", proc)
+        await wait_until(
+            lambda: pending(state) >= 1 and "best_moved" in run_log(tmp_path),
+            120,
+            "the baseline being published",
+            proc,
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         mid_publish = "result_published" not in run_log(tmp_path)
@@ -257,15 +287,27 @@ def _queued(n: int) -> list[Result]:
     out = []
     for i in range(n):
         src = f"import os\n\nLR = {0.001 * (i + 1):.3f}\n"
-        out.append(Result(agent_id="fault-tester", status="discard", description=f"lr {i}",
-                          train_py=src, val_bpb=1.5 + i / 1000, completed_at=1.8e9 + i,
-                          vram_tier="cpu", track="smoke", code_hash=code_hash(src), seed=42))
+        out.append(
+            Result(
+                agent_id="fault-tester",
+                status="discard",
+                description=f"lr {i}",
+                train_py=src,
+                val_bpb=1.5 + i / 1000,
+                completed_at=1.8e9 + i,
+                vram_tier="cpu",
+                track="smoke",
+                code_hash=code_hash(src),
+                seed=42,
+            )
+        )
     return out
 
 
 @pytest.mark.slow
 async def test_sigterm_during_replay_loses_and_duplicates_nothing(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """SIGTERM while a long outbox is being replayed: a clean exit; every entry is either
     in the memory once or still queued; a second start finishes the replay."""
@@ -283,8 +325,9 @@ async def test_sigterm_during_replay_loses_and_duplicates_nothing(
             return await SwarmMemory(store, agent_id="reader").results()
 
     try:
-        await wait_until(lambda: "publish_replayed" in run_log(tmp_path), 120,
-                         "the replay to start", proc)
+        await wait_until(
+            lambda: "publish_replayed" in run_log(tmp_path), 120, "the replay to start", proc
+        )
         proc.send_signal(signal.SIGTERM)
         code, _ = await wait_exit(proc, 120)
         assert code == EXIT_OK, run_log(tmp_path)[-3000:]
@@ -307,8 +350,9 @@ async def test_missing_data_cache_stops_without_publishing(tmp_path: Path) -> No
     that fixes it."""
     db = tmp_path / "memory.sqlite"
     args = run_args(tmp_path, REPO / "train.py", REPO / "prepare.py", "--memory-path", str(db))
-    proc = start_run(tmp_path, args,
-                     clean_env(tmp_path, AUTORESEARCH_CACHE=str(tmp_path / "no-cache")))
+    proc = start_run(
+        tmp_path, args, clean_env(tmp_path, AUTORESEARCH_CACHE=str(tmp_path / "no-cache"))
+    )
     code, _ = await wait_exit(proc, 180)
     log = run_log(tmp_path)
     assert code == EXIT_PERMANENT, log[-3000:]
@@ -337,7 +381,8 @@ def _supervisor_pid(root: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap for a private tmpfs")
 async def test_disk_full_in_the_state_dir_loses_no_result(
-    fake_sources: Sources, tmp_path: Path,
+    fake_sources: Sources,
+    tmp_path: Path,
 ) -> None:
     """The state dir is a 2 MiB tmpfs (bubblewrap) and the first run fills it: that result
     still reaches the memory once, the supervisor does not crash, the worker pauses with a
@@ -349,10 +394,29 @@ async def test_disk_full_in_the_state_dir_loses_no_result(
     # A sandboxed run writes only into its own tmpfs and cannot fill the state dir; without
     # the sandbox its scratch dir is in the state dir, which stands for a disk that something
     # else on the machine filled.
-    args = run_args(tmp_path, train, prepare, "--memory-path", str(db), "--sandbox", "none",
-                    "--set", "verify_runs=false")
-    wrapped = ["bwrap", "--dev-bind", "/", "/", "--size", str(2 << 20), "--tmpfs", str(state),
-               "--die-with-parent", *args]
+    args = run_args(
+        tmp_path,
+        train,
+        prepare,
+        "--memory-path",
+        str(db),
+        "--sandbox",
+        "none",
+        "--set",
+        "verify_runs=false",
+    )
+    wrapped = [
+        "bwrap",
+        "--dev-bind",
+        "/",
+        "/",
+        "--size",
+        str(2 << 20),
+        "--tmpfs",
+        str(state),
+        "--die-with-parent",
+        *args,
+    ]
     proc = start_run(tmp_path, wrapped, clean_env(tmp_path))
 
     async def published() -> list[Result]:
@@ -365,8 +429,9 @@ async def test_disk_full_in_the_state_dir_loses_no_result(
             assert proc.poll() is None, run_log(tmp_path)[-3000:]
             assert time.monotonic() < deadline, run_log(tmp_path)[-3000:]
             await asyncio.sleep(0.3)
-        await wait_until(lambda: "No space left" in run_log(tmp_path), 60,
-                         "the full disk to show", proc)
+        await wait_until(
+            lambda: "No space left" in run_log(tmp_path), 60, "the full disk to show", proc
+        )
         await asyncio.sleep(2.0)  # the worker tries the next run and pauses
         os.kill(_supervisor_pid(proc.pid), signal.SIGTERM)  # bwrap does not forward it
         code, _ = await wait_exit(proc, 60)

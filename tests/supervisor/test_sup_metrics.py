@@ -48,7 +48,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.mark.slow
 async def test_metrics_port_and_live_progress_of_a_running_supervisor(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """While experiments run, /metrics counts them by status with GPU busy seconds and
     queue depth, and the live view shows the current run's step and loss from run.log."""
@@ -56,8 +57,9 @@ async def test_metrics_port_and_live_progress_of_a_running_supervisor(
     train, prepare = fake_sources()
     train.write_text(STEPPING.replace("SLEEP_S = 0.2", "SLEEP_S = 2.0"), encoding="utf-8")
     port = _free_port()
-    cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke", max_experiments=3,
-                      metrics_port=port)
+    cfg = make_config(
+        train_py=train, prepare_py=prepare, profile="smoke", max_experiments=3, metrics_port=port
+    )
     sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(1), install_signals=False)
     task = asyncio.create_task(sup.run())
     seen_progress = None
@@ -112,7 +114,8 @@ async def test_counting_backend_counts_memory_errors_and_passes_the_rest() -> No
 
 
 async def test_a_taken_metrics_port_is_a_config_error(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """A metrics port in use stops the supervisor with a ConfigError naming metrics_port."""
     train, prepare = fake_sources()
@@ -120,8 +123,13 @@ async def test_a_taken_metrics_port_is_a_config_error(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke",
-                          max_experiments=1, metrics_port=port)
+        cfg = make_config(
+            train_py=train,
+            prepare_py=prepare,
+            profile="smoke",
+            max_experiments=1,
+            metrics_port=port,
+        )
         sup = Supervisor(cfg, nvml=FakeNvml.with_gpus(1), install_signals=False)
         with pytest.raises(ConfigError, match=f"metrics_port {port}"):
             await sup.run()
@@ -130,17 +138,38 @@ async def test_a_taken_metrics_port_is_a_config_error(
 def _run_argv(tmp_path: Path, train: Path, prepare: Path) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "swarm", "run", "--profile", "smoke",
-            "--state-dir", str(tmp_path / "state"), "--memory-path", str(tmp_path / "m.sqlite"),
-            "--max-experiments", "2", "--agent-name", "tty-tester",
-            "--set", f"train_py={train}", "--set", f"prepare_py={prepare}",
-            "--set", "prepare_on_start=false", "--set", "start_jitter_s=0",
-            "--set", "status_interval_s=0.2"]
+    return [
+        sys.executable,
+        "-m",
+        "swarm",
+        "run",
+        "--profile",
+        "smoke",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--memory-path",
+        str(tmp_path / "m.sqlite"),
+        "--max-experiments",
+        "2",
+        "--agent-name",
+        "tty-tester",
+        "--set",
+        f"train_py={train}",
+        "--set",
+        f"prepare_py={prepare}",
+        "--set",
+        "prepare_on_start=false",
+        "--set",
+        "start_jitter_s=0",
+        "--set",
+        "status_interval_s=0.2",
+    ]
 
 
 @pytest.mark.slow
 def test_swarm_run_on_a_terminal_shows_the_live_view_and_logs_to_a_file(
-    fake_sources: Callable[..., tuple[Path, Path]], tmp_path: Path,
+    fake_sources: Callable[..., tuple[Path, Path]],
+    tmp_path: Path,
 ) -> None:
     """`swarm run` on a TTY draws the live view (no log lines on the screen) and writes
     its structured log to STATE_DIR/swarm.log, whose path it shows."""
@@ -168,7 +197,8 @@ def test_swarm_run_on_a_terminal_shows_the_live_view_and_logs_to_a_file(
 
 @pytest.mark.slow
 def test_swarm_run_log_format_json_keeps_plain_structured_lines(
-    fake_sources: Callable[..., tuple[Path, Path]], tmp_path: Path,
+    fake_sources: Callable[..., tuple[Path, Path]],
+    tmp_path: Path,
 ) -> None:
     """With --log-format json (as under systemd) stderr carries one JSON object per line
     and stdout stays empty, even on a terminal."""

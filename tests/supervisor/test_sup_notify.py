@@ -31,7 +31,8 @@ def _recv_all(sock: socket.socket) -> list[str]:
 
 @pytest.mark.slow
 async def test_notify_protocol_of_a_real_supervisor(
-    fake_sources: Callable[..., tuple[Path, Path]], tmp_path: Path,
+    fake_sources: Callable[..., tuple[Path, Path]],
+    tmp_path: Path,
 ) -> None:
     """A supervisor process under a fake systemd: READY=1 once its worker starts, STATUS
     updates, watchdog pings every half WatchdogSec (from startup on), STOPPING=1 on
@@ -42,8 +43,11 @@ async def test_notify_protocol_of_a_real_supervisor(
         sock.bind(str(address))
         sock.setblocking(False)
         env = clean_env(tmp_path, NOTIFY_SOCKET=str(address), WATCHDOG_USEC="1000000")
-        proc = start_run(tmp_path, run_args(tmp_path, train, prepare,
-                                            "--memory-path", str(tmp_path / "m.sqlite")), env)
+        proc = start_run(
+            tmp_path,
+            run_args(tmp_path, train, prepare, "--memory-path", str(tmp_path / "m.sqlite")),
+            env,
+        )
         try:
             got: list[str] = []
             deadline = time.monotonic() + 90
@@ -76,9 +80,13 @@ async def test_a_hung_loop_sends_no_pings() -> None:
     """Pings come from the event loop: while it is blocked, none are sent (systemd then
     restarts the service)."""
     sent: list[tuple[float, str]] = []
-    task = asyncio.create_task(notify_loop(
-        {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "200000"}, lambda: "running",
-        lambda m: bool(sent.append((time.monotonic(), m)))))
+    task = asyncio.create_task(
+        notify_loop(
+            {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "200000"},
+            lambda: "running",
+            lambda m: bool(sent.append((time.monotonic(), m))),
+        )
+    )
     await asyncio.sleep(0.35)
     before = len(sent)
     time.sleep(0.6)  # the loop hangs

@@ -42,9 +42,19 @@ SRC = "import os\n\nLR = 0.04\n"
 
 def _result(i: int, *, status: str = "discard", val: float = 1.5) -> Result:
     src = SRC.replace("0.04", f"0.0{i + 1}")
-    return Result(agent_id="ada", status=status, description=f"lr {i}", train_py=src,
-                  val_bpb=val, completed_at=1_800_000_000.0 + i, vram_tier="cpu",
-                  track="smoke", parent_hash="", code_hash=code_hash(src), seed=42)
+    return Result(
+        agent_id="ada",
+        status=status,
+        description=f"lr {i}",
+        train_py=src,
+        val_bpb=val,
+        completed_at=1_800_000_000.0 + i,
+        vram_tier="cpu",
+        track="smoke",
+        parent_hash="",
+        code_hash=code_hash(src),
+        seed=42,
+    )
 
 
 @pytest.fixture
@@ -83,7 +93,8 @@ async def test_outbox_survives_a_reload_and_a_torn_last_line(tmp_path: Path) -> 
 
 
 async def test_replay_after_a_crash_between_publish_and_done_publishes_once(
-    tmp_path: Path, local_memory: SwarmMemory,
+    tmp_path: Path,
+    local_memory: SwarmMemory,
 ) -> None:
     """The memory took the result but the process died before marking it done: the replay
     finds the same run already there and no second record appears."""
@@ -99,7 +110,8 @@ async def test_replay_after_a_crash_between_publish_and_done_publishes_once(
 
 
 async def test_a_replayed_offline_keep_goes_through_the_best_decision(
-    tmp_path: Path, local_memory: SwarmMemory,
+    tmp_path: Path,
+    local_memory: SwarmMemory,
 ) -> None:
     """A result judged offline is offered as the best when replayed, like a live one: the
     best of its track and tier moves, the result is stored as keep with its key, and the
@@ -113,8 +125,9 @@ async def test_a_replayed_offline_keep_goes_through_the_best_decision(
         seen.append(r)
         await log.amend(r)
 
-    pub = Publisher(Outbox(tmp_path / "outbox.jsonl"), local_memory, FaultLatch(),
-                    on_replayed=replayed)
+    pub = Publisher(
+        Outbox(tmp_path / "outbox.jsonl"), local_memory, FaultLatch(), on_replayed=replayed
+    )
     await pub.outbox.add_result(offline, decided=False)
     assert await pub.replay() == 1
     best = await local_memory.get_best("smoke", "cpu")
@@ -129,16 +142,25 @@ async def test_a_replayed_offline_keep_goes_through_the_best_decision(
 
 
 async def test_a_release_that_failed_in_an_outage_is_retried_when_the_memory_is_back(
-    tmp_path: Path, hub: HubHandle,
+    tmp_path: Path,
+    hub: HubHandle,
 ) -> None:
     """The release of a claim cannot reach the hub: it is queued in the outbox (durably) and
     replayed later, so the lock is free long before its lease would end."""
     token = hub.add_token("ada")
-    async with EnsueBackend(hub.url, token, name="hub") as live, \
-            EnsueBackend(_dead_url(), token, name="hub", retry=NO_RETRY) as dead:
+    async with (
+        EnsueBackend(hub.url, token, name="hub") as live,
+        EnsueBackend(_dead_url(), token, name="hub", retry=NO_RETRY) as dead,
+    ):
         mem = SwarmMemory(live, agent_id="ada", host="h", embed_records=False)
-        outcome = await mem.try_claim(parent_hash="", code_hash="ab" * 32, description="x",
-                                      track="smoke", tier="cpu", gpu_name="cpu")
+        outcome = await mem.try_claim(
+            parent_hash="",
+            code_hash="ab" * 32,
+            description="x",
+            track="smoke",
+            tier="cpu",
+            gpu_name="cpu",
+        )
         assert outcome.won and outcome.claim is not None
         box = Outbox(tmp_path / "outbox.jsonl")
         offline = Publisher(box, SwarmMemory(dead, agent_id="ada", host="h"), FaultLatch())
@@ -149,20 +171,33 @@ async def test_a_release_that_failed_in_an_outage_is_retried_when_the_memory_is_
         assert await back.replay() == 1
         assert not await mem.still_held(outcome.claim)
         bob = SwarmMemory(live, agent_id="bob", host="h2", embed_records=False)
-        assert (await bob.try_claim(parent_hash="", code_hash="ab" * 32, description="x",
-                                    track="smoke", tier="cpu", gpu_name="cpu")).won
+        assert (
+            await bob.try_claim(
+                parent_hash="",
+                code_hash="ab" * 32,
+                description="x",
+                track="smoke",
+                tier="cpu",
+                gpu_name="cpu",
+            )
+        ).won
 
 
 async def test_a_rejected_key_trips_the_latch_and_keeps_the_result(
-    tmp_path: Path, hub: HubHandle,
+    tmp_path: Path,
+    hub: HubHandle,
 ) -> None:
     """401 on publish is permanent: the latch trips once with the cause and the fix, the
     result stays in the outbox (nothing lost, nothing half-published)."""
     tripped: list[str] = []
     latch = FaultLatch(on_trip=lambda f: tripped.append(f.line))
     async with EnsueBackend(hub.url, "swm_not-a-token", name="hub") as backend:
-        pub = Publisher(Outbox(tmp_path / "outbox.jsonl"), SwarmMemory(backend, agent_id="ada"),
-                        latch, label="hub test")
+        pub = Publisher(
+            Outbox(tmp_path / "outbox.jsonl"),
+            SwarmMemory(backend, agent_id="ada"),
+            latch,
+            label="hub test",
+        )
         assert await pub.publish(_result(0), decided=True) == ""
     assert len(tripped) == 1 and "refused the API key" in tripped[0]
     assert "ENSUE_API_KEY" in tripped[0]
@@ -170,7 +205,9 @@ async def test_a_rejected_key_trips_the_latch_and_keeps_the_result(
 
 
 async def test_a_full_disk_keeps_the_entry_in_memory_and_still_publishes(
-    tmp_path: Path, local_memory: SwarmMemory, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    local_memory: SwarmMemory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ENOSPC at the outbox's write: logged, the entry kept in memory, the result published."""
     pub = Publisher(Outbox(tmp_path / "outbox.jsonl"), local_memory, FaultLatch())
@@ -184,18 +221,21 @@ async def test_a_full_disk_keeps_the_entry_in_memory_and_still_publishes(
     assert [r.key for r in await local_memory.results()] == [key]
 
 
-@pytest.mark.parametrize(("exc", "reaction"), [
-    (AuthError("HTTP 401"), Reaction.PERMANENT),
-    (InvalidRequestError("bad key"), Reaction.PERMANENT),
-    (ProtocolError("reply is not JSON"), Reaction.PERMANENT),
-    (ToolError("create_memory: forbidden for role read"), Reaction.PERMANENT),
-    (TransportError("connection refused"), Reaction.TRANSIENT),
-    (ServerError("HTTP 503", status=503), Reaction.TRANSIENT),
-    (ServerError("HTTP 429", status=429), Reaction.TRANSIENT),
-    (KeyExistsError("exists"), Reaction.TRANSIENT),
-    (OSError(errno.ENOSPC, "No space left on device"), Reaction.INFRASTRUCTURE),
-    (RunnerError("cannot start python"), Reaction.INFRASTRUCTURE),
-])
+@pytest.mark.parametrize(
+    ("exc", "reaction"),
+    [
+        (AuthError("HTTP 401"), Reaction.PERMANENT),
+        (InvalidRequestError("bad key"), Reaction.PERMANENT),
+        (ProtocolError("reply is not JSON"), Reaction.PERMANENT),
+        (ToolError("create_memory: forbidden for role read"), Reaction.PERMANENT),
+        (TransportError("connection refused"), Reaction.TRANSIENT),
+        (ServerError("HTTP 503", status=503), Reaction.TRANSIENT),
+        (ServerError("HTTP 429", status=429), Reaction.TRANSIENT),
+        (KeyExistsError("exists"), Reaction.TRANSIENT),
+        (OSError(errno.ENOSPC, "No space left on device"), Reaction.INFRASTRUCTURE),
+        (RunnerError("cannot start python"), Reaction.INFRASTRUCTURE),
+    ],
+)
 def test_each_error_class_has_one_reaction(exc: BaseException, reaction: Reaction) -> None:
     """transient: back off; permanent: stop with the fix; infrastructure: pause the machine."""
     fault = classify(exc, memory="hub http://h:8765/")
@@ -212,13 +252,17 @@ def test_replace_keeps_results_comparable() -> None:
 
 
 async def test_a_result_the_memory_can_never_take_is_set_aside_not_retried(
-    tmp_path: Path, local_memory: SwarmMemory,
+    tmp_path: Path,
+    local_memory: SwarmMemory,
 ) -> None:
     """A result the memory refuses as invalid (here: a keep without val_bpb) goes to
     rejected.jsonl with the reason; it neither stops the machine nor blocks later replays."""
     tripped: list[str] = []
-    pub = Publisher(Outbox(tmp_path / "outbox.jsonl"), local_memory,
-                    FaultLatch(on_trip=lambda f: tripped.append(f.line)))
+    pub = Publisher(
+        Outbox(tmp_path / "outbox.jsonl"),
+        local_memory,
+        FaultLatch(on_trip=lambda f: tripped.append(f.line)),
+    )
     bad = replace(_result(0, status="keep"), val_bpb=None)
     await pub.outbox.add_result(bad, decided=True)
     await pub.outbox.add_result(_result(1), decided=True)
@@ -231,17 +275,33 @@ async def test_a_result_the_memory_can_never_take_is_set_aside_not_retried(
 
 @pytest.mark.slow
 async def test_a_queued_result_is_not_run_again_after_a_restart(
-    fake_sources: Callable[..., tuple[Path, Path]], make_config: Callable[..., Any],
+    fake_sources: Callable[..., tuple[Path, Path]],
+    make_config: Callable[..., Any],
 ) -> None:
     """The baseline finished before a kill -9 and waits in the outbox: the next start
     replays it and does not train the same code again (one baseline in the memory)."""
     train, prepare = fake_sources()
-    cfg = make_config(train_py=train, prepare_py=prepare, profile="smoke", max_experiments=1,
-                      **{"dedup.semantic": "false"})
+    cfg = make_config(
+        train_py=train,
+        prepare_py=prepare,
+        profile="smoke",
+        max_experiments=1,
+        **{"dedup.semantic": "false"},
+    )
     seed = train.read_text()
-    queued = Result(agent_id="tester", status="keep", description="baseline", train_py=seed,
-                    val_bpb=1.05, completed_at=time.time() - 60, vram_tier="cpu",
-                    track="smoke", parent_hash="", code_hash=code_hash(seed), seed=42)
+    queued = Result(
+        agent_id="tester",
+        status="keep",
+        description="baseline",
+        train_py=seed,
+        val_bpb=1.05,
+        completed_at=time.time() - 60,
+        vram_tier="cpu",
+        track="smoke",
+        parent_hash="",
+        code_hash=code_hash(seed),
+        seed=42,
+    )
     await Outbox(cfg.state_dir / OUTBOX_NAME).add_result(queued, decided=False)
     sup = Supervisor(cfg, nvml=FakeNvml([]), install_signals=False)
     assert await asyncio.wait_for(sup.run(), timeout=120) == EXIT_OK

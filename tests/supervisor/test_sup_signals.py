@@ -27,16 +27,39 @@ REPO = Path(__file__).resolve().parents[2]
 def _start(tmp_path: Path, train: Path, prepare: Path, *extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     cmd = [
-        sys.executable, "-m", "swarm", "--log-level", "info", "run",
-        "--profile", "smoke", "--state-dir", str(tmp_path / "state"),
-        "--memory-path", str(tmp_path / "memory.sqlite"), "--agent-name", "sig-tester",
-        "--set", f"train_py={train}", "--set", f"prepare_py={prepare}",
-        "--set", "prepare_on_start=false", "--set", "start_jitter_s=0",
-        "--set", "status_interval_s=0.2", "--set", "dedup.semantic=false",
-        "--set", "kill_grace_s=1", *extra,
+        sys.executable,
+        "-m",
+        "swarm",
+        "--log-level",
+        "info",
+        "run",
+        "--profile",
+        "smoke",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--memory-path",
+        str(tmp_path / "memory.sqlite"),
+        "--agent-name",
+        "sig-tester",
+        "--set",
+        f"train_py={train}",
+        "--set",
+        f"prepare_py={prepare}",
+        "--set",
+        "prepare_on_start=false",
+        "--set",
+        "start_jitter_s=0",
+        "--set",
+        "status_interval_s=0.2",
+        "--set",
+        "dedup.semantic=false",
+        "--set",
+        "kill_grace_s=1",
+        *extra,
     ]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_training(proc: subprocess.Popen[str], state_dir: Path, timeout: float = 90.0) -> None:

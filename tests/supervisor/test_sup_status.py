@@ -34,7 +34,7 @@ from swarm.status import (
 from swarm.supervisor import sd_notify
 from swarm.trainpy import apply_changes, code_hash
 
-SRC = '''\
+SRC = """\
 # =============================================================================
 # Hyperparameters
 # =============================================================================
@@ -42,22 +42,36 @@ MATRIX_LR = 0.04
 DEPTH = 8
 # =============================================================================
 print("train")
-'''
+"""
 
 
 def _snapshot(**kw: Any) -> Snapshot:
     worker = WorkerStatus(
-        index=0, gpu_index=0, gpu_name="H100", tier="xl", state="training",
-        experiment_key="claims/a--x--1", description="MATRIX_LR 0.04 → 0.05",
+        index=0,
+        gpu_index=0,
+        gpu_name="H100",
+        tier="xl",
+        state="training",
+        experiment_key="claims/a--x--1",
+        description="MATRIX_LR 0.04 → 0.05",
         run_started_at=time.time() - 12,
-        last_result=LastResult(key="results/a--b--2", status="keep", description="baseline",
-                               val_bpb=0.9979),
-        proposer="agent", proposer_active="search", fallback_active=True,
+        last_result=LastResult(
+            key="results/a--b--2", status="keep", description="baseline", val_bpb=0.9979
+        ),
+        proposer="agent",
+        proposer_active="search",
+        fallback_active=True,
     )
     fields: dict[str, Any] = {
-        "pid": os.getpid(), "host": socket.gethostname(), "agent_id": "nimble-otter-42",
-        "track": "standard", "memory": "local /tmp/m.sqlite", "started_at": time.time() - 60,
-        "updated_at": time.time(), "state": "running", "workers": (worker,),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "agent_id": "nimble-otter-42",
+        "track": "standard",
+        "memory": "local /tmp/m.sqlite",
+        "started_at": time.time() - 60,
+        "updated_at": time.time(),
+        "state": "running",
+        "workers": (worker,),
         "counters": Counters(done=3, kept=1, crashed=1),
     }
     fields.update(kw)
@@ -111,9 +125,15 @@ def _render(report: StatusReport) -> str:
 def test_render_says_what_is_missing() -> None:
     """Without snapshot, NVML or memory the rendering says so for each part."""
     report = StatusReport(
-        generated_at=time.time(), state_dir="/x", supervisor_running=False, snapshot=None,
-        gpus=None, gpus_error="NVML Shared Library Not Found", swarm=None,
-        swarm_error="TransportError: connection refused", memory="hub http://h:1/",
+        generated_at=time.time(),
+        state_dir="/x",
+        supervisor_running=False,
+        snapshot=None,
+        gpus=None,
+        gpus_error="NVML Shared Library Not Found",
+        swarm=None,
+        swarm_error="TransportError: connection refused",
+        memory="hub http://h:1/",
     )
     text = _render(report)
     assert "no supervisor running" in text
@@ -124,12 +144,27 @@ def test_render_says_what_is_missing() -> None:
 def test_render_shows_workers_fallback_and_counters() -> None:
     """A live snapshot shows each worker's state, experiment, fallback proposer and counters."""
     report = StatusReport(
-        generated_at=time.time(), state_dir="/x", supervisor_running=True,
-        snapshot=_snapshot(), gpus=[], gpus_error=None,
-        swarm={"bests": [{"track": "standard", "tier": "xl", "val_bpb": 0.9979,
-                          "agent_id": "a", "description": "baseline"}],
-               "live_claims": [], "recent": []},
-        swarm_error=None, memory="local /tmp/m.sqlite",
+        generated_at=time.time(),
+        state_dir="/x",
+        supervisor_running=True,
+        snapshot=_snapshot(),
+        gpus=[],
+        gpus_error=None,
+        swarm={
+            "bests": [
+                {
+                    "track": "standard",
+                    "tier": "xl",
+                    "val_bpb": 0.9979,
+                    "agent_id": "a",
+                    "description": "baseline",
+                }
+            ],
+            "live_claims": [],
+            "recent": [],
+        },
+        swarm_error=None,
+        memory="local /tmp/m.sqlite",
     )
     text = _render(report)
     assert "nimble-otter-42" in text and "training" in text
@@ -159,9 +194,17 @@ async def _seed(path: Path) -> list[str]:
         keys = []
         src1 = apply_changes(SRC, {"MATRIX_LR": 0.05})
         for desc, src, val in (("baseline", SRC, 1.0), ("MATRIX_LR 0.04 → 0.05", src1, 0.98)):
-            r = Result(agent_id="seeder", status="keep", description=desc, train_py=src,
-                       val_bpb=val, track="smoke", vram_tier="cpu",
-                       code_hash=code_hash(src), completed_at=time.time())
+            r = Result(
+                agent_id="seeder",
+                status="keep",
+                description=desc,
+                train_py=src,
+                val_bpb=val,
+                track="smoke",
+                vram_tier="cpu",
+                code_hash=code_hash(src),
+                completed_at=time.time(),
+            )
             assert (await memory.propose_best(r)).moved
             keys.append(await memory.publish_result(r))
             time.sleep(0.01)
@@ -180,7 +223,8 @@ async def test_best_and_results_commands(
 
     out_file = tmp_path / "best_train.py"
     code = await asyncio.to_thread(
-        main, ["best", *common, "--track", "smoke", "--write", str(out_file)])
+        main, ["best", *common, "--track", "smoke", "--write", str(out_file)]
+    )
     assert code == 0
     assert out_file.read_text() == apply_changes(SRC, {"MATRIX_LR": 0.05})
     capsys.readouterr()
@@ -200,8 +244,19 @@ async def test_best_and_results_commands(
 def test_best_write_without_any_best_fails(tmp_path: Path) -> None:
     """`best --write` on an empty memory writes nothing and exits 1."""
     out_file = tmp_path / "best.py"
-    code = main(["best", "--memory-path", str(tmp_path / "empty.sqlite"), "--state-dir",
-                 str(tmp_path / "s"), "--track", "smoke", "--write", str(out_file)])
+    code = main(
+        [
+            "best",
+            "--memory-path",
+            str(tmp_path / "empty.sqlite"),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--track",
+            "smoke",
+            "--write",
+            str(out_file),
+        ]
+    )
     assert code == 1 and not out_file.exists()
 
 

@@ -34,13 +34,20 @@ def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> PreparedCache:
     proc = subprocess.run(
         [sys.executable, str(PREPARE_PY), "--profile", "smoke"],
         env=child_env(root, profile="standard"),  # --profile must win over the environment
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, f"prepare.py failed:\n{proc.stdout}\n{proc.stderr}"
-    return PreparedCache(root=root, data_dir=root / "smoke" / "data",
-                         tokenizer_dir=root / "smoke" / "tokenizer", wall_s=wall,
-                         stdout=proc.stdout, stderr=proc.stderr)
+    return PreparedCache(
+        root=root,
+        data_dir=root / "smoke" / "data",
+        tokenizer_dir=root / "smoke" / "tokenizer",
+        wall_s=wall,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +65,9 @@ def tokenizer(prep: ModuleType) -> object:
 def scratch_run(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """run_train in a fresh scratch directory under this test's tmp_path."""
 
-    def run(cache: PreparedCache, source: str | None = None, timeout: float = 240,
-            **env: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        cache: PreparedCache, source: str | None = None, timeout: float = 240, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return run_train(tmp_path / f"run{next_id()}", cache, source, timeout, **env)
 
     return run

@@ -33,8 +33,9 @@ def import_prepare(cache_root: Path | str, profile: str | None = "smoke") -> Mod
 def child_env(cache_root: Path | str, profile: str = "smoke", **extra: str) -> dict[str, str]:
     """Environment of a prepare.py / train.py child: the track, the cache, nothing else odd."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(AUTORESEARCH_PROFILE=profile, AUTORESEARCH_CACHE=str(cache_root),
-               PYTHONUNBUFFERED="1")
+    env.update(
+        AUTORESEARCH_PROFILE=profile, AUTORESEARCH_CACHE=str(cache_root), PYTHONUNBUFFERED="1"
+    )
     env.update(extra)
     return env
 
@@ -49,18 +50,22 @@ class PreparedCache:
     stderr: str
 
 
-def run_train(work: Path, cache: PreparedCache, source: str | None = None,
-              timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
+def run_train(
+    work: Path, cache: PreparedCache, source: str | None = None, timeout: float = 240, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run train.py (``source``, default the repo's) in ``work`` beside a copy of prepare.py,
     the way the runner does: a scratch directory, the track and cache from the environment."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "prepare.py").write_text(PREPARE_PY.read_text())
     (work / "train.py").write_text(source if source is not None else TRAIN_PY.read_text())
-    return subprocess.run([sys.executable, "train.py"], cwd=work,
-                          env=child_env(cache.root, **env), capture_output=True, text=True,
-                          timeout=timeout)
-
-
+    return subprocess.run(
+        [sys.executable, "train.py"],
+        cwd=work,
+        env=child_env(cache.root, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def next_id() -> int:

@@ -59,15 +59,14 @@ def test_rows_are_whole_documents_without_padding(prep: ModuleType, tokenizer) -
         for row in full_rows(*next(loader)[:2]):
             starts = [i for i, t in enumerate(row) if t == bos]
             assert starts[0] == 0
-            pieces = [tuple(row[a:b]) for a, b in zip(starts, [*starts[1:], len(row)],
-                                                        strict=True)]
+            pieces = [tuple(row[a:b]) for a, b in zip(starts, [*starts[1:], len(row)], strict=True)]
             for piece in pieces[:-1]:
                 assert piece in encoded, "a document inside a row is incomplete"
             whole += len(pieces) - 1
             if pieces[-1] in encoded:
                 whole += 1
             else:
-                assert any(d[:len(pieces[-1])] == pieces[-1] for d in encoded)
+                assert any(d[: len(pieces[-1])] == pieces[-1] for d in encoded)
                 cropped += 1
     assert whole > 0 and cropped > 0
 
@@ -88,8 +87,9 @@ def test_best_fit_packing_and_crop_only_when_nothing_fits(fresh_prepare) -> None
     # a document is cropped only when none fits, and the crop fills the row exactly
     mod2 = fresh_prepare("smoke", root=Path(mod.CACHE_DIR).parent / "other")
     write_split(mod2, [[5] * 11, [6] * 3], [[9] * 20])  # +BOS: 12 (never fits), 4
-    x, y, _ = next(mod2.make_dataloader(ListTokenizer(), 1, 9, "train", buffer_size=1,
-                                        device="cpu"))
+    x, y, _ = next(
+        mod2.make_dataloader(ListTokenizer(), 1, 9, "train", buffer_size=1, device="cpu")
+    )
     assert full_rows(x, y)[0] == [BOS, 6, 6, 6, BOS, 5, 5, 5, 5, 5]
 
 
@@ -103,6 +103,7 @@ def test_epoch_counts_passes_over_the_data(fresh_prepare) -> None:
 
 def test_seed_sets_training_order_and_never_validation(prep: ModuleType, tokenizer) -> None:
     """The same seed gives the same training batches, another seed others; val ignores it."""
+
     def first(split: str, seed: int | None) -> torch.Tensor:
         loader = prep.make_dataloader(tokenizer, 4, 64, split, 64, seed=seed, device="cpu")
         return next(loader)[0]

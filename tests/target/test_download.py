@@ -72,8 +72,7 @@ def shard_server() -> Iterator[Callable[..., ShardServer]]:
                 if m:
                     start = int(m.group(1))
                     self.send_response(206)
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
@@ -135,16 +134,20 @@ def test_server_failing_twice_then_succeeding(fresh_prepare, shard_server, capsy
         assert (Path(mod.DATA_DIR) / name).read_bytes() == server.files[name]
     assert len(delays) == 4
     assert "attempt 2/5 failed (HTTPError: 503" in capsys.readouterr().err
-    assert all(0.25 <= d <= 0.75 for d in delays[0::2]) and all(0.5 <= d <= 1.5
-                                                                for d in delays[1::2])
+    assert all(0.25 <= d <= 0.75 for d in delays[0::2]) and all(
+        0.5 <= d <= 1.5 for d in delays[1::2]
+    )
 
 
 def test_connection_dropped_mid_file_resumes_with_range(fresh_prepare, shard_server) -> None:
     """After a drop mid-file the next attempt asks for the rest (HTTP Range) and completes."""
     mod = fresh_prepare("standard")
     server = shard_server(drop_first=1)
-    mod.download_file(f"{server.url}/shard_00003.parquet",
-                      str(Path(mod.DATA_DIR) / "shard_00003.parquet"), sleep=no_sleep([]))
+    mod.download_file(
+        f"{server.url}/shard_00003.parquet",
+        str(Path(mod.DATA_DIR) / "shard_00003.parquet"),
+        sleep=no_sleep([]),
+    )
     body = server.files["shard_00003.parquet"]
     assert [r for _, r in server.requests] == [None, f"bytes={len(body) // 2}-"]
     assert (Path(mod.DATA_DIR) / "shard_00003.parquet").read_bytes() == body
@@ -158,8 +161,9 @@ def test_partial_file_from_an_earlier_run_is_resumed(fresh_prepare, shard_server
     body = server.files["shard_00000.parquet"] = parquet_bytes("x")
     Path(mod.DATA_DIR).mkdir(parents=True)
     (Path(mod.DATA_DIR) / "shard_00000.parquet.part").write_bytes(body[:1000])
-    mod.download_file(f"{server.url}/shard_00000.parquet",
-                      str(Path(mod.DATA_DIR) / "shard_00000.parquet"))
+    mod.download_file(
+        f"{server.url}/shard_00000.parquet", str(Path(mod.DATA_DIR) / "shard_00000.parquet")
+    )
     assert server.requests == [("shard_00000.parquet", "bytes=1000-")]
     assert (Path(mod.DATA_DIR) / "shard_00000.parquet").read_bytes() == body
 
@@ -170,8 +174,9 @@ def test_never_a_partial_file_under_the_final_name(fresh_prepare, shard_server) 
     server = shard_server(drop_always=True)
     dest = Path(mod.DATA_DIR) / "shard_00000.parquet"
     with pytest.raises(mod.DownloadError, match="failed after 3 attempts"):
-        mod.download_file(f"{server.url}/shard_00000.parquet", str(dest), max_attempts=3,
-                          sleep=no_sleep([]))
+        mod.download_file(
+            f"{server.url}/shard_00000.parquet", str(dest), max_attempts=3, sleep=no_sleep([])
+        )
     assert not dest.exists()
     assert Path(str(dest) + ".part").exists()  # kept so that a later run resumes it
     assert server.count("shard_00000.parquet") == 3
@@ -184,8 +189,9 @@ def test_not_a_parquet_file_is_rejected(fresh_prepare, shard_server) -> None:
     server.files["shard_00000.parquet"] = b"<html>rate limited</html>" * 10
     dest = Path(mod.DATA_DIR) / "shard_00000.parquet"
     with pytest.raises(mod.DownloadError, match="not a parquet file"):
-        mod.download_file(f"{server.url}/shard_00000.parquet", str(dest), max_attempts=2,
-                          sleep=no_sleep([]))
+        mod.download_file(
+            f"{server.url}/shard_00000.parquet", str(dest), max_attempts=2, sleep=no_sleep([])
+        )
     assert not dest.exists()
 
 
@@ -207,11 +213,19 @@ def test_offline_cli_names_url_and_offline_options(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/datasets/climbmix"
-    env = child_env(tmp_path / "cache", profile="standard", AUTORESEARCH_DATA_URL=url,
-                    AUTORESEARCH_DOWNLOAD_BACKOFF_S="0.01")
-    proc = subprocess.run([sys.executable, str(PREPARE_PY), "--num-shards", "1",
-                           "--max-attempts", "2"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = child_env(
+        tmp_path / "cache",
+        profile="standard",
+        AUTORESEARCH_DATA_URL=url,
+        AUTORESEARCH_DOWNLOAD_BACKOFF_S="0.01",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(PREPARE_PY), "--num-shards", "1", "--max-attempts", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert url in proc.stderr
     assert "--profile smoke" in proc.stderr and "--source DIR" in proc.stderr

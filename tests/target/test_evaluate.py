@@ -36,8 +36,7 @@ class UniformLogits(nn.Module):
 
     def forward(self, x, y, reduction="mean"):
         logits = self.bias.expand(*y.shape, self.vocab)
-        return F.cross_entropy(logits.reshape(-1, self.vocab), y.reshape(-1),
-                               reduction=reduction)
+        return F.cross_entropy(logits.reshape(-1, self.vocab), y.reshape(-1), reduction=reduction)
 
 
 def eval_targets(prep: ModuleType, tokenizer, batch_size: int) -> torch.Tensor:

@@ -16,8 +16,9 @@ import torch
 from target_helpers import PREPARE_PY, PreparedCache, child_env, import_prepare
 
 
-def test_smoke_prepare_writes_shards_tokenizer_and_token_bytes(smoke_cache: PreparedCache,
-                                                               prep: ModuleType) -> None:
+def test_smoke_prepare_writes_shards_tokenizer_and_token_bytes(
+    smoke_cache: PreparedCache, prep: ModuleType
+) -> None:
     """`prepare.py --profile smoke` builds train/val shards, a tokenizer and token bytes."""
     data = smoke_cache.data_dir
     shards = sorted(p.name for p in data.glob("*.parquet"))
@@ -43,11 +44,20 @@ def test_smoke_prepare_writes_shards_tokenizer_and_token_bytes(smoke_cache: Prep
 
 def test_second_prepare_run_is_idempotent(smoke_cache: PreparedCache) -> None:
     """Running prepare again reuses the corpus and the tokenizer instead of rebuilding them."""
-    before = {p: p.stat().st_mtime_ns for p in [*smoke_cache.data_dir.glob("*.parquet"),
-                                                 smoke_cache.tokenizer_dir / "tokenizer.pkl"]}
-    proc = subprocess.run([sys.executable, str(PREPARE_PY)],
-                          env=child_env(smoke_cache.root, profile="smoke"),
-                          capture_output=True, text=True, timeout=120)
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *smoke_cache.data_dir.glob("*.parquet"),
+            smoke_cache.tokenizer_dir / "tokenizer.pkl",
+        ]
+    }
+    proc = subprocess.run(
+        [sys.executable, str(PREPARE_PY)],
+        env=child_env(smoke_cache.root, profile="smoke"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "already built" in proc.stderr and "already trained" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in before} == before
@@ -62,7 +72,11 @@ def test_profiles_set_track_constants_and_cache(tmp_path: Path, monkeypatch) -> 
     assert mod.EVAL_TOKENS < 2**17 and str(tmp_path / "smoke" / "data") == mod.DATA_DIR
     std = mod.configure("standard", str(tmp_path))
     assert (std.max_seq_len, std.time_budget, std.eval_tokens, std.vocab_size) == (
-        2048, 300.0, 40 * 524288, 8192)
+        2048,
+        300.0,
+        40 * 524288,
+        8192,
+    )
     assert str(tmp_path) == mod.CACHE_DIR and mod.VAL_FILENAME == "shard_06542.parquet"
     with pytest.raises(ValueError, match=r"unknown profile 'huge'.*standard, smoke"):
         mod.configure("huge")
@@ -85,21 +99,28 @@ def test_source_dir_builds_corpus_and_tokenizer(tmp_path: Path) -> None:
     (src / "sub").mkdir(parents=True)
     para = "The quick brown fox jumps over the lazy dog number {i}. Ünïcödé ok.\n\n"
     for f in range(6):
-        (src / f"book{f}.txt").write_text("".join(para.format(i=f * 1000 + i)
-                                                  for i in range(300)))
-    pq.write_table(pa.table({"text": [f"parquet document {i} about cats and dogs"
-                                      for i in range(400)]}), src / "sub" / "extra.parquet")
+        (src / f"book{f}.txt").write_text("".join(para.format(i=f * 1000 + i) for i in range(300)))
+    pq.write_table(
+        pa.table({"text": [f"parquet document {i} about cats and dogs" for i in range(400)]}),
+        src / "sub" / "extra.parquet",
+    )
     cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, str(PREPARE_PY), "--profile", "smoke",
-                           "--source", str(src)], env=child_env(cache), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(PREPARE_PY), "--profile", "smoke", "--source", str(src)],
+        env=child_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((cache / "smoke" / "data" / "manifest.json").read_text())
     assert manifest["source"] == str(src) and manifest["val_documents"] > 0
-    docs = [d for p in sorted((cache / "smoke" / "data").glob("*.parquet"))
-            for d in pq.read_table(p).column("text").to_pylist()]
-    assert any("parquet document" in d for d in docs) and any("quick brown fox" in d
-                                                              for d in docs)
+    docs = [
+        d
+        for p in sorted((cache / "smoke" / "data").glob("*.parquet"))
+        for d in pq.read_table(p).column("text").to_pylist()
+    ]
+    assert any("parquet document" in d for d in docs) and any("quick brown fox" in d for d in docs)
     assert (cache / "smoke" / "tokenizer" / "tokenizer.pkl").exists()
     assert "fewer than the 32768 evaluated" in proc.stderr  # a tiny corpus is flagged
 
@@ -147,8 +168,13 @@ def test_local_corpus_refuses_to_overwrite_downloaded_shards(fresh_prepare) -> N
 
 def test_tokenizer_round_trips_unicode(tokenizer) -> None:
     """Encoding then decoding returns the exact text, unicode and odd whitespace included."""
-    texts = ["naïve café — 你好, 世界! Ελληνικά, русский, עברית, 🙂🚀\n\t\r\n  x",
-             "def f(x):\n    return {'a': [1, 22, 333, 4444]}\n", "", " ", "\x00\x7f"]
+    texts = [
+        "naïve café — 你好, 世界! Ελληνικά, русский, עברית, 🙂🚀\n\t\r\n  x",
+        "def f(x):\n    return {'a': [1, 22, 333, 4444]}\n",
+        "",
+        " ",
+        "\x00\x7f",
+    ]
     for text in texts:
         assert tokenizer.decode(tokenizer.encode(text)) == text
     batch = tokenizer.encode(texts, num_threads=2)
@@ -191,9 +217,13 @@ def test_stdlib_flag_builds_a_standard_track_offline(tmp_path: Path) -> None:
     """`--stdlib` gives the standard track (sequence 2048, vocabulary 8192, its validation
     shard name) a corpus from the Python standard library, with no network."""
     cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, str(PREPARE_PY), "--profile", "standard", "--stdlib"],
-                          env=child_env(cache, "standard", AUTORESEARCH_DATA_URL="http://127.0.0.1:9"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(PREPARE_PY), "--profile", "standard", "--stdlib"],
+        env=child_env(cache, "standard", AUTORESEARCH_DATA_URL="http://127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "profile: standard (seq 2048" in proc.stdout
     manifest = json.loads((cache / "data" / "manifest.json").read_text())

@@ -55,10 +55,24 @@ def test_hyperparameter_block_is_editable_by_the_swarm() -> None:
     """swarm.trainpy reads the block (every knob the proposers need) and edits it in place."""
     source = TRAIN_PY.read_text()
     block = constants(source)
-    for name in ("ASPECT_RATIO", "HEAD_DIM", "WINDOW_PATTERN", "TOTAL_BATCH_SIZE",
-                 "EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR", "WEIGHT_DECAY",
-                 "ADAM_BETAS", "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC", "DEPTH",
-                 "DEVICE_BATCH_SIZE", "SEED"):
+    for name in (
+        "ASPECT_RATIO",
+        "HEAD_DIM",
+        "WINDOW_PATTERN",
+        "TOTAL_BATCH_SIZE",
+        "EMBEDDING_LR",
+        "UNEMBEDDING_LR",
+        "MATRIX_LR",
+        "SCALAR_LR",
+        "WEIGHT_DECAY",
+        "ADAM_BETAS",
+        "WARMUP_RATIO",
+        "WARMDOWN_RATIO",
+        "FINAL_LR_FRAC",
+        "DEPTH",
+        "DEVICE_BATCH_SIZE",
+        "SEED",
+    ):
         assert name in block, name
     assert block["TOTAL_BATCH_SIZE"] % (block["DEVICE_BATCH_SIZE"] * 2048) == 0
     edited = apply_changes(source, {"MATRIX_LR": 0.05, "DEPTH": 9})
@@ -88,28 +102,31 @@ def test_smoke_run_prints_the_exact_summary_block(smoke_run: Run, prep: ModuleTy
 
 
 @pytest.mark.slow
-def test_smoke_run_beats_the_unigram_baseline(smoke_run: Run, prep: ModuleType,
-                                              tokenizer) -> None:
+def test_smoke_run_beats_the_unigram_baseline(smoke_run: Run, prep: ModuleType, tokenizer) -> None:
     """val_bpb is below the unigram bits per byte of the validation targets: it learns."""
     summary = parse_summary(smoke_run.proc.stdout)
     assert summary is not None
     unigram = prep.unigram_bpb(tokenizer, 8)
-    print(f"smoke: val_bpb {summary.val_bpb:.4f} vs unigram {unigram:.4f}, "
-          f"{summary.num_steps} steps, wall {smoke_run.wall_s:.1f}s")
+    print(
+        f"smoke: val_bpb {summary.val_bpb:.4f} vs unigram {unigram:.4f}, "
+        f"{summary.num_steps} steps, wall {smoke_run.wall_s:.1f}s"
+    )
     assert summary.val_bpb < unigram
 
 
 @pytest.fixture(scope="module")
 def absurd_lr_run(tmp_path_factory, smoke_cache: PreparedCache) -> Run:
     """A run whose learning rates are absurd (same SEED as the repository's train.py)."""
-    src = apply_changes(TRAIN_PY.read_text(),
-                        {"MATRIX_LR": 1e6, "EMBEDDING_LR": 1e6, "UNEMBEDDING_LR": 1e6})
+    src = apply_changes(
+        TRAIN_PY.read_text(), {"MATRIX_LR": 1e6, "EMBEDDING_LR": 1e6, "UNEMBEDDING_LR": 1e6}
+    )
     return train(tmp_path_factory, smoke_cache, src)
 
 
 @pytest.mark.slow
-def test_seed_is_honoured(tmp_path_factory, smoke_cache: PreparedCache, smoke_run: Run,
-                          absurd_lr_run: Run) -> None:
+def test_seed_is_honoured(
+    tmp_path_factory, smoke_cache: PreparedCache, smoke_run: Run, absurd_lr_run: Run
+) -> None:
     """The same SEED gives the same init and first batch (same first loss); another changes it."""
     reference = step_losses(smoke_run.proc.stdout)
     assert step_losses(absurd_lr_run.proc.stdout)[0] == reference[0]  # LR acts after step 0
@@ -120,11 +137,13 @@ def test_seed_is_honoured(tmp_path_factory, smoke_cache: PreparedCache, smoke_ru
 
 
 @pytest.mark.slow
-def test_block_constants_shape_the_smoke_model(tmp_path_factory,
-                                               smoke_cache: PreparedCache) -> None:
+def test_block_constants_shape_the_smoke_model(
+    tmp_path_factory, smoke_cache: PreparedCache
+) -> None:
     """Editing DEPTH / ASPECT_RATIO / DEVICE_BATCH_SIZE changes the smoke run accordingly."""
-    src = apply_changes(TRAIN_PY.read_text(),
-                        {"DEPTH": 4, "ASPECT_RATIO": 32, "DEVICE_BATCH_SIZE": 64})
+    src = apply_changes(
+        TRAIN_PY.read_text(), {"DEPTH": 4, "ASPECT_RATIO": 32, "DEVICE_BATCH_SIZE": 64}
+    )
     run = train(tmp_path_factory, smoke_cache, src, AUTORESEARCH_TIME_BUDGET="0.5")
     assert run.proc.returncode == 0, run.proc.stderr[-2000:]
     assert "model: depth 4, width 32," in run.proc.stdout
@@ -133,8 +152,9 @@ def test_block_constants_shape_the_smoke_model(tmp_path_factory,
     assert summary is not None and summary.depth == 4 and summary.num_params_M < 1.5
 
 
-def test_syntax_error_exits_nonzero_without_summary(tmp_path_factory,
-                                                    smoke_cache: PreparedCache) -> None:
+def test_syntax_error_exits_nonzero_without_summary(
+    tmp_path_factory, smoke_cache: PreparedCache
+) -> None:
     """A train.py that does not parse fails with a SyntaxError and prints no summary."""
     run = train(tmp_path_factory, smoke_cache, TRAIN_PY.read_text() + "\ndef broken(:\n")
     assert run.proc.returncode != 0
@@ -153,15 +173,17 @@ def test_absurd_learning_rate_fails_fast(absurd_lr_run: Run) -> None:
 
 def test_standard_track_needs_cuda(tmp_path_factory, smoke_cache: PreparedCache) -> None:
     """Without CUDA the standard track refuses to start and points at the smoke track."""
-    run = train(tmp_path_factory, smoke_cache, AUTORESEARCH_PROFILE="standard",
-                CUDA_VISIBLE_DEVICES="")
+    run = train(
+        tmp_path_factory, smoke_cache, AUTORESEARCH_PROFILE="standard", CUDA_VISIBLE_DEVICES=""
+    )
     assert run.proc.returncode == 1
     assert "AUTORESEARCH_PROFILE=smoke" in run.proc.stderr
     assert parse_summary(run.proc.stdout) is None
 
 
-def test_batch_that_does_not_divide_is_rejected(tmp_path_factory,
-                                                smoke_cache: PreparedCache) -> None:
+def test_batch_that_does_not_divide_is_rejected(
+    tmp_path_factory, smoke_cache: PreparedCache
+) -> None:
     """TOTAL_BATCH_SIZE not a multiple of DEVICE_BATCH_SIZE x seq len fails with its names."""
     src = apply_changes(TRAIN_PY.read_text(), {"DEVICE_BATCH_SIZE": 96})
     run = train(tmp_path_factory, smoke_cache, src)

@@ -32,8 +32,10 @@ def test_cuda_run_reports_gpu_memory_and_mfu(
 
 
 def test_cuda_run_without_compile_still_learns(
-    smoke_cache: object, scratch_run: Callable[..., subprocess.CompletedProcess[str]],
-    prep: ModuleType, tokenizer: object,
+    smoke_cache: object,
+    scratch_run: Callable[..., subprocess.CompletedProcess[str]],
+    prep: ModuleType,
+    tokenizer: object,
 ) -> None:
     """With torch.compile off (AUTORESEARCH_COMPILE=0) the CUDA path beats the unigram bpb."""
     proc = scratch_run(smoke_cache, timeout=600, AUTORESEARCH_COMPILE="0")

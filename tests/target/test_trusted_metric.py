@@ -13,18 +13,29 @@ from swarm.verify import check_train_py
 pytestmark = pytest.mark.slow
 
 
-def _spec(tmp_path: Path, cache: PreparedCache, source: str, name: str,
-          **env: str) -> RunSpec:
+def _spec(tmp_path: Path, cache: PreparedCache, source: str, name: str, **env: str) -> RunSpec:
     return RunSpec(
-        train_py=source, prepare_py=PREPARE_PY, work_root=tmp_path, experiment_id=name,
-        gpu=None, profile="smoke", budget_s=2.0, startup_allowance_s=240.0, verify=True,
-        env={"AUTORESEARCH_CACHE": str(cache.root), "AUTORESEARCH_TIME_BUDGET": "2",
-             "OMP_NUM_THREADS": "1", **env},
+        train_py=source,
+        prepare_py=PREPARE_PY,
+        work_root=tmp_path,
+        experiment_id=name,
+        gpu=None,
+        profile="smoke",
+        budget_s=2.0,
+        startup_allowance_s=240.0,
+        verify=True,
+        env={
+            "AUTORESEARCH_CACHE": str(cache.root),
+            "AUTORESEARCH_TIME_BUDGET": "2",
+            "OMP_NUM_THREADS": "1",
+            **env,
+        },
     )
 
 
-async def test_honest_smoke_run_passes_every_check(tmp_path: Path,
-                                                   smoke_cache: PreparedCache) -> None:
+async def test_honest_smoke_run_passes_every_check(
+    tmp_path: Path, smoke_cache: PreparedCache
+) -> None:
     """The shipped train.py on the smoke track: the metric matches, the summary is plausible."""
     out = await run_experiment(_spec(tmp_path, smoke_cache, TRAIN_PY.read_text(), "honest"))
     assert out.status == "ok", (out.message, out.log_tail)
@@ -39,7 +50,8 @@ async def test_lowered_val_bpb_is_invalid(tmp_path: Path, smoke_cache: PreparedC
     assert anchor in honest
     cheat = honest.replace(anchor, anchor + "val_bpb -= 0.05\n")
     assert check_train_py(cheat) == []
-    out = await run_experiment(_spec(tmp_path, smoke_cache, cheat, "cheat",
-                                     AUTORESEARCH_MAX_STEPS="2"))
+    out = await run_experiment(
+        _spec(tmp_path, smoke_cache, cheat, "cheat", AUTORESEARCH_MAX_STEPS="2")
+    )
     assert (out.status, out.failure) == ("invalid", "metric"), (out.message, out.log_tail)
     assert "prepare.evaluate_bpb measured" in out.message

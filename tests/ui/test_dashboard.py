@@ -25,8 +25,15 @@ from swarm.records import Result
 from swarm.trainpy import code_hash
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @dataclass
@@ -51,7 +58,8 @@ async def filled_hub(tmp_path: Path, embedder: Embedder) -> AsyncIterator[Filled
         mems = {}
         for name in ("alice", "bob"):
             backend = await st.enter_async_context(
-                open_memory("hub", url=handle.url, api_key=tokens[name]))
+                open_memory("hub", url=handle.url, api_key=tokens[name])
+            )
             mems[name] = SwarmMemory(backend, agent_id=name)
         done = await fill_history(mems)
         yield Filled(handle.url, tokens, mems, done.best)
@@ -59,8 +67,10 @@ async def filled_hub(tmp_path: Path, embedder: Embedder) -> AsyncIterator[Filled
 
 def test_noise_sigma_pools_repeated_runs() -> None:
     """σ comes from runs of the same code only; no repeats gives None."""
-    runs = [Result(agent_id="a", status="keep", description="x", val_bpb=v, code_hash=h)
-            for v, h in ((1.0, "a"), (1.2, "a"), (2.0, "b"), (2.2, "b"), (5.0, "c"))]
+    runs = [
+        Result(agent_id="a", status="keep", description="x", val_bpb=v, code_hash=h)
+        for v, h in ((1.0, "a"), (1.2, "a"), (2.0, "b"), (2.2, "b"), (5.0, "c"))
+    ]
     sigma, n = noise_sigma(runs)
     assert n == 4 and sigma == pytest.approx((0.04 / 2) ** 0.5)
     assert noise_sigma(runs[-1:]) == (None, 0)
@@ -71,12 +81,18 @@ async def test_dashboard_json_refuses_bad_callers_cleanly(filled_hub: Filled) ->
     a read token sees every section."""
     api = filled_hub.url + "api/dashboard"
     async with aiohttp.ClientSession() as s:
-        for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"},
-                        {"Authorization": "Bearer " + "x" * 4000}):
+        for headers in (
+            {},
+            {"Authorization": "Basic abc"},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": "Bearer " + "x" * 4000},
+        ):
             async with s.get(api, headers=headers) as r:
                 assert r.status == 401, headers
                 assert "token" in (await r.json())["error"]
-        async with s.get(api, headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]}) as r:
+        async with s.get(
+            api, headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]}
+        ) as r:
             assert r.status == 200
             data = await r.json()
     assert data["sections"] == {"results": True, "claims": True, "best": True}
@@ -86,7 +102,9 @@ async def test_dashboard_json_refuses_bad_callers_cleanly(filled_hub: Filled) ->
     board = {(b["status"], b["panel"]): b["val_bpb"] for b in data["leaderboard"]}
     assert board[("unverified", "smoke/cpu")] == filled_hub.best
     agents = {a["agent"]: a for a in data["agents"]}
-    assert agents["bob"]["bests"] == 2 and agents["alice"]["bests"] == 1  # first keep sets, not improves
+    assert (
+        agents["bob"]["bests"] == 2 and agents["alice"]["bests"] == 1
+    )  # first keep sets, not improves
     assert agents["alice"]["experiments"] == 4 and agents["alice"]["crashed"] == 1
     newest = data["recent"][0]
     assert newest["description"] == HISTORY[-1][1]
@@ -106,9 +124,16 @@ async def test_page_is_served_and_mcp_stream_probe_still_405(filled_hub: Filled)
 async def test_metrics_are_prometheus_text(filled_hub: Filled) -> None:
     """/metrics parses as Prometheus text: tool calls by tool and outcome, latency
     histograms, records by namespace, live claims; unknown paths are folded into 'other'."""
-    claim = (await filled_hub.memories["bob"].try_claim(
-        parent_hash=code_hash(source(0.02, 6)), code_hash=code_hash(source(0.021, 6)),
-        description="MATRIX_LR 0.02 -> 0.021", track="smoke", tier="cpu", gpu_name="cpu")).claim
+    claim = (
+        await filled_hub.memories["bob"].try_claim(
+            parent_hash=code_hash(source(0.02, 6)),
+            code_hash=code_hash(source(0.021, 6)),
+            description="MATRIX_LR 0.02 -> 0.021",
+            track="smoke",
+            tier="cpu",
+            gpu_name="cpu",
+        )
+    ).claim
     assert claim is not None
     async with aiohttp.ClientSession() as s:
         for path in ("wp-admin/x1", "wp-admin/x2", ".env"):
@@ -121,14 +146,20 @@ async def test_metrics_are_prometheus_text(filled_hub: Filled) -> None:
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
             samples[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
-    created = samples[("swarm_hub_tool_calls_total", (("outcome", "ok"), ("tool", "create_memory")))]
+    created = samples[
+        ("swarm_hub_tool_calls_total", (("outcome", "ok"), ("tool", "create_memory")))
+    ]
     assert created >= len(HISTORY)
     buckets = [k for k in samples if k[0] == "swarm_hub_tool_seconds_bucket"]
-    assert buckets and samples[("swarm_hub_tool_seconds_count", (("tool", "create_memory"),))] == created
+    assert (
+        buckets
+        and samples[("swarm_hub_tool_seconds_count", (("tool", "create_memory"),))] == created
+    )
     assert samples[("swarm_hub_records", (("namespace", "results"),))] == len(HISTORY)
     assert samples[("swarm_hub_live_claims", ())] == 1
-    other = samples[("swarm_hub_http_requests_total",
-                     (("method", "GET"), ("path", "other"), ("status", "404")))]
+    other = samples[
+        ("swarm_hub_http_requests_total", (("method", "GET"), ("path", "other"), ("status", "404")))
+    ]
     assert other == 3
     assert not any("wp-admin" in str(k) for k in samples)
 
@@ -137,21 +168,32 @@ async def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     async with aiohttp.ClientSession() as s, s.get(url + "metrics") as r:
         assert r.status == 200
         text = await r.text()
-    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+    return {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+    }
 
 
 async def test_metrics_scrapers_share_one_store_read(
-        filled_hub: Filled, monkeypatch: pytest.MonkeyPatch) -> None:
+    filled_hub: Filled, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Scrapes within the gauge interval reuse one read of the store; the next read after
     the interval sees new records."""
     import swarm.hub.metrics as hub_metrics
 
     results = ("swarm_hub_records", (("namespace", "results"),))
     assert (await _scrape(filled_hub.url))[results] == len(HISTORY)
-    extra = Result(agent_id="bob", status="discard", description="one more", val_bpb=9.0,
-                   train_py=source(0.5, 6), code_hash=code_hash(source(0.5, 6)),
-                   track="smoke", vram_tier="cpu")
+    extra = Result(
+        agent_id="bob",
+        status="discard",
+        description="one more",
+        val_bpb=9.0,
+        train_py=source(0.5, 6),
+        code_hash=code_hash(source(0.5, 6)),
+        track="smoke",
+        vram_tier="cpu",
+    )
     await filled_hub.memories["bob"].publish_result(extra)
     assert (await _scrape(filled_hub.url))[results] == len(HISTORY)
     monkeypatch.setattr(hub_metrics, "STORE_GAUGE_INTERVAL_S", 0.0)
@@ -167,15 +209,24 @@ async def test_dashboard_in_headless_chromium(filled_hub: Filled, tmp_path: Path
     assert Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install chromium"
     bob = filled_hub.memories["bob"]
     outcome = await bob.try_claim(
-        parent_hash=code_hash(source(0.025, 6)), code_hash=code_hash(source(0.021, 6)),
-        description="MATRIX_LR 0.025 -> 0.021", track="smoke", tier="cpu", gpu_name="H100 80GB")
+        parent_hash=code_hash(source(0.025, 6)),
+        code_hash=code_hash(source(0.021, 6)),
+        description="MATRIX_LR 0.025 -> 0.021",
+        track="smoke",
+        tier="cpu",
+        gpu_name="H100 80GB",
+    )
     assert outcome.won and outcome.claim is not None
     claim = outcome.claim
     async with async_playwright() as pw:
         # playwright passes --user-data-dir itself (a persistent context in tmp_path)
         browser = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "user-data"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1400, "height": 1000})
+            str(tmp_path / "user-data"),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1400, "height": 1000},
+        )
         try:
             page = await browser.new_page()
             await page.goto(f"{filled_hub.url}#token={filled_hub.tokens['reader']}&refresh=500")
@@ -214,11 +265,13 @@ async def test_dashboard_in_headless_chromium(filled_hub: Filled, tmp_path: Path
         shutil.copy(tmp_path / "dashboard.png", Path(docs) / "dashboard.png")
 
 
-async def test_anonymous_callers_see_only_public_namespaces(tmp_path: Path,
-                                                            embedder: Embedder) -> None:
+async def test_anonymous_callers_see_only_public_namespaces(
+    tmp_path: Path, embedder: Embedder
+) -> None:
     """With results/ shared publicly, no token shows the results but not claims or bests."""
-    async with serve_hub(tmp_path / "pub.db", embedder=embedder,
-                         public_prefixes=("results/",)) as handle:
+    async with serve_hub(
+        tmp_path / "pub.db", embedder=embedder, public_prefixes=("results/",)
+    ) as handle:
         token = handle.add_token("alice", "participant")
         async with open_memory("hub", url=handle.url, api_key=token) as backend:
             memory = SwarmMemory(backend, agent_id="alice")
@@ -232,14 +285,19 @@ async def test_anonymous_callers_see_only_public_namespaces(tmp_path: Path,
 
 
 async def test_dashboard_works_over_the_newest_window_of_results(
-        filled_hub: Filled, monkeypatch: pytest.MonkeyPatch) -> None:
+    filled_hub: Filled, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a large hub the figures cover the newest WINDOW results and say so."""
     import swarm.hub.dashboard as dashboard
 
     monkeypatch.setattr(dashboard, "WINDOW", 3)
-    async with aiohttp.ClientSession() as s, s.get(
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
             filled_hub.url + "api/dashboard",
-            headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]}) as r:
+            headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]},
+        ) as r,
+    ):
         data = await r.json()
     assert data["total_results"] == len(HISTORY) and data["window"] == 3
     assert data["series"][0]["count"] == 3
@@ -255,9 +313,13 @@ async def test_garbage_under_pending_is_skipped_not_fatal(filled_hub: Filled) ->
     backend = filled_hub.memories["alice"].backend
     created = await backend.create([NewMemory(junk, "not json {", "junk")])
     assert created[0].ok
-    async with aiohttp.ClientSession() as s, s.get(
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
             filled_hub.url + "api/dashboard",
-            headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]}) as r:
+            headers={"Authorization": "Bearer " + filled_hub.tokens["reader"]},
+        ) as r,
+    ):
         assert r.status == 200
         data = await r.json()
     assert all(row.get("key") != junk for row in data["leaderboard"])

@@ -21,8 +21,9 @@ assert get_embedder().dim == 384  # loads the model
 
 def test_importing_and_using_the_library_prints_nothing() -> None:
     """`import swarm.dedup`, log calls at every level and loading the model: no output."""
-    proc = subprocess.run([sys.executable, "-c", LIBRARY_USE], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIBRARY_USE], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr == ""
@@ -30,10 +31,11 @@ def test_importing_and_using_the_library_prints_nothing() -> None:
 
 def test_an_application_that_configures_logging_gets_the_package_lines() -> None:
     """A script that calls logging.basicConfig sees swarm's warnings through it."""
-    code = ("import logging, sys\nlogging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
-            "from swarm._logging import get_logger\nget_logger('swarm.x').warning('visible', n=3)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import logging, sys\nlogging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
+        "from swarm._logging import get_logger\nget_logger('swarm.x').warning('visible', n=3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "visible" in proc.stdout and "n=3" in proc.stdout
 
 
@@ -53,8 +55,7 @@ try:
 except ZeroDivisionError:
     get_logger("swarm.b").exception("failed")
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["event"] for e in events] == ["ours", "theirs x", "failed"]

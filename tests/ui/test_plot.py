@@ -34,9 +34,19 @@ def _results(n: int, *, host: str = "elsewhere") -> list[Result]:
         val = 2.2 - 0.004 * i + (0.03 if i % 3 else 0.0)
         status = "keep" if val < best else "discard"
         best = min(best, val)
-        out.append(Result(agent_id=f"a{i % 2}", status=status, description=f"e{i}",
-                          val_bpb=val, completed_at=1000.0 + 60 * i, track="smoke",
-                          vram_tier="cpu", host=host, key=f"results/k{i}"))
+        out.append(
+            Result(
+                agent_id=f"a{i % 2}",
+                status=status,
+                description=f"e{i}",
+                val_bpb=val,
+                completed_at=1000.0 + 60 * i,
+                track="smoke",
+                vram_tier="cpu",
+                host=host,
+                key=f"results/k{i}",
+            )
+        )
     return out
 
 
@@ -52,13 +62,22 @@ def test_plot_draws_kept_points_and_the_running_best(tmp_path: Path) -> None:
     assert _pixels_near(img, BEST_RGB) > 300
 
 
-def test_plot_makes_one_panel_per_track_and_tier_and_outlines_this_machine(
-        tmp_path: Path) -> None:
+def test_plot_makes_one_panel_per_track_and_tier_and_outlines_this_machine(tmp_path: Path) -> None:
     """Two tiers give two stacked panels; this machine's results get orange rings."""
-    rs = _results(10) + [Result(agent_id="me", status="keep", description=f"x{i}",
-                                val_bpb=2.0 - i / 100, completed_at=2000.0 + i,
-                                track="smoke", vram_tier="small", host="here",
-                                key=f"results/m{i}") for i in range(5)]
+    rs = _results(10) + [
+        Result(
+            agent_id="me",
+            status="keep",
+            description=f"x{i}",
+            val_bpb=2.0 - i / 100,
+            completed_at=2000.0 + i,
+            track="smoke",
+            vram_tier="small",
+            host="here",
+            key=f"results/m{i}",
+        )
+        for i in range(5)
+    ]
     out = tmp_path / "two.png"
     one = tmp_path / "one.png"
     summary = plot_results(rs, out, mine="here", axis="time")
@@ -79,8 +98,10 @@ def test_plot_without_results_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_cli_plot_and_csv_read_a_real_store(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                  ) -> None:
+async def test_cli_plot_and_csv_read_a_real_store(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`swarm plot` and `swarm results --csv` over a real SQLite memory filled by two agents."""
     db = tmp_path / "memory.sqlite"
     async with LocalStore(db) as store:
@@ -115,11 +136,21 @@ def test_csv_and_json_together_is_a_usage_error(capsys: pytest.CaptureFixture[st
 
 
 def test_plot_of_a_missing_local_memory_names_the_file(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No memory file: exit 2 naming the path, and no file is created by asking."""
     db = tmp_path / "nowhere" / "memory.sqlite"
-    code = main(["plot", "--memory-path", str(db), "--state-dir", str(tmp_path / "s"),
-                 "--out", str(tmp_path / "p.png")])
+    code = main(
+        [
+            "plot",
+            "--memory-path",
+            str(db),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "p.png"),
+        ]
+    )
     assert code == 2
     assert f"no memory file at {db}" in capsys.readouterr().err
     assert not db.exists() and not (tmp_path / "p.png").exists()

@@ -9,7 +9,7 @@ from swarm.namespace import SwarmMemory
 from swarm.records import Result
 from swarm.trainpy import code_hash
 
-SRC = '''\
+SRC = """\
 # =============================================================================
 # Hyperparameters
 # =============================================================================
@@ -17,7 +17,7 @@ MATRIX_LR = {lr}
 DEPTH = {depth}
 # =============================================================================
 print("train")
-'''
+"""
 
 # (agent, description, lr, depth, val_bpb, status) in the order they finished
 HISTORY = (
@@ -41,8 +41,13 @@ def source(lr: float, depth: int) -> str:
     return SRC.format(lr=lr, depth=depth)
 
 
-async def fill_history(memories: dict[str, SwarmMemory], *, track: str = "smoke",
-                       tier: str = "cpu", start: float | None = None) -> Filled:
+async def fill_history(
+    memories: dict[str, SwarmMemory],
+    *,
+    track: str = "smoke",
+    tier: str = "cpu",
+    start: float | None = None,
+) -> Filled:
     """Publish HISTORY through each agent's SwarmMemory, moving the bests as a worker does."""
     t0 = start if start is not None else time.time() - 3600
     best_src: str | None = None
@@ -53,9 +58,19 @@ async def fill_history(memories: dict[str, SwarmMemory], *, track: str = "smoke"
         parent = code_hash(best_src) if best_src else ""
         delta = None if val is None or best_val is None else val - best_val
         result = Result(
-            agent_id=agent, status=status, description=desc, train_py=src, val_bpb=val,
-            completed_at=t0 + 60 * i, vram_tier=tier, track=track, parent_hash=parent,
-            code_hash=code_hash(src), gpu_name="cpu", seed=i, delta=delta,
+            agent_id=agent,
+            status=status,
+            description=desc,
+            train_py=src,
+            val_bpb=val,
+            completed_at=t0 + 60 * i,
+            vram_tier=tier,
+            track=track,
+            parent_hash=parent,
+            code_hash=code_hash(src),
+            gpu_name="cpu",
+            seed=i,
+            delta=delta,
         )
         key = await memories[agent].publish_result(result)
         result = Result.from_json(key, result.to_json())

@@ -28,10 +28,20 @@ def code(name: str) -> str:
 
 
 def result(mem: SwarmMemory, name: str, val: float, seed: int = 42, parent: str = "") -> Result:
-    return Result(agent_id=mem.agent_id, host=mem.host, status="keep", description=name,
-                  train_py=f"# {name}\n", val_bpb=val, track=TRACK, vram_tier=TIER,
-                  parent_hash=parent, code_hash=code(name), seed=seed,
-                  completed_at=mem.now())
+    return Result(
+        agent_id=mem.agent_id,
+        host=mem.host,
+        status="keep",
+        description=name,
+        train_py=f"# {name}\n",
+        val_bpb=val,
+        track=TRACK,
+        vram_tier=TIER,
+        parent_hash=parent,
+        code_hash=code(name),
+        seed=seed,
+        completed_at=mem.now(),
+    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -46,8 +56,14 @@ def clock() -> FakeClock:
 
 
 async def agent(swarm: Swarm, name: str, host: str, clock: FakeClock) -> SwarmMemory:
-    return SwarmMemory(await swarm.backend(name), agent_id=name, host=host, clock=clock,
-                       sleep=no_sleep, embed_records=False)
+    return SwarmMemory(
+        await swarm.backend(name),
+        agent_id=name,
+        host=host,
+        clock=clock,
+        sleep=no_sleep,
+        embed_records=False,
+    )
 
 
 async def verified_baseline(a: SwarmMemory, b: SwarmMemory, val: float = 3.0) -> None:
@@ -69,9 +85,9 @@ async def test_improvement_is_a_candidate_until_another_agent_confirms(
     best = await a.get_best(TRACK, TIER)
     assert best is not None and best.val_bpb == pytest.approx(3.0005)
     assert [c.result.description for c in await b.candidates.open_for(TRACK, TIER, POLICY)] == [
-        "better"]
-    decision = await b.candidates.confirm(result(b, "better", 2.905, seed=99, parent=BASE),
-                                          POLICY)
+        "better"
+    ]
+    decision = await b.candidates.confirm(result(b, "better", 2.905, seed=99, parent=BASE), POLICY)
     assert decision.moved and decision.tier_moved and decision.global_moved
     best = await b.get_best(TRACK, TIER)
     assert best is not None and best.val_bpb == pytest.approx(2.9025)
@@ -106,23 +122,25 @@ async def test_disagreeing_confirmation_refutes_and_flags_the_author(
     trust = await b.candidates.trust(TRACK, "alice")
     assert trust.streak == 0 and trust.refuted == 1
     assert [c.result.description for c in await b.candidates.open_for(TRACK, TIER, POLICY)] == [
-        "other"]
+        "other"
+    ]
 
 
-async def test_solo_self_verification_then_independent_upgrade(swarm: Swarm,
-                                                                clock: FakeClock) -> None:
+async def test_solo_self_verification_then_independent_upgrade(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """Alone, A confirms its own candidate (self-verified best); B later upgrades it."""
     a = await agent(swarm, "alice", "host-a", clock)
     await a.candidates.propose(result(a, "baseline", 3.0), POLICY)
     assert [c.result.description for c in await a.candidates.open_for(TRACK, TIER, POLICY)] == [
-        "baseline"]
+        "baseline"
+    ]
     decision = await a.candidates.confirm(result(a, "baseline", 3.002, seed=43), POLICY)
     assert decision.moved
     best = await a.get_best(TRACK, TIER)
     assert verification_of(best) == "self-verified"
     b = await agent(swarm, "bob", "host-b", clock)
-    assert [c.state for c in await b.candidates.open_for(TRACK, TIER, POLICY)] == [
-        "self-verified"]
+    assert [c.state for c in await b.candidates.open_for(TRACK, TIER, POLICY)] == ["self-verified"]
     decision = await b.candidates.confirm(result(b, "baseline", 3.001, seed=44), POLICY)
     assert decision.moved
     best = await b.get_best(TRACK, TIER)
@@ -131,16 +149,16 @@ async def test_solo_self_verification_then_independent_upgrade(swarm: Swarm,
     assert len(best.confirmations) == 3
 
 
-async def test_refuted_self_verified_best_reverts_to_the_previous(swarm: Swarm,
-                                                                  clock: FakeClock) -> None:
+async def test_refuted_self_verified_best_reverts_to_the_previous(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """A self-verified best that an independent run refutes is withdrawn: the previous returns."""
     a = await agent(swarm, "alice", "host-a", clock)
     b = await agent(swarm, "bob", "host-b", clock)
     await verified_baseline(a, b)
     clock.advance(3600)  # bob has gone quiet: alice is solo
     await a.candidates.propose(result(a, "lucky", 2.9, parent=BASE), POLICY)
-    assert (await a.candidates.confirm(result(a, "lucky", 2.9, seed=1, parent=BASE),
-                                       POLICY)).moved
+    assert (await a.candidates.confirm(result(a, "lucky", 2.9, seed=1, parent=BASE), POLICY)).moved
     assert verification_of(await a.get_best(TRACK, TIER)) == "self-verified"
     decision = await b.candidates.confirm(result(b, "lucky", 3.0, seed=2, parent=BASE), POLICY)
     assert decision.refuted
@@ -157,8 +175,13 @@ async def test_self_confirmation_is_refused_while_another_agent_is_live(
     """With bob live in the tier, alice may not confirm her own candidate."""
     a = await agent(swarm, "alice", "host-a", clock)
     b = await agent(swarm, "bob", "host-b", clock)
-    outcome = await b.try_claim(parent_hash=BASE, code_hash=code("bob-work"),
-                                description="bob works", track=TRACK, tier=TIER)
+    outcome = await b.try_claim(
+        parent_hash=BASE,
+        code_hash=code("bob-work"),
+        description="bob works",
+        track=TRACK,
+        tier=TIER,
+    )
     assert outcome.won and isinstance(outcome.claim, Claim)
     await a.candidates.propose(result(a, "mine", 3.0), POLICY)
     assert await a.candidates.open_for(TRACK, TIER, POLICY) == []
@@ -167,14 +190,16 @@ async def test_self_confirmation_is_refused_while_another_agent_is_live(
     assert await a.get_best(TRACK, TIER) is None
 
 
-async def test_second_name_on_the_same_host_is_not_independent(swarm: Swarm,
-                                                               clock: FakeClock) -> None:
+async def test_second_name_on_the_same_host_is_not_independent(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """An attacker confirming its own lie under a second agent name on the same host fails."""
     liar = await agent(swarm, "mallory", "host-m", clock)
     sock = await agent(swarm, "mallory-2", "host-m", clock)
     honest = await agent(swarm, "bob", "host-b", clock)
-    await honest.try_claim(parent_hash=BASE, code_hash=code("x"), description="x",
-                           track=TRACK, tier=TIER)
+    await honest.try_claim(
+        parent_hash=BASE, code_hash=code("x"), description="x", track=TRACK, tier=TIER
+    )
     await liar.candidates.propose(result(liar, "fake", 2.0), POLICY)
     decision = await sock.candidates.confirm(result(sock, "fake", 2.0, seed=3), POLICY)
     assert not decision.moved
@@ -218,14 +243,15 @@ async def test_adoption_modes(swarm: Swarm, clock: FakeClock) -> None:
     provisional = await b.candidates.adoptable(TRACK, TIER, "any")
     assert provisional.code_hash == code("open")
     assert provisional.result.extra["verification"] == "pending"
-    assert (await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=2)
-            ).code_hash == code("baseline")  # alice has one verified candidate so far
-    assert (await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=1)
-            ).code_hash == code("open")
+    assert (
+        await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=2)
+    ).code_hash == code("baseline")  # alice has one verified candidate so far
+    assert (
+        await b.candidates.adoptable(TRACK, TIER, "trusted", trusted_streak=1)
+    ).code_hash == code("open")
 
 
-async def test_next_confirmation_skips_one_being_confirmed(swarm: Swarm, clock: FakeClock
-                                                            ) -> None:
+async def test_next_confirmation_skips_one_being_confirmed(swarm: Swarm, clock: FakeClock) -> None:
     """A candidate someone else is confirming right now (a live claim) is not taken again;
     a fresh seed differs from every seed the candidate's runs used."""
     import random
@@ -236,21 +262,37 @@ async def test_next_confirmation_skips_one_being_confirmed(swarm: Swarm, clock: 
     b = await agent(swarm, "bob", "host-b", clock)
     c = await agent(swarm, "carol", "host-c", clock)
     await a.candidates.propose(result(a, "cand", 3.0, seed=42), POLICY)
-    found = await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
-                                    rng=random.Random(1))
+    found = await next_confirmation(
+        b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+    )
     assert found is not None and found[1] != 42
-    claim = await c.try_claim(parent_hash="", code_hash=code("cand"), description="cand",
-                              track=TRACK, tier=TIER, kind="confirmation")
+    claim = await c.try_claim(
+        parent_hash="",
+        code_hash=code("cand"),
+        description="cand",
+        track=TRACK,
+        tier=TIER,
+        kind="confirmation",
+    )
     assert claim.won and claim.claim is not None
     assert claim.claim.lock_key.startswith("locks/confirm/")
-    assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
-                                   rng=random.Random(1)) is None
-    assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=True,
-                                   rng=random.Random(1)) is None
+    assert (
+        await next_confirmation(
+            b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+        )
+        is None
+    )
+    assert (
+        await next_confirmation(
+            b.candidates, TRACK, TIER, POLICY, own_only=True, rng=random.Random(1)
+        )
+        is None
+    )
 
 
-async def test_next_confirmation_skips_one_a_sibling_worker_confirms(swarm: Swarm,
-                                                                     clock: FakeClock) -> None:
+async def test_next_confirmation_skips_one_a_sibling_worker_confirms(
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """A candidate another worker of the same machine (same agent and host) is confirming is
     not offered again; that machine's own experiment claim on the same code does not hide it."""
     import random
@@ -260,21 +302,34 @@ async def test_next_confirmation_skips_one_a_sibling_worker_confirms(swarm: Swar
     a = await agent(swarm, "alice", "host-a", clock)
     b = await agent(swarm, "bob", "host-b", clock)
     await a.candidates.propose(result(a, "cand", 3.0, seed=42), POLICY)
-    own_run = await b.try_claim(parent_hash="", code_hash=code("cand"), description="cand",
-                                track=TRACK, tier=TIER)
+    own_run = await b.try_claim(
+        parent_hash="", code_hash=code("cand"), description="cand", track=TRACK, tier=TIER
+    )
     assert own_run.won
-    found = await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
-                                    rng=random.Random(1))
+    found = await next_confirmation(
+        b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+    )
     assert found is not None and found[0].result.code_hash == code("cand")
-    sibling = await b.try_claim(parent_hash="", code_hash=code("cand"), description="cand",
-                                track=TRACK, tier=TIER, kind="confirmation")
+    sibling = await b.try_claim(
+        parent_hash="",
+        code_hash=code("cand"),
+        description="cand",
+        track=TRACK,
+        tier=TIER,
+        kind="confirmation",
+    )
     assert sibling.won
-    assert await next_confirmation(b.candidates, TRACK, TIER, POLICY, own_only=False,
-                                   rng=random.Random(1)) is None
+    assert (
+        await next_confirmation(
+            b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+        )
+        is None
+    )
 
 
 async def test_next_confirmation_skips_ones_own_running_confirmation(
-        swarm: Swarm, clock: FakeClock) -> None:
+    swarm: Swarm, clock: FakeClock
+) -> None:
     """Alone, this machine confirms its own candidate once: while its confirmation claim is
     live the candidate is not offered again (it would only lose the claim to itself)."""
     import random
@@ -283,21 +338,35 @@ async def test_next_confirmation_skips_ones_own_running_confirmation(
 
     a = await agent(swarm, "alice", "host-a", clock)
     await a.candidates.propose(result(a, "mine", 3.0, seed=42), POLICY)
-    found = await next_confirmation(a.candidates, TRACK, TIER, POLICY, own_only=False,
-                                    rng=random.Random(1))
+    found = await next_confirmation(
+        a.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+    )
     assert found is not None and found[0].result.description == "mine"
-    claim = await a.try_claim(parent_hash="", code_hash=code("mine"), description="mine",
-                              track=TRACK, tier=TIER, kind="confirmation")
+    claim = await a.try_claim(
+        parent_hash="",
+        code_hash=code("mine"),
+        description="mine",
+        track=TRACK,
+        tier=TIER,
+        kind="confirmation",
+    )
     assert claim.won and claim.claim is not None
-    assert await next_confirmation(a.candidates, TRACK, TIER, POLICY, own_only=False,
-                                   rng=random.Random(1)) is None
+    assert (
+        await next_confirmation(
+            a.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+        )
+        is None
+    )
     await a.release(claim.claim)
-    assert await next_confirmation(a.candidates, TRACK, TIER, POLICY, own_only=False,
-                                   rng=random.Random(1)) is not None
+    assert (
+        await next_confirmation(
+            a.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1)
+        )
+        is not None
+    )
 
 
-async def test_candidate_listing_reads_only_changed_records(swarm: Swarm,
-                                                            clock: FakeClock) -> None:
+async def test_candidate_listing_reads_only_changed_records(swarm: Swarm, clock: FakeClock) -> None:
     """A second listing reads no record whose updated_at is unchanged, and sees a change
     another agent made (a confirmation) at once."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "namespace"))

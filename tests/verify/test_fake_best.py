@@ -49,13 +49,23 @@ async def test_fake_printer_with_or_without_budget_override_is_never_a_best(
     0.001 it lands on a track of its own; no best exists on either track."""
     train = tmp_path / "train.py"
     train.write_text(PRINTER, encoding="utf-8")
-    cfg = load_config(env={}, flags={
-        "state_dir": str(tmp_path / "state"), "memory.path": str(tmp_path / "m.sqlite"),
-        "agent_name": "cheater", "train_py": str(train), "prepare_py": str(REPO / "prepare.py"),
-        "prepare_on_start": "false", "start_jitter_s": "0", "profile": "smoke",
-        "dedup.semantic": "false", "max_experiments": "1", "budget_s": budget,
-        "sandbox": "none",
-    })
+    cfg = load_config(
+        env={},
+        flags={
+            "state_dir": str(tmp_path / "state"),
+            "memory.path": str(tmp_path / "m.sqlite"),
+            "agent_name": "cheater",
+            "train_py": str(train),
+            "prepare_py": str(REPO / "prepare.py"),
+            "prepare_on_start": "false",
+            "start_jitter_s": "0",
+            "profile": "smoke",
+            "dedup.semantic": "false",
+            "max_experiments": "1",
+            "budget_s": budget,
+            "sandbox": "none",
+        },
+    )
     sup = Supervisor(cfg, nvml=FakeNvml([]), install_signals=False)
     assert await sup.run() == EXIT_OK, sup.exit_reason
     track = "smoke" if budget == "0" else "smoke-budget-0.001"
@@ -64,7 +74,8 @@ async def test_fake_printer_with_or_without_budget_override_is_never_a_best(
         mem = SwarmMemory(store, agent_id="reader")
         results = await mem.results()
         assert [(r.track, r.status, r.failure, r.val_bpb) for r in results] == [
-            (track, "invalid", "metric", None)]
+            (track, "invalid", "metric", None)
+        ]
         assert "never reported a value" in results[0].reason
         for name in ("smoke", "smoke-budget-0.001"):
             assert await mem.get_best(name) is None

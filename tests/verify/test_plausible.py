@@ -13,16 +13,29 @@ TRAIN_PY = (Path(__file__).resolve().parents[2] / "train.py").read_text(encoding
 # smoke track: grad_accum 2**19 // (128 * 2048) = 2, rows 128 // 64 = 2, 256 tokens a row
 SMOKE_BATCH = 2 * 2 * 256
 
-GOOD = Summary(val_bpb=2.1, training_seconds=25.2, total_seconds=31.0, peak_vram_mb=0.0,
-               mfu_percent=0.0, total_tokens_M=round(40 * SMOKE_BATCH / 1e6, 3), num_steps=40,
-               num_params_M=0.8, depth=8)
+GOOD = Summary(
+    val_bpb=2.1,
+    training_seconds=25.2,
+    total_seconds=31.0,
+    peak_vram_mb=0.0,
+    mfu_percent=0.0,
+    total_tokens_M=round(40 * SMOKE_BATCH / 1e6, 3),
+    num_steps=40,
+    num_params_M=0.8,
+    depth=8,
+)
 EXPECT = Expectations(profile="smoke", budget_s=25.0, prepare_sha256="ab" * 32)
 
 
-def reasons(summary: Summary = GOOD, wall_s: float = 33.0, prepare_hash: str = "ab" * 32,
-            expect: Expectations = EXPECT) -> list[str]:
-    return check_plausible(summary, wall_s=wall_s, prepare_hash=prepare_hash,
-                           train_py=TRAIN_PY, expect=expect)
+def reasons(
+    summary: Summary = GOOD,
+    wall_s: float = 33.0,
+    prepare_hash: str = "ab" * 32,
+    expect: Expectations = EXPECT,
+) -> list[str]:
+    return check_plausible(
+        summary, wall_s=wall_s, prepare_hash=prepare_hash, train_py=TRAIN_PY, expect=expect
+    )
 
 
 def test_a_real_looking_smoke_run_passes() -> None:

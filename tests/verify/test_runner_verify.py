@@ -34,8 +34,9 @@ STUB_PREPARE = textwrap.dedent(
 )
 
 
-def trainer(body: str, *, printed: str = "val", training_s: str = "0.4",
-            total_s: str = "0.5") -> str:
+def trainer(
+    body: str, *, printed: str = "val", training_s: str = "0.4", total_s: str = "0.5"
+) -> str:
     """A train.py stand-in: runs ``body`` (which sets ``val``), then prints a summary."""
     return textwrap.dedent(
         """\
@@ -72,9 +73,16 @@ def stub_prepare(tmp_path: Path) -> Path:
 
 def spec(tmp_path: Path, prepare: Path, train_py: str, **kw: Any) -> RunSpec:
     base: dict[str, Any] = dict(
-        train_py=train_py, prepare_py=prepare, work_root=tmp_path / "runs",
-        experiment_id=kw.pop("experiment_id", "exp-1"), gpu=None, profile="smoke",
-        budget_s=0.4, startup_allowance_s=30.0, kill_grace_s=2.0, verify=True,
+        train_py=train_py,
+        prepare_py=prepare,
+        work_root=tmp_path / "runs",
+        experiment_id=kw.pop("experiment_id", "exp-1"),
+        gpu=None,
+        profile="smoke",
+        budget_s=0.4,
+        startup_allowance_s=30.0,
+        kill_grace_s=2.0,
+        verify=True,
     )
     base.update(kw)
     return RunSpec(**base)
@@ -91,20 +99,25 @@ async def test_honest_run_is_ok(tmp_path: Path, stub_prepare: Path) -> None:
     assert out.summary is not None and out.summary.val_bpb == pytest.approx(1.234567)
 
 
-async def test_printed_value_other_than_measured_is_invalid(tmp_path: Path,
-                                                            stub_prepare: Path) -> None:
+async def test_printed_value_other_than_measured_is_invalid(
+    tmp_path: Path, stub_prepare: Path
+) -> None:
     """Printing a better val_bpb than evaluate_bpb measured makes the run invalid (metric)."""
     out = await run(tmp_path, stub_prepare, trainer(HONEST, printed="val - 0.2"))
     assert (out.status, out.failure) == ("invalid", "metric")
     assert "1.034567" in out.message and "1.234567" in out.message
 
 
-async def test_fake_printer_without_evaluation_is_invalid(tmp_path: Path,
-                                                          stub_prepare: Path) -> None:
+async def test_fake_printer_without_evaluation_is_invalid(
+    tmp_path: Path, stub_prepare: Path
+) -> None:
     """The 0.51 printer (sleeps 0.1 s, never evaluates) is invalid: no trusted value."""
-    out = await run(tmp_path, stub_prepare, trainer("time.sleep(0.1)\nval = 0.51",
-                                                    training_s="25.0", total_s="25.1"),
-                    budget_s=25.0)
+    out = await run(
+        tmp_path,
+        stub_prepare,
+        trainer("time.sleep(0.1)\nval = 0.51", training_s="25.0", total_s="25.1"),
+        budget_s=25.0,
+    )
     assert (out.status, out.failure) == ("invalid", "metric")
     assert "never reported" in out.message
 
@@ -113,25 +126,33 @@ async def test_claimed_training_longer_than_the_run_is_implausible(
     tmp_path: Path, stub_prepare: Path
 ) -> None:
     """A summary claiming more training time than the supervisor measured is implausible."""
-    out = await run(tmp_path, stub_prepare, trainer(HONEST, training_s="25.0",
-                                                    total_s="25.2"), budget_s=25.0)
+    out = await run(
+        tmp_path, stub_prepare, trainer(HONEST, training_s="25.0", total_s="25.2"), budget_s=25.0
+    )
     assert (out.status, out.failure) == ("invalid", "implausible")
     assert "claims 25.0 s of training" in out.message
 
 
-async def test_training_short_of_the_budget_is_implausible(tmp_path: Path,
-                                                           stub_prepare: Path) -> None:
+async def test_training_short_of_the_budget_is_implausible(
+    tmp_path: Path, stub_prepare: Path
+) -> None:
     """A time-budget run that stopped well before its budget is implausible."""
-    out = await run(tmp_path, stub_prepare, trainer(HONEST, training_s="0.1", total_s="0.5"),
-                    budget_s=0.4)
+    out = await run(
+        tmp_path, stub_prepare, trainer(HONEST, training_s="0.1", total_s="0.5"), budget_s=0.4
+    )
     assert (out.status, out.failure) == ("invalid", "implausible")
     assert "of a 0.4 s budget" in out.message
 
 
 async def test_fixed_step_runs_skip_the_budget_rule(tmp_path: Path, stub_prepare: Path) -> None:
     """With AUTORESEARCH_MAX_STEPS the run trains a step count, so a short run is fine."""
-    out = await run(tmp_path, stub_prepare, trainer(HONEST, training_s="0.1", total_s="0.5"),
-                    budget_s=0.4, env={"AUTORESEARCH_MAX_STEPS": "3"})
+    out = await run(
+        tmp_path,
+        stub_prepare,
+        trainer(HONEST, training_s="0.1", total_s="0.5"),
+        budget_s=0.4,
+        env={"AUTORESEARCH_MAX_STEPS": "3"},
+    )
     assert out.status == "ok", out.message
 
 
@@ -183,18 +204,27 @@ async def test_real_prepare_takes_the_descriptor_out_of_the_environment(tmp_path
 def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sandbox]:
     cache = tmp_path_factory.mktemp("cache")
     limits = SandboxLimits(memory_mb=1536, procs=64, scratch_mb=64, log_mb=8)
-    return {m: select_sandbox(m, limits, python=sys.executable, cache_dir=cache)
-            for m in ("bwrap", "unshare")}
+    return {
+        m: select_sandbox(m, limits, python=sys.executable, cache_dir=cache)
+        for m in ("bwrap", "unshare")
+    }
 
 
 @pytest.mark.parametrize("mech", ["bwrap", "unshare"])
-async def test_metric_crosses_the_sandbox(tmp_path: Path, stub_prepare: Path, mech: str,
-                                          sandboxes: dict[str, Sandbox]) -> None:
+async def test_metric_crosses_the_sandbox(
+    tmp_path: Path, stub_prepare: Path, mech: str, sandboxes: dict[str, Sandbox]
+) -> None:
     """The descriptor survives bubblewrap and unshare: honest is ok, a lie is invalid."""
     box = sandboxes[mech]
-    honest = await run(tmp_path, stub_prepare, trainer(HONEST), sandbox=box,
-                       experiment_id=f"{mech}-honest")
+    honest = await run(
+        tmp_path, stub_prepare, trainer(HONEST), sandbox=box, experiment_id=f"{mech}-honest"
+    )
     assert honest.status == "ok" and honest.sandbox == mech, (honest.message, honest.log_tail)
-    lie = await run(tmp_path, stub_prepare, trainer(HONEST, printed="val - 0.2"), sandbox=box,
-                    experiment_id=f"{mech}-lie")
+    lie = await run(
+        tmp_path,
+        stub_prepare,
+        trainer(HONEST, printed="val - 0.2"),
+        sandbox=box,
+        experiment_id=f"{mech}-lie",
+    )
     assert (lie.status, lie.failure) == ("invalid", "metric")

@@ -56,8 +56,7 @@ def test_deeper_edits_of_the_model_pass() -> None:
 
 
 HOSTILE = {
-    "print_fake": (
-        "import builtins\nbuiltins.print = lambda *a, **k: None\n", {"import"}),
+    "print_fake": ("import builtins\nbuiltins.print = lambda *a, **k: None\n", {"import"}),
     "os_write_alias": ("from os import write as w\nw(1, b'val_bpb: 0.5\\n')\n", {"import"}),
     "os_write_attr": ("os.write(1, b'val_bpb: 0.5\\n')\n", {"forbidden"}),
     "os_alias_value": ("o = os\no.write(1, b'x')\n", {"alias"}),
@@ -87,8 +86,10 @@ HOSTILE = {
     "prepare_as_value": ("p = prepare\np.EVAL_TOKENS = 1\n", {"alias"}),
     "patch_prepare_class": ("Tokenizer.get_vocab_size = lambda self: 2\n", {"monkeypatch"}),
     "patch_math": ("math.log = lambda x: 1.0\n", {"monkeypatch"}),
-    "patch_torch": ("torch.Tensor.sum = lambda self, *a, **k: self.new_zeros(())\n",
-                    {"monkeypatch"}),
+    "patch_torch": (
+        "torch.Tensor.sum = lambda self, *a, **k: self.new_zeros(())\n",
+        {"monkeypatch"},
+    ),
     "sys_stdout": ("sys.stdout = open('/tmp/x')\n", {"monkeypatch"}),
     "sys_modules": ("sys.modules['prepare'].EVAL_TOKENS = 1\n", {"forbidden"}),
     "sys_path": ("sys.path.insert(0, '/tmp')\n", {"sys.path"}),
@@ -100,9 +101,10 @@ HOSTILE = {
         "class Cheat(torch.Tensor):\n"
         "    @classmethod\n"
         "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
-        "        return 0\n", {"override"}),
-    "subprocess": ("import subprocess\nsubprocess.run(['sh', '-c', 'echo 0.5 >&3'])\n",
-                   {"import"}),
+        "        return 0\n",
+        {"override"},
+    ),
+    "subprocess": ("import subprocess\nsubprocess.run(['sh', '-c', 'echo 0.5 >&3'])\n", {"import"}),
     "star_import": ("from os import *\n", {"import"}),
     "setattr": ("setattr(math, 'log', abs)\n", {"builtin"}),
     "pathlib_write": ("import pathlib\npathlib.Path('x').write_text('0.5')\n", {"attribute"}),

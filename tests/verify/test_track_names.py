@@ -34,8 +34,17 @@ def test_budget_track_names_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "tiny", "smoke-budget-", "smoke-budget-x", "smoke-budget-0", "smoke-budget--2",
-     "smoke-budget-2.0", "smoke-budget-2/../x", "standard-budget-1e400"],
+    [
+        "",
+        "tiny",
+        "smoke-budget-",
+        "smoke-budget-x",
+        "smoke-budget-0",
+        "smoke-budget--2",
+        "smoke-budget-2.0",
+        "smoke-budget-2/../x",
+        "standard-budget-1e400",
+    ],
 )
 def test_parse_track_refuses_other_names(name: str) -> None:
     """Anything else is refused with the accepted forms in the message."""
@@ -46,9 +55,17 @@ def test_parse_track_refuses_other_names(name: str) -> None:
 async def _seed_budget_best(path: Path, track: str) -> None:
     async with LocalStore(path) as store:
         memory = SwarmMemory(store, agent_id="seeder")
-        r = Result(agent_id="seeder", status="keep", description="baseline", train_py=SRC,
-                   val_bpb=2.5, track=track, vram_tier="cpu", code_hash=code_hash(SRC),
-                   completed_at=time.time())
+        r = Result(
+            agent_id="seeder",
+            status="keep",
+            description="baseline",
+            train_py=SRC,
+            val_bpb=2.5,
+            track=track,
+            vram_tier="cpu",
+            code_hash=code_hash(SRC),
+            completed_at=time.time(),
+        )
         assert (await memory.propose_best(r)).moved
         await memory.publish_result(r)
 
@@ -61,11 +78,13 @@ async def test_best_of_a_budget_track(tmp_path: Path, capsys: pytest.CaptureFixt
     common = ["--memory-path", str(db), "--state-dir", str(tmp_path / "s")]
     out_file = tmp_path / "best.py"
     code = await asyncio.to_thread(
-        main, ["best", *common, "--track", "smoke-budget-2", "--write", str(out_file), "--json"])
+        main, ["best", *common, "--track", "smoke-budget-2", "--write", str(out_file), "--json"]
+    )
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["track"], r["val_bpb"]) for r in rows if not r.get("candidate")] == [
-        ("smoke-budget-2", 2.5)]
+        ("smoke-budget-2", 2.5)
+    ]
     assert out_file.read_text() == SRC
     code = await asyncio.to_thread(main, ["best", *common, "--track", "smoke", "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out) == []

@@ -15,8 +15,9 @@ async def test_no_lie_is_ever_the_verified_best(tmp_path: Path, seed: int) -> No
     """50 agents, 10 % lying by 0.01-0.3 bpb, 2,000 experiments: every lie that became a
     candidate is refuted, none is ever the verified best, and confirmations stay at most
     10 % of all runs with a verdict one run (5 minutes) after the candidate."""
-    report = await simulate(tmp_path / "swarm.sqlite", agents=50, experiments=2000,
-                            liar_share=0.1, seed=seed)
+    report = await simulate(
+        tmp_path / "swarm.sqlite", agents=50, experiments=2000, liar_share=0.1, seed=seed
+    )
     print("\n" + report.summary())
     assert report.lie_candidates > 5  # the liars did get candidates in
     assert report.lies_verified == 0 and report.lie_best_rounds == 0

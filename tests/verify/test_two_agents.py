@@ -81,9 +81,12 @@ class OneShot:
             raise ProposerError("nothing more to propose")
         description, changes = self.step
         self.step = None
-        return Proposal(train_py=apply_changes(ctx.best_train_py, changes),
-                        description=description, parent_hash=ctx.parent_hash,
-                        proposer=self.name)
+        return Proposal(
+            train_py=apply_changes(ctx.best_train_py, changes),
+            description=description,
+            parent_hash=ctx.parent_hash,
+            proposer=self.name,
+        )
 
     async def observe(self, proposal: Proposal, result: Any) -> None:
         return None
@@ -91,23 +94,44 @@ class OneShot:
 
 def config(tmp_path: Path, agent: str) -> SwarmConfig:
     src = tmp_path / "src"
-    return load_config(env={}, flags={
-        "state_dir": str(tmp_path / f"state-{agent}"),
-        "memory.path": str(tmp_path / "memory.sqlite"), "agent_name": agent,
-        "train_py": str(src / "train.py"), "prepare_py": str(src / "prepare.py"),
-        "prepare_on_start": "false", "start_jitter_s": "0", "status_interval_s": "0.2",
-        "profile": "smoke", "dedup.semantic": "false", "verified_bests": "true",
-        "solo_after_s": "3600", "sandbox": "none",
-    })
+    return load_config(
+        env={},
+        flags={
+            "state_dir": str(tmp_path / f"state-{agent}"),
+            "memory.path": str(tmp_path / "memory.sqlite"),
+            "agent_name": agent,
+            "train_py": str(src / "train.py"),
+            "prepare_py": str(src / "prepare.py"),
+            "prepare_on_start": "false",
+            "start_jitter_s": "0",
+            "status_interval_s": "0.2",
+            "profile": "smoke",
+            "dedup.semantic": "false",
+            "verified_bests": "true",
+            "solo_after_s": "3600",
+            "sandbox": "none",
+        },
+    )
 
 
-async def run_until(tmp_path: Path, agent: str, host: str, proposer: Any,
-                    done: Callable[[SwarmMemory], Awaitable[bool]], *, lie: bool = False
-                    ) -> None:
+async def run_until(
+    tmp_path: Path,
+    agent: str,
+    host: str,
+    proposer: Any,
+    done: Callable[[SwarmMemory], Awaitable[bool]],
+    *,
+    lie: bool = False,
+) -> None:
     """Run one supervisor until ``done`` holds for the store (checked every 0.3 s)."""
-    sup = Supervisor(config(tmp_path, agent), nvml=FakeNvml([]), install_signals=False,
-                     host=host, proposer_factory=lambda i, spec: proposer,
-                     run_env={"AUTORESEARCH_FAKE_LIE": "1"} if lie else None)
+    sup = Supervisor(
+        config(tmp_path, agent),
+        nvml=FakeNvml([]),
+        install_signals=False,
+        host=host,
+        proposer_factory=lambda i, spec: proposer,
+        run_env={"AUTORESEARCH_FAKE_LIE": "1"} if lie else None,
+    )
     task = asyncio.create_task(sup.run())
     deadline = time.monotonic() + 240
     async with LocalStore(tmp_path / "memory.sqlite") as store:
@@ -124,6 +148,7 @@ def best_is(code: str, state: str) -> Callable[[SwarmMemory], Awaitable[bool]]:
     async def check(mem: SwarmMemory) -> bool:
         best = await mem.get_best("smoke", "cpu")
         return best is not None and best.code_hash == code and verification_of(best) == state
+
     return check
 
 
@@ -142,51 +167,65 @@ async def test_lie_is_refuted_and_honest_improvement_is_verified(
     honest = code_hash(apply_changes(TRAINER, HONEST))
 
     # 1. alice alone: baseline and her lie, each confirmed by herself (solo)
-    await run_until(tmp_path, "alice", "host-a", OneShot("lr 0.05 (cheat)", CHEAT),
-                    best_is(cheat, "self-verified"), lie=True)
+    await run_until(
+        tmp_path,
+        "alice",
+        "host-a",
+        OneShot("lr 0.05 (cheat)", CHEAT),
+        best_is(cheat, "self-verified"),
+        lie=True,
+    )
 
     # 2. bob joins: he confirms alice's open candidates first and refutes the lie
     async def refuted_and_proposed(mem: SwarmMemory) -> bool:
-        states = {c.result.code_hash: c.state
-                  for c in await mem.candidates.listing("smoke", "cpu")}
+        states = {c.result.code_hash: c.state for c in await mem.candidates.listing("smoke", "cpu")}
         return states.get(cheat) == "refuted" and states.get(honest) == "pending"
 
-    await run_until(tmp_path, "bob", "host-b", OneShot("depth 10 (honest)", HONEST),
-                    refuted_and_proposed)
+    await run_until(
+        tmp_path, "bob", "host-b", OneShot("depth 10 (honest)", HONEST), refuted_and_proposed
+    )
     async with LocalStore(tmp_path / "memory.sqlite") as store:
         mem = SwarmMemory(store, agent_id="reader", host="reader-host")
         best = await mem.get_best("smoke", "cpu")
         assert best is not None and best.code_hash == base  # the lie was withdrawn
-        lie = next(c for c in await mem.candidates.listing("smoke", "cpu")
-                   if c.result.code_hash == cheat)
+        lie = next(
+            c for c in await mem.candidates.listing("smoke", "cpu") if c.result.code_hash == cheat
+        )
         assert [r.agent_id for r in lie.runs] == ["alice", "alice", "bob"]
         assert lie.runs[-1].val_bpb - lie.runs[0].val_bpb > 0.15
         assert (await mem.candidates.trust("smoke", "alice")).refuted == 1
 
     # 3. alice comes back: she confirms bob's honest candidate, which becomes the best
-    await run_until(tmp_path, "alice", "host-a", OneShot("nothing new", {"DEPTH": 9}),
-                    best_is(honest, "verified"), lie=True)
+    await run_until(
+        tmp_path,
+        "alice",
+        "host-a",
+        OneShot("nothing new", {"DEPTH": 9}),
+        best_is(honest, "verified"),
+        lie=True,
+    )
     async with LocalStore(tmp_path / "memory.sqlite") as store:
         mem = SwarmMemory(store, agent_id="reader", host="reader-host")
         best = await mem.get_best("smoke", "cpu")
-        assert best is not None and {c["agent_id"] for c in best.confirmations} == {
-            "alice", "bob"}
+        assert best is not None and {c["agent_id"] for c in best.confirmations} == {"alice", "bob"}
         results = await mem.results(track="smoke")
-        assert all(r.code_hash != cheat or r.status != "keep" or not r.verified
-                   for r in results)
+        assert all(r.code_hash != cheat or r.status != "keep" or not r.verified for r in results)
         glob = await mem.get_best("smoke")
         assert glob is not None and glob.code_hash == honest
         # the leaderboard (what the original clients show) never saw the lie
         board = await mem.leaderboard("smoke")
         assert board and min(e.val_bpb for e in board) > 0.95
-        assert any(e.agent_id == "bob" and e.val_bpb == pytest.approx(best.val_bpb)
-                   for e in board)
+        assert any(e.agent_id == "bob" and e.val_bpb == pytest.approx(best.val_bpb) for e in board)
 
     # 4. `swarm best --json` and `swarm status --json` say what is verified, by whom, and
     #    which candidate was refuted with which values
     capsys.readouterr()
-    common = ["--memory-path", str(tmp_path / "memory.sqlite"), "--state-dir",
-              str(tmp_path / "cli-state")]
+    common = [
+        "--memory-path",
+        str(tmp_path / "memory.sqlite"),
+        "--state-dir",
+        str(tmp_path / "cli-state"),
+    ]
     assert await asyncio.to_thread(main, ["best", *common, "--track", "smoke", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     best_rows = [r for r in rows if not r.get("candidate")]

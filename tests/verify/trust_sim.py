@@ -70,19 +70,28 @@ class SimReport:
         waits = sorted(self.waits_s)
         median = waits[len(waits) // 2] / 60 if waits else float("nan")
         worst = waits[-1] / 60 if waits else float("nan")
-        return (f"agents {self.agents}, experiments {self.experiments}, confirmation runs "
-                f"{self.confirmations} (overhead {100 * self.overhead:.1f} % of runs); "
-                f"candidates {self.candidates} ({self.lie_candidates} lies): lies refuted "
-                f"{self.lies_refuted}, lies verified {self.lies_verified}, rounds with a "
-                f"lie as the best {self.lie_best_rounds}, honest refuted "
-                f"{self.honest_refuted}; wait for verification median {median:.1f} min, "
-                f"max {worst:.1f} min; best true val_bpb {self.best_true:.4f}; sigma "
-                f"{self.sigma:.4f}")
+        return (
+            f"agents {self.agents}, experiments {self.experiments}, confirmation runs "
+            f"{self.confirmations} (overhead {100 * self.overhead:.1f} % of runs); "
+            f"candidates {self.candidates} ({self.lie_candidates} lies): lies refuted "
+            f"{self.lies_refuted}, lies verified {self.lies_verified}, rounds with a "
+            f"lie as the best {self.lie_best_rounds}, honest refuted "
+            f"{self.honest_refuted}; wait for verification median {median:.1f} min, "
+            f"max {worst:.1f} min; best true val_bpb {self.best_true:.4f}; sigma "
+            f"{self.sigma:.4f}"
+        )
 
 
 class _Sim:
-    def __init__(self, store: LocalStore, n_agents: int, liar_share: float, seed: int,
-                 lie: tuple[float, float], policy: TrustPolicy) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        n_agents: int,
+        liar_share: float,
+        seed: int,
+        lie: tuple[float, float],
+        policy: TrustPolicy,
+    ) -> None:
         self.syn = load_synthetic()
         self.rng = random.Random(seed)
         self.now = 1_760_000_000.0
@@ -90,9 +99,16 @@ class _Sim:
         self.lie = lie
         n_liars = round(n_agents * liar_share)
         self.liars = {f"agent{i:02d}" for i in range(n_liars)}
-        self.mems = [SwarmMemory(store, agent_id=f"agent{i:02d}", host=f"host{i:02d}",
-                                 clock=lambda: self.now, embed_records=False)
-                     for i in range(n_agents)]
+        self.mems = [
+            SwarmMemory(
+                store,
+                agent_id=f"agent{i:02d}",
+                host=f"host{i:02d}",
+                clock=lambda: self.now,
+                embed_records=False,
+            )
+            for i in range(n_agents)
+        ]
         self.consts: dict[str, dict[str, Any]] = {}  # code hash -> constants
         self.lies: dict[str, bool] = {}  # candidate key -> its author lied about it
         self.report = SimReport(agents=n_agents)
@@ -110,12 +126,23 @@ class _Sim:
         except self.syn.SyntheticCrash:
             return None
 
-    def result(self, mem: SwarmMemory, code: str, parent: str, val: float, seed: int,
-               what: str) -> Result:
-        return Result(agent_id=mem.agent_id, host=mem.host, status="keep", description=what,
-                      train_py=f"# synthetic {code[:12]}\n", val_bpb=val, track=TRACK,
-                      vram_tier=TIER, parent_hash=parent, code_hash=code, seed=seed,
-                      completed_at=self.now)
+    def result(
+        self, mem: SwarmMemory, code: str, parent: str, val: float, seed: int, what: str
+    ) -> Result:
+        return Result(
+            agent_id=mem.agent_id,
+            host=mem.host,
+            status="keep",
+            description=what,
+            train_py=f"# synthetic {code[:12]}\n",
+            val_bpb=val,
+            track=TRACK,
+            vram_tier=TIER,
+            parent_hash=parent,
+            code_hash=code,
+            seed=seed,
+            completed_at=self.now,
+        )
 
     async def parent(self, mem: SwarmMemory) -> tuple[str, dict[str, Any]]:
         best = await mem.get_best(TRACK, TIER)
@@ -129,8 +156,11 @@ class _Sim:
         dims = build_space(consts)
         for attempt in range(200):
             dim = self.rng.choice(dims)
-            moved = dim.move(dim.get(consts[dim.name]), self.rng.choice((-1, 1)),
-                             self.rng.randrange(1 + attempt // 50))
+            moved = dim.move(
+                dim.get(consts[dim.name]),
+                self.rng.choice((-1, 1)),
+                self.rng.randrange(1 + attempt // 50),
+            )
             if moved is None:
                 continue
             child = {**consts, dim.name: dim.put(consts[dim.name], moved)}
@@ -146,9 +176,16 @@ class _Sim:
         order = list(self.mems)
         self.rng.shuffle(order)
         for mem in order:
-            pick = next((c for c in open_now if c.key not in taken
-                         and c.original.agent_id != mem.agent_id
-                         and all(r.agent_id != mem.agent_id for r in c.runs)), None)
+            pick = next(
+                (
+                    c
+                    for c in open_now
+                    if c.key not in taken
+                    and c.original.agent_id != mem.agent_id
+                    and all(r.agent_id != mem.agent_id for r in c.runs)
+                ),
+                None,
+            )
             if pick is not None:
                 taken.add(pick.key)
             elif budget <= 0:
@@ -167,8 +204,9 @@ class _Sim:
         self.report.confirmations += 1
         if val is None:
             return
-        run = self.result(mem, cand.result.code_hash, cand.result.parent_hash, val, seed,
-                          cand.result.description)
+        run = self.result(
+            mem, cand.result.code_hash, cand.result.parent_hash, val, seed, cand.result.description
+        )
         decision = await mem.candidates.confirm(run, self.policy)
         lie = self.lies.get(cand.key, False)
         if decision.refuted:
@@ -197,7 +235,8 @@ class _Sim:
         if liar:
             val -= self.rng.uniform(*self.lie)
         decision = await mem.candidates.propose(
-            self.result(mem, code, parent, val, seed, f"mutation {code[:8]}"), self.policy)
+            self.result(mem, code, parent, val, seed, f"mutation {code[:8]}"), self.policy
+        )
         if decision.candidate:
             key = cand_key(parent, code)
             self.report.candidates += 1
@@ -210,9 +249,16 @@ def cand_key(parent: str, code: str) -> str:
     return f"best/pending/{TRACK}/{TIER}/{parent[:12]}--{code[:12]}"
 
 
-async def simulate(db: Path, *, agents: int = 50, experiments: int = 2000,
-                   liar_share: float = 0.1, seed: int = 0, lie: tuple[float, float] = (0.01, 0.3),
-                   policy: TrustPolicy | None = None) -> SimReport:
+async def simulate(
+    db: Path,
+    *,
+    agents: int = 50,
+    experiments: int = 2000,
+    liar_share: float = 0.1,
+    seed: int = 0,
+    lie: tuple[float, float] = (0.01, 0.3),
+    policy: TrustPolicy | None = None,
+) -> SimReport:
     """Run the swarm until ``experiments`` new experiments ran (confirmations come on top)."""
     policy = policy or TrustPolicy(allow_solo=False)
     async with LocalStore(db) as store:
@@ -220,15 +266,15 @@ async def simulate(db: Path, *, agents: int = 50, experiments: int = 2000,
         while sim.report.experiments < experiments:
             await sim.round(experiments - sim.report.experiments)
             best = await sim.mems[0].get_best(TRACK, TIER)
-            if best is not None and sim.lies.get(cand_key(best.result.parent_hash,
-                                                          best.code_hash)):
+            if best is not None and sim.lies.get(cand_key(best.result.parent_hash, best.code_hash)):
                 sim.report.lie_best_rounds += 1
         for _ in range(3):  # let the last candidates be judged
             await sim.round(0)
         best = await sim.mems[0].get_best(TRACK, TIER)
         if best is not None:
-            sim.report.best_true = float(sim.syn.evaluate(sim.consts[best.code_hash],
-                                                          noise=False)["val_bpb"])
+            sim.report.best_true = float(
+                sim.syn.evaluate(sim.consts[best.code_hash], noise=False)["val_bpb"]
+            )
         noise = await sim.mems[0].candidates.noise(TRACK, TIER)
         sim.report.sigma = noise.sigma(min_pairs=policy.min_noise_pairs)
         return sim.report

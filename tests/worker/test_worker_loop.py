@@ -172,8 +172,7 @@ async def test_abort_cancels_the_run_and_releases_its_claim(tmp_path: Path) -> N
         assert await _live_hashes(memory, track) == set()
 
 
-async def test_a_published_experiment_is_done_and_a_given_back_one_is_free(
-        tmp_path: Path) -> None:
+async def test_a_published_experiment_is_done_and_a_given_back_one_is_free(tmp_path: Path) -> None:
     """After a stop, a rival agent that has not seen the published result cannot claim that
     experiment (its lock is done), while the experiment claimed ahead and given back is free."""
     steps = [{"MATRIX_LR": 0.03}]
@@ -187,13 +186,21 @@ async def test_a_published_experiment_is_done_and_a_given_back_one_is_free(
         rig.trainer.allow(1)
         await rig.finish()
         [published] = await memory.results(track=track)
-        rival = SwarmMemory(memory.backend, agent_id="rival", host="elsewhere",
-                            embed_records=False)
-        ran = await rival.try_claim(parent_hash=published.parent_hash,
-                                    code_hash=published.code_hash, description="again",
-                                    track=track, tier="cpu")
+        rival = SwarmMemory(memory.backend, agent_id="rival", host="elsewhere", embed_records=False)
+        ran = await rival.try_claim(
+            parent_hash=published.parent_hash,
+            code_hash=published.code_hash,
+            description="again",
+            track=track,
+            tier="cpu",
+        )
         assert not ran.won and ran.reason == "done by tester"
-        free = await rival.try_claim(parent_hash=code_hash(SOURCE), code_hash=ahead,
-                                     description="given back", track=track, tier="cpu")
+        free = await rival.try_claim(
+            parent_hash=code_hash(SOURCE),
+            code_hash=ahead,
+            description="given back",
+            track=track,
+            tier="cpu",
+        )
         assert free.won and free.claim is not None
         assert keys.lock_generation(free.claim.lock_key) == 2  # the worker's generation 1 freed

@@ -52,9 +52,12 @@ def _digest(text: str, size: int = 16) -> bytes:
 
 def _literal_constant(node: ast.stmt) -> tuple[str, Value] | None:
     """(name, value) of an ``UPPER_NAME = literal`` statement, else None."""
-    if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and trainpy.is_constant_name(node.targets[0].id)):
+    if not (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and trainpy.is_constant_name(node.targets[0].id)
+    ):
         return None
     try:
         return node.targets[0].id, trainpy.literal_value(node.value)
@@ -69,14 +72,25 @@ def _dump(stmt: ast.AST) -> str:
         raise TrainPyError(f"train.py holds a value that cannot be normalised: {exc}") from exc
 
 
-def _make_info(code_parts: list[str], skeleton: bytes, stmts: frozenset[tuple[int, int]],
-               names: list[str], values: list[Value]) -> CodeInfo:
+def _make_info(
+    code_parts: list[str],
+    skeleton: bytes,
+    stmts: frozenset[tuple[int, int]],
+    names: list[str],
+    values: list[Value],
+) -> CodeInfo:
     code_hash = hashlib.sha256(
         ("Module([" + ", ".join(p for p in code_parts if p) + "], [])").encode("utf-8")
     ).hexdigest()
     canonical = sorted((n, _fp_text(canon(v))) for n, v in zip(names, values, strict=True))
-    return CodeInfo(code_hash=code_hash, skeleton=skeleton, names=tuple(names),
-                    values=tuple(values), stmts=stmts, constants_fp=_digest(repr(canonical)))
+    return CodeInfo(
+        code_hash=code_hash,
+        skeleton=skeleton,
+        names=tuple(names),
+        values=tuple(values),
+        stmts=stmts,
+        constants_fp=_digest(repr(canonical)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +136,7 @@ def _analyse_from_template(tpl: _Template, block: str) -> CodeInfo | None:
         values.append(const[1])
     tree = trainpy.Normaliser().visit(tree)
     block_parts = ", ".join(_dump(stmt) for stmt in tree.body)
-    return _make_info([tpl.prefix, block_parts, tpl.suffix], tpl.skeleton, tpl.stmts,
-                      names, values)
+    return _make_info([tpl.prefix, block_parts, tpl.suffix], tpl.skeleton, tpl.stmts, names, values)
 
 
 _STMTS: OrderedDict[bytes, str] = OrderedDict()
@@ -132,8 +145,11 @@ _stmts_chars = 0
 
 
 def _is_docstring(node: ast.stmt) -> bool:
-    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str))
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def clear_analysis_caches() -> None:
@@ -179,8 +195,9 @@ def _normalised_statements(tree: ast.Module, source: str) -> list[tuple[ast.stmt
     for stmt in body:
         first = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", ()))])
         last = stmt.end_lineno or stmt.lineno
-        key = _digest(f"{stmt.col_offset}:{stmt.end_col_offset}\n"
-                      + "\n".join(lines[first - 1:last]), 20)
+        key = _digest(
+            f"{stmt.col_offset}:{stmt.end_col_offset}\n" + "\n".join(lines[first - 1 : last]), 20
+        )
         with _SHARED_LOCK:
             text = _STMTS.get(key)
             if text is not None:
@@ -307,8 +324,5 @@ class Signature:
 
 
 def signature(parent: CodeInfo, child: CodeInfo) -> Signature:
-    delta = frozenset(
-        (n, canon(o), canon(v)) for n, o, v in constant_changes(parent, child))
+    delta = frozenset((n, canon(o), canon(v)) for n, o, v in constant_changes(parent, child))
     return Signature(delta, parent.stmts - child.stmts, child.stmts - parent.stmts)
-
-

@@ -40,16 +40,20 @@ class Resolved:
     changes: tuple[tuple[str, Value, Value], ...] = ()
 
 
-def _check_options(semantic_threshold: float, layers: frozenset[str],
-                   ancestor_depth: int | None, semantic_window: int | None) -> None:
+def _check_options(
+    semantic_threshold: float,
+    layers: frozenset[str],
+    ancestor_depth: int | None,
+    semantic_window: int | None,
+) -> None:
     """DedupError naming the first option out of range."""
     if not 0.0 < semantic_threshold <= 1.0:
-        raise DedupError(
-            f"semantic_threshold must be in (0, 1], got {semantic_threshold!r}")
+        raise DedupError(f"semantic_threshold must be in (0, 1], got {semantic_threshold!r}")
     unknown = sorted(layers - set(LAYERS))
     if unknown:
-        raise DedupError(f"unknown dedup layer(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(LAYERS)}")
+        raise DedupError(
+            f"unknown dedup layer(s) {', '.join(unknown)}; choose from {', '.join(LAYERS)}"
+        )
     if ancestor_depth is not None and ancestor_depth < 0:
         raise DedupError(f"ancestor_depth must be >= 0 or None, got {ancestor_depth!r}")
     if semantic_window is not None and semantic_window < 1:
@@ -71,19 +75,28 @@ class Deduplicator:
     ``layers``: the layers to run (all by default; a subset is for calibration).
     """
 
-    def __init__(self, embedder: Any = None,
-                 semantic_threshold: float = DEFAULT_SEMANTIC_THRESHOLD,
-                 use_semantic: bool = True, *, ancestor_depth: int | None = None,
-                 semantic_window: int | None = 5000, max_sources: int = 512,
-                 analysis_cache: int = 1024, layers: Iterable[str] = LAYERS) -> None:
+    def __init__(
+        self,
+        embedder: Any = None,
+        semantic_threshold: float = DEFAULT_SEMANTIC_THRESHOLD,
+        use_semantic: bool = True,
+        *,
+        ancestor_depth: int | None = None,
+        semantic_window: int | None = 5000,
+        max_sources: int = 512,
+        analysis_cache: int = 1024,
+        layers: Iterable[str] = LAYERS,
+    ) -> None:
         self.layers = frozenset(layers)
         _check_options(semantic_threshold, self.layers, ancestor_depth, semantic_window)
         self.use_semantic = use_semantic
         self._lock = threading.RLock()
-        self._semantic = SemanticLayer(self._lock, embedder, float(semantic_threshold),
-                                       semantic_window)
-        self._known = KnownIndex(self._semantic, max_sources=max_sources,
-                                 ancestor_depth=ancestor_depth)
+        self._semantic = SemanticLayer(
+            self._lock, embedder, float(semantic_threshold), semantic_window
+        )
+        self._known = KnownIndex(
+            self._semantic, max_sources=max_sources, ancestor_depth=ancestor_depth
+        )
         self._analysis: OrderedDict[bytes, CodeInfo] = OrderedDict()
         self._analysis_max = analysis_cache
         self._interned_stmts: dict[bytes, frozenset[tuple[int, int]]] = {}
@@ -141,21 +154,39 @@ class Deduplicator:
         known = self._known
         with self._lock:
             known.remember(res.info, candidate.train_py)
-            rec = known.new_record(key, res.info.code_hash, res.parent_hash, live=live,
-                                   description=candidate.description)
+            rec = known.new_record(
+                key,
+                res.info.code_hash,
+                res.parent_hash,
+                live=live,
+                description=candidate.description,
+            )
             known.index_shape(rec, res.info, res.sig)
             # a semantic row for code changes (and for records whose parent is unknown)
             if res.sig is None or res.sig.code_changed:
-                words = words_of(candidate.description, res.parent_source,
-                                 candidate.train_py, res.sig)
+                words = words_of(
+                    candidate.description, res.parent_source, candidate.train_py, res.sig
+                )
                 rec.group = (res.parent_hash or "", res.info.constants_fp)
                 rec.row = self._semantic.add_row(rec.group, key, live, words)
             known.adopt_orphans(res.info.code_hash)
-        log.debug("dedup.added", key=key, code=short_hash(res.info.code_hash), live=live,
-                  parent=short_hash(res.parent_hash or ""))
+        log.debug(
+            "dedup.added",
+            key=key,
+            code=short_hash(res.info.code_hash),
+            live=live,
+            parent=short_hash(res.parent_hash or ""),
+        )
 
-    def add_code(self, key: str, code_hash: str, *, description: str = "",
-                 parent_hash: str | None = None, live: bool = False) -> None:
+    def add_code(
+        self,
+        key: str,
+        code_hash: str,
+        *,
+        description: str = "",
+        parent_hash: str | None = None,
+        live: bool = False,
+    ) -> None:
         """Register a known experiment by its code hash only (e.g. another agent's claim,
         which carries no source): the exact layer sees it, the other layers cannot."""
         if not key:
@@ -163,8 +194,9 @@ class Deduplicator:
         if not re.fullmatch(r"[0-9a-f]{64}", code_hash or ""):
             raise DedupError(f"code hash of {key!r} must be 64 hex digits, got {code_hash!r}")
         with self._lock:
-            self._known.new_record(key, code_hash, parent_hash or None, live=live,
-                                   description=description)
+            self._known.new_record(
+                key, code_hash, parent_hash or None, live=live, description=description
+            )
 
     def remove(self, key: str) -> bool:
         """Forget a known experiment (e.g. a released claim). True if it was known."""
@@ -228,8 +260,9 @@ class Deduplicator:
             stmts = self._interned_stmts.setdefault(info.skeleton, info.stmts)
             names = self._interned_names.setdefault(info.names, info.names)
             if stmts is not info.stmts or names is not info.names:
-                info = CodeInfo(info.code_hash, info.skeleton, names, info.values, stmts,
-                                info.constants_fp)
+                info = CodeInfo(
+                    info.code_hash, info.skeleton, names, info.values, stmts, info.constants_fp
+                )
             self._analysis[k] = info
             while len(self._analysis) > self._analysis_max:
                 self._analysis.popitem(last=False)
@@ -243,8 +276,11 @@ class Deduplicator:
         if parent_source is not None:
             parent = self._analyse(parent_source)
             if parent_hash and parent_hash != parent.code_hash:
-                log.warning("dedup.parent_hash_mismatch", given=short_hash(parent_hash),
-                            computed=short_hash(parent.code_hash))
+                log.warning(
+                    "dedup.parent_hash_mismatch",
+                    given=short_hash(parent_hash),
+                    computed=short_hash(parent.code_hash),
+                )
             parent_hash = parent.code_hash
             with self._lock:
                 self._known.remember(parent, parent_source)
@@ -265,8 +301,11 @@ class Deduplicator:
         if parent is not None and res.sig is not None and res.sig.is_empty:
             same = res.info.code_hash == parent.code_hash
             claimed = self._claimed_changes(candidate, parent)
-            reason = ("train.py is identical to its parent " if same else
-                      "train.py differs from its parent only in how values are written ")
+            reason = (
+                "train.py is identical to its parent "
+                if same
+                else "train.py differs from its parent only in how values are written "
+            )
             reason += f"({short_hash(parent.code_hash)})"
             if claimed:
                 reason += f"; the description's {claimed} changes nothing"
@@ -274,12 +313,19 @@ class Deduplicator:
         if parent is None:
             parsed = parse_description(candidate.description)
             if parsed.changes and all(
-                    c.old is not None and c.new is not None and canon(c.old) == canon(c.new)
-                    for c in parsed.changes):
-                items = ", ".join(f"{c.name} {fmt_value(c.old)} → {fmt_value(c.new)}"
-                                  for c in parsed.changes)
-                return Verdict(True, "noop", None, 1.0,
-                               f"the description only sets values they already have: {items}")
+                c.old is not None and c.new is not None and canon(c.old) == canon(c.new)
+                for c in parsed.changes
+            ):
+                items = ", ".join(
+                    f"{c.name} {fmt_value(c.old)} → {fmt_value(c.new)}" for c in parsed.changes
+                )
+                return Verdict(
+                    True,
+                    "noop",
+                    None,
+                    1.0,
+                    f"the description only sets values they already have: {items}",
+                )
         return None
 
     def _check_code(self, res: Resolved) -> Verdict | None:
@@ -290,8 +336,14 @@ class Deduplicator:
             keys = known.by_code.get(info.code_hash) if "exact" in self.layers else None
             if keys:
                 key = known.prefer(keys)
-                return Verdict(True, "exact", key, 1.0,
-                               f"same code ({short_hash(info.code_hash)}) as {key}", changes)
+                return Verdict(
+                    True,
+                    "exact",
+                    key,
+                    1.0,
+                    f"same code ({short_hash(info.code_hash)}) as {key}",
+                    changes,
+                )
             if "structural" not in self.layers or not res.parent_hash:
                 return None
             # structural: the same change from the parent or an ancestor with the same values
@@ -304,9 +356,15 @@ class Deduplicator:
             hits = known.by_shape.get((res.parent_hash, info.constants_fp, info.skeleton))
             if hits:
                 key = known.prefer(hits)
-                return Verdict(True, "structural", key, 1.0,
-                               f"same code and constant values as {key} "
-                               f"(from parent {short_hash(res.parent_hash)})", changes)
+                return Verdict(
+                    True,
+                    "structural",
+                    key,
+                    1.0,
+                    f"same code and constant values as {key} "
+                    f"(from parent {short_hash(res.parent_hash)})",
+                    changes,
+                )
         return None
 
     @staticmethod
@@ -315,12 +373,16 @@ class Deduplicator:
         what = fmt_changes(changes) or "the same code edit"
         if res.sig is not None and res.sig.code_changed and changes:
             what += " with the same code edit"
-        where = ("the same parent" if gen == 0 else
-                 f"ancestor {short_hash(ancestor)} ({gen} generation"
-                 f"{'s' if gen > 1 else ''} up), where the touched constants "
-                 "had the same values")
-        return Verdict(True, "structural", key, 1.0,
-                       f"{what} already tried from {where}: {key}", changes)
+        where = (
+            "the same parent"
+            if gen == 0
+            else f"ancestor {short_hash(ancestor)} ({gen} generation"
+            f"{'s' if gen > 1 else ''} up), where the touched constants "
+            "had the same values"
+        )
+        return Verdict(
+            True, "structural", key, 1.0, f"{what} already tried from {where}: {key}", changes
+        )
 
     def _claimed_changes(self, candidate: Candidate, parent: CodeInfo) -> str:
         parsed = parse_description(candidate.description, names=parent.names)
@@ -328,8 +390,9 @@ class Deduplicator:
         if not resolved:
             return ""
         consts = parent.constants()
-        return ", ".join(f"{n} → {fmt_value(v)} (already {fmt_value(consts[n])})"
-                         for n, v in resolved.items())
+        return ", ".join(
+            f"{n} → {fmt_value(v)} (already {fmt_value(consts[n])})" for n, v in resolved.items()
+        )
 
     def _check_semantic(self, candidate: Candidate, res: Resolved) -> Verdict:
         new = self._new_verdict(res, 0.0)
@@ -339,26 +402,41 @@ class Deduplicator:
             return new  # a pure constants change: the structure has decided
         near = self._semantic.nearest(
             (res.parent_hash or "", res.info.constants_fp),
-            lambda: words_of(candidate.description, res.parent_source, candidate.train_py,
-                             res.sig))
+            lambda: words_of(candidate.description, res.parent_source, candidate.train_py, res.sig),
+        )
         if near is None:
             return new
         threshold = self._semantic.threshold
         if near.key is not None and near.score >= threshold:
-            return Verdict(True, "semantic", near.key, near.score,
-                           f"same idea as {near.key} (cosine {near.score:.3f} >= "
-                           f"{threshold:.3f}, same parent and constants)", res.changes)
+            return Verdict(
+                True,
+                "semantic",
+                near.key,
+                near.score,
+                f"same idea as {near.key} (cosine {near.score:.3f} >= "
+                f"{threshold:.3f}, same parent and constants)",
+                res.changes,
+            )
         verdict = self._new_verdict(res, near.score)
         if near.vetoed is not None:
-            verdict = Verdict(False, None, None, near.score,
-                              f"{verdict.reason}; closest idea {near.vetoed}", verdict.changes)
+            verdict = Verdict(
+                False,
+                None,
+                None,
+                near.score,
+                f"{verdict.reason}; closest idea {near.vetoed}",
+                verdict.changes,
+            )
         return verdict
 
     @staticmethod
     def _new_verdict(res: Resolved, score: float) -> Verdict:
         if res.parent is None:
-            where = (f"parent {short_hash(res.parent_hash)} unknown" if res.parent_hash
-                     else "no parent given")
+            where = (
+                f"parent {short_hash(res.parent_hash)} unknown"
+                if res.parent_hash
+                else "no parent given"
+            )
             reason = f"new code ({where}: judged by code hash and words only)"
         elif res.changes or (res.sig is not None and res.sig.code_changed):
             parts = []

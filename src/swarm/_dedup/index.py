@@ -37,8 +37,9 @@ class Record:
 class KnownIndex:
     """Records and their indexes: by code hash, by structural change, by code shape."""
 
-    def __init__(self, semantic: SemanticLayer, *, max_sources: int,
-                 ancestor_depth: int | None) -> None:
+    def __init__(
+        self, semantic: SemanticLayer, *, max_sources: int, ancestor_depth: int | None
+    ) -> None:
         self.semantic = semantic
         self.ancestor_depth = ancestor_depth
         self.records: dict[str, Record] = {}
@@ -52,16 +53,23 @@ class KnownIndex:
         self._max_sources = max_sources
         self._seq = 0
 
-    def new_record(self, key: str, code_hash: str, parent_hash: str | None, *, live: bool,
-                   description: str) -> Record:
+    def new_record(
+        self, key: str, code_hash: str, parent_hash: str | None, *, live: bool, description: str
+    ) -> Record:
         """Insert a record (replacing one of the same key) and index it by code hash."""
         if key in self.records:
             self.remove(key)
         if parent_hash and parent_hash != code_hash:
             self.parent_of.setdefault(code_hash, parent_hash)
         self._seq += 1
-        rec = Record(key=key, code_hash=code_hash, parent_hash=parent_hash, live=live,
-                     seq=self._seq, description=description)
+        rec = Record(
+            key=key,
+            code_hash=code_hash,
+            parent_hash=parent_hash,
+            live=live,
+            seq=self._seq,
+            description=description,
+        )
         self.records[key] = rec
         self.by_code.setdefault(code_hash, []).append(key)
         return rec
@@ -127,8 +135,7 @@ class KnownIndex:
         if rec.parent_hash:
             info = self.infos.get(rec.code_hash)
             if info is not None:
-                drop_key(self.by_shape, (rec.parent_hash, info.constants_fp, info.skeleton),
-                         key)
+                drop_key(self.by_shape, (rec.parent_hash, info.constants_fp, info.skeleton), key)
             if rec.sig is not None:
                 drop_key(self.struct, (rec.parent_hash, rec.sig), key)
             else:
@@ -186,4 +193,3 @@ def drop_key(index: dict[Any, list[str]], k: Any, key: str) -> None:
         return
     if not keys:
         del index[k]
-

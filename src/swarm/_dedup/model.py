@@ -17,7 +17,6 @@ combined layers reach precision 0.988 and recall 0.965. See docs/dedup.md for th
 LAYERS: tuple[str, ...] = ("noop", "exact", "structural", "semantic")
 
 
-
 # ------------------------------------------------------------------------------ values
 
 
@@ -69,5 +68,3 @@ class CodeInfo:
 
     def constants(self) -> dict[str, Value]:
         return dict(zip(self.names, self.values, strict=True))
-
-

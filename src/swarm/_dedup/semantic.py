@@ -54,8 +54,9 @@ class Group:
             self.dim = int(vecs.shape[1])
             self.vecs = np.zeros((max(8, self.n), self.dim), dtype=np.float32)
         if self.vecs.shape[0] < self.n:
-            grown = np.zeros((max(self.n, 2 * self.vecs.shape[0]), self.vecs.shape[1]),
-                             dtype=np.float32)
+            grown = np.zeros(
+                (max(self.n, 2 * self.vecs.shape[0]), self.vecs.shape[1]), dtype=np.float32
+            )
             grown[: self.vecs.shape[0]] = self.vecs
             self.vecs = grown
         for row, vec in zip(rows, vecs, strict=True):
@@ -81,8 +82,6 @@ class Group:
         return np.union1d(np.flatnonzero(live), results)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Nearest:
     """The closest known code change of a group, and a near match vetoed for its numbers."""
@@ -95,8 +94,9 @@ class Nearest:
 class SemanticLayer:
     """The groups of known code changes and the embedder that compares them."""
 
-    def __init__(self, lock: threading.RLock, embedder: Any, threshold: float,
-                 window: int | None) -> None:
+    def __init__(
+        self, lock: threading.RLock, embedder: Any, threshold: float, window: int | None
+    ) -> None:
         self._lock = lock
         self._embedder = embedder
         self.threshold = threshold
@@ -133,10 +133,13 @@ class SemanticLayer:
         """Embed every row whose vector is not computed yet; returns how many."""
         done = 0
         with self._lock:
-            work = [(gkey, row, text) for gkey, g in self.groups.items()
-                    for row, text in g.pending.items()]
+            work = [
+                (gkey, row, text)
+                for gkey, g in self.groups.items()
+                for row, text in g.pending.items()
+            ]
         for i in range(0, len(work), batch_size):
-            chunk = work[i:i + batch_size]
+            chunk = work[i : i + batch_size]
             vecs = self.embed([t for _, _, t in chunk])
             with self._lock:
                 by_group: dict[GroupKey, tuple[list[int], list[np.ndarray]]] = {}
@@ -180,8 +183,7 @@ class SemanticLayer:
                 return None
             return self._rank(group, rows, group.vecs[rows] @ vecs[-1], words)
 
-    def _rank(self, group: Group, rows: np.ndarray, scores: np.ndarray,
-              words: Words) -> Nearest:
+    def _rank(self, group: Group, rows: np.ndarray, scores: np.ndarray, words: Words) -> Nearest:
         vetoed: str | None = None
         for idx in np.argsort(-scores):
             row = int(rows[idx])
@@ -191,13 +193,17 @@ class SemanticLayer:
             score = float(scores[idx])
             if score >= self.threshold and other_setting(words, other):
                 if vetoed is None:
-                    vetoed = (f"{group.keys[row]} (cosine {score:.3f}) makes another "
-                              "choice of names or numbers")
+                    vetoed = (
+                        f"{group.keys[row]} (cosine {score:.3f}) makes another "
+                        "choice of names or numbers"
+                    )
                 continue
             return Nearest(group.keys[row], score, vetoed)
         return Nearest(None, 0.0, vetoed)
 
     def stats(self) -> dict[str, int]:
         """Rows alive and rows still waiting for a vector. Lock held."""
-        return {"semantic_rows": sum(sum(g.alive) for g in self.groups.values()),
-                "pending_vectors": sum(len(g.pending) for g in self.groups.values())}
+        return {
+            "semantic_rows": sum(sum(g.alive) for g in self.groups.values()),
+            "pending_vectors": sum(len(g.pending) for g in self.groups.values()),
+        }

@@ -82,7 +82,8 @@ def _numbers(text: str) -> frozenset[float]:
 
 
 _CODE_TOKEN = re.compile(
-    r"(?P<num>(?:\d+(?:_\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|\S")
+    r"(?P<num>(?:\d+(?:_\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|\S"
+)
 
 
 def _code_tokens(lines: list[str]) -> tuple[str, ...]:
@@ -117,17 +118,21 @@ class Words:
         return frozenset(t for t in self.code_tokens or () if t.startswith("#"))
 
 
-def words_of(description: str, parent_source: str | None, source: str,
-           sig: Signature | None) -> Words:
+def words_of(
+    description: str, parent_source: str | None, source: str, sig: Signature | None
+) -> Words:
     tokens: tuple[str, ...] | None = None
     summary = ""
     if parent_source is not None and sig is not None and sig.code_changed:
         removed, added = _code_diff(parent_source, source)
         summary = _summary_text(removed, added)
         tokens = _code_tokens(added)
-    return Words(semantic_text(description, summary), tokens,
-                  _numbers(description_head(description)),
-                  sig.removed if sig is not None else frozenset())
+    return Words(
+        semantic_text(description, summary),
+        tokens,
+        _numbers(description_head(description)),
+        sig.removed if sig is not None else frozenset(),
+    )
 
 
 def other_setting(a: Words, b: Words) -> bool:
@@ -143,8 +148,11 @@ def other_setting(a: Words, b: Words) -> bool:
         return True  # e.g. Muon's ns_steps vs the momentum schedule
     if a.code_tokens is not None and b.code_tokens is not None:
         ta, tb = a.code_tokens, b.code_tokens
-        if len(ta) == len(tb) and Counter(ta) != Counter(tb) and all(
-                _is_slot(x) and _is_slot(y) for x, y in zip(ta, tb, strict=True) if x != y):
+        if (
+            len(ta) == len(tb)
+            and Counter(ta) != Counter(tb)
+            and all(_is_slot(x) and _is_slot(y) for x, y in zip(ta, tb, strict=True) if x != y)
+        ):
             return True  # same new code but for some names or numbers (not a reordering)
         na, nb = a.code_numbers, b.code_numbers
         return bool(na and nb and len(na) == len(nb) and na != nb)
@@ -171,5 +179,3 @@ def fmt_changes(changes: tuple[tuple[str, Value, Value], ...], limit: int = 4) -
     if len(changes) > limit:
         items.append(f"+{len(changes) - limit} more")
     return ", ".join(items)
-
-

@@ -64,8 +64,14 @@ class TierDedup:
                 return known
             return "queued on this machine" if chash in self._reserved.get(tier, set()) else None
 
-    def is_duplicate(self, tier: str, description: str, train_py: str,
-                     parent_hash: str | None, parent_train_py: str | None) -> bool:
+    def is_duplicate(
+        self,
+        tier: str,
+        description: str,
+        train_py: str,
+        parent_hash: str | None,
+        parent_train_py: str | None,
+    ) -> bool:
         """Every layer, synchronously (proposers call it from their threads)."""
         try:
             chash = code_hash(train_py)
@@ -79,19 +85,25 @@ class TierDedup:
         except DedupError:
             return False
 
-    def _candidate_raw(self, description: str, train_py: str, parent_hash: str | None,
-                       parent_train_py: str | None) -> Candidate:
+    def _candidate_raw(
+        self, description: str, train_py: str, parent_hash: str | None, parent_train_py: str | None
+    ) -> Candidate:
         parent_src = parent_train_py
         if parent_hash and parent_hash in self._sources:
             parent_src = self._sources[parent_hash]
         if not parent_hash:
             parent_src = None
-        return Candidate(description=description, train_py=train_py,
-                         parent_train_py=parent_src, parent_hash=parent_hash or None)
+        return Candidate(
+            description=description,
+            train_py=train_py,
+            parent_train_py=parent_src,
+            parent_hash=parent_hash or None,
+        )
 
     def _candidate(self, proposal: Proposal | Result, parent_train_py: str | None) -> Candidate:
-        return self._candidate_raw(proposal.description, proposal.train_py,
-                                   proposal.parent_hash or None, parent_train_py)
+        return self._candidate_raw(
+            proposal.description, proposal.train_py, proposal.parent_hash or None, parent_train_py
+        )
 
     async def check(
         self, tier: str, proposal: Proposal, chash: str, *, parent_train_py: str | None
@@ -111,8 +123,9 @@ class TierDedup:
         with self._lock:
             reserved = self._reserved.setdefault(tier, set())
             if chash in reserved:
-                return Verdict(True, "exact", "queued on this machine", 1.0,
-                               "same code as a queued proposal")
+                return Verdict(
+                    True, "exact", "queued on this machine", 1.0, "same code as a queued proposal"
+                )
             reserved.add(chash)
         return None
 
@@ -121,14 +134,14 @@ class TierDedup:
         with self._lock:
             self._reserved.get(tier, set()).discard(chash)
 
-    async def add_live(self, tier: str, proposal: Proposal, chash: str, key: str, *,
-                       parent_train_py: str | None) -> None:
+    async def add_live(
+        self, tier: str, proposal: Proposal, chash: str, key: str, *, parent_train_py: str | None
+    ) -> None:
         with self._lock:
             self._live.setdefault(tier, {})[chash] = key
             self._reserved.get(tier, set()).discard(chash)
         with contextlib.suppress(DedupError):
-            await self._get(tier).aadd(self._candidate(proposal, parent_train_py), key,
-                                       live=True)
+            await self._get(tier).aadd(self._candidate(proposal, parent_train_py), key, live=True)
 
     def drop_live(self, tier: str, chash: str) -> None:
         with self._lock:
@@ -137,8 +150,15 @@ class TierDedup:
             with contextlib.suppress(DedupError):
                 self._get(tier).remove(key)
 
-    async def add_known(self, tier: str, item: Proposal | Result, chash: str, key: str, *,
-                        parent_train_py: str | None = None) -> None:
+    async def add_known(
+        self,
+        tier: str,
+        item: Proposal | Result,
+        chash: str,
+        key: str,
+        *,
+        parent_train_py: str | None = None,
+    ) -> None:
         with self._lock:
             if not key or key in self.keys:
                 return

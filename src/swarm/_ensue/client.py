@@ -56,9 +56,7 @@ def _checked_url(url: str, org: str | None, timeout_s: float) -> str:
     try:
         parsed = URL(url)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"memory URL {url!r} is not a URL: {exc}", key="url", value=url
-        ) from exc
+        raise ConfigError(f"memory URL {url!r} is not a URL: {exc}", key="url", value=url) from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigError(
             f"memory URL {url!r} must be http(s)://HOST[:PORT]/...", key="url", value=url
@@ -97,8 +95,9 @@ class EnsueClient:
         self.org = org
         self.timeout_s = timeout_s
         self.retry = retry
-        self._transport = RpcTransport(self.url, api_key, session=session,
-                                       timeout_s=timeout_s, retry=retry, sleep=sleep)
+        self._transport = RpcTransport(
+            self.url, api_key, session=session, timeout_s=timeout_s, retry=retry, sleep=sleep
+        )
         self._concurrency = max(1, concurrency)
         self._org_prefix = f"@{org}/" if org else None
 

@@ -30,12 +30,14 @@ from swarm.errors import (
 
 def encode_request(tool: str, arguments: Mapping[str, Any], request_id: int) -> bytes:
     """The body of one ``tools/call`` request."""
-    return orjson.dumps({
-        "jsonrpc": "2.0",
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments},
-        "id": request_id,
-    })
+    return orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+            "id": request_id,
+        }
+    )
 
 
 def like_escape(prefix: str) -> str:
@@ -263,9 +265,7 @@ def decode_value(key: str, row: Mapping[str, Any]) -> str:
         try:
             return base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
-            raise ProtocolError(
-                f"value of {key!r} is flagged base64 but is not: {exc}"
-            ) from exc
+            raise ProtocolError(f"value of {key!r} is flagged base64 but is not: {exc}") from exc
     return value
 
 

@@ -62,9 +62,16 @@ class RpcTransport:
     :meth:`open` and closed by :meth:`close`.
     """
 
-    def __init__(self, url: str, api_key: str | None, *,
-                 session: aiohttp.ClientSession | None, timeout_s: float,
-                 retry: RetryPolicy, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        *,
+        session: aiohttp.ClientSession | None,
+        timeout_s: float,
+        retry: RetryPolicy,
+        sleep: Sleep,
+    ) -> None:
         self.url = url
         self.api_key = api_key or None
         self.session = session
@@ -90,8 +97,9 @@ class RpcTransport:
             await self.session.close()
             self.session = None
 
-    async def call(self, tool: str, arguments: Mapping[str, Any], *,
-                   key: str | None = None) -> tuple[Any, int]:
+    async def call(
+        self, tool: str, arguments: Mapping[str, Any], *, key: str | None = None
+    ) -> tuple[Any, int]:
         """``(result, attempts)``: how many requests it took (more than 1 after a retry)."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.total_s),

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.add_argument("--log-json", action="store_true", help="same as --log-format json")
     parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="auto",
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
         help="auto (default): `run` on a terminal shows the live view and logs to "
         "STATE_DIR/swarm.log, else plain lines on stderr; console: plain lines on stderr; "
         "json: JSON lines on stderr (for systemd, log shippers)",

@@ -43,23 +43,33 @@ def add_parser(subparsers: Any) -> None:
     c.add_argument("--train-py", required=True, type=Path, help="the candidate train.py")
     c.add_argument("--parent", type=Path, help="the train.py it was derived from")
     c.add_argument("--parent-hash", help="code hash of the parent (when --parent is not given)")
-    c.add_argument("--known", type=Path, action="append", default=[],
-                   help="JSON-lines file of known experiments (repeatable)")
-    c.add_argument("--memory", choices=["local", "hub", "ensue"],
-                   help="also load results and live claims from this shared memory")
+    c.add_argument(
+        "--known",
+        type=Path,
+        action="append",
+        default=[],
+        help="JSON-lines file of known experiments (repeatable)",
+    )
+    c.add_argument(
+        "--memory",
+        choices=["local", "hub", "ensue"],
+        help="also load results and live claims from this shared memory",
+    )
     c.add_argument("--path", type=Path, help="SQLite file of --memory local")
     c.add_argument("--url", help="URL of --memory hub/ensue")
     c.add_argument("--api-key", help="API key of --memory hub/ensue (default: stored key)")
     c.add_argument("--track", default="standard", help="track of the results to compare with")
     c.add_argument("--threshold", type=float, help="semantic threshold (default: calibrated)")
-    c.add_argument("--no-semantic", action="store_true",
-                   help="code layers only (no embedding model is loaded)")
+    c.add_argument(
+        "--no-semantic", action="store_true", help="code layers only (no embedding model is loaded)"
+    )
     c.add_argument("--json", action="store_true", help="print the verdict as JSON")
     c.set_defaults(handler=run_check)
     q = sub.add_parser("parse", help="show the constant changes a description states")
     q.add_argument("description")
-    q.add_argument("--train-py", type=Path,
-                   help="resolve the changes against this train.py's constants")
+    q.add_argument(
+        "--train-py", type=Path, help="resolve the changes against this train.py's constants"
+    )
     q.set_defaults(handler=run_parse)
     p.set_defaults(handler=_usage(p))
 
@@ -76,8 +86,9 @@ def _read(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}", key=what,
-                          value=str(path)) from exc
+        raise ConfigError(
+            f"cannot read {what} {path}: {exc.strerror or exc}", key=what, value=str(path)
+        ) from exc
 
 
 def _load_jsonl(dd: Any, path: Path) -> int:
@@ -90,11 +101,13 @@ def _load_jsonl(dd: Any, path: Path) -> int:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{lineno}: not JSON ({exc.msg})", key="known",
-                              value=str(path)) from exc
+            raise ConfigError(
+                f"{path}:{lineno}: not JSON ({exc.msg})", key="known", value=str(path)
+            ) from exc
         if not isinstance(rec, dict):
-            raise ConfigError(f"{path}:{lineno}: expected a JSON object", key="known",
-                              value=str(path))
+            raise ConfigError(
+                f"{path}:{lineno}: expected a JSON object", key="known", value=str(path)
+            )
         key = str(rec.get("key") or f"{path.name}:{lineno}")
         desc = str(rec.get("description") or "")
         parent = rec.get("parent_hash") or None
@@ -128,18 +141,23 @@ async def _load_memory(dd: Any, args: argparse.Namespace) -> int:
 
         api_key = resolve_api_key(args.api_key)
     n = 0
-    async with open_memory(args.memory, path=args.path, url=args.url,
-                           api_key=api_key) as backend:
+    async with open_memory(args.memory, path=args.path, url=args.url, api_key=api_key) as backend:
         mem = SwarmMemory(backend, agent_id="dedup-cli")
         results = await mem.results(track=args.track)
         for r in reversed(results):  # oldest first: the newest are "recent"
             try:
                 if r.train_py:
-                    dd.add(Candidate(r.description, r.train_py, parent_hash=r.parent_hash or None),
-                           r.key)
+                    dd.add(
+                        Candidate(r.description, r.train_py, parent_hash=r.parent_hash or None),
+                        r.key,
+                    )
                 elif r.code_hash:
-                    dd.add_code(r.key, r.code_hash, description=r.description,
-                                parent_hash=r.parent_hash or None)
+                    dd.add_code(
+                        r.key,
+                        r.code_hash,
+                        description=r.description,
+                        parent_hash=r.parent_hash or None,
+                    )
                 else:
                     continue
             except TrainPyError:
@@ -147,8 +165,13 @@ async def _load_memory(dd: Any, args: argparse.Namespace) -> int:
             n += 1
         for c in await mem.live_claims(track=args.track):
             if c.code_hash:
-                dd.add_code(c.key, c.code_hash, description=c.description,
-                            parent_hash=c.parent_hash or None, live=True)
+                dd.add_code(
+                    c.key,
+                    c.code_hash,
+                    description=c.description,
+                    parent_hash=c.parent_hash or None,
+                    live=True,
+                )
                 n += 1
     return n
 
@@ -158,8 +181,9 @@ def run_check(args: argparse.Namespace) -> int:
 
     threshold = DEFAULT_SEMANTIC_THRESHOLD if args.threshold is None else args.threshold
     if not 0.0 < threshold <= 1.0:
-        raise ConfigError(f"--threshold must be in (0, 1], got {threshold}", key="threshold",
-                          value=threshold)
+        raise ConfigError(
+            f"--threshold must be in (0, 1], got {threshold}", key="threshold", value=threshold
+        )
     train_py = _read(args.train_py, "train_py")
     parent = _read(args.parent, "parent") if args.parent else None
     dd = Deduplicator(semantic_threshold=threshold, use_semantic=not args.no_semantic)
@@ -169,8 +193,11 @@ def run_check(args: argparse.Namespace) -> int:
             known += _load_jsonl(dd, path)
         if args.memory:
             known += asyncio.run(_load_memory(dd, args))
-        verdict = dd.check(Candidate(args.description, train_py, parent_train_py=parent,
-                                     parent_hash=args.parent_hash))
+        verdict = dd.check(
+            Candidate(
+                args.description, train_py, parent_train_py=parent, parent_hash=args.parent_hash
+            )
+        )
     except TrainPyError as exc:
         raise ConfigError(f"the candidate cannot be read: {exc}", key="train_py") from exc
     except ConfigError:
@@ -187,8 +214,11 @@ def run_check(args: argparse.Namespace) -> int:
         out["known"] = known
         sys.stdout.write(json.dumps(out, default=repr) + "\n")
     else:
-        state = (f"DUPLICATE ({verdict.layer}, score {verdict.score:.3f})" if verdict.duplicate
-                 else "NEW")
+        state = (
+            f"DUPLICATE ({verdict.layer}, score {verdict.score:.3f})"
+            if verdict.duplicate
+            else "NEW"
+        )
         sys.stdout.write(f"{state}: {verdict.reason} [{known} known experiments]\n")
     return 1 if verdict.duplicate else 0
 

@@ -102,19 +102,30 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=_serve)
 
     sub = p.add_subparsers(dest="hub_command", metavar="token|invite")
-    _add_commands(sub, "token", "manage bearer tokens", [
-        ("add", "create a token (printed once)", ("name",), _token_add),
-        ("list", "list tokens (names and roles, never the tokens)", (), _token_list),
-        ("revoke", "revoke a token", ("name",), _token_revoke),
-    ])
-    _add_commands(sub, "invite", "list or revoke invites (made with the create_invite tool)", [
-        ("list", "list invites (ids, roles, uses, expiry; never the tokens)", (), _invite_list),
-        ("revoke", "revoke an invite by its id", ("invite_id",), _invite_revoke),
-    ])
+    _add_commands(
+        sub,
+        "token",
+        "manage bearer tokens",
+        [
+            ("add", "create a token (printed once)", ("name",), _token_add),
+            ("list", "list tokens (names and roles, never the tokens)", (), _token_list),
+            ("revoke", "revoke a token", ("name",), _token_revoke),
+        ],
+    )
+    _add_commands(
+        sub,
+        "invite",
+        "list or revoke invites (made with the create_invite tool)",
+        [
+            ("list", "list invites (ids, roles, uses, expiry; never the tokens)", (), _invite_list),
+            ("revoke", "revoke an invite by its id", ("invite_id",), _invite_revoke),
+        ],
+    )
 
 
-def _add_commands(sub: Any, group: str, help_: str,
-                  commands: list[tuple[str, str, tuple[str, ...], Any]]) -> None:
+def _add_commands(
+    sub: Any, group: str, help_: str, commands: list[tuple[str, str, tuple[str, ...], Any]]
+) -> None:
     """``hub GROUP CMD [ARGS] [--db PATH]`` for each (CMD, help, positional args, handler)."""
     parser = sub.add_parser(group, help=help_)
     gsub = parser.add_subparsers(dest=f"{group}_command", metavar="|".join(c[0] for c in commands))
@@ -231,7 +242,9 @@ def _token_list(args: argparse.Namespace) -> int:
     with _token_store(args) as store:
         tokens = store.list()
     if not tokens:
-        sys.stderr.write("no tokens; add one with: python -m swarm hub token add NAME --role ROLE\n")
+        sys.stderr.write(
+            "no tokens; add one with: python -m swarm hub token add NAME --role ROLE\n"
+        )
         return 0
     width = max(len(t.name) for t in tokens)
     for t in tokens:
@@ -262,11 +275,20 @@ def _invite_list(args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     for i in invites:
-        state = ("revoked" if i.revoked_at else "expired" if i.expires_at <= now
-                 else "used up" if i.uses >= i.max_uses else "active")
+        state = (
+            "revoked"
+            if i.revoked_at
+            else "expired"
+            if i.expires_at <= now
+            else "used up"
+            if i.uses >= i.max_uses
+            else "active"
+        )
         until = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.expires_at))
-        sys.stdout.write(f"{i.id}  {i.role:<11}  by {i.created_by}  uses {i.uses}/{i.max_uses}  "
-                         f"until {until}  {state}\n")
+        sys.stdout.write(
+            f"{i.id}  {i.role:<11}  by {i.created_by}  uses {i.uses}/{i.max_uses}  "
+            f"until {until}  {state}\n"
+        )
     return 0
 
 
@@ -274,7 +296,10 @@ def _invite_revoke(args: argparse.Namespace) -> int:
     with _token_store(args) as store:
         done = store.revoke_invite(args.invite_id)
     if not done:
-        raise ConfigError(f"no live invite with id {args.invite_id!r} (see: hub invite list)",
-                          key="invite_id", value=args.invite_id)
+        raise ConfigError(
+            f"no live invite with id {args.invite_id!r} (see: hub invite list)",
+            key="invite_id",
+            value=args.invite_id,
+        )
     sys.stderr.write(f"revoked invite {args.invite_id}\n")
     return 0

@@ -37,8 +37,9 @@ def _verified(bests: dict[tuple[str, str | None], Best]) -> dict[str, list[tuple
     return out
 
 
-async def _load(config: SwarmConfig, args: argparse.Namespace
-                ) -> tuple[list[Result], dict[str, list[tuple[float, float]]]]:
+async def _load(
+    config: SwarmConfig, args: argparse.Namespace
+) -> tuple[list[Result], dict[str, list[tuple[float, float]]]]:
     from swarm.namespace import SwarmMemory
 
     async with open_backend(config, getattr(args, "ensue_key", None)) as backend:
@@ -52,21 +53,30 @@ def handle(args: argparse.Namespace) -> int:
     from swarm.ui.plot import plot_results
 
     if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit {args.limit}: expected a positive number", key="--limit",
-                          value=args.limit)
+        raise ConfigError(
+            f"--limit {args.limit}: expected a positive number", key="--limit", value=args.limit
+        )
     config = config_from_args(args)
     if config.memory_kind == "local" and not config.memory_file().exists():
-        raise ConfigError(f"nothing to plot: no memory file at {config.memory_file()} (no "
-                          "experiment has run with it; --memory-path or --memory hub URL?)",
-                          key="memory.path", value=str(config.memory_file()))
+        raise ConfigError(
+            f"nothing to plot: no memory file at {config.memory_file()} (no "
+            "experiment has run with it; --memory-path or --memory hub URL?)",
+            key="memory.path",
+            value=str(config.memory_file()),
+        )
     try:
         results, verified = asyncio.run(_load(config, args))
     except MemoryStoreError as exc:
         sys.stderr.write(f"swarm: memory unreachable ({config.memory_kind}): {exc}\n")
         return EXIT_UNAVAILABLE
-    summary = plot_results(results, args.out, axis=args.x, mine=socket.gethostname(),
-                           verified=verified,
-                           title=f"swarm progress ({config.memory_kind} memory)")
+    summary = plot_results(
+        results,
+        args.out,
+        axis=args.x,
+        mine=socket.gethostname(),
+        verified=verified,
+        title=f"swarm progress ({config.memory_kind} memory)",
+    )
     bests = ", ".join(f"{k} {v:.6f}" for k, v in summary.bests.items()) or "no keep yet"
     sys.stdout.write(f"wrote {summary.path} ({summary.plotted} results; best {bests})\n")
     return 0
@@ -74,18 +84,25 @@ def handle(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "plot", help="a PNG chart of val_bpb over experiments (kept, running best)",
+        "plot",
+        help="a PNG chart of val_bpb over experiments (kept, running best)",
         description="Write a PNG chart of every result's val_bpb per track and tier: kept "
         "results highlighted, the running best as a step line, verified bests as stars, "
         "this machine's results outlined.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--out", default="progress.png", metavar="PATH",
-                        help="PNG to write (default progress.png)")
-    parser.add_argument("--x", choices=("number", "time"), default="number",
-                        help="x axis: experiment number (default) or completion time")
+    parser.add_argument(
+        "--out", default="progress.png", metavar="PATH", help="PNG to write (default progress.png)"
+    )
+    parser.add_argument(
+        "--x",
+        choices=("number", "time"),
+        default="number",
+        help="x axis: experiment number (default) or completion time",
+    )
     parser.add_argument("--track", type=track_arg, metavar="TRACK", help="only this track")
     parser.add_argument("--tier", choices=TIERS, help="only this VRAM tier")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="only the newest N results (default all)")
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="only the newest N results (default all)"
+    )
     parser.set_defaults(handler=handle)

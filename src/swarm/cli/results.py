@@ -46,8 +46,7 @@ def _console() -> Console:
 
 
 def _err(message: str) -> None:
-    Console(file=sys.stderr, soft_wrap=True).print(f"swarm: {message}", style="red",
-                                                   markup=False)
+    Console(file=sys.stderr, soft_wrap=True).print(f"swarm: {message}", style="red", markup=False)
 
 
 def _fmt(v: float | None, spec: str = ".6f") -> str:
@@ -57,15 +56,19 @@ def _fmt(v: float | None, spec: str = ".6f") -> str:
 # --------------------------------------------------------------------------- best
 
 
-async def _bests(config: SwarmConfig, track: str | None, tier: str | None,
-                 api_key: str | None) -> tuple[list[Best], list[dict[str, Any]]]:
+async def _bests(
+    config: SwarmConfig, track: str | None, tier: str | None, api_key: str | None
+) -> tuple[list[Best], list[dict[str, Any]]]:
     """The bests and the candidate bests (of ``track`` and ``tier`` when given)."""
     from swarm.namespace import SwarmMemory
 
     async with open_backend(config, api_key) as backend:
         memory = SwarmMemory(backend, agent_id=config.agent_name or "cli")
-        cands = [c for c in await candidate_rows(memory, track)
-                 if c["state"] != "superseded" and (tier is None or c["tier"] == tier)]
+        cands = [
+            c
+            for c in await candidate_rows(memory, track)
+            if c["state"] != "superseded" and (tier is None or c["tier"] == tier)
+        ]
         return await _best_list(memory, track, tier), cands
 
 
@@ -75,8 +78,9 @@ async def _best_list(memory: Any, track: str | None, tier: str | None) -> list[B
         return [best] if best else []
     summary = await memory.analyze()
     out = []
-    for (_track, b_tier), best in sorted(summary.bests.items(),
-                                          key=lambda kv: (kv[0][0], kv[0][1] or "")):
+    for (_track, b_tier), best in sorted(
+        summary.bests.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+    ):
         if tier is None or b_tier == tier:
             out.append(best)
     if tier is None:
@@ -97,8 +101,9 @@ def handle_best(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     track = args.track or (config.profile if config.profile != "auto" else None)
     try:
-        bests, cands = asyncio.run(_bests(config, track, args.tier,
-                                          getattr(args, "ensue_key", None)))
+        bests, cands = asyncio.run(
+            _bests(config, track, args.tier, getattr(args, "ensue_key", None))
+        )
     except MemoryStoreError as exc:
         _err(f"memory unreachable ({config.memory_kind}): {exc}")
         return EXIT_UNAVAILABLE
@@ -117,8 +122,9 @@ def handle_best(args: argparse.Namespace) -> int:
         return 0
     _print_best_tables(console, bests, cands)
     if written is not None:
-        console.print(f"wrote the best train.py ({written.track}/{written.tier or 'all'}) "
-                      f"to {args.write}")
+        console.print(
+            f"wrote the best train.py ({written.track}/{written.tier or 'all'}) to {args.write}"
+        )
     elif args.source:
         console.print(bests[0].train_py, markup=False, highlight=False)
     return 0
@@ -131,11 +137,15 @@ def _pick_to_write(bests: list[Best], track: str | None, tier: str | None) -> Be
     if track is None and len(tracks) > 1:
         raise ConfigError(
             f"--write: bests of several tracks exist ({', '.join(tracks)}); name one with --track",
-            key="--track", value=None,
+            key="--track",
+            value=None,
         )
     if not candidates:
-        _err("no best yet" + (f" for track {track}" if track else "") +
-             (f", tier {tier}" if tier else ""))
+        _err(
+            "no best yet"
+            + (f" for track {track}" if track else "")
+            + (f", tier {tier}" if tier else "")
+        )
         return None
     return candidates[0]
 
@@ -149,33 +159,46 @@ def _write_source(best: Best, target: str) -> None:
         tmp.write_text(best.train_py, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        raise ConfigError(f"--write {target}: {exc.strerror}", key="--write",
-                          value=target) from exc
+        raise ConfigError(f"--write {target}: {exc.strerror}", key="--write", value=target) from exc
 
 
 def _print_best_json(bests: list[Best], cands: list[dict[str, Any]], *, source: bool) -> None:
     data = [
-        {"track": b.track, "tier": b.tier, "val_bpb": b.val_bpb, "agent_id": b.agent_id,
-         "description": b.result.description, "code_hash": b.code_hash,
-         "result_key": b.result.key, "verified": b.verified, "key": b.key,
-         **best_fields(b), **({"train_py": b.train_py} if source else {})}
+        {
+            "track": b.track,
+            "tier": b.tier,
+            "val_bpb": b.val_bpb,
+            "agent_id": b.agent_id,
+            "description": b.result.description,
+            "code_hash": b.code_hash,
+            "result_key": b.result.key,
+            "verified": b.verified,
+            "key": b.key,
+            **best_fields(b),
+            **({"train_py": b.train_py} if source else {}),
+        }
         for b in bests
     ]
     data += [{"candidate": True, **c} for c in cands]
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _print_best_tables(console: Console, bests: list[Best],
-                       cands: list[dict[str, Any]]) -> None:
+def _print_best_tables(console: Console, bests: list[Best], cands: list[dict[str, Any]]) -> None:
     table = Table(title="Best train.py per track and tier", title_justify="left")
     for col in ("track", "tier", "val_bpb", "agent", "description", "verified", "code"):
         table.add_column(col)
     for b in bests:
         fields = best_fields(b)
         by = ", ".join(fields["confirmed_by"])
-        table.add_row(b.track, b.tier or "all", _fmt(b.val_bpb), b.agent_id,
-                      b.result.description, fields["verification"] + (f" ({by})" if by else ""),
-                      b.code_hash[:12])
+        table.add_row(
+            b.track,
+            b.tier or "all",
+            _fmt(b.val_bpb),
+            b.agent_id,
+            b.result.description,
+            fields["verification"] + (f" ({by})" if by else ""),
+            b.code_hash[:12],
+        )
     console.print(table)
     shown = [c for c in cands if c["state"] in SHOWN_STATES][:20]
     if not shown:
@@ -185,8 +208,15 @@ def _print_best_tables(console: Console, bests: list[Best],
         ctab.add_column(col)
     for c in shown:
         runs = ", ".join(f"{r['agent_id']} {_fmt(r['val_bpb'])}" for r in c["runs"])
-        ctab.add_row(c["state"] + (" (suspicious)" if c["suspicious"] else ""), c["track"],
-                     c["tier"] or "", _fmt(c["val_bpb"]), c["agent_id"], c["description"], runs)
+        ctab.add_row(
+            c["state"] + (" (suspicious)" if c["suspicious"] else ""),
+            c["track"],
+            c["tier"] or "",
+            _fmt(c["val_bpb"]),
+            c["agent_id"],
+            c["description"],
+            runs,
+        )
     console.print(ctab)
 
 
@@ -198,30 +228,49 @@ async def _results(config: SwarmConfig, args: argparse.Namespace) -> list[Result
 
     async with open_backend(config, getattr(args, "ensue_key", None)) as backend:
         if args.search:
-            hits = await backend.search(args.search, limit=min(100, args.limit * 3),
-                                        prefix="results/")
+            hits = await backend.search(
+                args.search, limit=min(100, args.limit * 3), prefix="results/"
+            )
             out = []
             for hit in hits:
                 try:
                     out.append(Result.from_json(hit.key, decode_record(hit.key, hit.value)))
                 except ProtocolError:
                     continue
-            keep = [r for r in out
-                    if (args.track is None or r.track == args.track)
-                    and (args.tier is None or r.vram_tier == args.tier)
-                    and (args.status is None or r.status == args.status)]
+            keep = [
+                r
+                for r in out
+                if (args.track is None or r.track == args.track)
+                and (args.tier is None or r.vram_tier == args.tier)
+                and (args.status is None or r.status == args.status)
+            ]
             return keep[: args.limit]
         memory = SwarmMemory(backend, agent_id=config.agent_name or "cli")
-        results = await memory.results(track=args.track, tier=args.tier,
-                                       limit=None if args.status else args.limit)
+        results = await memory.results(
+            track=args.track, tier=args.tier, limit=None if args.status else args.limit
+        )
         if args.status:
             results = [r for r in results if r.status == args.status][: args.limit]
         return results
 
 
-CSV_COLUMNS = ("completed_at_iso", "completed_at", "key", "status", "val_bpb", "delta",
-               "agent_id", "track", "vram_tier", "description", "failure", "gpu_name",
-               "code_hash", "parent_hash", "proposer")
+CSV_COLUMNS = (
+    "completed_at_iso",
+    "completed_at",
+    "key",
+    "status",
+    "val_bpb",
+    "delta",
+    "agent_id",
+    "track",
+    "vram_tier",
+    "description",
+    "failure",
+    "gpu_name",
+    "code_hash",
+    "parent_hash",
+    "proposer",
+)
 
 
 def _write_csv(results: list[Result]) -> None:
@@ -234,8 +283,9 @@ def _write_csv(results: list[Result]) -> None:
     for r in sorted(results, key=lambda r: (r.completed_at or 0.0, r.key)):
         row = result_row(r)
         at = r.completed_at
-        row["completed_at_iso"] = (datetime.fromtimestamp(at, tz=UTC).isoformat()
-                                   if at is not None else "")
+        row["completed_at_iso"] = (
+            datetime.fromtimestamp(at, tz=UTC).isoformat() if at is not None else ""
+        )
         if row["delta"] is not None:
             row["delta"] = round(row["delta"], 6)  # val_bpb has 6 decimals: no float noise
         writer.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
@@ -245,8 +295,9 @@ def handle_results(args: argparse.Namespace) -> int:
     if args.csv and args.json:
         raise ConfigError("--csv and --json: pick one output format", key="--csv", value=True)
     if args.limit < 1:
-        raise ConfigError(f"--limit {args.limit}: expected a positive number", key="--limit",
-                          value=args.limit)
+        raise ConfigError(
+            f"--limit {args.limit}: expected a positive number", key="--limit", value=args.limit
+        )
     config = config_from_args(args)
     try:
         results = asyncio.run(_results(config, args))
@@ -257,33 +308,46 @@ def handle_results(args: argparse.Namespace) -> int:
         _write_csv(results)
         return 0
     if args.json:
-        rows = [result_row(r) | ({"train_py": r.train_py} if args.source else {})
-                for r in results]
+        rows = [result_row(r) | ({"train_py": r.train_py} if args.source else {}) for r in results]
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    title = (f"Results matching {args.search!r}" if args.search
-             else f"Results, newest first ({len(results)})")
+    title = (
+        f"Results matching {args.search!r}"
+        if args.search
+        else f"Results, newest first ({len(results)})"
+    )
     table = Table(title=title, title_justify="left")
     for col in ("status", "val_bpb", "delta", "agent", "track/tier", "description", "key"):
         table.add_column(col)
     for r in results:
         status = r.status + (f" ({r.failure})" if r.failure and r.status != "timeout" else "")
-        table.add_row(status, _fmt(r.val_bpb), _fmt(r.delta, "+.4f"), r.agent_id,
-                      f"{r.track}/{r.vram_tier or '-'}", r.description, r.key)
+        table.add_row(
+            status,
+            _fmt(r.val_bpb),
+            _fmt(r.delta, "+.4f"),
+            r.agent_id,
+            f"{r.track}/{r.vram_tier or '-'}",
+            r.description,
+            r.key,
+        )
     _console().print(table)
     return 0
 
 
 def add_parser(subparsers: Any) -> None:
     best = subparsers.add_parser(
-        "best", help="the best train.py of a track (and tier); --write saves it",
+        "best",
+        help="the best train.py of a track (and tier); --write saves it",
         description="Show the swarm's best per track and tier; --write PATH saves the best "
         "train.py (of --track, and --tier when given).",
     )
     add_config_arguments(best)
-    best.add_argument("--track", type=track_arg, metavar="TRACK",
-                      help="track: smoke, standard or a budget track such as smoke-budget-2 "
-                      "(default: all)")
+    best.add_argument(
+        "--track",
+        type=track_arg,
+        metavar="TRACK",
+        help="track: smoke, standard or a budget track such as smoke-budget-2 (default: all)",
+    )
     best.add_argument("--tier", choices=TIERS, help="VRAM tier (default: the track's best)")
     best.add_argument("--write", metavar="PATH", help="write the best train.py to PATH")
     best.add_argument("--source", action="store_true", help="print (or include) the source")
@@ -291,7 +355,8 @@ def add_parser(subparsers: Any) -> None:
     best.set_defaults(handler=handle_best)
 
     res = subparsers.add_parser(
-        "results", help="the swarm's results, newest first, or by semantic search",
+        "results",
+        help="the swarm's results, newest first, or by semantic search",
         description="List results from the shared memory, newest first; --search QUERY "
         "ranks them by meaning instead.",
     )
@@ -303,6 +368,9 @@ def add_parser(subparsers: Any) -> None:
     res.add_argument("--status", choices=STATUSES, help="only this outcome")
     res.add_argument("--source", action="store_true", help="include train.py in --json")
     res.add_argument("--json", action="store_true", help="machine-readable output")
-    res.add_argument("--csv", action="store_true",
-                     help="CSV on stdout, oldest first, one row per result (no source)")
+    res.add_argument(
+        "--csv",
+        action="store_true",
+        help="CSV on stdout, oldest first, one row per result (no source)",
+    )
     res.set_defaults(handler=handle_results)

@@ -16,7 +16,11 @@ from swarm.config import SwarmConfig, load_config
 from swarm.errors import ConfigError
 
 __all__ = [
-    "add_config_arguments", "add_parser", "config_from_args", "handle", "use_live_view",
+    "add_config_arguments",
+    "add_parser",
+    "config_from_args",
+    "handle",
+    "use_live_view",
 ]
 
 _SET_HELP = (
@@ -27,39 +31,54 @@ _SET_HELP = (
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, run: bool = False) -> None:
     """Options shared by run/status/best/results. ``run`` adds the ones only ``run`` uses."""
-    parser.add_argument("--config", metavar="FILE",
-                        help="TOML config file, or a name in configs/ (default, smoke, h100)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file, or a name in configs/ (default, smoke, h100)",
+    )
     parser.add_argument("--state-dir", metavar="DIR", help="local state directory")
     parser.add_argument(
-        "--memory", nargs="+", metavar="KIND [URL]",
+        "--memory",
+        nargs="+",
+        metavar="KIND [URL]",
         help="shared memory: local | hub URL | ensue [URL]",
     )
     parser.add_argument("--memory-url", metavar="URL", help="hub or Ensue URL")
     parser.add_argument("--memory-path", metavar="FILE", help="SQLite file of the local store")
-    parser.add_argument("--ensue-key", metavar="KEY",
-                        help="Ensue/hub API key (prefer ENSUE_API_KEY in the environment)")
+    parser.add_argument(
+        "--ensue-key",
+        metavar="KEY",
+        help="Ensue/hub API key (prefer ENSUE_API_KEY in the environment)",
+    )
     parser.add_argument("--profile", choices=("auto", "smoke", "standard"), help="track")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=_SET_HELP)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     if not run:
         return
     parser.add_argument("--gpus", metavar="all|0,1,...", help="GPUs to use")
     parser.add_argument("--cpu-workers", metavar="N", help="workers in CPU mode")
     parser.add_argument("--agent-name", metavar="NAME", help="agent id in the shared memory")
-    parser.add_argument("--proposer", choices=("search", "hypotheses", "llm", "agent"),
-                        help="where experiments come from")
+    parser.add_argument(
+        "--proposer",
+        choices=("search", "hypotheses", "llm", "agent"),
+        help="where experiments come from",
+    )
     parser.add_argument("--llm-url", metavar="URL", help="OpenAI-compatible base URL (/v1)")
     parser.add_argument("--llm-model", metavar="NAME", help="model for the llm proposer")
     parser.add_argument("--agent-cmd", metavar="TEMPLATE", help="coding-agent command template")
-    parser.add_argument("--max-experiments", metavar="N",
-                        help="stop cleanly after N experiments")
+    parser.add_argument("--max-experiments", metavar="N", help="stop cleanly after N experiments")
     parser.add_argument("--budget", metavar="SECONDS", help="training budget per run")
     parser.add_argument("--grace", metavar="SECONDS", help="drain time after the first signal")
-    parser.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"),
-                        help="isolation of every training run (default auto)")
-    parser.add_argument("--metrics-port", metavar="PORT",
-                        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (metrics_host "
-                        "changes the address)")
+    parser.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "unshare", "none"),
+        help="isolation of every training run (default auto)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (metrics_host "
+        "changes the address)",
+    )
 
 
 # flag attribute -> config key
@@ -94,8 +113,11 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     memory = getattr(args, "memory", None)
     if memory:
         if len(memory) > 2:
-            raise ConfigError(f"--memory {' '.join(memory)!r}: expected KIND [URL]",
-                              key="memory.kind", value=" ".join(memory))
+            raise ConfigError(
+                f"--memory {' '.join(memory)!r}: expected KIND [URL]",
+                key="memory.kind",
+                value=" ".join(memory),
+            )
         flags["memory.kind"] = memory[0]
         if len(memory) == 2:
             flags["memory.url"] = memory[1]
@@ -114,12 +136,16 @@ def config_from_args(args: argparse.Namespace) -> SwarmConfig:
 def use_live_view(args: argparse.Namespace, stdout: Any = None) -> bool:
     """The live view replaces log lines only with ``--log-format auto`` on a terminal."""
     out = stdout or sys.stdout
-    return (getattr(args, "log_format", "auto") == "auto" and not getattr(args, "no_live", False)
-            and out.isatty())
+    return (
+        getattr(args, "log_format", "auto") == "auto"
+        and not getattr(args, "no_live", False)
+        and out.isatty()
+    )
 
 
-async def _run_live(supervisor: Any, config: SwarmConfig, log_file: Path,
-                    api_key: str | None) -> int:
+async def _run_live(
+    supervisor: Any, config: SwarmConfig, log_file: Path, api_key: str | None
+) -> int:
     from rich.console import Console
 
     from swarm.ui.live import LiveView
@@ -167,6 +193,7 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_config_arguments(parser, run=True)
-    parser.add_argument("--no-live", action="store_true",
-                        help="plain log lines on stderr even on a terminal")
+    parser.add_argument(
+        "--no-live", action="store_true", help="plain log lines on stderr even on a terminal"
+    )
     parser.set_defaults(handler=handle)

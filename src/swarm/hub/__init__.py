@@ -13,4 +13,13 @@ from swarm.hub.limits import HubLimits
 from swarm.hub.server import HubHandle, build_app, run_hub, serve_hub, wait_for_hub
 from swarm.hub.tokens import TokenStore
 
-__all__ = ["HubHandle", "HubLimits", "HubPolicy", "TokenStore", "build_app", "run_hub", "serve_hub", "wait_for_hub"]
+__all__ = [
+    "HubHandle",
+    "HubLimits",
+    "HubPolicy",
+    "TokenStore",
+    "build_app",
+    "run_hub",
+    "serve_hub",
+    "wait_for_hub",
+]

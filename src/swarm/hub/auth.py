@@ -64,6 +64,7 @@ _GROUP_ALIASES: dict[str, Role] = {
     "admins": "admin",
 }
 
+
 def hash_token(token: str) -> str:
     """The stored form of a token."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
@@ -113,7 +114,11 @@ class TokenInfo:
 
 
 DEFAULT_SHARED_UPDATE: tuple[str, ...] = (
-    "best/", "leaderboard", "leaderboard/", "claims/", "hypotheses/"
+    "best/",
+    "leaderboard",
+    "leaderboard/",
+    "claims/",
+    "hypotheses/",
 )
 DEFAULT_SHARED_DELETE: tuple[str, ...] = ("claims/", "locks/mutex/", "best/pending/")
 

@@ -90,14 +90,28 @@ def _series(results: Sequence[Result]) -> list[dict[str, Any]]:
         points, steps = [], []
         for r in rows:
             ok = r.val_bpb is not None and math.isfinite(r.val_bpb)
-            points.append({"t": r.completed_at, "v": r.val_bpb if ok else None,
-                           "status": r.status, "agent": r.agent_id})
+            points.append(
+                {
+                    "t": r.completed_at,
+                    "v": r.val_bpb if ok else None,
+                    "status": r.status,
+                    "agent": r.agent_id,
+                }
+            )
             if ok and r.status == "keep" and (best is None or r.val_bpb < best):  # type: ignore[operator]
                 best = r.val_bpb
                 steps.append({"t": r.completed_at, "v": best})
         sigma, repeats = noise_sigma(rows)
-        out.append({"panel": name, "points": points, "best": steps, "sigma": sigma,
-                    "repeats": repeats, "count": len(rows)})
+        out.append(
+            {
+                "panel": name,
+                "points": points,
+                "best": steps,
+                "sigma": sigma,
+                "repeats": repeats,
+                "count": len(rows),
+            }
+        )
     return out
 
 
@@ -106,9 +120,18 @@ def _agents(results: Sequence[Result]) -> list[dict[str, Any]]:
     stats: dict[str, dict[str, Any]] = {}
     best: dict[str, float] = {}
     for r in sorted(results, key=lambda r: r.completed_at or 0.0):
-        s = stats.setdefault(r.agent_id, {"agent": r.agent_id, "experiments": 0, "kept": 0,
-                                          "crashed": 0, "bests": 0, "improvement": 0.0,
-                                          "last_at": None})
+        s = stats.setdefault(
+            r.agent_id,
+            {
+                "agent": r.agent_id,
+                "experiments": 0,
+                "kept": 0,
+                "crashed": 0,
+                "bests": 0,
+                "improvement": 0.0,
+                "last_at": None,
+            },
+        )
         s["experiments"] += 1
         s["kept"] += r.status == "keep"
         s["crashed"] += r.status in ("crash", "timeout")
@@ -126,9 +149,16 @@ def _agents(results: Sequence[Result]) -> list[dict[str, Any]]:
 def _diff(parent: Result | None, r: Result) -> str:
     if parent is None or not r.train_py:
         return ""
-    lines = list(difflib.unified_diff(
-        parent.train_py.splitlines(), r.train_py.splitlines(), "parent/train.py",
-        "train.py", n=1, lineterm=""))
+    lines = list(
+        difflib.unified_diff(
+            parent.train_py.splitlines(),
+            r.train_py.splitlines(),
+            "parent/train.py",
+            "train.py",
+            n=1,
+            lineterm="",
+        )
+    )
     if len(lines) > _DIFF_LINES:
         lines = [*lines[:_DIFF_LINES], f"... ({len(lines) - _DIFF_LINES} more lines)"]
     return "\n".join(lines)
@@ -139,10 +169,20 @@ def _recent(results: Sequence[Result]) -> list[dict[str, Any]]:
     out = []
     newest = sorted(results, key=lambda r: r.completed_at or 0.0, reverse=True)[:_RECENT]
     for r in newest:
-        out.append({"key": r.key, "status": r.status, "val_bpb": r.val_bpb, "delta": r.delta,
-                    "agent": r.agent_id, "panel": _panel(r), "description": r.description,
-                    "completed_at": r.completed_at, "failure": r.failure,
-                    "diff": _diff(by_code.get(r.parent_hash), r)})
+        out.append(
+            {
+                "key": r.key,
+                "status": r.status,
+                "val_bpb": r.val_bpb,
+                "delta": r.delta,
+                "agent": r.agent_id,
+                "panel": _panel(r),
+                "description": r.description,
+                "completed_at": r.completed_at,
+                "failure": r.failure,
+                "diff": _diff(by_code.get(r.parent_hash), r),
+            }
+        )
     return out
 
 
@@ -160,14 +200,22 @@ async def _pending_rows(store: Any) -> list[dict[str, Any]]:
         outcome = rec.get("outcome")
         if rec.get("resolved_at") and outcome == "confirmed":
             continue
-        rows.append({"status": "refuted" if rec.get("resolved_at") else "pending",
-                     "panel": f"{rec.get('track', '?')}/{rec.get('vram_tier') or 'all'}",
-                     "val_bpb": rec.get("val_bpb"), "agent": rec.get("agent_id"),
-                     "description": rec.get("description"), "key": key})
+        rows.append(
+            {
+                "status": "refuted" if rec.get("resolved_at") else "pending",
+                "panel": f"{rec.get('track', '?')}/{rec.get('vram_tier') or 'all'}",
+                "val_bpb": rec.get("val_bpb"),
+                "agent": rec.get("agent_id"),
+                "description": rec.get("description"),
+                "key": key,
+            }
+        )
     return rows
 
 
-async def dashboard_data(service: HubService, memory: SwarmMemory, who: Principal) -> dict[str, Any]:
+async def dashboard_data(
+    service: HubService, memory: SwarmMemory, who: Principal
+) -> dict[str, Any]:
     """The JSON of the dashboard for ``who``; RpcError(401) when nothing is readable."""
     snap = await service.auth.snapshot()
     open_ = who.role is not None or service.auth.open_access
@@ -175,37 +223,64 @@ async def dashboard_data(service: HubService, memory: SwarmMemory, who: Principa
     def readable(prefix: str) -> bool:
         return open_ or snap.prefix_is_public(prefix)
 
-    sections = {"results": readable(keys.RESULTS), "claims": readable(keys.CLAIMS),
-                "best": readable(keys.BEST)}
+    sections = {
+        "results": readable(keys.RESULTS),
+        "claims": readable(keys.CLAIMS),
+        "best": readable(keys.BEST),
+    }
     if not any(sections.values()):
-        raise RpcError(ERR_UNAUTHORIZED, "this hub's dashboard needs a token: open "
-                       "/#token=YOUR_TOKEN (any role), or ask the admin to share results/ "
-                       "publicly", http_status=401)
+        raise RpcError(
+            ERR_UNAUTHORIZED,
+            "this hub's dashboard needs a token: open "
+            "/#token=YOUR_TOKEN (any role), or ask the admin to share results/ "
+            "publicly",
+            http_status=401,
+        )
     now = time.time()
     data: dict[str, Any] = {"generated_at": now, "org": service.org, "sections": sections}
     if sections["results"]:
         # the newest WINDOW results: bounded work and memory per refresh on a large hub
         results = await memory.results(limit=WINDOW)
         total = len(await service.store.list_keys(keys.RESULTS))
-        data.update(series=_series(results), agents=_agents(results),
-                    recent=_recent(results), total_results=total, window=len(results))
+        data.update(
+            series=_series(results),
+            agents=_agents(results),
+            recent=_recent(results),
+            total_results=total,
+            window=len(results),
+        )
     if sections["best"]:
         summary = await memory.analyze()
-        board = [{"status": "verified" if b.verified else "unverified",
-                  "panel": f"{track}/{tier or 'all'}", "val_bpb": b.val_bpb,
-                  "agent": b.agent_id, "description": b.result.description,
-                  "achieved_at": b.achieved_at or b.result.completed_at}
-                 for (track, tier), b in sorted(summary.bests.items(),
-                                                key=lambda kv: (kv[0][0], kv[0][1] or ""))]
+        board = [
+            {
+                "status": "verified" if b.verified else "unverified",
+                "panel": f"{track}/{tier or 'all'}",
+                "val_bpb": b.val_bpb,
+                "agent": b.agent_id,
+                "description": b.result.description,
+                "achieved_at": b.achieved_at or b.result.completed_at,
+            }
+            for (track, tier), b in sorted(
+                summary.bests.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+            )
+        ]
         data["leaderboard"] = board + await _pending_rows(service.store)
     if sections["claims"]:
         claims = await memory.live_claims()
         data["claims"] = [
-            {"key": c.key, "agent": c.agent_id, "description": c.description,
-             "panel": f"{c.track}/{c.vram_tier or 'all'}", "gpu": c.gpu_name, "host": c.host,
-             "heartbeat_age_s": None if (c.heartbeat_at or c.claimed_at) is None
-             else max(0.0, now - float(c.heartbeat_at or c.claimed_at or now))}
-            for c in claims]
+            {
+                "key": c.key,
+                "agent": c.agent_id,
+                "description": c.description,
+                "panel": f"{c.track}/{c.vram_tier or 'all'}",
+                "gpu": c.gpu_name,
+                "host": c.host,
+                "heartbeat_age_s": None
+                if (c.heartbeat_at or c.claimed_at) is None
+                else max(0.0, now - float(c.heartbeat_at or c.claimed_at or now)),
+            }
+            for c in claims
+        ]
     return data
 
 
@@ -218,8 +293,9 @@ async def _principal(request: web.Request, service: HubService) -> Principal:
         return ANONYMOUS if not service.auth.open_access else await service.auth.resolve(None)
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise RpcError(ERR_UNAUTHORIZED, "Authorization header must be 'Bearer <token>'",
-                       http_status=401)
+        raise RpcError(
+            ERR_UNAUTHORIZED, "Authorization header must be 'Bearer <token>'", http_status=401
+        )
     return await service.auth.resolve(token.strip())
 
 
@@ -238,8 +314,13 @@ def _page_handler(not_html: Handler) -> Handler:
         accept = request.headers.get("Accept", "")
         if "text/event-stream" in accept and "text/html" not in accept:
             return await not_html(request)  # an MCP client probing for a stream
-        return web.Response(body=_page(), content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
+        return web.Response(
+            body=_page(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
     return handle
 
 
@@ -247,8 +328,11 @@ def mount_dashboard(app: web.Application, service: HubService, *, not_html: Hand
     """Add ``GET /``, ``GET /dashboard`` and ``GET /api/dashboard`` to the hub's app.
     ``not_html`` answers a GET of ``/`` that asks for an event stream (MCP clients)."""
     app[_SERVICE] = service
-    app[_MEMORY] = SwarmMemory(service.store, agent_id="hub-dashboard",  # type: ignore[arg-type]
-                                     embed_records=False)
+    app[_MEMORY] = SwarmMemory(
+        service.store,  # type: ignore[arg-type]
+        agent_id="hub-dashboard",
+        embed_records=False,
+    )
     page = _page_handler(not_html)
     app.router.add_get("/", page)
     app.router.add_get("/dashboard", page)

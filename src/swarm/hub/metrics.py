@@ -37,9 +37,13 @@ from swarm.records import DEFAULT_TRACK
 __all__ = ["HubMetrics", "mount_metrics"]
 
 _KNOWN_PATHS = frozenset({"/", "/mcp", "/healthz", "/metrics", "/dashboard", "/api/dashboard"})
-_NAMESPACES = (*(p.rstrip("/") for p in (keys.RESULTS, keys.CLAIMS, keys.HYPOTHESES,
-                                          keys.INSIGHTS, keys.BEST, keys.LOCKS)),
-               keys.leaderboard_key(DEFAULT_TRACK))
+_NAMESPACES = (
+    *(
+        p.rstrip("/")
+        for p in (keys.RESULTS, keys.CLAIMS, keys.HYPOTHESES, keys.INSIGHTS, keys.BEST, keys.LOCKS)
+    ),
+    keys.leaderboard_key(DEFAULT_TRACK),
+)
 _METRICS: web.AppKey[HubMetrics] = web.AppKey("hub_metrics")
 #: seconds between two reads of the store-derived gauges
 STORE_GAUGE_INTERVAL_S = 10.0
@@ -48,35 +52,44 @@ STORE_GAUGE_INTERVAL_S = 10.0
 class HubMetrics:
     """The hub's instruments, in their own registry."""
 
-    def __init__(self, service: HubService, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, service: HubService, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
         self._clock = clock
         self._read_at: float | None = None
         self._refreshing = asyncio.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = PromCounter("swarm_hub_http_requests", "HTTP requests",
-                                    ("method", "path", "status"), registry=r)
-        self.request_s = Histogram("swarm_hub_http_request_seconds", "HTTP request latency",
-                                   ("method", "path"), registry=r)
-        self.tool_calls = PromCounter("swarm_hub_tool_calls", "tools/call requests",
-                                      ("tool", "outcome"), registry=r)
-        self.tool_s = Histogram("swarm_hub_tool_seconds", "tools/call latency", ("tool",),
-                                registry=r)
-        self.records = Gauge("swarm_hub_records", "records in the store by namespace",
-                             ("namespace",), registry=r)
-        self.live_claims = Gauge("swarm_hub_live_claims", "claims with a fresh heartbeat",
-                                 registry=r)
-        self._memory = SwarmMemory(service.store, agent_id="hub-metrics",  # type: ignore[arg-type]
-                                   embed_records=False)
+        self.requests = PromCounter(
+            "swarm_hub_http_requests", "HTTP requests", ("method", "path", "status"), registry=r
+        )
+        self.request_s = Histogram(
+            "swarm_hub_http_request_seconds", "HTTP request latency", ("method", "path"), registry=r
+        )
+        self.tool_calls = PromCounter(
+            "swarm_hub_tool_calls", "tools/call requests", ("tool", "outcome"), registry=r
+        )
+        self.tool_s = Histogram(
+            "swarm_hub_tool_seconds", "tools/call latency", ("tool",), registry=r
+        )
+        self.records = Gauge(
+            "swarm_hub_records", "records in the store by namespace", ("namespace",), registry=r
+        )
+        self.live_claims = Gauge(
+            "swarm_hub_live_claims", "claims with a fresh heartbeat", registry=r
+        )
+        self._memory = SwarmMemory(
+            service.store,  # type: ignore[arg-type]
+            agent_id="hub-metrics",
+            embed_records=False,
+        )
 
     def instrument(self) -> None:
         """Wrap the service's tool dispatch so that every call is counted and timed."""
         inner = self.service.call
 
-        async def call(who: Principal, name: str, args: Mapping[str, Any],
-                       budget: RequestBudget | None = None) -> dict[str, Any]:
+        async def call(
+            who: Principal, name: str, args: Mapping[str, Any], budget: RequestBudget | None = None
+        ) -> dict[str, Any]:
             tool = name if name in TOOL_NAMES else "other"
             t0 = time.perf_counter()
             outcome = "error"
@@ -124,9 +137,9 @@ class HubMetrics:
 
 
 @web.middleware
-async def _count(request: web.Request,
-                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                 ) -> web.StreamResponse:
+async def _count(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     metrics = request.app[_METRICS]
     path = request.path if request.path in _KNOWN_PATHS else "other"
     t0 = time.perf_counter()
@@ -146,8 +159,7 @@ async def _count(request: web.Request,
 async def _handle_metrics(request: web.Request) -> web.Response:
     metrics = request.app[_METRICS]
     await metrics.refresh()
-    return web.Response(body=metrics.exposition(),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def mount_metrics(app: web.Application, service: HubService) -> HubMetrics:

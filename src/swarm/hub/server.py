@@ -148,7 +148,7 @@ class _Dispatcher:
             if method.startswith("notifications/"):
                 return None, 202
             return (
-                _error(None, ERR_INVALID_REQUEST, f"{method!r} request has no id; add \"id\": 1"),
+                _error(None, ERR_INVALID_REQUEST, f'{method!r} request has no id; add "id": 1'),
                 400,
             )
         try:
@@ -225,8 +225,10 @@ async def _handle_post(request: web.Request) -> web.Response:
         hint = " (requests without a token are limited more)" if who.anonymous else ""
         return _refuse(exc.status, exc.message + hint, sse=sse, close=True)
     try:
-        msg = orjson.loads(body) if len(body) < _INLINE else await asyncio.to_thread(
-            orjson.loads, body
+        msg = (
+            orjson.loads(body)
+            if len(body) < _INLINE
+            else await asyncio.to_thread(orjson.loads, body)
         )
     except orjson.JSONDecodeError as exc:
         return _reply(
@@ -240,10 +242,15 @@ async def _handle_post(request: web.Request) -> web.Response:
         if not msg:
             return _refuse(400, "empty batch", sse=sse)
         if len(msg) > limits.max_batch:
-            return _refuse(400, f"batch of {len(msg)} messages; this hub takes at most "
-                                f"{limits.max_batch} per request", sse=sse)
-        replies = [r for r, _ in [await dispatcher.message(m, who, budget) for m in msg]
-                   if r is not None]
+            return _refuse(
+                400,
+                f"batch of {len(msg)} messages; this hub takes at most "
+                f"{limits.max_batch} per request",
+                sse=sse,
+            )
+        replies = [
+            r for r, _ in [await dispatcher.message(m, who, budget) for m in msg] if r is not None
+        ]
         if not replies:
             return web.Response(status=202)
         return await _reply_off_loop(replies, status=200, sse=sse, budget=budget, limits=limits)
@@ -257,15 +264,17 @@ async def _drain_small(request: web.Request, limits: HubLimits) -> bool:
     """Read and drop a body no larger than an anonymous one may be, so that the reply
     reaches the client before the connection closes; False when it is left unread."""
     try:
-        await read_body(request, limit=limits.max_anon_body_bytes,
-                        timeout_s=min(limits.body_timeout_s, 5.0))
+        await read_body(
+            request, limit=limits.max_anon_body_bytes, timeout_s=min(limits.body_timeout_s, 5.0)
+        )
     except BodyError:
         return False
     return True
 
 
-async def _reply_off_loop(payload: Any, *, status: int, sse: bool, budget: RequestBudget,
-                          limits: HubLimits) -> web.Response:
+async def _reply_off_loop(
+    payload: Any, *, status: int, sse: bool, budget: RequestBudget, limits: HubLimits
+) -> web.Response:
     """Like ``_reply``; a large reply is encoded in a thread, off the event loop."""
     if budget.reply_used < _INLINE:
         return _reply(payload, status=status, sse=sse)
@@ -274,7 +283,9 @@ async def _reply_off_loop(payload: Any, *, status: int, sse: bool, budget: Reque
 
 async def _handle_get(request: web.Request) -> web.Response:
     return web.json_response(
-        _error(None, ERR_METHOD_NOT_FOUND, "this hub has no server-initiated stream; POST JSON-RPC"),
+        _error(
+            None, ERR_METHOD_NOT_FOUND, "this hub has no server-initiated stream; POST JSON-RPC"
+        ),
         status=405,
         headers={"Allow": "POST"},
     )
@@ -421,8 +432,13 @@ async def serve_hub(
                         value=port,
                     ) from exc
                 handle = HubHandle(_url(host, bound), bound, service, tokens)
-                log.info("hub_listening", url=handle.url, db=shown_db(db_path), org=org,
-                         open_access=open_access)
+                log.info(
+                    "hub_listening",
+                    url=handle.url,
+                    db=shown_db(db_path),
+                    org=org,
+                    open_access=open_access,
+                )
                 yield handle
             finally:
                 listener.stop_listening()
@@ -474,8 +490,9 @@ def run_hub(
     return 0
 
 
-async def wait_for_hub(url: str, *, timeout_s: float = 30.0, interval_s: float = 0.1,
-                       session: Any = None) -> None:
+async def wait_for_hub(
+    url: str, *, timeout_s: float = 30.0, interval_s: float = 0.1, session: Any = None
+) -> None:
     """Return once the hub at ``url`` answers ``GET /healthz`` with 200.
 
     For scripts, benchmarks and tests that start ``python -m swarm hub`` as a process; raises

@@ -168,8 +168,6 @@ def item_error(key: str, code: str, message: str) -> dict[str, Any]:
     return {"key_name": key, "status": "error", "code": code, "error": message}
 
 
-
-
 def parse_items(items: object, tool: str) -> list[ItemArgs]:
     """The ``items`` argument of create_memory, type-checked item by item."""
     if items is None:

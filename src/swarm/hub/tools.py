@@ -93,7 +93,11 @@ class HubService:
         return self._embedder
 
     async def call(
-        self, who: Principal, name: str, args: Mapping[str, Any], budget: RequestBudget | None = None
+        self,
+        who: Principal,
+        name: str,
+        args: Mapping[str, Any],
+        budget: RequestBudget | None = None,
     ) -> dict[str, Any]:
         tool = self.tools.get(name)
         if tool is None:
@@ -117,12 +121,15 @@ class HubService:
     _need_token = staticmethod(need_token)
     _forbid = staticmethod(forbid)
 
-    def _check_pattern_readable(self, who: Principal, snap: AuthSnapshot, pattern: KeyPattern,
-                                tool: str) -> None:
+    def _check_pattern_readable(
+        self, who: Principal, snap: AuthSnapshot, pattern: KeyPattern, tool: str
+    ) -> None:
         if not who.anonymous:
             return
-        prefix = public_key(pattern.org, pattern.literal, self.org) if pattern.literal else (
-            "" if pattern.org == self.org else f"@{pattern.org}/"
+        prefix = (
+            public_key(pattern.org, pattern.literal, self.org)
+            if pattern.literal
+            else ("" if pattern.org == self.org else f"@{pattern.org}/")
         )
         if not snap.prefix_is_public(prefix):
             public = ", ".join(snap.public) or "none"
@@ -167,7 +174,8 @@ class HubService:
                     results[i] = item_error(mem.key, code, out.error or code)
             await self._index_feed(
                 [self._canon(m.key) for (_, m), o in zip(todo, outcomes, strict=True) if o.ok],
-                who.creator)
+                who.creator,
+            )
         final = [r for r in results if r is not None]
         created = sum(1 for r in final if r["status"] == "success")
         return {"results": final, "created": created, "failed": len(final) - created}
@@ -237,23 +245,33 @@ class HubService:
             if item is None:
                 results[i] = item_error(key, "not_found", f"key {key!r} not found")
             else:
-                hits.append((i, {
-                    "key_name": key,
-                    "status": "success",
-                    "value": item.value,
-                    "description": item.description,
-                    "created_at": item.created_at,
-                    "updated_at": item.updated_at,
-                    "embedded": item.embedded,
-                    "size": item.size,
-                }))
+                hits.append(
+                    (
+                        i,
+                        {
+                            "key_name": key,
+                            "status": "success",
+                            "value": item.value,
+                            "description": item.description,
+                            "created_at": item.created_at,
+                            "updated_at": item.updated_at,
+                            "embedded": item.embedded,
+                            "size": item.size,
+                        },
+                    )
+                )
         costs = await fit([e for _, e in hits], budget)
         for (i, entry), cost in zip(hits, costs, strict=True):
-            results[i] = entry if cost is not None else item_error(
-                keys[i], "too_large",
-                f"{keys[i]!r} ({entry['size']} bytes) does not fit in what is left of this "
-                f"request's {self.limits.max_reply_bytes}-byte reply limit; get it in a "
-                "request of its own",
+            results[i] = (
+                entry
+                if cost is not None
+                else item_error(
+                    keys[i],
+                    "too_large",
+                    f"{keys[i]!r} ({entry['size']} bytes) does not fit in what is left of this "
+                    f"request's {self.limits.max_reply_bytes}-byte reply limit; get it in a "
+                    "request of its own",
+                )
             )
         return {"results": results}
 
@@ -293,7 +311,9 @@ class HubService:
                 owner=owner,
             )
         except KeyNotFoundError as exc:
-            raise ToolFailure("not_found", f"key {key!r} not found; create it first", key=key) from exc
+            raise ToolFailure(
+                "not_found", f"key {key!r} not found; create it first", key=key
+            ) from exc
         except AuthError as exc:
             raise ToolFailure("forbidden", str(exc), key=key) from exc
         except InvalidRequestError as exc:

@@ -49,9 +49,7 @@ class StoreBase:
         self, vector: np.ndarray | Sequence[float], prefix: KeyPattern | str | None
     ) -> tuple[KeyPattern, np.ndarray]:
         """A search's pattern and unit query vector."""
-        pattern = (
-            prefix if isinstance(prefix, KeyPattern) else parse_prefix(prefix or "", self.org)
-        )
+        pattern = prefix if isinstance(prefix, KeyPattern) else parse_prefix(prefix or "", self.org)
         return pattern, unit(vector)
 
     def _public(self, org: str, key: str) -> str:
@@ -62,9 +60,7 @@ class StoreBase:
         items = await self.get_items(keys)
         return {item.key: item.to_memory() for item in items.values()}
 
-    async def list_keys(
-        self: HubStore, prefix: str, *, limit: int | None = None
-    ) -> list[KeyInfo]:
+    async def list_keys(self: HubStore, prefix: str, *, limit: int | None = None) -> list[KeyInfo]:
         """Every key starting with ``prefix`` (literally), sorted by key."""
         rows = await self.list_page(parse_prefix(prefix, self.org), limit=limit)
         return [KeyInfo(r.key, r.description, r.created_at, r.updated_at) for r in rows]

@@ -21,9 +21,7 @@ class TickBatcher(Generic[Q, R]):
     of the batch gets that exception.
     """
 
-    def __init__(
-        self, submit: Callable[[Sequence[Q]], concurrent.futures.Future[list[R]]]
-    ) -> None:
+    def __init__(self, submit: Callable[[Sequence[Q]], concurrent.futures.Future[list[R]]]) -> None:
         self._submit = submit
         self._pending: list[tuple[Q, asyncio.Future[R]]] = []
 

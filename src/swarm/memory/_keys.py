@@ -122,7 +122,9 @@ def _prefix_org(text: str, default_org: str, whole: str) -> tuple[str, str]:
         return default_org, text
     org, sep, rest = text[1:].partition("/")
     if not sep:
-        raise InvalidRequestError(f"prefix {whole!r} starts with '@' but has no '/': use '@org/...'")
+        raise InvalidRequestError(
+            f"prefix {whole!r} starts with '@' but has no '/': use '@org/...'"
+        )
     _check_org(org, whole)
     return org, rest
 
@@ -206,4 +208,3 @@ def upper_bound(prefix: str) -> str | None:
             return p[:-1] + chr(nxt)
         p = p[:-1]
     return None
-

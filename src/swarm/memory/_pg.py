@@ -68,8 +68,11 @@ def parse_db_url(url: str, *, key: str = "db") -> PgUrl:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{key}: {_redact(url)!r} is not a valid URL ({exc}); {fix}",
-                          key=key, value=_redact(url)) from exc
+        raise ConfigError(
+            f"{key}: {_redact(url)!r} is not a valid URL ({exc}); {fix}",
+            key=key,
+            value=_redact(url),
+        ) from exc
     shown = _redact(url)
     if parts.scheme not in _SCHEMES:
         raise ConfigError(

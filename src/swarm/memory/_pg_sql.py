@@ -204,9 +204,7 @@ def list_row(row: Any) -> tuple[str, str, int, float, float, str | None]:
     return (row[0], _text(row[1]), row[2], row[3], row[4], row[5])
 
 
-def search_query(
-    pattern: KeyPattern, vec: str, dim: int, limit: int
-) -> tuple[str, list[Any]]:
+def search_query(pattern: KeyPattern, vec: str, dim: int, limit: int) -> tuple[str, list[Any]]:
     """Embedded rows under ``pattern`` by descending inner product with ``vec``."""
     where, args = _prefix_where(pattern, 3)
     query = (

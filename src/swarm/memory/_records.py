@@ -68,7 +68,6 @@ class Outcome:
         return ItemResult(key=self.key, ok=self.ok, error=self.error, exists=self.code == "exists")
 
 
-
 def collect_page(
     rows: Iterable[tuple[str, str, int, float, float, str | None]],
     pattern: KeyPattern,

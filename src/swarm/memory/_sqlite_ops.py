@@ -186,9 +186,7 @@ def fetch_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tupl
     return out
 
 
-def list_query(
-    pattern: KeyPattern, limit: int | None, offset: int
-) -> tuple[str, tuple[Any, ...]]:
+def list_query(pattern: KeyPattern, limit: int | None, offset: int) -> tuple[str, tuple[Any, ...]]:
     """The SELECT of a listing: a key range for the literal prefix; LIMIT/OFFSET in SQL
     unless wildcards follow it (then ``collect_page`` applies them)."""
     lo = pattern.literal

@@ -234,4 +234,3 @@ class VectorIndex:
             best = part[np.argsort(-col[part], kind="stable")]
             out.append([(self.rids[int(slots[i])], float(col[i])) for i in best])
         return out
-

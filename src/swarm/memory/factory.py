@@ -70,8 +70,13 @@ def open_configured(
     if config.memory_kind == "local":
         return open_memory("local", path=config.memory_file(), org=config.memory_org or None)
     key = resolve_api_key(api_key, key_env=config.memory_api_key_env, env=env)
-    return open_memory(config.memory_kind, url=config.memory_url or None, api_key=key,
-                       org=config.memory_org or None, session=session)
+    return open_memory(
+        config.memory_kind,
+        url=config.memory_url or None,
+        api_key=key,
+        org=config.memory_org or None,
+        session=session,
+    )
 
 
 def open_memory(

@@ -145,8 +145,8 @@ class LocalStore(StoreBase):
             maintain=ops.trim_changes,
         )
         self._index = VectorIndex()
-        self._gets: TickBatcher[list[tuple[str, str]], dict[tuple[str, str], _Row]] = (
-            TickBatcher(self._submit_gets)
+        self._gets: TickBatcher[list[tuple[str, str]], dict[tuple[str, str], _Row]] = TickBatcher(
+            self._submit_gets
         )
         self._searches: TickBatcher[_SearchReq, _Hits] = TickBatcher(self._submit_searches)
 
@@ -249,7 +249,9 @@ class LocalStore(StoreBase):
             by_id = {rid: self._item(row) for rid, row in ops.fetch_by_ids(conn, ids).items()}
         except sqlite3.Error as exc:
             raise MemoryStoreError(f"SQLite search of {self.path} failed: {exc}") from exc
-        return [[(by_id[rid], score) for rid, score in hits if rid in by_id] for hits in ranked_lists]
+        return [
+            [(by_id[rid], score) for rid, score in hits if rid in by_id] for hits in ranked_lists
+        ]
 
     def _submit_searches(self, reqs: Sequence[_SearchReq]) -> Any:
         return self._file.submit_read(self._search_batch, list(reqs))
@@ -288,8 +290,18 @@ class LocalStore(StoreBase):
         now = self._clock()
         blobs = [None if v is None else v.tobytes() for v in vecs]
         rows = [
-            (org, key, it.value, it.description, len(it.value.encode("utf-8")), now, now,
-             sources[i], blobs[i], creator)
+            (
+                org,
+                key,
+                it.value,
+                it.description,
+                len(it.value.encode("utf-8")),
+                now,
+                now,
+                sources[i],
+                blobs[i],
+                creator,
+            )
             for i, ((org, key), it) in enumerate(zip(split, items, strict=True))
         ]
         created: list[bool] = []
@@ -319,7 +331,10 @@ class LocalStore(StoreBase):
         org, k = split_key(key, self.org)
         check_update(key, value, description, embed_source, self.max_value_bytes)
         decide = functools.partial(
-            embed_plan, embed=embed, embed_source=embed_source, value=value,
+            embed_plan,
+            embed=embed,
+            embed_source=embed_source,
+            value=value,
             description=description,
         )
         sets = (value, len(value.encode("utf-8")), self._clock(), description)
@@ -343,7 +358,9 @@ class LocalStore(StoreBase):
         results: list[tuple[OutcomeCode, str | None]] = []
         for i in range(0, len(split), ops.CHUNK):
             fn = functools.partial(
-                ops.delete_rows, split=split[i : i + ops.CHUNK], owners=owner_list[i : i + ops.CHUNK]
+                ops.delete_rows,
+                split=split[i : i + ops.CHUNK],
+                owners=owner_list[i : i + ops.CHUNK],
             )
             results.extend(await self._file.write(fn))
         return delete_outcomes(split, owner_list, results, self._public)

@@ -145,9 +145,7 @@ class PgStore(StoreBase):
         if not wanted:
             return {}
         pairs = list(wanted)
-        rows = await self._fetch(
-            "read", sql.GET, [o for o, _ in pairs], [k for _, k in pairs]
-        )
+        rows = await self._fetch("read", sql.GET, [o for o, _ in pairs], [k for _, k in pairs])
         out: dict[str, StoredItem] = {}
         for row in rows:
             item = self._item(row)
@@ -200,8 +198,8 @@ class PgStore(StoreBase):
         """InvalidRequestError when the stored vectors have another dimension (as the
         SQLite store's index says)."""
         rows = await self._fetch(
-            "search", "SELECT vector_dims(embedding) FROM memories "
-            "WHERE embedding IS NOT NULL LIMIT 1"
+            "search",
+            "SELECT vector_dims(embedding) FROM memories WHERE embedding IS NOT NULL LIMIT 1",
         )
         if rows and int(rows[0][0]) != dim:
             raise InvalidRequestError(
@@ -254,7 +252,10 @@ class PgStore(StoreBase):
             if row:
                 return self._item(row[0])
         decide = functools.partial(
-            embed_plan, embed=embed, embed_source=embed_source, value=value,
+            embed_plan,
+            embed=embed,
+            embed_source=embed_source,
+            value=value,
             description=description,
         )
         pool = self._need_pool()

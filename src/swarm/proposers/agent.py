@@ -61,8 +61,19 @@ __all__ = ["BASE_ENV", "AgentProposer", "agent_environment", "default_prepare_pa
 log = get_logger(__name__)
 
 #: environment variables an agent always gets (when set here)
-BASE_ENV: tuple[str, ...] = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE",
-                             "TERM", "TMPDIR", "TZ", "SHELL")
+BASE_ENV: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "SHELL",
+)
 #: never passed through, even when listed: the swarm's own credentials
 _FORBIDDEN = re.compile(r"^(ENSUE_|SWARM_)|(_|^)(ENSUE|HUB)_?(API_)?(KEY|TOKEN)$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
@@ -96,8 +107,9 @@ def default_prepare_path() -> Path | None:
     return packaged_file("prepare.py")
 
 
-def agent_environment(extra_names: Sequence[str], source: dict[str, str] | None = None
-                      ) -> dict[str, str]:
+def agent_environment(
+    extra_names: Sequence[str], source: dict[str, str] | None = None
+) -> dict[str, str]:
     """The agent's environment: basics plus the listed names, minus swarm credentials."""
     env_in = dict(os.environ) if source is None else source
     out: dict[str, str] = {}
@@ -134,16 +146,20 @@ class AgentProposer:
         keep_scratch: bool = False,
     ) -> None:
         if not command or not command.strip():
-            raise ConfigError("the agent proposer needs a command template (--agent-cmd)",
-                              key="agent_cmd", value=command)
+            raise ConfigError(
+                "the agent proposer needs a command template (--agent-cmd)",
+                key="agent_cmd",
+                value=command,
+            )
         if timeout_s <= 0:
-            raise ConfigError("agent_timeout_s must be > 0", key="agent_timeout_s",
-                              value=timeout_s)
+            raise ConfigError("agent_timeout_s must be > 0", key="agent_timeout_s", value=timeout_s)
         bad = [n for n in env_names if _FORBIDDEN.search(n)]
         if bad:
             raise ConfigError(
                 f"agent_env may not pass the swarm's credentials to the agent: {', '.join(bad)}",
-                key="agent_env", value=list(env_names))
+                key="agent_env",
+                value=list(env_names),
+            )
         self.command = command
         self.timeout_s = timeout_s
         self.env_names = tuple(env_names)
@@ -162,9 +178,14 @@ class AgentProposer:
     @classmethod
     def from_spec(cls, spec: ProposerSpec, **_options: Any) -> AgentProposer:
         """The agent proposer of ``spec`` (takes no options: those are the llm proposer's)."""
-        return cls(command=spec.agent_cmd or "", timeout_s=spec.agent_timeout_s,
-                   env_names=spec.agent_env, collab_path=spec.collab_path,
-                   prepare_path=spec.prepare_path, scratch_root=spec.scratch_root)
+        return cls(
+            command=spec.agent_cmd or "",
+            timeout_s=spec.agent_timeout_s,
+            env_names=spec.agent_env,
+            collab_path=spec.collab_path,
+            prepare_path=spec.prepare_path,
+            scratch_root=spec.scratch_root,
+        )
 
     # ------------------------------------------------------------------ scratch dir
     async def _prepare_dir(self, workdir: Path, ctx: ProposalContext) -> dict[str, Path]:
@@ -184,22 +205,34 @@ class AgentProposer:
             if self.prepare_path is not None:
                 shutil.copyfile(self.prepare_path, files["prepare_py"])
                 files["prepare_py"].chmod(0o444)
-            collab = self.collab_path.read_text(encoding="utf-8") if self.collab_path else (
-                "# collab.md\n(not available on this machine)\n")
+            collab = (
+                self.collab_path.read_text(encoding="utf-8")
+                if self.collab_path
+                else ("# collab.md\n(not available on this machine)\n")
+            )
             files["collab_file"].write_text(collab, encoding="utf-8")
             files["state_file"].write_text(state, encoding="utf-8")
             best = f"{ctx.best_val_bpb:.6f}" if ctx.best_val_bpb is not None else "unknown"
             files["prompt_file"].write_text(
-                PROMPT.format(track=ctx.track, tier=ctx.tier, best=best,
-                              description_file=DESCRIPTION_FILE), encoding="utf-8")
+                PROMPT.format(
+                    track=ctx.track, tier=ctx.tier, best=best, description_file=DESCRIPTION_FILE
+                ),
+                encoding="utf-8",
+            )
 
         await asyncio.to_thread(write)
         return files
 
     def render_command(self, files: dict[str, Path]) -> str:
         cmd = self.command
-        for key in ("prompt_file", "workdir", "train_py", "state_file", "collab_file",
-                    "description_file"):
+        for key in (
+            "prompt_file",
+            "workdir",
+            "train_py",
+            "state_file",
+            "collab_file",
+            "description_file",
+        ):
             cmd = cmd.replace("{" + key + "}", _q(files[key]))
         return cmd
 
@@ -208,9 +241,14 @@ class AgentProposer:
         """(exit code or None on timeout, output tail)."""
         out_path = workdir.parent / f"{workdir.name}.agent.log"
         try:
-            group = await spawn_group(cmd, name="agent", log_path=out_path,
-                                      grace_s=self.kill_grace_s, cwd=workdir,
-                                      env=agent_environment(self.env_names))
+            group = await spawn_group(
+                cmd,
+                name="agent",
+                log_path=out_path,
+                grace_s=self.kill_grace_s,
+                cwd=workdir,
+                env=agent_environment(self.env_names),
+            )
             self.last_pid = group.pid
             ended = await group.wait(timeout_s=self.timeout_s)
         except RunnerError as exc:
@@ -235,13 +273,15 @@ class AgentProposer:
         try:
             files = await self._prepare_dir(workdir, ctx)
             cmd = self.render_command(files)
-            log.info("agent_start", command=cmd[:200], workdir=str(workdir),
-                     timeout_s=self.timeout_s)
+            log.info(
+                "agent_start", command=cmd[:200], workdir=str(workdir), timeout_s=self.timeout_s
+            )
             rc, tail = await self._run(cmd, workdir)
             if rc is None:
                 raise ProposerError(
                     f"the agent command ran past its {self.timeout_s:g}s limit and was killed; "
-                    f"output tail: {tail[-300:]!r}")
+                    f"output tail: {tail[-300:]!r}"
+                )
             if rc != 0:
                 log.warning("agent_nonzero_exit", returncode=rc, tail=tail[-300:])
             return await asyncio.to_thread(self._read_back, files, ctx, rc)
@@ -276,9 +316,14 @@ class AgentProposer:
         if ctx.duplicate(desc, candidate):
             raise ProposerError(f"the agent proposed a known experiment: {desc}")
         log.info("agent_proposal", description=desc, returncode=rc)
-        return Proposal(train_py=candidate, description=desc, parent_hash=ctx.parent_hash,
-                        proposer=self.name, rationale=f"edited by agent command (exit {rc})",
-                        changes=changes)
+        return Proposal(
+            train_py=candidate,
+            description=desc,
+            parent_hash=ctx.parent_hash,
+            proposer=self.name,
+            rationale=f"edited by agent command (exit {rc})",
+            changes=changes,
+        )
 
     async def observe(self, proposal: Proposal, result: Result) -> None:
         return None

@@ -171,31 +171,45 @@ class ProposerSpec:
         if self.kind not in PROPOSER_KINDS:
             raise ConfigError(
                 f"proposer kind {self.kind!r} is unknown; use one of {', '.join(PROPOSER_KINDS)}",
-                key="proposer", value=self.kind)
+                key="proposer",
+                value=self.kind,
+            )
         if self.fallback is not None and self.fallback not in PROPOSER_KINDS:
             raise ConfigError(
                 f"fallback proposer {self.fallback!r} is unknown; use one of "
-                f"{', '.join(PROPOSER_KINDS)} or none", key="fallback", value=self.fallback)
+                f"{', '.join(PROPOSER_KINDS)} or none",
+                key="fallback",
+                value=self.fallback,
+            )
         if self.fallback_after < 1:
-            raise ConfigError("fallback_after must be >= 1", key="fallback_after",
-                              value=self.fallback_after)
+            raise ConfigError(
+                "fallback_after must be >= 1", key="fallback_after", value=self.fallback_after
+            )
         for kind in {self.kind, self.fallback} - {None}:
             if kind == "llm" and not self.llm_url:
-                raise ConfigError("the llm proposer needs --llm-url (e.g. http://HOST:PORT/v1)",
-                                  key="llm_url", value=self.llm_url)
+                raise ConfigError(
+                    "the llm proposer needs --llm-url (e.g. http://HOST:PORT/v1)",
+                    key="llm_url",
+                    value=self.llm_url,
+                )
             if kind == "llm" and not self.llm_model:
-                raise ConfigError("the llm proposer needs --llm-model NAME",
-                                  key="llm_model", value=self.llm_model)
+                raise ConfigError(
+                    "the llm proposer needs --llm-model NAME", key="llm_model", value=self.llm_model
+                )
             if kind == "agent" and not self.agent_cmd:
                 raise ConfigError(
                     "the agent proposer needs --agent-cmd TEMPLATE "
                     "(e.g. 'claude -p \"$(cat {prompt_file})\"')",
-                    key="agent_cmd", value=self.agent_cmd)
+                    key="agent_cmd",
+                    value=self.agent_cmd,
+                )
         if self.agent_timeout_s <= 0:
-            raise ConfigError("agent_timeout_s must be > 0", key="agent_timeout_s",
-                              value=self.agent_timeout_s)
+            raise ConfigError(
+                "agent_timeout_s must be > 0", key="agent_timeout_s", value=self.agent_timeout_s
+            )
         if self.llm_timeout_s <= 0:
-            raise ConfigError("llm_timeout_s must be > 0", key="llm_timeout_s",
-                              value=self.llm_timeout_s)
+            raise ConfigError(
+                "llm_timeout_s must be > 0", key="llm_timeout_s", value=self.llm_timeout_s
+            )
         if not 0.0 <= self.explore <= 1.0:
             raise ConfigError("explore must be within [0, 1]", key="explore", value=self.explore)

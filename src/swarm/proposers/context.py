@@ -87,13 +87,22 @@ def _result_lines(history: Sequence[Any]) -> tuple[list[str], list[str]]:
 
 async def gather_state(ctx: ProposalContext, *, limit: int = 200) -> SwarmState:
     """Collect the summary sections for ``ctx`` (memory errors are logged, not raised)."""
-    history = [r for r in ctx.history
-               if getattr(r, "track", ctx.track) in (ctx.track, None, "")
-               and getattr(r, "vram_tier", ctx.tier) in (ctx.tier, None, "")]
+    history = [
+        r
+        for r in ctx.history
+        if getattr(r, "track", ctx.track) in (ctx.track, None, "")
+        and getattr(r, "vram_tier", ctx.tier) in (ctx.tier, None, "")
+    ]
     history.sort(key=lambda r: getattr(r, "completed_at", 0.0) or 0.0, reverse=True)
     results, failures = _result_lines(history[:limit])
-    state = SwarmState(track=ctx.track, tier=ctx.tier, parent_hash=ctx.parent_hash,
-                       best_val_bpb=ctx.best_val_bpb, results=results, failures=failures)
+    state = SwarmState(
+        track=ctx.track,
+        tier=ctx.tier,
+        parent_hash=ctx.parent_hash,
+        best_val_bpb=ctx.best_val_bpb,
+        results=results,
+        failures=failures,
+    )
     if len(history) > limit:
         state.dropped["results"] = len(history) - limit
     mem = ctx.memory
@@ -101,20 +110,31 @@ async def gather_state(ctx: ProposalContext, *, limit: int = 200) -> SwarmState:
         return state
     try:
         summary = await mem.analyze(track=ctx.track)
-        for (track, tier), best in sorted(summary.bests.items(),
-                                          key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        for (track, tier), best in sorted(
+            summary.bests.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+        ):
             scope = f"{track}/{tier}" if tier else f"{track} (all tiers)"
             mark = " (verified)" if best.verified else ""
-            state.bests.append(f"- {scope}: val_bpb={_fmt_bpb(best.val_bpb)}{mark} by "
-                               f"{best.agent_id} -- {best.result.description}")
-        state.claims = [f"- [{c.agent_id}] {c.description}" for c in summary.live_claims
-                        if c.track in (ctx.track, "", None)]
+            state.bests.append(
+                f"- {scope}: val_bpb={_fmt_bpb(best.val_bpb)}{mark} by "
+                f"{best.agent_id} -- {best.result.description}"
+            )
+        state.claims = [
+            f"- [{c.agent_id}] {c.description}"
+            for c in summary.live_claims
+            if c.track in (ctx.track, "", None)
+        ]
         for h in summary.unclaimed_hypotheses[:limit]:
             cfg = ""
             if h.suggested_config:
-                cfg = " {" + ", ".join(
-                    f"{k}: {format_value(tuple(v) if isinstance(v, list) else v)}"
-                    for k, v in h.suggested_config.items()) + "}"
+                cfg = (
+                    " {"
+                    + ", ".join(
+                        f"{k}: {format_value(tuple(v) if isinstance(v, list) else v)}"
+                        for k, v in h.suggested_config.items()
+                    )
+                    + "}"
+                )
             state.hypotheses.append(f"- (priority {h.priority}) {h.title}{cfg} -- {h.hypothesis}")
         for ins in await mem.insights(track=ctx.track, limit=limit):
             state.insights.append(f"- [{ins.agent_id}] {ins.insight}")
@@ -152,8 +172,10 @@ def _render(state: SwarmState, counts: dict[str, int]) -> str:
 
 def render_state(state: SwarmState, budget_tokens: int) -> str:
     """Markdown of ``state`` within ``budget_tokens``, dropping the oldest entries first."""
-    counts = {a: len(getattr(state, a)) for a in
-              ("bests", "claims", "results", "failures", "hypotheses", "insights")}
+    counts = {
+        a: len(getattr(state, a))
+        for a in ("bests", "claims", "results", "failures", "hypotheses", "insights")
+    }
     text = _render(state, counts)
     # trim the longest list (its oldest entry) until the text fits
     while estimate_tokens(text) > budget_tokens and any(counts.values()):

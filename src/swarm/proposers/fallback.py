@@ -76,13 +76,22 @@ class FallbackProposer:
                 self.failures += 1
                 self.total_failures += 1
                 self.last_error = str(exc)[:500]
-                log.warning("proposer_failed", proposer=self.primary.name,
-                            failures=self.failures, after=self.after, error=self.last_error)
+                log.warning(
+                    "proposer_failed",
+                    proposer=self.primary.name,
+                    failures=self.failures,
+                    after=self.after,
+                    error=self.last_error,
+                )
                 if self.failures >= self.after:
                     self.switched = True
-                    log.warning("proposer_switched", primary=self.primary.name,
-                                fallback=self.fallback.name, failures=self.failures,
-                                reason=self.last_error)
+                    log.warning(
+                        "proposer_switched",
+                        primary=self.primary.name,
+                        fallback=self.fallback.name,
+                        failures=self.failures,
+                        reason=self.last_error,
+                    )
             else:
                 self.failures = 0
                 return proposal

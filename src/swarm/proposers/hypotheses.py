@@ -94,8 +94,9 @@ def _verdict(result: Result) -> str:
     return f"{result.status}{'/' + result.failure if result.failure else ''}"
 
 
-def evidence_insight(result: Result, proposal: Proposal, *, agent_id: str,
-                     parent_val: float | None, now: float) -> Insight:
+def evidence_insight(
+    result: Result, proposal: Proposal, *, agent_id: str, parent_val: float | None, now: float
+) -> Insight:
     """The insight of one finished run: change, val_bpb, delta vs parent, tier, verdict."""
     desc = proposal.description or result.description
     if result.val_bpb is not None:
@@ -104,17 +105,27 @@ def evidence_insight(result: Result, proposal: Proposal, *, agent_id: str,
         what = f"val_bpb {result.val_bpb:.6f} ({shown} vs parent {result.parent_hash[:8]})"
     else:
         what = f"no val_bpb from parent {result.parent_hash[:8]}"
-    text = (f"{desc}: {what} on tier {result.vram_tier or '?'}, track {result.track}: "
-            f"{_verdict(result)}")
+    text = (
+        f"{desc}: {what} on tier {result.vram_tier or '?'}, track {result.track}: "
+        f"{_verdict(result)}"
+    )
     if proposal.hypothesis_key:
         text += f" (tested hypothesis {proposal.hypothesis_key})"
     keys = tuple(k for k in (result.key, proposal.hypothesis_key) if k)
-    return Insight(agent_id=agent_id, insight=text, evidence_keys=keys, posted_at=now,
-                   track=result.track)
+    return Insight(
+        agent_id=agent_id, insight=text, evidence_keys=keys, posted_at=now, track=result.track
+    )
 
 
-def evidence_hypothesis(result: Result, proposal: Proposal, *, agent_id: str, shape: TrackShape,
-                        parent_val: float | None, now: float) -> Hypothesis | None:
+def evidence_hypothesis(
+    result: Result,
+    proposal: Proposal,
+    *,
+    agent_id: str,
+    shape: TrackShape,
+    parent_val: float | None,
+    now: float,
+) -> Hypothesis | None:
     """A follow-up idea from one run, or None when the evidence suggests nothing.
 
     After an improvement: the same constants one more step the same way, on the new code.
@@ -157,15 +168,23 @@ def evidence_hypothesis(result: Result, proposal: Proposal, *, agent_id: str, sh
     changes = {n: (base[n], v) for n, v in suggestion.items()}
     title = describe_changes(changes, sources)
     shown = f"{delta:+.4f}" if delta is not None else "?"
-    why = (f"{proposal.description} gave {shown} on tier {result.vram_tier or '?'} "
-           f"({'improved' if improved else 'worse'}); "
-           + ("one more step the same way may help" if improved
-              else "the opposite direction may help"))
+    why = (
+        f"{proposal.description} gave {shown} on tier {result.vram_tier or '?'} "
+        f"({'improved' if improved else 'worse'}); "
+        + ("one more step the same way may help" if improved else "the opposite direction may help")
+    )
     config = {n: list(v) if isinstance(v, tuple) else v for n, v in suggestion.items()}
-    return Hypothesis(agent_id=agent_id, title=title, hypothesis=why, suggested_config=config,
-                      evidence_keys=(result.key,) if result.key else (),
-                      priority=4 if improved else 2, created_at=now, track=result.track,
-                      parent_hash=parent_hash)
+    return Hypothesis(
+        agent_id=agent_id,
+        title=title,
+        hypothesis=why,
+        suggested_config=config,
+        evidence_keys=(result.key,) if result.key else (),
+        priority=4 if improved else 2,
+        created_at=now,
+        track=result.track,
+        parent_hash=parent_hash,
+    )
 
 
 class HypothesesProposer:
@@ -175,8 +194,15 @@ class HypothesesProposer:
     #: in-process: reads the shared memory and edits constants, in a moment
     slow: bool = False
 
-    def __init__(self, *, quiet: bool = False, publish: bool = True, publish_all: bool = False,
-                 scan_limit: int = 100, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        quiet: bool = False,
+        publish: bool = True,
+        publish_all: bool = False,
+        scan_limit: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         #: quiet: running inside a chain (search), so "nothing to take" is not worth a log line
         self.quiet = quiet
         #: publish an insight and a follow-up hypothesis after runs ...
@@ -211,8 +237,11 @@ class HypothesesProposer:
             raise ProposerError(f"cannot read the best train.py: {exc}") from exc
         values = {c.name: c.value for c in block}
         sources = {c.name: c.source for c in block}
-        ran = {getattr(r, "code_hash", "") for r in ctx.history} | {
-            getattr(r, "parent_hash", "") for r in ctx.history} | {ctx.parent_hash}
+        ran = (
+            {getattr(r, "code_hash", "") for r in ctx.history}
+            | {getattr(r, "parent_hash", "") for r in ctx.history}
+            | {ctx.parent_hash}
+        )
         hyps = sorted(hyps, key=lambda h: (-h.priority, h.created_at or 0.0, h.key))
         for h in hyps:
             if h.key in self.unappliable:
@@ -223,8 +252,7 @@ class HypothesesProposer:
             if isinstance(applied, str):
                 if h.suggested_config:  # ideas without a config are for LLMs and people
                     self.unappliable[h.key] = applied
-                    log.warning("hypothesis_unappliable", key=h.key, title=h.title,
-                                reason=applied)
+                    log.warning("hypothesis_unappliable", key=h.key, title=h.title, reason=applied)
                 continue
             changes, src = applied
             if await asyncio.to_thread(code_hash, src) in ran:
@@ -241,17 +269,21 @@ class HypothesesProposer:
             self.taken.append(h.key)
             log.info("hypothesis_taken", key=h.key, title=h.title, description=desc)
             return Proposal(
-                train_py=src, description=desc, parent_hash=ctx.parent_hash,
+                train_py=src,
+                description=desc,
+                parent_hash=ctx.parent_hash,
                 proposer=self.name,
                 rationale=f"swarm hypothesis by {h.agent_id}: {h.title}. {h.hypothesis}".strip(),
                 changes={n: (values[n], v) for n, v in changes.items()},
-                hypothesis_key=h.key)
+                hypothesis_key=h.key,
+            )
         if not self.quiet:
             log.info("no_hypothesis_to_take", track=ctx.track, open=len(hyps))
         raise ProposerError(f"no applicable unclaimed hypothesis for track {ctx.track}")
 
-    def _apply(self, h: Hypothesis, values: Mapping[str, Value], ctx: ProposalContext
-               ) -> tuple[dict[str, Value], str] | str:
+    def _apply(
+        self, h: Hypothesis, values: Mapping[str, Value], ctx: ProposalContext
+    ) -> tuple[dict[str, Value], str] | str:
         """(changes, new source), or why the hypothesis cannot apply."""
         cfg = h.suggested_config or {}
         if not cfg:
@@ -287,12 +319,19 @@ class HypothesesProposer:
             return  # only runs this proposer chose
         now = self.clock()
         parent_val = self._parent_val.get(result.parent_hash)
-        insight = evidence_insight(result, proposal, agent_id=ctx.agent_id,
-                                   parent_val=parent_val, now=now)
+        insight = evidence_insight(
+            result, proposal, agent_id=ctx.agent_id, parent_val=parent_val, now=now
+        )
         hyp = await asyncio.to_thread(
-            lambda: evidence_hypothesis(result, proposal, agent_id=ctx.agent_id,
-                                        shape=ctx.track_shape(), parent_val=parent_val,
-                                        now=now))
+            lambda: evidence_hypothesis(
+                result,
+                proposal,
+                agent_id=ctx.agent_id,
+                shape=ctx.track_shape(),
+                parent_val=parent_val,
+                now=now,
+            )
+        )
         try:
             await ctx.memory.publish_insight(insight)
             if hyp is not None:
@@ -300,5 +339,8 @@ class HypothesesProposer:
         except MemoryStoreError as exc:
             log.warning("hypothesis_publish_failed", error=str(exc), result=result.key)
             return
-        log.info("insight_published", insight=insight.insight[:120],
-                 hypothesis=hyp.title if hyp else None)
+        log.info(
+            "insight_published",
+            insight=insight.insight[:120],
+            hypothesis=hyp.title if hyp else None,
+        )

@@ -94,7 +94,7 @@ def _extract_json(text: str) -> Any:
     if start < 0 or end <= start:
         raise _Invalid("the reply holds no JSON object")
     try:
-        return orjson.loads(t[start:end + 1])
+        return orjson.loads(t[start : end + 1])
     except orjson.JSONDecodeError as exc:
         raise _Invalid(f"the reply is not valid JSON: {exc}") from exc
 
@@ -130,8 +130,11 @@ def _parse_reply(text: str) -> dict[str, Any]:
         raise _Invalid("'edits' must be a non-empty list of {search, replace} objects")
     clean = []
     for i, e in enumerate(edits):
-        if not isinstance(e, dict) or not isinstance(e.get("search"), str) \
-                or not isinstance(e.get("replace"), str):
+        if (
+            not isinstance(e, dict)
+            or not isinstance(e.get("search"), str)
+            or not isinstance(e.get("replace"), str)
+        ):
             raise _Invalid(f"edits[{i}] must be an object with string 'search' and 'replace'")
         if not e["search"]:
             raise _Invalid(f"edits[{i}].search is empty")
@@ -161,7 +164,8 @@ def _apply_edits(source: str, edits: list[tuple[str, str]]) -> str:
             where = "does not occur" if n == 0 else f"occurs {n} times"
             raise _Invalid(
                 f"edits[{i}].search {search[:80]!r} {where} in train.py; it must match exactly "
-                "once (copy the text exactly, with enough context to be unique)")
+                "once (copy the text exactly, with enough context to be unique)"
+            )
         out = out.replace(search, replace, 1)
     return out
 
@@ -191,8 +195,9 @@ class LlmProposer:
         json_mode: bool = False,
     ) -> None:
         if not url or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"llm url {url!r} must start with http:// or https://",
-                              key="llm_url", value=url)
+            raise ConfigError(
+                f"llm url {url!r} must start with http:// or https://", key="llm_url", value=url
+            )
         if not model:
             raise ConfigError("the llm proposer needs a model name", key="llm_model", value=model)
         base = url.rstrip("/")
@@ -222,30 +227,45 @@ class LlmProposer:
             try:
                 collab = Path(spec.collab_path).read_text(encoding="utf-8")
             except OSError as exc:
-                raise ConfigError(f"cannot read collab file {spec.collab_path}: {exc}",
-                                  key="collab_path", value=spec.collab_path) from exc
-        return cls(url=spec.llm_url or "", model=spec.llm_model or "",
-                   key_env=spec.llm_key_env, temperature=spec.temperature,
-                   timeout_s=spec.llm_timeout_s, max_prompt_tokens=spec.llm_max_prompt_tokens,
-                   collab_text=collab, **kwargs)
+                raise ConfigError(
+                    f"cannot read collab file {spec.collab_path}: {exc}",
+                    key="collab_path",
+                    value=spec.collab_path,
+                ) from exc
+        return cls(
+            url=spec.llm_url or "",
+            model=spec.llm_model or "",
+            key_env=spec.llm_key_env,
+            temperature=spec.temperature,
+            timeout_s=spec.llm_timeout_s,
+            max_prompt_tokens=spec.llm_max_prompt_tokens,
+            collab_text=collab,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ prompt
     async def build_messages(self, ctx: ProposalContext) -> list[dict[str, str]]:
         """System and user messages for ``ctx`` within the token budget."""
         best = _fmt(ctx.best_val_bpb)
-        source_part = (f"## The current best train.py (track {ctx.track}, tier {ctx.tier}, "
-                       f"val_bpb {best})\n```python\n{ctx.best_train_py}\n```\n")
+        source_part = (
+            f"## The current best train.py (track {ctx.track}, tier {ctx.tier}, "
+            f"val_bpb {best})\n```python\n{ctx.best_train_py}\n```\n"
+        )
         fixed = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(source_part) + 200
         room = self.max_prompt_tokens - fixed
         if room < 200:
             raise ProposerError(
                 f"the prompt budget of {self.max_prompt_tokens} tokens does not fit train.py "
-                f"(~{estimate_tokens(ctx.best_train_py)} tokens); raise llm_max_prompt_tokens")
+                f"(~{estimate_tokens(ctx.best_train_py)} tokens); raise llm_max_prompt_tokens"
+            )
         state = await gather_state(ctx)
         own = ""
         if self._recent:
-            own = "## Your own recent proposals and what they gave\n" + "\n".join(
-                self._recent[:10]) + "\n"
+            own = (
+                "## Your own recent proposals and what they gave\n"
+                + "\n".join(self._recent[:10])
+                + "\n"
+            )
         collab_budget = min(estimate_tokens(self.collab_text), room * 2 // 5)
         collab = trim_to_tokens(self.collab_text, collab_budget) if self.collab_text else ""
         state_budget = room - estimate_tokens(collab) - estimate_tokens(own)
@@ -258,8 +278,10 @@ class LlmProposer:
             parts.append(own)
         parts.append(source_part)
         parts.append("Reply with the JSON object only.")
-        return [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": "\n".join(parts)}]
+        return [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "\n".join(parts)},
+        ]
 
     # ------------------------------------------------------------------ HTTP
     async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> str:
@@ -268,21 +290,28 @@ class LlmProposer:
             headers["Authorization"] = f"Bearer {self.api_key}"
         self.requests += 1
         try:
-            async with session.post(self.endpoint, data=orjson.dumps(body), headers=headers,
-                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+            async with session.post(
+                self.endpoint,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as resp:
                 text = await resp.text()
                 if resp.status == 429 or resp.status >= 500:
                     raise _Transient(f"HTTP {resp.status}: {text[:200]}")
                 if resp.status in (401, 403):
                     raise ProposerError(
                         f"the LLM endpoint refused the key (HTTP {resp.status}); set the key in "
-                        "the environment variable the config names (default OPENAI_API_KEY)")
+                        "the environment variable the config names (default OPENAI_API_KEY)"
+                    )
                 if resp.status >= 400:
-                    raise ProposerError(f"the LLM endpoint answered HTTP {resp.status}: "
-                                        f"{text[:300]}")
+                    raise ProposerError(
+                        f"the LLM endpoint answered HTTP {resp.status}: {text[:300]}"
+                    )
         except TimeoutError as exc:
             raise ProposerError(
-                f"the LLM endpoint did not answer within {self.timeout_s:g}s") from exc
+                f"the LLM endpoint did not answer within {self.timeout_s:g}s"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise _Transient(f"connection failed: {exc}") from exc
         try:
@@ -290,7 +319,8 @@ class LlmProposer:
             content = data["choices"][0]["message"]["content"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise ProposerError(
-                f"the LLM endpoint's answer is not a chat completion: {text[:200]!r}") from exc
+                f"the LLM endpoint's answer is not a chat completion: {text[:200]!r}"
+            ) from exc
         if not isinstance(content, str):
             raise ProposerError("the chat completion has no text content")
         return content
@@ -298,14 +328,23 @@ class LlmProposer:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("llm_retry", attempt=state.attempt_number, wait_s=round(wait, 2),
-                    error=str(exc), endpoint=self.endpoint)
+        log.warning(
+            "llm_retry",
+            attempt=state.attempt_number,
+            wait_s=round(wait, 2),
+            error=str(exc),
+            endpoint=self.endpoint,
+        )
 
-    async def _complete(self, session: aiohttp.ClientSession,
-                        messages: list[dict[str, str]]) -> str:
-        body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                "temperature": self.temperature,
-                                "max_tokens": self.max_reply_tokens}
+    async def _complete(
+        self, session: aiohttp.ClientSession, messages: list[dict[str, str]]
+    ) -> str:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_reply_tokens,
+        }
         if self.json_mode:
             body["response_format"] = {"type": "json_object"}
         retrying = AsyncRetrying(
@@ -321,8 +360,7 @@ class LlmProposer:
                 with attempt:
                     return await self._post(session, body)
         except _Transient as exc:
-            raise ProposerError(
-                f"the LLM endpoint failed {self.attempts} times: {exc}") from exc
+            raise ProposerError(f"the LLM endpoint failed {self.attempts} times: {exc}") from exc
         raise ProposerError("unreachable: retry loop ended without a result")
 
     # ------------------------------------------------------------------ protocol
@@ -333,8 +371,10 @@ class LlmProposer:
         if reason:
             raise _Invalid(reason)
         if ctx.duplicate(reply["description"], candidate):
-            raise _Invalid("this experiment was already run or is being run by the swarm; "
-                           "propose a different one")
+            raise _Invalid(
+                "this experiment was already run or is being run by the swarm; "
+                "propose a different one"
+            )
         return reply, candidate
 
     async def propose(self, ctx: ProposalContext) -> Proposal:
@@ -344,8 +384,9 @@ class LlmProposer:
         async with aiohttp.ClientSession() as session:
             return await self._propose(session, messages, ctx)
 
-    async def _propose(self, session: aiohttp.ClientSession, messages: list[dict[str, str]],
-                       ctx: ProposalContext) -> Proposal:
+    async def _propose(
+        self, session: aiohttp.ClientSession, messages: list[dict[str, str]], ctx: ProposalContext
+    ) -> Proposal:
         text = await self._complete(session, messages)
         try:
             reply, candidate = await asyncio.to_thread(self._check, text, ctx)
@@ -354,9 +395,13 @@ class LlmProposer:
             repair = [
                 *messages,
                 {"role": "assistant", "content": text},
-                {"role": "user", "content": (
-                    f"Your reply could not be used: {first}\nReply again with one corrected "
-                    "JSON object only (description, rationale, edits, insight, hypothesis).")},
+                {
+                    "role": "user",
+                    "content": (
+                        f"Your reply could not be used: {first}\nReply again with one corrected "
+                        "JSON object only (description, rationale, edits, insight, hypothesis)."
+                    ),
+                },
             ]
             text = await self._complete(session, repair)
             try:
@@ -364,14 +409,22 @@ class LlmProposer:
             except _Invalid as second:
                 log.warning("llm_reply_invalid", error=str(second), repair=False)
                 raise ProposalRejected(
-                    f"the LLM's reply was unusable twice: first: {first}; after repair: "
-                    f"{second}") from second
-        desc, changes = await asyncio.to_thread(describe_candidate, ctx.best_train_py, candidate,
-                                                reply["description"])
+                    f"the LLM's reply was unusable twice: first: {first}; after repair: {second}"
+                ) from second
+        desc, changes = await asyncio.to_thread(
+            describe_candidate, ctx.best_train_py, candidate, reply["description"]
+        )
         log.info("llm_proposal", description=desc, model=self.model)
-        return Proposal(train_py=candidate, description=desc, parent_hash=ctx.parent_hash,
-                        proposer=self.name, rationale=reply["rationale"], changes=changes,
-                        insight=reply["insight"], hypothesis=reply["hypothesis"])
+        return Proposal(
+            train_py=candidate,
+            description=desc,
+            parent_hash=ctx.parent_hash,
+            proposer=self.name,
+            rationale=reply["rationale"],
+            changes=changes,
+            insight=reply["insight"],
+            hypothesis=reply["hypothesis"],
+        )
 
     async def observe(self, proposal: Proposal, result: Result) -> None:
         if proposal.proposer != self.name:

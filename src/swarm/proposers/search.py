@@ -71,8 +71,9 @@ class SearchProposer:
     #: in-process CPU work: proposes in a moment, one at a time per machine
     slow: bool = False
 
-    def __init__(self, *, seed: int = 0, explore: float = 0.1, max_level: int = 3,
-                 max_pending: int = 64) -> None:
+    def __init__(
+        self, *, seed: int = 0, explore: float = 0.1, max_level: int = 3, max_pending: int = 64
+    ) -> None:
         self.seed = seed
         self.max_pending = max_pending
         self.explore = explore
@@ -101,8 +102,16 @@ class SearchProposer:
         if obs:
             o = obs[0]
             if not o.changes and proposal.changes:
-                o = Observation(o.parent_hash or proposal.parent_hash, o.code_hash, o.status,
-                                o.val_bpb, dict(proposal.changes), o.delta, o.completed_at, o.key)
+                o = Observation(
+                    o.parent_hash or proposal.parent_hash,
+                    o.code_hash,
+                    o.status,
+                    o.val_bpb,
+                    dict(proposal.changes),
+                    o.delta,
+                    o.completed_at,
+                    o.key,
+                )
             self._observed.append(o)
 
     def forget_pending(self) -> None:
@@ -126,23 +135,29 @@ class SearchProposer:
 
         obs = self._merged(ctx)
         known_val = self._known_values(obs)
-        parent_val = ctx.best_val_bpb if ctx.best_val_bpb is not None else known_val.get(
-            ctx.parent_hash)
+        parent_val = (
+            ctx.best_val_bpb if ctx.best_val_bpb is not None else known_val.get(ctx.parent_hash)
+        )
         evidence = evidence_of(obs, dims, known_val)
         ran = {o.code_hash for o in obs} | {o.parent_hash for o in obs if o.parent_hash}
         from_parent = [o for o in obs if o.parent_hash == ctx.parent_hash]
         tried = ran | {c for p, c in self._pending if p == ctx.parent_hash} | {ctx.parent_hash}
 
-        tried_sigs = {signature({n: new for n, (_old, new) in o.changes.items()})
-                      for o in from_parent if o.changes}
+        tried_sigs = {
+            signature({n: new for n, (_old, new) in o.changes.items()})
+            for o in from_parent
+            if o.changes
+        }
         tried_sigs |= {sig for (p, _c), sig in self._pending.items() if p == ctx.parent_hash}
 
         rng = random.Random(
             f"{self.seed}:{ctx.seed}:{ctx.worker_index}:{ctx.parent_hash}:{len(from_parent)}:"
-            f"{len(self._pending)}:{len(obs)}")
+            f"{len(self._pending)}:{len(obs)}"
+        )
         cands = combine_candidates(obs, values, known_val, ctx.parent_hash, seq_len)
-        cands += mutation_candidates(dims, values, evidence, from_parent, seq_len,
-                                     max_level=self.max_level)
+        cands += mutation_candidates(
+            dims, values, evidence, from_parent, seq_len, max_level=self.max_level
+        )
         for c in cands:
             c.score *= 1.0 + 0.05 * rng.random()  # seeded tie-break
         cands.sort(key=lambda c: -c.score)
@@ -154,24 +169,37 @@ class SearchProposer:
 
         counter = [0]
         stages: list[Iterable[Candidate]] = [
-            cands, wider_candidates(dims, values, evidence, from_parent, cands, seq_len, rng,
-                                   max_level=self.max_level)]
+            cands,
+            wider_candidates(
+                dims, values, evidence, from_parent, cands, seq_len, rng, max_level=self.max_level
+            ),
+        ]
         for stage in stages:
-            proposal = self._first_new(ctx, stage, values, sources, tried, tried_sigs,
-                                       parent_val, counter)
+            proposal = self._first_new(
+                ctx, stage, values, sources, tried, tried_sigs, parent_val, counter
+            )
             if proposal is not None:
                 return proposal
         if not counter[0]:
             raise ProposerError(
-                f"search has no valid move left around parent {ctx.parent_hash[:8]}")
+                f"search has no valid move left around parent {ctx.parent_hash[:8]}"
+            )
         raise ProposerError(
             f"search: every candidate around parent {ctx.parent_hash[:8]} was already tried "
-            f"({counter[0]} candidates, single and paired moves at every step size)")
+            f"({counter[0]} candidates, single and paired moves at every step size)"
+        )
 
-    def _first_new(self, ctx: ProposalContext, cands: Iterable[Candidate],
-                   values: Mapping[str, Value], sources: Mapping[str, str], tried: set[str],
-                   tried_sigs: set[str], parent_val: float | None, counter: list[int]
-                   ) -> Proposal | None:
+    def _first_new(
+        self,
+        ctx: ProposalContext,
+        cands: Iterable[Candidate],
+        values: Mapping[str, Value],
+        sources: Mapping[str, str],
+        tried: set[str],
+        tried_sigs: set[str],
+        parent_val: float | None,
+        counter: list[int],
+    ) -> Proposal | None:
         """The proposal of the first candidate not yet run, in flight or a duplicate."""
         for cand in cands:
             counter[0] += 1
@@ -204,10 +232,21 @@ class SearchProposer:
             while len(self._pending) > self.max_pending:
                 self._pending.pop(next(iter(self._pending)))
             rationale = self._rationale(cand, parent_val)
-            log.info("search_proposal", description=desc, origin=cand.origin,
-                     score=round(cand.score, 6), parent=ctx.parent_hash[:8])
-            return Proposal(train_py=src, description=desc, parent_hash=ctx.parent_hash,
-                            proposer=self.name, rationale=rationale, changes=changes)
+            log.info(
+                "search_proposal",
+                description=desc,
+                origin=cand.origin,
+                score=round(cand.score, 6),
+                parent=ctx.parent_hash[:8],
+            )
+            return Proposal(
+                train_py=src,
+                description=desc,
+                parent_hash=ctx.parent_hash,
+                proposer=self.name,
+                rationale=rationale,
+                changes=changes,
+            )
         return None
 
     # ------------------------------------------------------------------ evidence
@@ -217,7 +256,8 @@ class SearchProposer:
         seen_pc = {(o.parent_hash, o.code_hash) for o in obs}
         for o in self._observed:
             if (o.parent_hash, o.code_hash, o.key) in seen or (
-                    not o.key and (o.parent_hash, o.code_hash) in seen_pc):
+                not o.key and (o.parent_hash, o.code_hash) in seen_pc
+            ):
                 continue
             obs.append(o)
         obs.sort(key=lambda o: o.completed_at)  # oldest first

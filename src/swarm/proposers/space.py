@@ -122,7 +122,7 @@ class Dim:
         """
         v = self.get(value)
         new: Value
-        scale = self.step / (2 ** level)
+        scale = self.step / (2**level)
         if self.kind == "bool":
             if level or direction < 0 or not isinstance(v, bool):
                 return None
@@ -182,8 +182,12 @@ class Dim:
         full = self.put(value, new)
         if not self.in_range(full):
             return None
-        if isinstance(v, float) and isinstance(new, int) and not isinstance(new, bool) \
-                and not self.integer:
+        if (
+            isinstance(v, float)
+            and isinstance(new, int)
+            and not isinstance(new, bool)
+            and not self.integer
+        ):
             full = self.put(value, float(new))
         return full
 
@@ -220,15 +224,17 @@ _TABLE: dict[str, list[Dim]] = {
     "ASPECT_RATIO": [Dim("ASPECT_RATIO", "log", 8, 512, 0.5, 0.7, integer=True, multiple=8)],
     "HEAD_DIM": [Dim("HEAD_DIM", "choice", weight=0.4, choices=HEAD_DIMS)],
     "WINDOW_PATTERN": [Dim("WINDOW_PATTERN", "choice", weight=0.4, choices=WINDOW_PATTERNS)],
-    "TOTAL_BATCH_SIZE": [Dim("TOTAL_BATCH_SIZE", "pow2", 2 ** 10, 2 ** 24, 1, 1.0)],
+    "TOTAL_BATCH_SIZE": [Dim("TOTAL_BATCH_SIZE", "pow2", 2**10, 2**24, 1, 1.0)],
     "DEVICE_BATCH_SIZE": [Dim("DEVICE_BATCH_SIZE", "pow2", 1, 1024, 1, 0.3)],
     "EMBEDDING_LR": [Dim("EMBEDDING_LR", "log", 1e-3, 20.0, 0.5, 0.8)],
     "UNEMBEDDING_LR": [Dim("UNEMBEDDING_LR", "log", 1e-5, 0.2, 0.5, 0.8)],
     "MATRIX_LR": [Dim("MATRIX_LR", "log", 1e-4, 1.0, 0.5, 1.0)],
     "SCALAR_LR": [Dim("SCALAR_LR", "log", 1e-3, 20.0, 0.5, 0.5)],
     "WEIGHT_DECAY": [Dim("WEIGHT_DECAY", "linear", 0.0, 2.0, 0.1, 0.6)],
-    "ADAM_BETAS": [Dim("ADAM_BETAS", "beta", 0.5, 0.9999, 0.5, 0.4, component=0),
-                   Dim("ADAM_BETAS", "beta", 0.5, 0.9999, 0.5, 0.4, component=1)],
+    "ADAM_BETAS": [
+        Dim("ADAM_BETAS", "beta", 0.5, 0.9999, 0.5, 0.4, component=0),
+        Dim("ADAM_BETAS", "beta", 0.5, 0.9999, 0.5, 0.4, component=1),
+    ],
     "WARMUP_RATIO": [Dim("WARMUP_RATIO", "linear", 0.0, 0.5, 0.05, 0.4)],
     "WARMDOWN_RATIO": [Dim("WARMDOWN_RATIO", "linear", 0.0, 1.0, 0.1, 0.8)],
     "FINAL_LR_FRAC": [Dim("FINAL_LR_FRAC", "linear", 0.0, 1.0, 0.05, 0.4)],
@@ -258,10 +264,26 @@ def _generic(name: str, value: Value) -> list[Dim]:
             return [Dim(name, "linear", 0.0, 1.0, 0.1, 0.3)]
         if value > 0:
             return [Dim(name, "log", value / 100, value * 100, 0.5, 0.3)]
-        return [Dim(name, "linear", value - 10 * abs(value), value + 10 * abs(value),
-                    0.25 * abs(value), 0.2)] if value else []
-    if isinstance(value, tuple) and "BETA" in name and value and all(
-            _is_number(v) and 0 < float(v) < 1 for v in value):
+        return (
+            [
+                Dim(
+                    name,
+                    "linear",
+                    value - 10 * abs(value),
+                    value + 10 * abs(value),
+                    0.25 * abs(value),
+                    0.2,
+                )
+            ]
+            if value
+            else []
+        )
+    if (
+        isinstance(value, tuple)
+        and "BETA" in name
+        and value
+        and all(_is_number(v) and 0 < float(v) < 1 for v in value)
+    ):
         return [Dim(name, "beta", 0.5, 0.9999, 0.5, 0.3, component=i) for i in range(len(value))]
     return []
 
@@ -287,8 +309,9 @@ def dim_coord(dims: list[Dim], name: str, value: Value) -> dict[str, float]:
     return out
 
 
-def model_dims(values: Mapping[str, Value],
-               shape: TrackShape | None = None) -> tuple[int, int, int] | None:
+def model_dims(
+    values: Mapping[str, Value], shape: TrackShape | None = None
+) -> tuple[int, int, int] | None:
     """(model_dim, num_heads, head_dim) as train.py computes them on a track, or None.
 
     ``head_dim = max(8, HEAD_DIM // w)``, ``heads = max(1, ceil(DEPTH * ASPECT_RATIO / w /
@@ -308,20 +331,28 @@ def batch_rule(values: Mapping[str, Value], shape: TrackShape) -> str | None:
     tbs, dbs = values.get("TOTAL_BATCH_SIZE"), values.get("DEVICE_BATCH_SIZE")
     if tbs is None and dbs is None:
         return None
-    if not (isinstance(tbs, int) and isinstance(dbs, int)) or isinstance(tbs, bool) \
-            or isinstance(dbs, bool) or tbs <= 0 or dbs <= 0:
-        return (f"TOTAL_BATCH_SIZE={tbs!r} and DEVICE_BATCH_SIZE={dbs!r} must both be "
-                "positive ints")
+    if (
+        not (isinstance(tbs, int) and isinstance(dbs, int))
+        or isinstance(tbs, bool)
+        or isinstance(dbs, bool)
+        or tbs <= 0
+        or dbs <= 0
+    ):
+        return f"TOTAL_BATCH_SIZE={tbs!r} and DEVICE_BATCH_SIZE={dbs!r} must both be positive ints"
     ref = shape.reference_seq_len
     if tbs % (dbs * ref):
-        return (f"TOTAL_BATCH_SIZE {tbs} is not divisible by DEVICE_BATCH_SIZE x sequence "
-                f"length = {dbs} x {ref} = {dbs * ref}")
+        return (
+            f"TOTAL_BATCH_SIZE {tbs} is not divisible by DEVICE_BATCH_SIZE x sequence "
+            f"length = {dbs} x {ref} = {dbs * ref}"
+        )
     bd, seq = shape.batch_divisor, shape.seq_len
     device_batch = max(1, dbs // bd)
     batch_tokens = tbs * seq // (bd * ref)
     if batch_tokens <= 0 or batch_tokens % (device_batch * seq):
-        return (f"TOTAL_BATCH_SIZE {tbs} / DEVICE_BATCH_SIZE {dbs} do not divide on this "
-                f"track ({batch_tokens} tokens per step, {device_batch} x {seq} per micro-step)")
+        return (
+            f"TOTAL_BATCH_SIZE {tbs} / DEVICE_BATCH_SIZE {dbs} do not divide on this "
+            f"track ({batch_tokens} tokens per step, {device_batch} x {seq} per micro-step)"
+        )
     return None
 
 
@@ -347,11 +378,15 @@ def check_values(values: Mapping[str, Value], shape: TrackShape | int) -> str | 
         model_dim, heads, head = dims
         base = int(depth) * int(ar) // shape.width_divisor  # type: ignore[arg-type]
         if model_dim > MAX_MODEL_DIM:
-            return f"model_dim {model_dim} (DEPTH x ASPECT_RATIO rounded up) exceeds {MAX_MODEL_DIM}"
+            return (
+                f"model_dim {model_dim} (DEPTH x ASPECT_RATIO rounded up) exceeds {MAX_MODEL_DIM}"
+            )
         if model_dim > 2 * max(base, 8):
-            return (f"HEAD_DIM {hd} does not fit model dim DEPTH x ASPECT_RATIO = "
-                    f"{int(depth) * int(ar)} (rounded up to {heads} heads x {head}, more "  # type: ignore[arg-type]
-                    "than twice the intended width)")
+            return (
+                f"HEAD_DIM {hd} does not fit model dim DEPTH x ASPECT_RATIO = "
+                f"{int(depth) * int(ar)} (rounded up to {heads} heads x {head}, more "  # type: ignore[arg-type]
+                "than twice the intended width)"
+            )
     wp = values.get("WINDOW_PATTERN")
     if wp is not None and (not isinstance(wp, str) or not wp or set(wp.upper()) - {"S", "L"}):
         return f"WINDOW_PATTERN {wp!r} must be a non-empty string of S and L"
@@ -369,8 +404,9 @@ def check_values(values: Mapping[str, Value], shape: TrackShape | int) -> str | 
     return None
 
 
-def repair_batch(values: Mapping[str, Value], changes: Mapping[str, Value],
-                 seq_len: TrackShape | int) -> dict[str, Value] | None:
+def repair_batch(
+    values: Mapping[str, Value], changes: Mapping[str, Value], seq_len: TrackShape | int
+) -> dict[str, Value] | None:
     """``changes`` plus a smaller DEVICE_BATCH_SIZE when a new TOTAL_BATCH_SIZE needs one.
 
     Only a change of TOTAL_BATCH_SIZE (not of DEVICE_BATCH_SIZE) is repaired, by halving the
@@ -392,8 +428,9 @@ def repair_batch(values: Mapping[str, Value], changes: Mapping[str, Value],
     return None
 
 
-def describe_changes(changes: Mapping[str, tuple[Value, Value]],
-                     sources: Mapping[str, str] | None = None) -> str:
+def describe_changes(
+    changes: Mapping[str, tuple[Value, Value]], sources: Mapping[str, str] | None = None
+) -> str:
     """``PARAM old → new`` for each change, joined with ', '."""
     parts = []
     for name, (old, new) in changes.items():

@@ -79,8 +79,7 @@ class RunCgroup:
 
     def enter(self, argv: list[str]) -> list[str]:
         """``argv`` prefixed by a shell that moves itself into the groups, then ``exec``s it."""
-        moves = " && ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}"
-                            for d in self.dirs)
+        moves = " && ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.dirs)
         return ["/bin/sh", "-c", f'{moves} && exec "$@"', "sh", *argv]
 
     def events(self) -> CgroupEvents:
@@ -151,8 +150,9 @@ def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-def cgroup_support(root: Path = _ROOT, proc_cgroup: str | None = None
-                   ) -> tuple[CgroupSupport | None, str]:
+def cgroup_support(
+    root: Path = _ROOT, proc_cgroup: str | None = None
+) -> tuple[CgroupSupport | None, str]:
     """Per-run cgroups if this process may make them, and a one-line reason either way."""
     if proc_cgroup is None:
         try:
@@ -168,8 +168,10 @@ def cgroup_support(root: Path = _ROOT, proc_cgroup: str | None = None
             enabled = []
         if {"memory", "pids"} <= set(enabled) and _writable_dir(parent):
             return CgroupSupport(2, (parent,)), f"cgroup v2 under {parent}"
-        return None, (f"cgroup v2: {parent} does not delegate the memory and pids controllers "
-                      "(systemd: Delegate=memory pids)")
+        return None, (
+            f"cgroup v2: {parent} does not delegate the memory and pids controllers "
+            "(systemd: Delegate=memory pids)"
+        )
     if "memory" in own and "pids" in own:
         mem = root / "memory" / own["memory"].lstrip("/")
         pids = root / "pids" / own["pids"].lstrip("/")

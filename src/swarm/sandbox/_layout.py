@@ -133,8 +133,10 @@ class MountPlan:
         for link, text in self.links:
             lines.append(f"mkdir -p {q(r + os.path.dirname(link))}; ln -s {q(text)} {q(r + link)}")
         # /tmp first: a Python environment that lives under /tmp is bound inside it below
-        lines += [f"mkdir -p {q(r + '/tmp')}",
-                  f"mount -t tmpfs -o size={size},mode=1777 swarm-tmp {q(r + '/tmp')}"]
+        lines += [
+            f"mkdir -p {q(r + '/tmp')}",
+            f"mount -t tmpfs -o size={size},mode=1777 swarm-tmp {q(r + '/tmp')}",
+        ]
         outside = [b for b in self.binds if not b.target.startswith(INSIDE.root + "/")]
         inside = [b for b in self.binds if b.target.startswith(INSIDE.root + "/")]
         for b in outside:
@@ -149,8 +151,9 @@ class MountPlan:
             f"mount -t tmpfs -o size={size},mode=1777 swarm-shm {q(r + '/dev/shm')}",
         ]
         for name in _DEV_NODES:
-            lines.append(f": > {q(r + '/dev/' + name)}; mount --bind /dev/{name} "
-                         f"{q(r + '/dev/' + name)}")
+            lines.append(
+                f": > {q(r + '/dev/' + name)}; mount --bind /dev/{name} {q(r + '/dev/' + name)}"
+            )
         for b in self.binds:
             if b.device:
                 mount_point(b.target, os.path.isdir(b.source))
@@ -167,7 +170,7 @@ class MountPlan:
             lines.append(f"mount -o remount,bind,ro {q(r + b.target)}")
         lines.append(f"mount -o remount,ro {q(r)}")
         lines.append(
-            f"exec {q(_chroot())} {q(r)} /bin/sh -c 'cd {INSIDE.work} && exec \"$@\"' sh \"$@\""
+            f'exec {q(_chroot())} {q(r)} /bin/sh -c \'cd {INSIDE.work} && exec "$@"\' sh "$@"'
         )
         return "\n".join(lines) + "\n"
 

@@ -49,7 +49,7 @@ MECHANISMS: tuple[str, ...] = ("auto", "bwrap", "unshare", "none")
 _INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install "
     "bubblewrap) or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1"
-    " / user.max_user_namespaces > 0), or set sandbox = \"none\" to run without isolation"
+    ' / user.max_user_namespaces > 0), or set sandbox = "none" to run without isolation'
 )
 _PROBE_TIMEOUT_S = 30.0
 
@@ -99,16 +99,25 @@ class Sandbox:
 
     def describe(self) -> str:
         """One line for the start log and ``swarm status``."""
-        caps = (f"memory {self.limits.memory_mb or 'uncapped'} MB, procs {self.limits.procs}, "
-                f"scratch {self.limits.scratch_mb} MB, file {self.limits.log_mb} MB; "
-                f"{'cgroup' if self.cgroups else 'rlimits'}")
+        caps = (
+            f"memory {self.limits.memory_mb or 'uncapped'} MB, procs {self.limits.procs}, "
+            f"scratch {self.limits.scratch_mb} MB, file {self.limits.log_mb} MB; "
+            f"{'cgroup' if self.cgroups else 'rlimits'}"
+        )
         return f"{self.mechanism} ({self.reason}; {caps})"
 
     # ------------------------------------------------------------------ launch
 
     def launch(
-        self, *, workdir: Path, src_dir: Path, python: str, args: tuple[str, ...],
-        env: Mapping[str, str], gpu: str | None, name: str,
+        self,
+        *,
+        workdir: Path,
+        src_dir: Path,
+        python: str,
+        args: tuple[str, ...],
+        env: Mapping[str, str],
+        gpu: str | None,
+        name: str,
     ) -> Launch:
         """The launch of ``python train.py ARGS`` for one run (blocking: makes its cgroup).
 
@@ -119,24 +128,30 @@ class Sandbox:
         child_env = self._env(env, python, gpu)
         limits = self._rlimits(cpu_run=gpu is None or gpu == "")
         if self.mechanism == "none":
-            argv = self._bare_argv(workdir, child_env, [*limits, python,
-                                                        str(src_dir / "train.py"), *args])
+            argv = self._bare_argv(
+                workdir, child_env, [*limits, python, str(src_dir / "train.py"), *args]
+            )
         else:
             gpu_index = int(gpu) if gpu not in (None, "") and str(gpu).isdigit() else None
-            plan = build_plan(src_dir=src_dir, cache_dir=self.cache_dir,
-                              python_roots=self.python_roots, tmpfs_mb=self.limits.scratch_mb,
-                              gpu_index=gpu_index)
-            argv = self._isolated_argv(plan, workdir,
-                                       [*limits, python, f"{INSIDE.src}/train.py", *args])
+            plan = build_plan(
+                src_dir=src_dir,
+                cache_dir=self.cache_dir,
+                python_roots=self.python_roots,
+                tmpfs_mb=self.limits.scratch_mb,
+                gpu_index=gpu_index,
+            )
+            argv = self._isolated_argv(
+                plan, workdir, [*limits, python, f"{INSIDE.src}/train.py", *args]
+            )
         cgroup = None
         if self.cgroups is not None:
-            cgroup = self.cgroups.create(f"swarm-{name}", memory_mb=self.limits.memory_mb,
-                                         procs=self.limits.procs)
+            cgroup = self.cgroups.create(
+                f"swarm-{name}", memory_mb=self.limits.memory_mb, procs=self.limits.procs
+            )
             argv = cgroup.enter(argv)
         return Launch(argv=argv, env=child_env, cwd=workdir, cgroup=cgroup)
 
-    def _bare_argv(self, workdir: Path, child_env: dict[str, str],
-                   inner: list[str]) -> list[str]:
+    def _bare_argv(self, workdir: Path, child_env: dict[str, str], inner: list[str]) -> list[str]:
         """``inner`` unconfined (mechanism none): own HOME/TMPDIR under ``workdir``."""
         child_env["HOME"] = str(workdir / "home")
         child_env["TMPDIR"] = str(workdir / "tmp")
@@ -150,15 +165,45 @@ class Sandbox:
     def _isolated_argv(self, plan: MountPlan, workdir: Path, inner: list[str]) -> list[str]:
         """``inner`` inside the mount plan, by bubblewrap or by unshare + the plan's script."""
         if self.mechanism == "bwrap":
-            return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                    "--hostname", "sandbox", *plan.bwrap_args(), "--chdir", INSIDE.work,
-                    "--", *inner]
+            return [
+                "bwrap",
+                "--unshare-all",
+                "--die-with-parent",
+                "--new-session",
+                "--hostname",
+                "sandbox",
+                *plan.bwrap_args(),
+                "--chdir",
+                INSIDE.work,
+                "--",
+                *inner,
+            ]
         newroot = workdir / ".root"
         newroot.mkdir(exist_ok=True)
-        return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--user",
-                "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts",
-                "--fork", "--kill-child", "--propagation", "private", "--",
-                "/bin/sh", "-c", plan.unshare_script(str(newroot)), "sh", *inner]
+        return [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--net",
+            "--pid",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            plan.unshare_script(str(newroot)),
+            "sh",
+            *inner,
+        ]
 
     def _rlimits(self, *, cpu_run: bool) -> list[str]:
         if self.mechanism == "none" and shutil.which("prlimit") is None:
@@ -198,13 +243,21 @@ def python_roots(python: str) -> tuple[str, ...]:
     else:
         try:
             out = subprocess.run(
-                [python, "-c", "import sys;print(sys.prefix);print(sys.base_prefix);"
-                 "print(sys.exec_prefix);print(sys.base_exec_prefix)"],
-                capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=True,
+                [
+                    python,
+                    "-c",
+                    "import sys;print(sys.prefix);print(sys.base_prefix);"
+                    "print(sys.exec_prefix);print(sys.base_exec_prefix)",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=_PROBE_TIMEOUT_S,
+                check=True,
             ).stdout.split("\n")
         except (OSError, subprocess.SubprocessError) as exc:
-            raise ConfigError(f"python = {python!r}: cannot run it ({exc})", key="python",
-                              value=python) from exc
+            raise ConfigError(
+                f"python = {python!r}: cannot run it ({exc})", key="python", value=python
+            ) from exc
         prefixes = [p for p in out if p]
     roots = [os.path.realpath(p) for p in prefixes]
     roots.append(os.path.dirname(os.path.realpath(python)))
@@ -223,14 +276,21 @@ def _probe(sandbox: Sandbox, python: str) -> str | None:
         (src / "train.py").write_text("import os\nprint('sandbox-ok', os.getcwd())\n")
         probe = replace(sandbox, cache_dir=None, cgroups=None)
         try:
-            launch = probe.launch(workdir=work, src_dir=src, python=python, args=(), env={},
-                                  gpu=None, name="probe")
+            launch = probe.launch(
+                workdir=work, src_dir=src, python=python, args=(), env={}, gpu=None, name="probe"
+            )
         except OSError as exc:
             return str(exc)
         try:
-            done = subprocess.run(launch.argv, env=launch.env, cwd=launch.cwd,
-                                  capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
-                                  stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                capture_output=True,
+                text=True,
+                timeout=_PROBE_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             return str(exc)
         if done.returncode != 0 or "sandbox-ok" not in done.stdout:
@@ -240,7 +300,11 @@ def _probe(sandbox: Sandbox, python: str) -> str | None:
 
 
 def select_sandbox(
-    requested: str, limits: SandboxLimits, *, python: str, cache_dir: Path | None,
+    requested: str,
+    limits: SandboxLimits,
+    *,
+    python: str,
+    cache_dir: Path | None,
     use_cgroups: bool = True,
 ) -> Sandbox:
     """The sandbox for this supervisor (blocking: probes each mechanism with a real run).
@@ -250,8 +314,14 @@ def select_sandbox(
     """
     roots = python_roots(python)
     cg, cg_reason = cgroup_support() if use_cgroups else (None, "cgroups disabled")
-    base = Sandbox("none", limits=limits, python_roots=roots, cache_dir=cache_dir,
-                   cgroups=cg, cgroup_reason=cg_reason)
+    base = Sandbox(
+        "none",
+        limits=limits,
+        python_roots=roots,
+        cache_dir=cache_dir,
+        cgroups=cg,
+        cgroup_reason=cg_reason,
+    )
     if requested == "none":
         return replace(base, explicit=True, reason="configured: sandbox = none")
     order: tuple[Mechanism, ...]
@@ -262,8 +332,11 @@ def select_sandbox(
     elif requested == "unshare":
         order = ("unshare",)
     else:
-        raise ConfigError(f"sandbox = {requested!r}: expected one of {', '.join(MECHANISMS)}",
-                          key="sandbox", value=requested)
+        raise ConfigError(
+            f"sandbox = {requested!r}: expected one of {', '.join(MECHANISMS)}",
+            key="sandbox",
+            value=requested,
+        )
     failures: list[str] = []
     for mech in order:
         tool = "bwrap" if mech == "bwrap" else "unshare"
@@ -278,8 +351,15 @@ def select_sandbox(
         failures.append(f"{mech}: {why}")
     detail = "; ".join(failures)
     if requested != "auto":
-        raise ConfigError(f"sandbox = {requested!r} does not work here ({detail}); "
-                          f"{_INSTALL_HINT}", key="sandbox", value=requested)
-    log.warning("sandbox_unavailable", tried=detail, fix=_INSTALL_HINT,
-                note="only code this supervisor wrote itself will run")
+        raise ConfigError(
+            f"sandbox = {requested!r} does not work here ({detail}); {_INSTALL_HINT}",
+            key="sandbox",
+            value=requested,
+        )
+    log.warning(
+        "sandbox_unavailable",
+        tried=detail,
+        fix=_INSTALL_HINT,
+        note="only code this supervisor wrote itself will run",
+    )
     return replace(base, explicit=False, reason=f"no mechanism works ({detail})")

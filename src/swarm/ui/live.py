@@ -36,8 +36,14 @@ from swarm.ui.progress import RunProgress, read_progress, read_tail
 
 __all__ = [
     "LOG_FILE",
-    "LiveModel", "LiveView", "SwarmPart", "gather_live", "gather_swarm_part", "read_recent",
-    "render_live", "warnings_of",
+    "LiveModel",
+    "LiveView",
+    "SwarmPart",
+    "gather_live",
+    "gather_swarm_part",
+    "read_recent",
+    "render_live",
+    "warnings_of",
 ]
 
 log = get_logger(__name__)
@@ -96,9 +102,9 @@ def read_recent(state_dir: str | Path, limit: int = 6) -> tuple[Result, ...]:
     return tuple(out)
 
 
-def _local_part(state_dir: Path, stale_s: float) -> tuple[Snapshot | None, bool,
-                                                          dict[int, RunProgress],
-                                                          tuple[Result, ...]]:
+def _local_part(
+    state_dir: Path, stale_s: float
+) -> tuple[Snapshot | None, bool, dict[int, RunProgress], tuple[Result, ...]]:
     snap = read_snapshot(state_dir)
     running = is_alive(snap, stale_s=stale_s)
     progress: dict[int, RunProgress] = {}
@@ -110,8 +116,9 @@ def _local_part(state_dir: Path, stale_s: float) -> tuple[Snapshot | None, bool,
     return snap, running, progress, read_recent(state_dir)
 
 
-async def gather_swarm_part(config: Any, *, api_key: str | None = None,
-                            timeout_s: float = 10.0) -> SwarmPart:
+async def gather_swarm_part(
+    config: Any, *, api_key: str | None = None, timeout_s: float = 10.0
+) -> SwarmPart:
     """Bests and pending improvements from the configured memory; errors are reported."""
     from swarm.cli.results import open_backend
     from swarm.errors import ConfigError, MemoryStoreError
@@ -130,20 +137,36 @@ async def gather_swarm_part(config: Any, *, api_key: str | None = None,
         return SwarmPart(error=f"{type(exc).__name__}: {exc}", fetched_at=now)
     except TimeoutError:
         return SwarmPart(error=f"no answer within {timeout_s:g}s", fetched_at=now)
-    return SwarmPart(bests=tuple(data["bests"]), pending=tuple(pending),
-                     live_claims=len(data["live_claims"]), fetched_at=now)
+    return SwarmPart(
+        bests=tuple(data["bests"]),
+        pending=tuple(pending),
+        live_claims=len(data["live_claims"]),
+        fetched_at=now,
+    )
 
 
-async def gather_live(config: Any, *, swarm: SwarmPart | None, log_file: str | None = None,
-                      ) -> LiveModel:
+async def gather_live(
+    config: Any,
+    *,
+    swarm: SwarmPart | None,
+    log_file: str | None = None,
+) -> LiveModel:
     """A frame from the state dir of ``config`` plus an already fetched swarm part."""
     state_dir = Path(config.state_dir)
     stale_s = max(15.0, 5 * float(config.status_interval_s))
     snap, running, progress, recent = await asyncio.to_thread(_local_part, state_dir, stale_s)
     memory = snap.memory if snap else f"{config.memory_kind} {config.memory_url or ''}".strip()
-    return LiveModel(now=time.time(), state_dir=str(state_dir), snapshot=snap,
-                     running=running, progress=progress, recent=recent, swarm=swarm,
-                     log_file=log_file, memory=memory)
+    return LiveModel(
+        now=time.time(),
+        state_dir=str(state_dir),
+        snapshot=snap,
+        running=running,
+        progress=progress,
+        recent=recent,
+        swarm=swarm,
+        log_file=log_file,
+        memory=memory,
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -181,11 +204,16 @@ def _progress_cells(w: WorkerStatus, p: RunProgress | None, now: float) -> list[
     if w.state != "training":
         return [Text("-"), Text("-"), Text("-"), Text("-")]
     if p is None:
-        return [Text(f"starting {_age(w.elapsed(now))}", style="dim"), Text("-"), Text("-"),
-                Text("-")]
+        return [
+            Text(f"starting {_age(w.elapsed(now))}", style="dim"),
+            Text("-"),
+            Text("-"),
+            Text("-"),
+        ]
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(ProgressBar(total=1.0, completed=p.fraction, width=16),
-                Text(f"{100 * p.fraction:3.0f}%"))
+    bar.add_row(
+        ProgressBar(total=1.0, completed=p.fraction, width=16), Text(f"{100 * p.fraction:3.0f}%")
+    )
     eta = "eval" if p.evaluating else _age(p.left_s)
     return [bar, Text(str(p.step)), Text("-" if p.loss is None else f"{p.loss:.4f}"), Text(eta)]
 
@@ -194,20 +222,28 @@ def _workers_table(model: LiveModel) -> Table:
     snap = model.snapshot
     assert snap is not None
     table = Table(title="Workers", title_justify="left", expand=True)
-    for col in ("#", "gpu", "state", "experiment", "run", "step", "loss", "ETA", "best",
-                "pending"):
+    for col in ("#", "gpu", "state", "experiment", "run", "step", "loss", "ETA", "best", "pending"):
         wide = col in ("experiment", "state")
-        table.add_column(col, no_wrap=True, overflow="ellipsis",
-                         ratio=(3 if col == "experiment" else 1) if wide else None,
-                         max_width=28 if col == "state" else None)
+        table.add_column(
+            col,
+            no_wrap=True,
+            overflow="ellipsis",
+            ratio=(3 if col == "experiment" else 1) if wide else None,
+            max_width=28 if col == "state" else None,
+        )
     for w in snap.workers:
         gpu = "cpu" if w.gpu_index is None else f"{w.gpu_index} {w.gpu_name}"
         state = w.state + (f" ({w.detail})" if w.detail else "")
         best, pending = _best_for(model, snap.track, w.tier)
-        table.add_row(Text(str(w.index)), Text(f"{gpu} [{w.tier}]"), Text(state),
-                      Text(w.description or "-"),
-                      *_progress_cells(w, model.progress.get(w.index), model.now),
-                      Text(best), Text(str(pending) if pending else "-"))
+        table.add_row(
+            Text(str(w.index)),
+            Text(f"{gpu} [{w.tier}]"),
+            Text(state),
+            Text(w.description or "-"),
+            *_progress_cells(w, model.progress.get(w.index), model.now),
+            Text(best),
+            Text(str(pending) if pending else "-"),
+        )
     return table
 
 
@@ -221,8 +257,13 @@ def _recent_table(model: LiveModel) -> Table | Text:
         status = r.status + (f" ({r.failure})" if r.failure and r.status != "timeout" else "")
         delta = "-" if r.delta is None else f"{r.delta:+.4f}"
         age = None if r.completed_at is None else model.now - r.completed_at
-        table.add_row(Text(status, style=_STATUS_STYLE.get(r.status, "")),
-                      Text(_bpb(r.val_bpb)), Text(delta), Text(r.description), Text(_age(age)))
+        table.add_row(
+            Text(status, style=_STATUS_STYLE.get(r.status, "")),
+            Text(_bpb(r.val_bpb)),
+            Text(delta),
+            Text(r.description),
+            Text(_age(age)),
+        )
     return table
 
 
@@ -235,16 +276,19 @@ def warnings_of(model: LiveModel) -> list[str]:
     elif snap.state == "stopped":
         out.append("supervisor stopped" + (f": {snap.exit_reason}" if snap.exit_reason else ""))
     elif not model.running:
-        out.append(f"supervisor not running (last snapshot {_age(model.now - snap.updated_at)} "
-                   f"ago, state {snap.state})")
+        out.append(
+            f"supervisor not running (last snapshot {_age(model.now - snap.updated_at)} "
+            f"ago, state {snap.state})"
+        )
     if snap is not None and snap.sandbox.startswith("none"):
         out.append(f"sandbox off: training runs are not isolated ({snap.sandbox})")
     for w in snap.workers if snap else ():
         if w.state == "quarantined":
             out.append(f"worker {w.index} GPU {w.gpu_index} quarantined: {w.detail or '?'}")
         if w.fallback_active:
-            out.append(f"worker {w.index}: proposer {w.proposer} failing, "
-                       f"using {w.proposer_active}")
+            out.append(
+                f"worker {w.index}: proposer {w.proposer} failing, using {w.proposer_active}"
+            )
     if model.swarm is not None and model.swarm.error:
         out.append(f"memory offline ({model.memory}): {model.swarm.error}")
     return out
@@ -254,9 +298,11 @@ def _header(model: LiveModel) -> Text:
     snap = model.snapshot
     text = Text("swarm", style="bold")
     if snap is not None:
-        text.append(f"  agent {snap.agent_id}  track {snap.track}"
-                    f"{' (CPU)' if snap.cpu_mode else ''}  {snap.state}  "
-                    f"up {_age(model.now - snap.started_at)}")
+        text.append(
+            f"  agent {snap.agent_id}  track {snap.track}"
+            f"{' (CPU)' if snap.cpu_mode else ''}  {snap.state}  "
+            f"up {_age(model.now - snap.started_at)}"
+        )
     text.append(f"  memory {model.memory}")
     if model.swarm is not None and not model.swarm.error:
         text.append(f"  live claims {model.swarm.live_claims}")
@@ -265,9 +311,11 @@ def _header(model: LiveModel) -> Text:
 
 def _counters(snap: Snapshot) -> Text:
     c = snap.counters
-    return Text(f"done {c.done}  kept {c.kept}  discarded {c.discarded}  crashed {c.crashed}  "
-                f"timeouts {c.timeouts}  duplicates skipped {c.duplicates_skipped}  "
-                f"claims lost {c.claims_lost}")
+    return Text(
+        f"done {c.done}  kept {c.kept}  discarded {c.discarded}  crashed {c.crashed}  "
+        f"timeouts {c.timeouts}  duplicates skipped {c.duplicates_skipped}  "
+        f"claims lost {c.claims_lost}"
+    )
 
 
 def render_live(model: LiveModel) -> RenderableType:
@@ -293,9 +341,17 @@ class LiveView:
     (its own backend connection, as ``swarm status`` opens one).
     """
 
-    def __init__(self, config: Any, console: Console, *, log_file: str | None = None,
-                 api_key: str | None = None, refresh_s: float = 1.0,
-                 swarm_every_s: float = 10.0, screen: bool = False) -> None:
+    def __init__(
+        self,
+        config: Any,
+        console: Console,
+        *,
+        log_file: str | None = None,
+        api_key: str | None = None,
+        refresh_s: float = 1.0,
+        swarm_every_s: float = 10.0,
+        screen: bool = False,
+    ) -> None:
         self.config = config
         self.console = console
         self.log_file = log_file
@@ -304,8 +360,13 @@ class LiveView:
         self.swarm_every_s = swarm_every_s
         self.frames = 0
         self._swarm: SwarmPart | None = None
-        self._live = Live(console=console, auto_refresh=False, screen=screen,
-                          redirect_stdout=False, redirect_stderr=False)
+        self._live = Live(
+            console=console,
+            auto_refresh=False,
+            screen=screen,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def frame(self) -> LiveModel:
@@ -342,4 +403,3 @@ class LiveView:
         except Exception as exc:  # supervision edge of the view, as in run()
             log.warning("live_view_frame_failed", error=repr(exc), final=True)
         self._live.stop()
-

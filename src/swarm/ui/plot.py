@@ -85,31 +85,68 @@ def _add(series: tuple[list[Any], list[float]], x: Any, y: float) -> None:
     series[1].append(y)
 
 
-def _draw_panel(ax: Any, results: Sequence[Result], axis: XAxis, mine: str | None,
-                verified: Sequence[tuple[float, float]]) -> float | None:
+def _draw_panel(
+    ax: Any,
+    results: Sequence[Result],
+    axis: XAxis,
+    mine: str | None,
+    verified: Sequence[tuple[float, float]],
+) -> float | None:
     """Draw one panel; returns the panel's best val_bpb."""
     s = _Series.of(results, axis, mine)
     ax.scatter(*s.discard, s=14, c=_DISCARD, alpha=0.7, label="discarded", zorder=2)
-    ax.scatter(*s.keep, s=46, c=_KEEP, edgecolors="black", linewidths=0.4,
-               label="kept", zorder=3)
+    ax.scatter(*s.keep, s=46, c=_KEEP, edgecolors="black", linewidths=0.4, label="kept", zorder=3)
     if s.mine[0]:
-        ax.scatter(*s.mine, s=90, facecolors="none", edgecolors="#e08a00",
-                   linewidths=1.2, label=f"this machine ({mine})", zorder=4)
+        ax.scatter(
+            *s.mine,
+            s=90,
+            facecolors="none",
+            edgecolors="#e08a00",
+            linewidths=1.2,
+            label=f"this machine ({mine})",
+            zorder=4,
+        )
     if s.best_step[0]:
         ax.step(*s.best_step, where="post", c=_BEST, lw=1.8, label="running best", zorder=1)
     if verified:
-        vx = [datetime.fromtimestamp(t, tz=UTC) if axis == "time" else _index_at(results, t)
-              for t, _ in verified]
-        ax.scatter(vx, [v for _, v in verified], marker="*", s=220, c="#f2c200",
-                   edgecolors="black", linewidths=0.6, label="verified best", zorder=5)
+        vx = [
+            datetime.fromtimestamp(t, tz=UTC) if axis == "time" else _index_at(results, t)
+            for t, _ in verified
+        ]
+        ax.scatter(
+            vx,
+            [v for _, v in verified],
+            marker="*",
+            s=220,
+            c="#f2c200",
+            edgecolors="black",
+            linewidths=0.6,
+            label="verified best",
+            zorder=5,
+        )
     if s.crashes:
-        ax.scatter(s.crashes, [0.0] * len(s.crashes), marker="|", s=80, c=_CRASH,
-                   transform=ax.get_xaxis_transform(), label="crash / timeout", zorder=2,
-                   clip_on=False)
+        ax.scatter(
+            s.crashes,
+            [0.0] * len(s.crashes),
+            marker="|",
+            s=80,
+            c=_CRASH,
+            transform=ax.get_xaxis_transform(),
+            label="crash / timeout",
+            zorder=2,
+            clip_on=False,
+        )
     if s.best is not None:
         ax.axhline(s.best, c=_BEST, lw=0.6, ls=":", zorder=0)
-        ax.annotate(f"best {s.best:.6f}", xy=(0.99, s.best), xycoords=("axes fraction", "data"),
-                    ha="right", va="bottom", fontsize=9, color=_BEST)
+        ax.annotate(
+            f"best {s.best:.6f}",
+            xy=(0.99, s.best),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=9,
+            color=_BEST,
+        )
     _dress_axes(ax, axis)
     _zoom(ax, s.keep[1] + s.discard[1])
     return s.best
@@ -145,10 +182,16 @@ def _zoom(ax: Any, ys: Sequence[float]) -> None:
     ax.set_ylim(lo - pad, hi + pad)
 
 
-def plot_results(results: Sequence[Result], out: str | Path, *, axis: XAxis = "number",
-                 mine: str | None = None,
-                 verified: dict[str, list[tuple[float, float]]] | None = None,
-                 title: str = "swarm progress", dpi: int = 110) -> PlotSummary:
+def plot_results(
+    results: Sequence[Result],
+    out: str | Path,
+    *,
+    axis: XAxis = "number",
+    mine: str | None = None,
+    verified: dict[str, list[tuple[float, float]]] | None = None,
+    title: str = "swarm progress",
+    dpi: int = 110,
+) -> PlotSummary:
     """Write the chart of ``results`` (any order) to ``out`` (PNG); returns what was drawn.
 
     ``mine`` is this machine's host name: its results are outlined.
@@ -161,9 +204,12 @@ def plot_results(results: Sequence[Result], out: str | Path, *, axis: XAxis = "n
     from matplotlib import pyplot as plt
 
     if not results:
-        raise ConfigError("nothing to plot: the memory holds no results yet (run some "
-                          "experiments, or check --memory/--track/--tier)", key="results",
-                          value=0)
+        raise ConfigError(
+            "nothing to plot: the memory holds no results yet (run some "
+            "experiments, or check --memory/--track/--tier)",
+            key="results",
+            value=0,
+        )
     panels: dict[str, list[Result]] = {}
     for r in sorted(results, key=lambda r: (r.completed_at or 0.0, r.key)):
         panels.setdefault(_panel_key(r), []).append(r)
@@ -175,8 +221,11 @@ def plot_results(results: Sequence[Result], out: str | Path, *, axis: XAxis = "n
             rows = panels[name]
             best = _draw_panel(ax, rows, axis, mine, (verified or {}).get(name, []))
             keeps = sum(1 for r in rows if r.status == "keep")
-            ax.set_title(f"{name}: {len(rows)} experiments, {keeps} kept"
-                         + (f", best {best:.6f}" if best is not None else ""), loc="left")
+            ax.set_title(
+                f"{name}: {len(rows)} experiments, {keeps} kept"
+                + (f", best {best:.6f}" if best is not None else ""),
+                loc="left",
+            )
             if best is not None:
                 bests[name] = best
         fig.suptitle(title, x=0.01, ha="left", fontsize=13, fontweight="bold")
@@ -186,8 +235,11 @@ def plot_results(results: Sequence[Result], out: str | Path, *, axis: XAxis = "n
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, dpi=dpi, format="png")
         except OSError as exc:
-            raise ConfigError(f"--out {out}: cannot write the PNG ({exc.strerror or exc})",
-                              key="--out", value=str(out)) from exc
+            raise ConfigError(
+                f"--out {out}: cannot write the PNG ({exc.strerror or exc})",
+                key="--out",
+                value=str(out),
+            ) from exc
     finally:
         plt.close(fig)
     return PlotSummary(path=path, panels=tuple(names), plotted=len(results), bests=bests)

@@ -51,8 +51,13 @@ def parse_progress(text: str) -> RunProgress | None:
         except ValueError:
             loss = None
         fraction = min(1.0, max(0.0, float(m["pct"]) / 100.0))
-        return RunProgress(step=int(m["step"]), fraction=fraction, loss=loss,
-                           left_s=float(m["left"]), evaluating=evaluating)
+        return RunProgress(
+            step=int(m["step"]),
+            fraction=fraction,
+            loss=loss,
+            left_s=float(m["left"]),
+            evaluating=evaluating,
+        )
     return None
 
 

@@ -35,8 +35,7 @@ from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Claim, Result, decode_record, encode_record
 from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
 
-__all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy",
-           "verification_of"]
+__all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy", "verification_of"]
 
 log = get_logger(__name__)
 
@@ -76,8 +75,9 @@ class CandidateBook:
 
     # ------------------------------------------------------------------ reading
 
-    async def get(self, track: str, tier: str, parent_hash: str, code_hash: str
-                  ) -> Candidate | None:
+    async def get(
+        self, track: str, tier: str, parent_hash: str, code_hash: str
+    ) -> Candidate | None:
         key = keys.pending_key(track, tier, parent_hash, code_hash)
         rec = (await self.mem.get_json([key])).get(key)
         return Candidate.from_json(key, rec) if rec is not None else None
@@ -88,14 +88,20 @@ class CandidateBook:
         Records whose listed ``updated_at`` is the one last read are not read again (a
         store that lists no ``updated_at`` gets every record read)."""
         infos = await self.mem.backend.list_keys(keys.pending_prefix(track, tier))
-        stale = [i.key for i in infos
-                 if i.updated_at <= 0 or self._listed.get(i.key, (None,))[0] != i.updated_at]
+        stale = [
+            i.key
+            for i in infos
+            if i.updated_at <= 0 or self._listed.get(i.key, (None,))[0] != i.updated_at
+        ]
         data = await self.mem.get_json(stale)
         stamps = {i.key: i.updated_at for i in infos}
         for k, v in data.items():
             self._listed[k] = (stamps[k], Candidate.from_json(k, v))
-        out = [self._listed[i.key][1] for i in infos if i.key in self._listed
-               and (i.key in data or i.key not in stale)]
+        out = [
+            self._listed[i.key][1]
+            for i in infos
+            if i.key in self._listed and (i.key in data or i.key not in stale)
+        ]
         out.sort(key=lambda c: (c.since or 0.0, c.key))
         return out
 
@@ -126,14 +132,19 @@ class CandidateBook:
         if not result.vram_tier:
             return BestDecision(False, "a candidate needs a tier (vram_tier)")
         # one read: the candidate record of this code and every best the result could move
-        pkey = keys.pending_key(result.track, result.vram_tier, result.parent_hash,
-                                result.code_hash)
+        pkey = keys.pending_key(
+            result.track, result.vram_tier, result.parent_hash, result.code_hash
+        )
         agent = mem.bests.agent_scope(result)
         seen, found = await mem.bests.read_many(
-            [*mem.bests.scopes(result), *([agent] if agent else [])], [pkey])
+            [*mem.bests.scopes(result), *([agent] if agent else [])], [pkey]
+        )
         existing = _candidate_in(pkey, found)
-        if existing is not None and existing.open and all(
-                r.seed != result.seed for r in existing.runs):
+        if (
+            existing is not None
+            and existing.open
+            and all(r.seed != result.seed for r in existing.runs)
+        ):
             return await self.confirm(result, policy, known=existing)
         if existing is not None and existing.state != "superseded":
             # never overwritten: not by a re-run, and not by someone rewriting its values
@@ -151,23 +162,36 @@ class CandidateBook:
             else:
                 reasons.append(why)
         agent_moved = await mem.bests.propose_agent_best(
-            result, seen.get(agent.meta_key) if agent else None)
+            result, seen.get(agent.meta_key) if agent else None
+        )
         if not scopes:
-            return BestDecision(False, "; ".join(reasons), best=tier_best,
-                                agent_moved=agent_moved)
+            return BestDecision(False, "; ".join(reasons), best=tier_best, agent_moved=agent_moved)
         trust = await self.trust(result.track, result.agent_id)
         candidate = Candidate(
-            key=keys.pending_key(result.track, result.vram_tier, result.parent_hash,
-                                 result.code_hash),
-            result=result, runs=(Run.of(result),), scopes=tuple(scopes), since=mem.now(),
+            key=keys.pending_key(
+                result.track, result.vram_tier, result.parent_hash, result.code_hash
+            ),
+            result=result,
+            runs=(Run.of(result),),
+            scopes=tuple(scopes),
+            since=mem.now(),
             previous_val=tier_best.val_bpb if tier_best else None,
             suspicious=trust.refuted > 0 and trust.streak == 0,
         )
         await self._write(candidate, "waits for a confirming run", new=existing is None)
-        reasons.insert(0, f"candidate for {', '.join(scopes)}: a confirming run (same code, "
-                          "another seed, another agent) decides")
-        return BestDecision(False, "; ".join(reasons), needs_confirmation=True, best=tier_best,
-                            agent_moved=agent_moved, candidate=True)
+        reasons.insert(
+            0,
+            f"candidate for {', '.join(scopes)}: a confirming run (same code, "
+            "another seed, another agent) decides",
+        )
+        return BestDecision(
+            False,
+            "; ".join(reasons),
+            needs_confirmation=True,
+            best=tier_best,
+            agent_moved=agent_moved,
+            candidate=True,
+        )
 
     @staticmethod
     def _beats(result: Result, current: Best | None, label: str) -> str | None:
@@ -179,25 +203,34 @@ class CandidateBook:
         if improvement <= 0:
             return f"not better than the best of {label} ({current.val_bpb})"
         if improvement > best_max_step(result.track):
-            return (f"sanity: improvement over {label} is more than "
-                    f"{best_max_step(result.track)} in one step")
+            return (
+                f"sanity: improvement over {label} is more than "
+                f"{best_max_step(result.track)} in one step"
+            )
         return None
 
     async def _write(self, candidate: Candidate, what: str, *, new: bool = False) -> None:
         """Write the candidate record; ``new``: it is not in the store yet (create first)."""
         r = candidate.result
         await self.mem.upsert(
-            candidate.key, encode_record(candidate.to_json()),
+            candidate.key,
+            encode_record(candidate.to_json()),
             f"[autoresearch] Candidate best ({candidate.state}, {what}): {r.description}",
             create_first=new,
         )
-        log.info("candidate_written", key=candidate.key, state=candidate.state,
-                 val_bpb=r.val_bpb, agent=r.agent_id)
+        log.info(
+            "candidate_written",
+            key=candidate.key,
+            state=candidate.state,
+            val_bpb=r.val_bpb,
+            agent=r.agent_id,
+        )
 
     # ------------------------------------------------------------------ who confirms
 
-    async def solo(self, track: str, tier: str, policy: TrustPolicy,
-                   live: LiveClaims | None = None) -> bool:
+    async def solo(
+        self, track: str, tier: str, policy: TrustPolicy, live: LiveClaims | None = None
+    ) -> bool:
         """No agent on another host was seen in the tier for ``solo_after_s`` (live claims,
         and results through the feed buckets of that window). ``live``: the live claims,
         read once for the whole decision (:func:`live_claims_once`)."""
@@ -208,7 +241,8 @@ class CandidateBook:
         since = mem.now() - policy.solo_after_s
         for claim in await (live or live_claims_once(mem, track))():
             if claim.vram_tier == tier and me.independent_of(
-                    Run(claim.agent_id, claim.host, None, 0.0)):
+                Run(claim.agent_id, claim.host, None, 0.0)
+            ):
                 return False
         for r in await mem.recent_results(since, track=track, tier=tier):
             if r.completed_at is not None and r.completed_at < since:
@@ -217,16 +251,18 @@ class CandidateBook:
                 return False
         return True
 
-    async def open_for(self, track: str, tier: str, policy: TrustPolicy,
-                       live: LiveClaims | None = None) -> list[Candidate]:
+    async def open_for(
+        self, track: str, tier: str, policy: TrustPolicy, live: LiveClaims | None = None
+    ) -> list[Candidate]:
         """Open candidates this agent may confirm now; suspicious ones first, then oldest."""
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
         out: list[Candidate] = []
         solo: bool | None = None
         for c in await self.listing(track, tier):
-            if not c.open or any(r.agent_id == me.agent_id and r.host == me.host
-                                 for r in c.runs[1:]):
+            if not c.open or any(
+                r.agent_id == me.agent_id and r.host == me.host for r in c.runs[1:]
+            ):
                 continue
             if me.independent_of(c.original):
                 out.append(c)
@@ -240,8 +276,9 @@ class CandidateBook:
 
     # ------------------------------------------------------------------ confirming
 
-    async def confirm(self, run: Result, policy: TrustPolicy, *,
-                      known: Candidate | None = None) -> BestDecision:
+    async def confirm(
+        self, run: Result, policy: TrustPolicy, *, known: Candidate | None = None
+    ) -> BestDecision:
         """Judge a confirming run (same code, another seed) of an open candidate.
         ``known``: the candidate record as just read (saves reading it again)."""
         mem = self.mem
@@ -257,13 +294,18 @@ class CandidateBook:
             return BestDecision(False, "no open candidate for this code")
         this = Run.of(run)
         if this.seed is not None and any(r.seed == this.seed for r in cand.runs):
-            return BestDecision(False, f"a confirming run needs another seed ({this.seed} "
-                                       "was used)")
+            return BestDecision(
+                False, f"a confirming run needs another seed ({this.seed} was used)"
+            )
         independent = this.independent_of(cand.original)
-        if not independent and (cand.state != "pending"
-                                or not await self.solo(run.track, tier, policy)):
-            return BestDecision(False, "other agents are live: the confirmation must come "
-                                       "from another agent on another host")
+        if not independent and (
+            cand.state != "pending" or not await self.solo(run.track, tier, policy)
+        ):
+            return BestDecision(
+                False,
+                "other agents are live: the confirmation must come "
+                "from another agent on another host",
+            )
         noise = await self.noise(run.track, tier)
         sigma = self.sigma(noise, policy)
         a, b = cand.original.val_bpb, this.val_bpb
@@ -272,8 +314,14 @@ class CandidateBook:
             return await self._refute(cand, this, tolerance, sigma)
         return await self._accept(cand, this, independent, policy, (tier, a, b))
 
-    async def _accept(self, cand: Candidate, this: Run, independent: bool,
-                      policy: TrustPolicy, pair: tuple[str, float, float]) -> BestDecision:
+    async def _accept(
+        self,
+        cand: Candidate,
+        this: Run,
+        independent: bool,
+        policy: TrustPolicy,
+        pair: tuple[str, float, float],
+    ) -> BestDecision:
         """Move the bests the confirmed candidate still beats; under the same mutex (the
         track's best mutex guards noise and trust records too) add the pair of runs to
         the tier's noise and raise the author's trust."""
@@ -285,8 +333,12 @@ class CandidateBook:
         state = "verified" if independent or cand.state == "self-verified" else "self-verified"
         if any(r.independent_of(cand.original) for r in runs[1:]):
             state = "verified"
-        combined = replace(cand.result, val_bpb=mean, verified=state == "verified",
-                           extra={**cand.result.extra, "verification": state})
+        combined = replace(
+            cand.result,
+            val_bpb=mean,
+            verified=state == "verified",
+            extra={**cand.result.extra, "verification": state},
+        )
         confirmations = tuple(r.to_json() for r in runs)
         reasons: list[str] = []
         tier_best: Best | None = None
@@ -300,25 +352,37 @@ class CandidateBook:
             for scope in wanted:
                 current = now_bests[scope.meta_key]
                 if current is not None and current.code_hash == cand.result.code_hash:
-                    now = await mem.bests.write(scope, combined, current,
-                                                confirmations=confirmations,
-                                                previous=current.previous)
+                    now = await mem.bests.write(
+                        scope,
+                        combined,
+                        current,
+                        confirmations=confirmations,
+                        previous=current.previous,
+                    )
                     moved[scope.kind] = True
-                elif current is None or current.val_bpb is None or (
+                elif (
+                    current is None
+                    or current.val_bpb is None
+                    or (
                         mean < current.val_bpb - policy.noise_margin
-                        and confirming < current.val_bpb - policy.noise_margin):
-                    now = await mem.bests.write(scope, combined, current,
-                                                confirmations=confirmations)
+                        and confirming < current.val_bpb - policy.noise_margin
+                    )
+                ):
+                    now = await mem.bests.write(
+                        scope, combined, current, confirmations=confirmations
+                    )
                     moved[scope.kind] = True
                 else:
                     now = current
                 if scope.kind == "tier":
                     tier_best, previous = now, current
                 label = scope.label()
-                reasons.append(f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
-                               if moved[scope.kind] else
-                               f"confirmed but not better than the best of {label} "
-                               f"({now.val_bpb if now else None})")
+                reasons.append(
+                    f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
+                    if moved[scope.kind]
+                    else f"confirmed but not better than the best of {label} "
+                    f"({now.val_bpb if now else None})"
+                )
         final = state if any(moved.values()) else "superseded"
         if any(moved.values()) and state == "verified":
             try:  # the author's result at the mean of the runs; self-verified ones wait
@@ -326,37 +390,65 @@ class CandidateBook:
             except MemoryStoreError as exc:
                 log.warning("leaderboard_update_failed", key=cand.key, error=str(exc))
         resolved = None if final == "self-verified" else mem.now()
-        await self._write(replace(cand, state=final, runs=runs, resolved_at=resolved,  # type: ignore[arg-type]
-                                  reason="; ".join(reasons)), "confirmed")
+        await self._write(
+            replace(
+                cand,
+                state=final,  # type: ignore[arg-type]
+                runs=runs,
+                resolved_at=resolved,
+                reason="; ".join(reasons),
+            ),
+            "confirmed",
+        )
         return BestDecision(
-            moved=any(moved.values()), reason="; ".join(reasons), best=tier_best,
-            tier_moved=moved["tier"], global_moved=moved["global"], previous=previous,
+            moved=any(moved.values()),
+            reason="; ".join(reasons),
+            best=tier_best,
+            tier_moved=moved["tier"],
+            global_moved=moved["global"],
+            previous=previous,
             verification=state,
         )
 
-    async def _refute(self, cand: Candidate, this: Run, tolerance: float,
-                      sigma: float) -> BestDecision:
+    async def _refute(
+        self, cand: Candidate, this: Run, tolerance: float, sigma: float
+    ) -> BestDecision:
         mem = self.mem
         a = cand.original.val_bpb
-        reason = (f"refuted: {cand.original.agent_id} reported {a:.6f}, {this.agent_id} "
-                  f"measured {this.val_bpb:.6f} (apart {abs(a - this.val_bpb):.6f} > "
-                  f"{tolerance:.6f} = k x sigma {sigma:.4f} x sqrt 2)")
-        await self._write(replace(cand, state="refuted", runs=(*cand.runs, this),
-                                  resolved_at=mem.now(), reason=reason), "refuted")
+        reason = (
+            f"refuted: {cand.original.agent_id} reported {a:.6f}, {this.agent_id} "
+            f"measured {this.val_bpb:.6f} (apart {abs(a - this.val_bpb):.6f} > "
+            f"{tolerance:.6f} = k x sigma {sigma:.4f} x sqrt 2)"
+        )
+        await self._write(
+            replace(
+                cand, state="refuted", runs=(*cand.runs, this), resolved_at=mem.now(), reason=reason
+            ),
+            "refuted",
+        )
         async with mem.locks.mutex(keys.best_mutex_name(cand.result.track)):
             for scope in mem.bests.scopes(cand.result):
                 current = await mem.bests.read(scope)
-                if (current is not None and current.code_hash == cand.result.code_hash
-                        and current.previous is not None):
-                    back = replace(current.previous.result, extra={
-                        **current.previous.result.extra, "withdrawn": cand.key})
-                    await mem.bests.write(scope, back, current,
-                                          confirmations=current.previous.confirmations)
+                if (
+                    current is not None
+                    and current.code_hash == cand.result.code_hash
+                    and current.previous is not None
+                ):
+                    back = replace(
+                        current.previous.result,
+                        extra={**current.previous.result.extra, "withdrawn": cand.key},
+                    )
+                    await mem.bests.write(
+                        scope, back, current, confirmations=current.previous.confirmations
+                    )
                     log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
             await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
         for other in await self.listing(cand.result.track):
-            if other.open and other.key != cand.key and (
-                    other.original.agent_id == cand.original.agent_id):
+            if (
+                other.open
+                and other.key != cand.key
+                and (other.original.agent_id == cand.original.agent_id)
+            ):
                 await self._write(replace(other, suspicious=True), "author refuted elsewhere")
         log.warning("candidate_refuted", key=cand.key, reason=reason)
         return BestDecision(False, reason, refuted=True)
@@ -365,8 +457,11 @@ class CandidateBook:
         """Add a pair of runs to the tier's noise record (hold the track's best mutex)."""
         key = keys.noise_key(track, tier)
         fresh = await self.noise(track, tier)
-        await self.mem.upsert(key, encode_record(fresh.add(a, b).to_json()),
-                              f"[autoresearch] Seed noise of {track}/{tier}")
+        await self.mem.upsert(
+            key,
+            encode_record(fresh.add(a, b).to_json()),
+            f"[autoresearch] Seed noise of {track}/{tier}",
+        )
 
     async def _bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
         """Count a verified or refuted candidate of ``agent_id`` (hold the track's best mutex)."""
@@ -376,13 +471,15 @@ class CandidateBook:
             t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
         else:
             t = replace(t, streak=0, refuted=t.refuted + 1, last_refuted_at=self.mem.now())
-        await self.mem.upsert(key, encode_record(t.to_json()),
-                              f"[autoresearch] Trust of {agent_id} on {track}")
+        await self.mem.upsert(
+            key, encode_record(t.to_json()), f"[autoresearch] Trust of {agent_id} on {track}"
+        )
 
     # ------------------------------------------------------------------ adoption
 
-    async def adoptable(self, track: str, tier: str, mode: str, *, trusted_streak: int = 3
-                        ) -> Best | None:
+    async def adoptable(
+        self, track: str, tier: str, mode: str, *, trusted_streak: int = 3
+    ) -> Best | None:
         """What a worker builds on: the verified best (``verified``), or also an open
         candidate that beats it (``any``; ``trusted``: only of agents with a streak of
         ``trusted_streak`` verified candidates), still verified later."""
@@ -402,9 +499,14 @@ class CandidateBook:
         if pick is None:
             return best
         provisional: dict[str, Any] = {**pick.result.extra, "verification": "pending"}
-        return Best(key=pick.key, kind="tier", track=track, tier=tier,
-                    result=replace(pick.result, extra=provisional),
-                    achieved_by=pick.original.agent_id)
+        return Best(
+            key=pick.key,
+            kind="tier",
+            track=track,
+            tier=tier,
+            result=replace(pick.result, extra=provisional),
+            achieved_by=pick.original.agent_id,
+        )
 
 
 LiveClaims = Callable[[], Awaitable[list[Claim]]]
@@ -435,12 +537,23 @@ def live_claims_once(mem: SwarmMemory, track: str) -> LiveClaims:
 
 def trust_policy(config: Any) -> TrustPolicy:
     """The policy of a :class:`swarm.config.SwarmConfig`."""
-    return TrustPolicy(k_sigma=config.confirm_k_sigma, sigma=config.sigma,
-                       noise_margin=config.noise_margin, solo_after_s=config.solo_after_s)
+    return TrustPolicy(
+        k_sigma=config.confirm_k_sigma,
+        sigma=config.sigma,
+        noise_margin=config.noise_margin,
+        solo_after_s=config.solo_after_s,
+    )
 
 
-async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: TrustPolicy,
-                            *, own_only: bool, rng: random.Random) -> tuple[Candidate, int] | None:
+async def next_confirmation(
+    book: CandidateBook,
+    track: str,
+    tier: str,
+    policy: TrustPolicy,
+    *,
+    own_only: bool,
+    rng: random.Random,
+) -> tuple[Candidate, int] | None:
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
     ``own_only``: this machine runs only its own code (no sandbox works)."""
     mem = book.mem
@@ -450,14 +563,19 @@ async def next_confirmation(book: CandidateBook, track: str, tier: str, policy: 
         return None
     # confirmed right now: by others, or by this machine (its confirmation lock; its own
     # claim of the original experiment is released once the candidate exists)
-    running = {(c.parent_hash, c.code_hash) for c in await live()
-               if c.vram_tier == tier and ((c.agent_id, c.host) != (mem.agent_id, mem.host)
-                                           or c.lock_key.startswith(keys.CONFIRM_LOCKS))}
+    running = {
+        (c.parent_hash, c.code_hash)
+        for c in await live()
+        if c.vram_tier == tier
+        and (
+            (c.agent_id, c.host) != (mem.agent_id, mem.host)
+            or c.lock_key.startswith(keys.CONFIRM_LOCKS)
+        )
+    }
     for cand in opened:
         if own_only and cand.original.agent_id != mem.agent_id:
             continue
-        if not cand.result.train_py or (cand.result.parent_hash,
-                                        cand.result.code_hash) in running:
+        if not cand.result.train_py or (cand.result.parent_hash, cand.result.code_hash) in running:
             continue  # someone is confirming it right now
         used = [r.seed for r in cand.runs if r.seed is not None]
         return cand, max(used, default=0) + 1 + rng.randrange(1000)

@@ -112,11 +112,15 @@ class MetricChannel:
 def compare_metric(summary_val: float, trusted: TrustedMetric) -> str | None:
     """Why the summary's val_bpb cannot be believed (None: it is what prepare.py measured)."""
     if trusted.last is None:
-        return (f"the summary says val_bpb {summary_val:.6f} but prepare.evaluate_bpb never "
-                "reported a value (the metric was not computed by prepare.py)")
+        return (
+            f"the summary says val_bpb {summary_val:.6f} but prepare.evaluate_bpb never "
+            "reported a value (the metric was not computed by prepare.py)"
+        )
     if abs(trusted.last - summary_val) > TOLERANCE:
-        return (f"the summary says val_bpb {summary_val:.6f} but prepare.evaluate_bpb measured "
-                f"{trusted.last:.6f}")
+        return (
+            f"the summary says val_bpb {summary_val:.6f} but prepare.evaluate_bpb measured "
+            f"{trusted.last:.6f}"
+        )
     if trusted.garbage:
         return f"{trusted.garbage} line(s) on the metric descriptor were not written by prepare.py"
     return None

@@ -109,23 +109,29 @@ def _batch_tokens(train_py: str, profile: str) -> int | None:
     return (total // (device * reference)) * max(1, device // divisor) * seq_len
 
 
-def check_plausible(summary: Summary, *, wall_s: float, prepare_hash: str, train_py: str,
-                    expect: Expectations) -> list[str]:
+def check_plausible(
+    summary: Summary, *, wall_s: float, prepare_hash: str, train_py: str, expect: Expectations
+) -> list[str]:
     """Every reason the summary cannot describe the run the supervisor watched (empty: ok)."""
     reasons: list[str] = []
     s = summary
     if s.training_seconds > wall_s + CLOCK_SLACK_S:
-        reasons.append(f"the summary claims {s.training_seconds:.1f} s of training but the run "
-                       f"lasted {wall_s:.1f} s")
+        reasons.append(
+            f"the summary claims {s.training_seconds:.1f} s of training but the run "
+            f"lasted {wall_s:.1f} s"
+        )
     if s.total_seconds > wall_s + CLOCK_SLACK_S:
-        reasons.append(f"the summary claims {s.total_seconds:.1f} s in total but the run "
-                       f"lasted {wall_s:.1f} s")
+        reasons.append(
+            f"the summary claims {s.total_seconds:.1f} s in total but the run lasted {wall_s:.1f} s"
+        )
     if s.training_seconds > s.total_seconds + CLOCK_SLACK_S:
-        reasons.append(f"training_seconds {s.training_seconds:.1f} exceeds total_seconds "
-                       f"{s.total_seconds:.1f}")
+        reasons.append(
+            f"training_seconds {s.training_seconds:.1f} exceeds total_seconds {s.total_seconds:.1f}"
+        )
     if expect.prepare_sha256 and prepare_hash != expect.prepare_sha256:
-        reasons.append(f"prepare_hash {prepare_hash[:12]} is not the pinned "
-                       f"{expect.prepare_sha256[:12]}")
+        reasons.append(
+            f"prepare_hash {prepare_hash[:12]} is not the pinned {expect.prepare_sha256[:12]}"
+        )
     if not expect.real_target:
         return reasons
     if not expect.fixed_steps and s.training_seconds < BUDGET_FRACTION * expect.budget_s:
@@ -137,6 +143,8 @@ def check_plausible(summary: Summary, *, wall_s: float, prepare_hash: str, train
         expected_m = s.num_steps * batch / 1e6
         rounding = 0.05 if s.total_tokens_M >= 10 else 0.0005
         if abs(expected_m - s.total_tokens_M) > rounding + 1e-9:
-            reasons.append(f"total_tokens_M {s.total_tokens_M:g} is not num_steps "
-                           f"{s.num_steps} x {batch} tokens per step ({expected_m:g} M)")
+            reasons.append(
+                f"total_tokens_M {s.total_tokens_M:g} is not num_steps "
+                f"{s.num_steps} x {batch} tokens per step ({expected_m:g} M)"
+            )
     return reasons

@@ -30,13 +30,23 @@ async def candidate_rows(memory: SwarmMemory, track: str | None = None) -> list[
     cands = [Candidate.from_json(k, v) for k, v in data.items()]
     cands = [c for c in cands if c.result.val_bpb is not None or c.runs]
     cands.sort(key=lambda c: c.since or 0.0, reverse=True)
-    return [{
-        "key": c.key, "state": c.state, "track": c.result.track, "tier": c.result.vram_tier,
-        "val_bpb": c.original.val_bpb, "agent_id": c.original.agent_id,
-        "description": c.result.description, "code_hash": c.result.code_hash,
-        "runs": [r.to_json() for r in c.runs], "suspicious": c.suspicious,
-        "since": c.since, "reason": c.reason,
-    } for c in cands]
+    return [
+        {
+            "key": c.key,
+            "state": c.state,
+            "track": c.result.track,
+            "tier": c.result.vram_tier,
+            "val_bpb": c.original.val_bpb,
+            "agent_id": c.original.agent_id,
+            "description": c.result.description,
+            "code_hash": c.result.code_hash,
+            "runs": [r.to_json() for r in c.runs],
+            "suspicious": c.suspicious,
+            "since": c.since,
+            "reason": c.reason,
+        }
+        for c in cands
+    ]
 
 
 async def noise_rows(memory: SwarmMemory) -> list[dict[str, Any]]:
@@ -47,6 +57,13 @@ async def noise_rows(memory: SwarmMemory) -> list[dict[str, Any]]:
     for key, rec in sorted(data.items()):
         track, _, tier = key.removeprefix(keys.NOISE).partition("/")
         stats = NoiseStats.from_json(track, rec)
-        out.append({"track": track, "tier": tier, "sigma": stats.sigma(),
-                    "pairs": len(stats.pairs), "measured": stats.measured()})
+        out.append(
+            {
+                "track": track,
+                "tier": tier,
+                "sigma": stats.sigma(),
+                "pairs": len(stats.pairs),
+                "measured": stats.measured(),
+            }
+        )
     return out

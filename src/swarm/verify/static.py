@@ -38,58 +38,195 @@ __all__ = ["Finding", "check_train_py"]
 PREPARE = "prepare"
 
 #: modules (and their submodules) a train.py may not import at all
-FORBIDDEN_MODULES: frozenset[str] = frozenset({
-    "builtins", "ctypes", "_ctypes", "cffi", "importlib", "inspect", "marshal", "pickle",
-    "_pickle", "dill", "cloudpickle", "types", "code", "codeop", "runpy", "subprocess",
-    "multiprocessing", "pty", "fcntl", "mmap", "posix", "nt", "io", "_io", "socket",
-    "signal", "atexit", "sysconfig", "site", "zipimport", "pkgutil", "_thread",
-    "torch.library", "torch.overrides", "torch.utils.cpp_extension",
-    "torch.utils._python_dispatch", "numpy.ctypeslib", "gc.get_objects",
-    "gc.get_referrers", "gc.get_referents",
-})
+FORBIDDEN_MODULES: frozenset[str] = frozenset(
+    {
+        "builtins",
+        "ctypes",
+        "_ctypes",
+        "cffi",
+        "importlib",
+        "inspect",
+        "marshal",
+        "pickle",
+        "_pickle",
+        "dill",
+        "cloudpickle",
+        "types",
+        "code",
+        "codeop",
+        "runpy",
+        "subprocess",
+        "multiprocessing",
+        "pty",
+        "fcntl",
+        "mmap",
+        "posix",
+        "nt",
+        "io",
+        "_io",
+        "socket",
+        "signal",
+        "atexit",
+        "sysconfig",
+        "site",
+        "zipimport",
+        "pkgutil",
+        "_thread",
+        "torch.library",
+        "torch.overrides",
+        "torch.utils.cpp_extension",
+        "torch.utils._python_dispatch",
+        "numpy.ctypeslib",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+    }
+)
 
 #: dotted names (after resolving import aliases) a train.py may not touch
-FORBIDDEN_NAMES: frozenset[str] = frozenset({
-    "os.write", "os.writev", "os.pwrite", "os.pwritev", "os.open", "os.fdopen", "os.dup",
-    "os.dup2", "os.pipe", "os.pipe2", "os.sendfile", "os.system", "os.popen", "os.fork",
-    "os.forkpty", "os.posix_spawn", "os.posix_spawnp", "os.kill", "os.killpg", "os.putenv",
-    "os.unsetenv", "os.openpty", "os.truncate", "os.ftruncate", "os.replace", "os.rename",
-    "os.remove", "os.unlink", "os.symlink", "os.link", "os.sys", "os.execv", "os.execve",
-    "os.execl", "os.execle", "os.execlp", "os.execlpe", "os.execvp", "os.execvpe",
-    "os.spawnl", "os.spawnle", "os.spawnlp", "os.spawnlpe", "os.spawnv", "os.spawnve",
-    "os.spawnvp", "os.spawnvpe", "os.memfd_create", "os.environb",
-    "sys.modules", "sys._getframe", "sys.settrace", "sys.setprofile", "sys.addaudithook",
-    "sys.meta_path", "sys.path_hooks", "sys.path_importer_cache", "sys.displayhook",
-    "sys.excepthook", "sys.__stdout__", "sys.__stderr__", "sys.monitoring",
-    "torch.load", "torch.ops.load_library", "torch.classes.load_library", "numpy.load",
-    "torch.utils.cpp_extension", "torch.library", "torch.overrides",
-})
+FORBIDDEN_NAMES: frozenset[str] = frozenset(
+    {
+        "os.write",
+        "os.writev",
+        "os.pwrite",
+        "os.pwritev",
+        "os.open",
+        "os.fdopen",
+        "os.dup",
+        "os.dup2",
+        "os.pipe",
+        "os.pipe2",
+        "os.sendfile",
+        "os.system",
+        "os.popen",
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.posix_spawnp",
+        "os.kill",
+        "os.killpg",
+        "os.putenv",
+        "os.unsetenv",
+        "os.openpty",
+        "os.truncate",
+        "os.ftruncate",
+        "os.replace",
+        "os.rename",
+        "os.remove",
+        "os.unlink",
+        "os.symlink",
+        "os.link",
+        "os.sys",
+        "os.execv",
+        "os.execve",
+        "os.execl",
+        "os.execle",
+        "os.execlp",
+        "os.execlpe",
+        "os.execvp",
+        "os.execvpe",
+        "os.spawnl",
+        "os.spawnle",
+        "os.spawnlp",
+        "os.spawnlpe",
+        "os.spawnv",
+        "os.spawnve",
+        "os.spawnvp",
+        "os.spawnvpe",
+        "os.memfd_create",
+        "os.environb",
+        "sys.modules",
+        "sys._getframe",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.addaudithook",
+        "sys.meta_path",
+        "sys.path_hooks",
+        "sys.path_importer_cache",
+        "sys.displayhook",
+        "sys.excepthook",
+        "sys.__stdout__",
+        "sys.__stderr__",
+        "sys.monitoring",
+        "torch.load",
+        "torch.ops.load_library",
+        "torch.classes.load_library",
+        "numpy.load",
+        "torch.utils.cpp_extension",
+        "torch.library",
+        "torch.overrides",
+    }
+)
 
 #: names of the language's escape hatches, refused wherever they appear
-FORBIDDEN_BUILTINS: frozenset[str] = frozenset({
-    "exec", "eval", "compile", "__import__", "globals", "locals", "vars", "__builtins__",
-    "__loader__", "__spec__", "breakpoint", "setattr", "delattr",
-})
+FORBIDDEN_BUILTINS: frozenset[str] = frozenset(
+    {
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+        "globals",
+        "locals",
+        "vars",
+        "__builtins__",
+        "__loader__",
+        "__spec__",
+        "breakpoint",
+        "setattr",
+        "delattr",
+    }
+)
 
 #: attribute names refused on any object (frames, code, namespaces)
-FORBIDDEN_ATTRS: frozenset[str] = frozenset({
-    "f_globals", "f_locals", "f_back", "f_builtins", "f_code", "gi_frame", "cr_frame",
-    "ag_frame", "tb_frame", "co_code", "write_text", "write_bytes", "fdopen", "dup2",
-    "load_library", "_getframe",
-})
+FORBIDDEN_ATTRS: frozenset[str] = frozenset(
+    {
+        "f_globals",
+        "f_locals",
+        "f_back",
+        "f_builtins",
+        "f_code",
+        "gi_frame",
+        "cr_frame",
+        "ag_frame",
+        "tb_frame",
+        "co_code",
+        "write_text",
+        "write_bytes",
+        "fdopen",
+        "dup2",
+        "load_library",
+        "_getframe",
+    }
+)
 
 #: dunder attributes a train.py may use (everything else with two underscores is refused)
-ALLOWED_DUNDERS: frozenset[str] = frozenset({
-    "__init__", "__name__", "__qualname__", "__doc__", "__class__", "__call__", "__len__",
-    "__iter__", "__next__", "__enter__", "__exit__", "__repr__", "__str__", "__file__",
-})
+ALLOWED_DUNDERS: frozenset[str] = frozenset(
+    {
+        "__init__",
+        "__name__",
+        "__qualname__",
+        "__doc__",
+        "__class__",
+        "__call__",
+        "__len__",
+        "__iter__",
+        "__next__",
+        "__enter__",
+        "__exit__",
+        "__repr__",
+        "__str__",
+        "__file__",
+    }
+)
 
 #: method names of a class body that would hijack tensor operations inside evaluate_bpb
 FORBIDDEN_METHODS: frozenset[str] = frozenset({"__torch_function__", "__torch_dispatch__"})
 
 #: module attribute prefixes that a train.py may set (backend and compiler switches)
 WRITABLE_PREFIXES: tuple[str, ...] = (
-    "torch.backends.", "torch._dynamo.config.", "torch._inductor.config.",
+    "torch.backends.",
+    "torch._dynamo.config.",
+    "torch._inductor.config.",
     "torch._functorch.config.",
 )
 
@@ -283,8 +420,13 @@ class _Checker(ast.NodeVisitor):
         if node.name in FORBIDDEN_METHODS:
             self.add(node, "override", f"defines {node.name} (hijacks tensor operations)")
         if not isinstance(node, ast.ClassDef):
-            for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs,
-                        node.args.vararg, node.args.kwarg]:
+            for arg in [
+                *node.args.posonlyargs,
+                *node.args.args,
+                *node.args.kwonlyargs,
+                node.args.vararg,
+                node.args.kwarg,
+            ]:
                 if arg is not None:
                     self._check_rebind(arg.arg, arg)
         self.generic_visit(node)
@@ -305,9 +447,12 @@ class _Checker(ast.NodeVisitor):
             return
         if any(dotted.startswith(p) for p in WRITABLE_PREFIXES):
             return
-        self.add(node, "monkeypatch",
-                 f"assigns {dotted} (attributes of imported modules and of prepare's names "
-                 "are read-only)")
+        self.add(
+            node,
+            "monkeypatch",
+            f"assigns {dotted} (attributes of imported modules and of prepare's names "
+            "are read-only)",
+        )
 
     def _check_subscript_write(self, node: ast.Subscript) -> None:
         if self.resolve(node.value) == "os.environ":
@@ -327,12 +472,17 @@ class _Checker(ast.NodeVisitor):
         elif isinstance(node.ctx, ast.Load):
             parent = self.parents.get(id(node))
             attr_base = (isinstance(parent, ast.Attribute) and parent.value is node) or (
-                isinstance(parent, ast.Call) and self._literal_getattr(parent)
-                and parent.args[0] is node)
+                isinstance(parent, ast.Call)
+                and self._literal_getattr(parent)
+                and parent.args[0] is node
+            )
             called = isinstance(parent, ast.Call) and parent.func is node
             if node.id in self.modules and not attr_base:
-                self.add(node, "alias", f"uses the module {node.id} as a value (only "
-                         f"{node.id}.<name> is allowed)")
+                self.add(
+                    node,
+                    "alias",
+                    f"uses the module {node.id} as a value (only {node.id}.<name> is allowed)",
+                )
             elif node.id == "open" and "open" not in self.aliases and not called:
                 self.add(node, "alias", "uses open as a value (only open(...) is allowed)")
             if node.id in self.aliases and not attr_base:
@@ -344,8 +494,12 @@ class _Checker(ast.NodeVisitor):
         if name.startswith("__") and name.endswith("__") and name not in ALLOWED_DUNDERS:
             self.add(node, "dunder", f"uses .{name} (reaches into the interpreter)")
         elif name in FORBIDDEN_ATTRS:
-            self.add(node, "attribute", f"uses {self.resolve(node) or '.' + name} (frames, "
-                     "descriptors and file writes are off limits)")
+            self.add(
+                node,
+                "attribute",
+                f"uses {self.resolve(node) or '.' + name} (frames, "
+                "descriptors and file writes are off limits)",
+            )
         elif not (isinstance(parent, ast.Attribute) and parent.value is node):
             dotted = self.resolve(node)
             if dotted is not None:
@@ -358,8 +512,12 @@ class _Checker(ast.NodeVisitor):
             self.add(node, "forbidden", f"uses {dotted} ({bad} is not allowed in train.py)")
         elif dotted == "sys.path" or dotted.startswith("sys.path."):
             if not self._is_sys_path_idiom(node):
-                self.add(node, "sys.path", "changes or reads sys.path (only "
-                         "`sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))`)")
+                self.add(
+                    node,
+                    "sys.path",
+                    "changes or reads sys.path (only "
+                    "`sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))`)",
+                )
         elif dotted in ("sys.stdout", "sys.stderr") and isinstance(
             getattr(node, "ctx", None), ast.Store | ast.Del
         ):
@@ -369,8 +527,11 @@ class _Checker(ast.NodeVisitor):
         if not (isinstance(node, ast.Attribute) and node.attr == "insert"):
             return False
         call = self.parents.get(id(node))
-        return isinstance(call, ast.Call) and call.func is node and ast.dump(
-            ast.Expression(body=call)) == SYS_PATH_IDIOM
+        return (
+            isinstance(call, ast.Call)
+            and call.func is node
+            and ast.dump(ast.Expression(body=call)) == SYS_PATH_IDIOM
+        )
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -379,8 +540,11 @@ class _Checker(ast.NodeVisitor):
                 self._check_getattr(node)
             elif func.id == "open":
                 self._check_open(node)
-        elif (isinstance(func, ast.Attribute) and func.attr in _ENV_MUTATORS
-              and self.resolve(func.value) == "os.environ"):
+        elif (
+            isinstance(func, ast.Attribute)
+            and func.attr in _ENV_MUTATORS
+            and self.resolve(func.value) == "os.environ"
+        ):
             if func.attr in ("update", "clear", "popitem"):
                 self.add(node, "environ", f"calls os.environ.{func.attr}()")
             else:
@@ -390,17 +554,26 @@ class _Checker(ast.NodeVisitor):
     @staticmethod
     def _literal_getattr(node: ast.AST | None) -> bool:
         """``getattr(x, "name")``: the same as ``x.name`` (checked as such)."""
-        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in _GETATTR and len(node.args) >= 2
-                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str))
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _GETATTR
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+        )
 
     def _check_getattr(self, node: ast.Call) -> None:
         name = node.args[1] if len(node.args) > 1 else None
         if isinstance(name, ast.JoinedStr) and node.args and self._safe_fstring(node.args[0], name):
             return
         if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
-            self.add(node, "getattr", "getattr/hasattr with a computed attribute name (only a "
-                     "literal, or an f-string starting with a plain prefix like f\"mask_{w}\")")
+            self.add(
+                node,
+                "getattr",
+                "getattr/hasattr with a computed attribute name (only a "
+                'literal, or an f-string starting with a plain prefix like f"mask_{w}")',
+            )
             return
         fake = ast.Attribute(value=node.args[0], attr=name.value, ctx=ast.Load())
         ast.copy_location(fake, node)
@@ -423,13 +596,22 @@ class _Checker(ast.NodeVisitor):
         return not (isinstance(root, ast.Name) and root.id in self.aliases)
 
     def _check_open(self, node: ast.Call) -> None:
-        path = node.args[0] if node.args else next(
-            (k.value for k in node.keywords if k.arg == "file"), None)
+        path = (
+            node.args[0]
+            if node.args
+            else next((k.value for k in node.keywords if k.arg == "file"), None)
+        )
         if not (isinstance(path, ast.Constant) and isinstance(path.value, str)):
-            self.add(node, "open", "open() of a computed path or a descriptor (only a literal "
-                     "path, read-only)")
-        mode = node.args[1] if len(node.args) > 1 else next(
-            (k.value for k in node.keywords if k.arg == "mode"), None)
+            self.add(
+                node,
+                "open",
+                "open() of a computed path or a descriptor (only a literal path, read-only)",
+            )
+        mode = (
+            node.args[1]
+            if len(node.args) > 1
+            else next((k.value for k in node.keywords if k.arg == "mode"), None)
+        )
         if mode is None:
             return
         if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str)) or any(
@@ -444,5 +626,8 @@ class _Checker(ast.NodeVisitor):
         if isinstance(value, str):
             for text in FORBIDDEN_TEXT:
                 if text in value:
-                    self.add(node, "text", f"names {text!r} (descriptors and process "
-                             "internals are off limits)")
+                    self.add(
+                        node,
+                        "text",
+                        f"names {text!r} (descriptors and process internals are off limits)",
+                    )

@@ -30,8 +30,13 @@ __all__ = [
 ]
 
 CandidateState = Literal["pending", "self-verified", "verified", "refuted", "superseded"]
-CANDIDATE_STATES: tuple[str, ...] = ("pending", "self-verified", "verified", "refuted",
-                                     "superseded")
+CANDIDATE_STATES: tuple[str, ...] = (
+    "pending",
+    "self-verified",
+    "verified",
+    "refuted",
+    "superseded",
+)
 #: states in which a candidate still waits for an (independent) confirmation
 OPEN_STATES: frozenset[str] = frozenset({"pending", "self-verified"})
 
@@ -65,8 +70,13 @@ class Run:
     result_key: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id, "host": self.host, "seed": self.seed,
-                "val_bpb": self.val_bpb, "result_key": self.result_key}
+        return {
+            "agent_id": self.agent_id,
+            "host": self.host,
+            "seed": self.seed,
+            "val_bpb": self.val_bpb,
+            "result_key": self.result_key,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Run | None:
@@ -76,9 +86,13 @@ class Run:
         if val is None:
             return None
         seed = _num(data.get("seed"))
-        return cls(agent_id=str(data.get("agent_id") or "unknown"),
-                   host=str(data.get("host") or ""), seed=None if seed is None else int(seed),
-                   val_bpb=val, result_key=str(data.get("result_key") or ""))
+        return cls(
+            agent_id=str(data.get("agent_id") or "unknown"),
+            host=str(data.get("host") or ""),
+            seed=None if seed is None else int(seed),
+            val_bpb=val,
+            result_key=str(data.get("result_key") or ""),
+        )
 
     @classmethod
     def of(cls, result: Result) -> Run:
@@ -106,9 +120,18 @@ class Candidate:
     reason: str = ""
 
     OWN: ClassVar[tuple[str, ...]] = (
-        "result_key", "pending_scopes", "noise_margin", "pending_since", "candidate_state",
-        "runs", "previous_verified_val_bpb", "suspicious", "resolved_at", "outcome",
-        "resolved_by", "candidate_reason",
+        "result_key",
+        "pending_scopes",
+        "noise_margin",
+        "pending_since",
+        "candidate_state",
+        "runs",
+        "previous_verified_val_bpb",
+        "suspicious",
+        "resolved_at",
+        "outcome",
+        "resolved_by",
+        "candidate_reason",
     )
 
     @property
@@ -122,28 +145,30 @@ class Candidate:
         if self.runs:
             return self.runs[0]
         r = self.result
-        return Run(r.agent_id, r.host, r.seed, math.nan if r.val_bpb is None else r.val_bpb,
-                   r.key)
+        return Run(r.agent_id, r.host, r.seed, math.nan if r.val_bpb is None else r.val_bpb, r.key)
 
     def to_json(self) -> dict[str, Any]:
         out = self.result.to_json()
-        out.update({
-            "result_key": self.result.key,
-            "pending_scopes": list(self.scopes),
-            "pending_since": to_iso(self.since),
-            "candidate_state": self.state,
-            "runs": [r.to_json() for r in self.runs],
-            "previous_verified_val_bpb": self.previous_val,
-            "suspicious": self.suspicious,
-            "resolved_at": to_iso(self.resolved_at),
-            "candidate_reason": self.reason,
-        })
+        out.update(
+            {
+                "result_key": self.result.key,
+                "pending_scopes": list(self.scopes),
+                "pending_since": to_iso(self.since),
+                "candidate_state": self.state,
+                "runs": [r.to_json() for r in self.runs],
+                "previous_verified_val_bpb": self.previous_val,
+                "suspicious": self.suspicious,
+                "resolved_at": to_iso(self.resolved_at),
+                "candidate_reason": self.reason,
+            }
+        )
         return out
 
     @classmethod
     def from_json(cls, key: str, data: Mapping[str, Any]) -> Candidate:
-        result = Result.from_json(str(data.get("result_key") or ""),
-                                  {k: v for k, v in data.items() if k not in cls.OWN})
+        result = Result.from_json(
+            str(data.get("result_key") or ""), {k: v for k, v in data.items() if k not in cls.OWN}
+        )
         state = str(data.get("candidate_state") or "pending")
         if state not in CANDIDATE_STATES:
             state = "pending"
@@ -155,11 +180,15 @@ class Candidate:
         if resolved is not None and state in OPEN_STATES and "candidate_state" not in data:
             state = "superseded"  # a pending record of the noise-margin era, resolved
         return cls(
-            key=key, result=result, state=state,  # type: ignore[arg-type]
-            runs=runs, scopes=scopes or ("tier", "global"),
+            key=key,
+            result=result,
+            state=state,  # type: ignore[arg-type]
+            runs=runs,
+            scopes=scopes or ("tier", "global"),
             since=from_iso(data.get("pending_since")),
             previous_val=_num(data.get("previous_verified_val_bpb")),
-            suspicious=bool(data.get("suspicious")), resolved_at=resolved,
+            suspicious=bool(data.get("suspicious")),
+            resolved_at=resolved,
             reason=str(data.get("candidate_reason") or ""),
         )
 
@@ -175,8 +204,13 @@ class AgentTrust:
     last_refuted_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id, "streak": self.streak, "verified": self.verified,
-                "refuted": self.refuted, "last_refuted_at": to_iso(self.last_refuted_at)}
+        return {
+            "agent_id": self.agent_id,
+            "streak": self.streak,
+            "verified": self.verified,
+            "refuted": self.refuted,
+            "last_refuted_at": to_iso(self.last_refuted_at),
+        }
 
     @classmethod
     def from_json(cls, agent_id: str, data: Mapping[str, Any]) -> AgentTrust:
@@ -184,8 +218,13 @@ class AgentTrust:
             v = _num(data.get(name))
             return max(0, int(v)) if v is not None else 0
 
-        return cls(agent_id=agent_id, streak=count("streak"), verified=count("verified"),
-                   refuted=count("refuted"), last_refuted_at=from_iso(data.get("last_refuted_at")))
+        return cls(
+            agent_id=agent_id,
+            streak=count("streak"),
+            verified=count("verified"),
+            refuted=count("refuted"),
+            last_refuted_at=from_iso(data.get("last_refuted_at")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +251,7 @@ class NoiseStats:
         return NoiseStats(self.track, (*self.pairs, (a, b))[-MAX_PAIRS:])
 
     def to_json(self) -> dict[str, Any]:
-        return {"track": self.track, "pairs": [list(p) for p in self.pairs],
-                "sigma": self.sigma()}
+        return {"track": self.track, "pairs": [list(p) for p in self.pairs], "sigma": self.sigma()}
 
     @classmethod
     def from_json(cls, track: str, data: Mapping[str, Any]) -> NoiseStats:

@@ -24,8 +24,11 @@ class Invalid:
 
     @property
     def message(self) -> str:
-        head = {"static": "refused before running", "metric": "metric mismatch",
-                "implausible": "implausible summary"}[self.kind]
+        head = {
+            "static": "refused before running",
+            "metric": "metric mismatch",
+            "implausible": "implausible summary",
+        }[self.kind]
         return f"invalid ({head}): " + "; ".join(self.reasons)
 
 
@@ -36,14 +39,22 @@ def refuse_code(findings: list[Finding]) -> Invalid | None:
     return Invalid("static", tuple(str(f) for f in findings[:10]))
 
 
-def judge_run(summary: Summary, *, trusted: TrustedMetric | None, wall_s: float,
-              prepare_hash: str, train_py: str, expect: Expectations) -> Invalid | None:
+def judge_run(
+    summary: Summary,
+    *,
+    trusted: TrustedMetric | None,
+    wall_s: float,
+    prepare_hash: str,
+    train_py: str,
+    expect: Expectations,
+) -> Invalid | None:
     """The verdict on a run that printed a valid summary (``trusted`` None: prepare.py cannot
     report the metric, so only plausibility is judged)."""
     if trusted is not None:
         mismatch = compare_metric(summary.val_bpb, trusted)
         if mismatch is not None:
             return Invalid("metric", (mismatch,))
-    reasons = check_plausible(summary, wall_s=wall_s, prepare_hash=prepare_hash,
-                              train_py=train_py, expect=expect)
+    reasons = check_plausible(
+        summary, wall_s=wall_s, prepare_hash=prepare_hash, train_py=train_py, expect=expect
+    )
     return Invalid("implausible", tuple(reasons)) if reasons else None
