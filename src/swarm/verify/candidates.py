@@ -29,11 +29,12 @@ from typing import Any
 
 from swarm import keys
 from swarm._logging import get_logger
-from swarm.errors import MemoryStoreError, ProtocolError
+from swarm.errors import ProtocolError
 from swarm.memory._types import Memory
 from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Claim, Result, decode_record, encode_record
 from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
+from swarm.verify.verdicts import accept, refute
 
 __all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy", "verification_of"]
 
@@ -178,7 +179,7 @@ class CandidateBook:
             previous_val=tier_best.val_bpb if tier_best else None,
             suspicious=trust.refuted > 0 and trust.streak == 0,
         )
-        await self._write(candidate, "waits for a confirming run", new=existing is None)
+        await self.write_record(candidate, "waits for a confirming run", new=existing is None)
         reasons.insert(
             0,
             f"candidate for {', '.join(scopes)}: a confirming run (same code, "
@@ -209,7 +210,7 @@ class CandidateBook:
             )
         return None
 
-    async def _write(self, candidate: Candidate, what: str, *, new: bool = False) -> None:
+    async def write_record(self, candidate: Candidate, what: str, *, new: bool = False) -> None:
         """Write the candidate record; ``new``: it is not in the store yet (create first)."""
         r = candidate.result
         await self.mem.upsert(
@@ -311,149 +312,10 @@ class CandidateBook:
         a, b = cand.original.val_bpb, this.val_bpb
         tolerance = policy.k_sigma * sigma * math.sqrt(2.0)
         if abs(a - b) > tolerance:
-            return await self._refute(cand, this, tolerance, sigma)
-        return await self._accept(cand, this, independent, policy, (tier, a, b))
+            return await refute(self, cand, this, tolerance, sigma)
+        return await accept(self, cand, this, independent, policy, (tier, a, b))
 
-    async def _accept(
-        self,
-        cand: Candidate,
-        this: Run,
-        independent: bool,
-        policy: TrustPolicy,
-        pair: tuple[str, float, float],
-    ) -> BestDecision:
-        """Move the bests the confirmed candidate still beats; under the same mutex (the
-        track's best mutex guards noise and trust records too) add the pair of runs to
-        the tier's noise and raise the author's trust."""
-        mem = self.mem
-        runs = (*cand.runs, this)
-        mean = sum(r.val_bpb for r in runs) / len(runs)
-        # the author's own value must not carry the best: the confirming runs alone beat it too
-        confirming = sum(r.val_bpb for r in runs[1:]) / (len(runs) - 1)
-        state = "verified" if independent or cand.state == "self-verified" else "self-verified"
-        if any(r.independent_of(cand.original) for r in runs[1:]):
-            state = "verified"
-        combined = replace(
-            cand.result,
-            val_bpb=mean,
-            verified=state == "verified",
-            extra={**cand.result.extra, "verification": state},
-        )
-        confirmations = tuple(r.to_json() for r in runs)
-        reasons: list[str] = []
-        tier_best: Best | None = None
-        previous: Best | None = None
-        moved = {"tier": False, "global": False}
-        async with mem.locks.mutex(keys.best_mutex_name(combined.track)):  # every best of the track
-            await self._add_noise(combined.track, *pair)
-            await self._bump_trust(cand.result.track, cand.original.agent_id, verified=True)
-            wanted = [sc for sc in mem.bests.scopes(combined) if sc.kind in cand.scopes]
-            now_bests, _ = await mem.bests.read_many(wanted)
-            for scope in wanted:
-                current = now_bests[scope.meta_key]
-                if current is not None and current.code_hash == cand.result.code_hash:
-                    now = await mem.bests.write(
-                        scope,
-                        combined,
-                        current,
-                        confirmations=confirmations,
-                        previous=current.previous,
-                    )
-                    moved[scope.kind] = True
-                elif (
-                    current is None
-                    or current.val_bpb is None
-                    or (
-                        mean < current.val_bpb - policy.noise_margin
-                        and confirming < current.val_bpb - policy.noise_margin
-                    )
-                ):
-                    now = await mem.bests.write(
-                        scope, combined, current, confirmations=confirmations
-                    )
-                    moved[scope.kind] = True
-                else:
-                    now = current
-                if scope.kind == "tier":
-                    tier_best, previous = now, current
-                label = scope.label()
-                reasons.append(
-                    f"{state}: new best of {label} (mean {mean:.6f} of {len(runs)} runs)"
-                    if moved[scope.kind]
-                    else f"confirmed but not better than the best of {label} "
-                    f"({now.val_bpb if now else None})"
-                )
-        final = state if any(moved.values()) else "superseded"
-        if any(moved.values()) and state == "verified":
-            try:  # the author's result at the mean of the runs; self-verified ones wait
-                await mem.board.update(replace(combined, extra={}))
-            except MemoryStoreError as exc:
-                log.warning("leaderboard_update_failed", key=cand.key, error=str(exc))
-        resolved = None if final == "self-verified" else mem.now()
-        await self._write(
-            replace(
-                cand,
-                state=final,  # type: ignore[arg-type]
-                runs=runs,
-                resolved_at=resolved,
-                reason="; ".join(reasons),
-            ),
-            "confirmed",
-        )
-        return BestDecision(
-            moved=any(moved.values()),
-            reason="; ".join(reasons),
-            best=tier_best,
-            tier_moved=moved["tier"],
-            global_moved=moved["global"],
-            previous=previous,
-            verification=state,
-        )
-
-    async def _refute(
-        self, cand: Candidate, this: Run, tolerance: float, sigma: float
-    ) -> BestDecision:
-        mem = self.mem
-        a = cand.original.val_bpb
-        reason = (
-            f"refuted: {cand.original.agent_id} reported {a:.6f}, {this.agent_id} "
-            f"measured {this.val_bpb:.6f} (apart {abs(a - this.val_bpb):.6f} > "
-            f"{tolerance:.6f} = k x sigma {sigma:.4f} x sqrt 2)"
-        )
-        await self._write(
-            replace(
-                cand, state="refuted", runs=(*cand.runs, this), resolved_at=mem.now(), reason=reason
-            ),
-            "refuted",
-        )
-        async with mem.locks.mutex(keys.best_mutex_name(cand.result.track)):
-            for scope in mem.bests.scopes(cand.result):
-                current = await mem.bests.read(scope)
-                if (
-                    current is not None
-                    and current.code_hash == cand.result.code_hash
-                    and current.previous is not None
-                ):
-                    back = replace(
-                        current.previous.result,
-                        extra={**current.previous.result.extra, "withdrawn": cand.key},
-                    )
-                    await mem.bests.write(
-                        scope, back, current, confirmations=current.previous.confirmations
-                    )
-                    log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
-            await self._bump_trust(cand.result.track, cand.original.agent_id, verified=False)
-        for other in await self.listing(cand.result.track):
-            if (
-                other.open
-                and other.key != cand.key
-                and (other.original.agent_id == cand.original.agent_id)
-            ):
-                await self._write(replace(other, suspicious=True), "author refuted elsewhere")
-        log.warning("candidate_refuted", key=cand.key, reason=reason)
-        return BestDecision(False, reason, refuted=True)
-
-    async def _add_noise(self, track: str, tier: str, a: float, b: float) -> None:
+    async def add_noise(self, track: str, tier: str, a: float, b: float) -> None:
         """Add a pair of runs to the tier's noise record (hold the track's best mutex)."""
         key = keys.noise_key(track, tier)
         fresh = await self.noise(track, tier)
@@ -463,7 +325,7 @@ class CandidateBook:
             f"[autoresearch] Seed noise of {track}/{tier}",
         )
 
-    async def _bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
+    async def bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
         """Count a verified or refuted candidate of ``agent_id`` (hold the track's best mutex)."""
         key = keys.trust_key(track, agent_id)
         t = await self.trust(track, agent_id)
