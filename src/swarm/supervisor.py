@@ -77,7 +77,7 @@ from swarm.namespace import SwarmMemory
 from swarm.notify import notify_loop, sd_notify
 from swarm.outbox import OUTBOX_NAME, Outbox, Publisher
 from swarm.proposers import Proposer, ProposerSpec, build_proposer
-from swarm.recovery import StateLock, find_unfinished
+from swarm.recovery import StateLock
 from swarm.replay import OutboxReplay, record_replayed, register_queued
 from swarm.results_log import ResultsLog
 from swarm.runner import RunOutcome, RunSpec, run_experiment
@@ -105,6 +105,7 @@ from swarm.worker import (
     Worker,
     WorkerDeps,
 )
+from swarm.workforce import assign_leftovers, build_workers, keep_running
 
 __all__ = [
     "EXIT_FAILURE",
@@ -419,8 +420,17 @@ class Supervisor:
             publisher=self.publisher,
             faults=self.faults,
         )
-        self._build_workers(deps, launch.gpus)
-        await self._assign_leftovers(deps.work_root)
+        self.workers.extend(
+            build_workers(
+                self.config,
+                deps,
+                launch.gpus,
+                cpu_mode=self.cpu_mode,
+                proposer=self._proposer,
+                rng=self.rng,
+            )
+        )
+        await assign_leftovers(self.workers, deps.work_root, agent_id=self.agent_id, host=self.host)
         return await self._serve(launch.budget_s, replay)
 
     async def _load_dedup(self, memory: SwarmMemory, tiers: list[str]) -> TierDedup:
@@ -443,65 +453,9 @@ class Supervisor:
         feed.listeners.append(dedup.load)
         return dedup
 
-    def _build_workers(self, deps: WorkerDeps, gpus: tuple[Any, ...]) -> None:
-        """One worker per GPU (``cpu_workers`` in CPU mode), each with its proposers."""
-        cfg = self.config
-        slots: list[tuple[int | None, str, str]] = (
-            [(None, "cpu", "cpu")] * cfg.cpu_workers
-            if self.cpu_mode
-            else [(g.index, g.name, g.tier) for g in gpus]
-        )
-        for i, (gpu_index, gpu_name, tier) in enumerate(slots):
-            index = i if gpu_index is None else gpu_index
-            choice = cfg.proposer_for(index)
-            proposer = self._proposer(index, choice.kind, choice.fallback)
-            idle = None
-            if choice.kind != "search" and cfg.proposer_idle_fallback_s > 0:
-                idle = self._proposer(index, "search", None)
-            self.workers.append(
-                Worker(
-                    index,
-                    deps,
-                    proposer,
-                    gpu_index=gpu_index,
-                    gpu_name=gpu_name,
-                    tier=tier,
-                    idle_proposer=idle,
-                    rng=random.Random(self.rng.random()),
-                )
-            )
-            log.info(
-                "worker_ready",
-                worker=index,
-                gpu=gpu_index,
-                gpu_name=gpu_name,
-                tier=tier,
-                proposer=choice.kind,
-                fallback=choice.fallback,
-            )
-
     def _proposer(self, index: int, kind: str, fallback: str | None) -> Proposer:
         spec = proposer_spec(self.config, self.agent_id, kind, fallback, index)
         return self._proposer_factory(index, spec)
-
-    async def _assign_leftovers(self, work_root: Path) -> None:
-        """Runs a crashed predecessor left behind go to a worker of their tier."""
-        found = await asyncio.to_thread(
-            find_unfinished, work_root, agent_id=self.agent_id, host=self.host
-        )
-        for harvest in found:
-            worker = next(
-                (w for w in self.workers if w.tier == harvest.meta.tier),
-                self.workers[0] if self.workers else None,
-            )
-            if worker is not None:
-                worker.leftovers.append(harvest)
-        if found:
-            log.info(
-                "leftover_runs_found",
-                runs=len(found),
-                complete=sum(h.outcome is not None for h in found),
-            )
 
     async def _serve(self, budget_s: float, replay: OutboxReplay) -> int:
         """Run the workers with the status writer until they end; the exit status."""
@@ -540,32 +494,8 @@ class Supervisor:
         return status.code
 
     async def _supervise_all(self, writer: SnapshotWriter, replay: OutboxReplay) -> int:
-        failures = 0
-
-        async def supervise(worker: Worker) -> None:
-            nonlocal failures
-            attempts = 0
-            while True:
-                try:
-                    await worker.run()
-                    return
-                except Exception as exc:  # supervision edge of a worker: log, restart
-                    attempts += 1
-                    log.exception(
-                        "worker_crashed",
-                        worker=worker.index,
-                        gpu=worker.gpu_index,
-                        error=repr(exc),
-                        attempt=attempts,
-                    )
-                    if self.stop.stopping.is_set() or attempts >= 5:
-                        failures += 1
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self.stop.stopping.wait(), timeout=min(60.0, 2.0**attempts)
-                        )
-
+        """Every worker (restarted after a crash), the drain watch, the dedup sync, the
+        beacon and the outbox replay in one task group; the number of workers given up."""
         assert self.memory is not None and self.memory.beacon is not None
         beacon = self.memory.beacon
         async with asyncio.TaskGroup() as tg:
@@ -579,13 +509,16 @@ class Supervisor:
                 tg.create_task(beacon.run(), name="beacon"),
                 tg.create_task(replay.run(), name="outbox"),
             ]
-            tasks = [tg.create_task(supervise(w), name=f"worker-{w.index}") for w in self.workers]
+            tasks = [
+                tg.create_task(keep_running(w, self.stop), name=f"worker-{w.index}")
+                for w in self.workers
+            ]
             if tasks:
                 await asyncio.wait(tasks)
             drain.cancel()
             for t in aux:
                 t.cancel()
-        return failures
+        return sum(not t.result() for t in tasks)
 
     async def _drain_watch(self, writer: SnapshotWriter) -> None:
         stop = self.stop
