@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from typing import Literal
 
 from swarm._logging import get_logger
-from swarm.errors import MemoryStoreError, ServerError, TransportError
+from swarm.errors import MemoryStoreError, MemoryTimeout, ServerError, TransportError
 from swarm.records import Claim
 from swarm.worker.deps import Queued, WorkerDeps
 from swarm.worker.lineage import Lineage
 from swarm.worker.proposals import ProposalQueue
 from swarm.worker.state import StatusBox, WorkerIdentity
 
-__all__ = ["ClaimAhead", "Claims"]
+__all__ = ["OVERLOAD_PATIENCE_S", "ClaimAhead", "Claims"]
 
 log = get_logger(__name__)
+
+#: seconds an overloaded memory (5xx, 429, timeouts) gets before a worker trains unclaimed
+OVERLOAD_PATIENCE_S = 120.0
+#: longest pause between two claim attempts against an overloaded memory (seconds)
+OVERLOAD_BACKOFF_MAX_S = 15.0
 
 
 class Claims:
@@ -46,30 +52,51 @@ class Claims:
         quiet: bool = False,
         kind: Literal["experiment", "confirmation"] = "experiment",
     ) -> Claim | None:
-        """Win the experiment's claim; None when another agent holds it. Offline (the
-        memory unreachable) the worker trains anyway under a local claim."""
-        deps = self._deps
+        """Win the experiment's claim; None when another agent holds it (or a stop came).
+
+        A memory that cannot be reached at all (connection refused: an outage) means
+        training anyway under a local claim. A memory that answers but is overloaded
+        (5xx, 429, timeouts) gets the claim retried with jittered back-off for up to
+        :data:`OVERLOAD_PATIENCE_S` first: training unclaimed while others can still
+        claim turns a busy hub into duplicate runs."""
         proposal = item.proposal
         if not quiet:
             self._status.set("claiming", description=proposal.description)
-        try:
-            outcome = await deps.memory.try_claim(
-                parent_hash=proposal.parent_hash,
-                code_hash=item.code_hash,
-                description=proposal.description,
-                track=deps.track,
-                tier=self._who.tier,
-                gpu_name=self._who.gpu_name,
-                kind=kind,
-            )
-        except (TransportError, ServerError) as exc:
-            log.warning(
-                "claim_offline",
-                description=proposal.description,
-                error=str(exc),
-                note="memory unreachable: training without a claim",
-            )
-            return self.local(item)
+        started = self._deps.clock()
+        attempt = 0
+        while True:
+            try:
+                return await self._try(item, kind, quiet=quiet)
+            except (TransportError, ServerError) as exc:
+                attempt += 1
+                busy = isinstance(exc, (ServerError, MemoryTimeout))
+                if not busy or self._deps.clock() - started >= OVERLOAD_PATIENCE_S:
+                    log.warning(
+                        "claim_offline",
+                        description=proposal.description,
+                        error=str(exc),
+                        note="memory unreachable: training without a claim",
+                    )
+                    return self.local(item)
+                delay = min(OVERLOAD_BACKOFF_MAX_S, 2.0**attempt) * random.uniform(0.5, 1.0)
+                log.warning("claim_retry_busy", error=str(exc), attempt=attempt, delay_s=delay)
+                if await self._deps.stop.sleep(delay):
+                    return None
+
+    async def _try(
+        self, item: Queued, kind: Literal["experiment", "confirmation"], *, quiet: bool
+    ) -> Claim | None:
+        deps = self._deps
+        proposal = item.proposal
+        outcome = await deps.memory.try_claim(
+            parent_hash=proposal.parent_hash,
+            code_hash=item.code_hash,
+            description=proposal.description,
+            track=deps.track,
+            tier=self._who.tier,
+            gpu_name=self._who.gpu_name,
+            kind=kind,
+        )
         if not outcome.won or outcome.claim is None:  # (a stale claim of ours is taken over)
             deps.counters.bump("claims_lost")
             holder = outcome.holder.agent_id if outcome.holder else "?"
