@@ -33,8 +33,8 @@ from swarm.errors import ProtocolError
 from swarm.memory._types import Memory
 from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Claim, Result, decode_record, encode_record
+from swarm.verify.resolution import accept, refute
 from swarm.verify.trust_records import MIN_PAIRS, AgentTrust, Candidate, NoiseStats, Run
-from swarm.verify.verdicts import accept, refute
 
 __all__ = ["CandidateBook", "TrustPolicy", "next_confirmation", "trust_policy", "verification_of"]
 

@@ -1,4 +1,4 @@
-"""The verdict on a candidate best once a confirming run is in (see :mod:`swarm.verify.candidates`).
+"""How a candidate best is resolved once a confirming run is in (see :mod:`swarm.verify.candidates`).
 
 - :func:`accept`: the two runs agree. Under the track's best mutex (which also guards the
   noise and trust records) the pair joins the tier's seed noise, the author's trust rises,
