@@ -26,7 +26,7 @@ Layout (keys are relative to the swarm's org, e.g. ``@autoresearch-at-home/``)::
 
 and the swarm's own coordination records, which other clients never need to read::
 
-    locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>   experiment lock, generation N
+    locks/exp/<track>/<tier>/<code12>/g<NNNNNN>   experiment lock (the code, any parent), generation N
     locks/mutex/<name>/g<NNNNNN>               short mutex (best and leaderboard updates)
     locks/confirm/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>   confirmation run of a candidate
     locks/hyp/<hypothesis tail>                hypothesis taken (created once)
@@ -211,14 +211,19 @@ def insight_key(agent_id: str, insight: str, attempt: int = 0) -> str:
 def experiment_lock_prefix(
     parent_hash: str, code_hash: str, *, track: str = "", tier: str | None = None
 ) -> str:
-    """``locks/exp/<track>/<tier>/<parent12>--<code12>/``: every generation of one lock.
+    """``locks/exp/<track>/<tier>/<code12>/``: every generation of one lock.
 
-    Results are only compared within a track and tier, so the same code on another track or
-    tier is another experiment with its own lock. Without a track the key has no scope part
-    (``locks/exp/<parent12>--<code12>/``).
+    A run is its code: the same train.py reached from two parents trains the same model and
+    measures the same val_bpb, so it is one lock, whatever the parent (the deduplicator
+    judges "known" by the code hash as well). Results are only compared within a track and
+    tier, so the same code on another track or tier is another experiment with its own
+    lock. Without a track (clients before tracks) the key is the former
+    ``locks/exp/<parent12>--<code12>/``.
     """
-    scope = f"{slug(track, max_len=24)}/{slug(tier or 'any', max_len=24)}/" if track else ""
-    return f"{EXPERIMENT_LOCKS}{scope}{experiment_id(parent_hash, code_hash)}/"
+    if not track:
+        return f"{EXPERIMENT_LOCKS}{experiment_id(parent_hash, code_hash)}/"
+    scope = f"{slug(track, max_len=24)}/{slug(tier or 'any', max_len=24)}/"
+    return f"{EXPERIMENT_LOCKS}{scope}{_hex12(code_hash, 'code_hash')}/"
 
 
 def experiment_lock_key(
@@ -229,7 +234,7 @@ def experiment_lock_key(
     track: str = "",
     tier: str | None = None,
 ) -> str:
-    """``locks/exp/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
+    """``locks/exp/<track>/<tier>/<code12>/g<NNNNNN>`` (see :func:`experiment_lock_prefix`)."""
     prefix = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
     return f"{prefix}g{generation:06d}"
 

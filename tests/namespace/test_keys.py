@@ -47,7 +47,7 @@ def test_lock_key_depends_on_code_not_on_agent_or_words() -> None:
 def test_lock_key_is_scoped_by_track_and_tier() -> None:
     """The same code on another track or tier is another experiment with its own lock."""
     a = keys.experiment_lock_key(P, C, track="standard", tier="xl")
-    assert a == f"locks/exp/standard/xl/{P[:12]}--{C[:12]}/g000001"
+    assert a == f"locks/exp/standard/xl/{C[:12]}/g000001"
     assert a != keys.experiment_lock_key(P, C, track="standard", tier="large")
     assert a != keys.experiment_lock_key(P, C, track="smoke", tier="xl")
     assert keys.experiment_lock_key(P, C, track="smoke").startswith("locks/exp/smoke/any/")
@@ -94,3 +94,11 @@ def test_hypothesis_take_key() -> None:
     assert keys.hypothesis_take_key("hypotheses/a--b--123456") == "locks/hyp/a--b--123456"
     with pytest.raises(InvalidRequestError):
         keys.hypothesis_take_key("@other/hypotheses/x")
+
+
+def test_a_scoped_lock_is_the_code_whatever_the_parent() -> None:
+    """The same train.py reached from two parents is one lock (one run of that code)."""
+    other_parent = "e7" * 32
+    a = keys.experiment_lock_key(P, C, track="standard", tier="xl")
+    assert keys.experiment_lock_key(other_parent, C, track="standard", tier="xl") == a
+    assert keys.experiment_lock_key("", C, track="standard", tier="xl") == a

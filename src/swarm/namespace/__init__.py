@@ -20,7 +20,7 @@ facade; each kind of record has its own module here:
 Claims
     An experiment is identified by ``(parent_hash, code_hash)``. Claiming it is an
     atomic create-if-absent of the lock record
-    ``locks/exp/<track>/<tier>/<parent12>--<code12>/g<N>``
+    ``locks/exp/<track>/<tier>/<code12>/g<N>``
     (no agent name in the key, so racing agents collide and exactly one create
     succeeds), followed by the human-readable ``claims/<agent>--<slug>--<hash6>``
     record that other clients of the org understand. The holder's supervisor keeps it
