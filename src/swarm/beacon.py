@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from swarm import keys
 from swarm._logging import get_logger
 from swarm.errors import KeyNotFoundError, MemoryStoreError, ProtocolError
-from swarm.memory._types import MemoryBackend, NewMemory
+from swarm.memory import MemoryBackend, NewMemory
 from swarm.records import Claim, decode_record, encode_record, from_iso, to_iso
 
 if TYPE_CHECKING:

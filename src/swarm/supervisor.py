@@ -71,7 +71,7 @@ from swarm.exitcodes import (
 )
 from swarm.faults import Fault, FaultLatch, Reaction
 from swarm.gpu_pool import GpuPool
-from swarm.memory._types import MemoryBackend
+from swarm.memory import MemoryBackend
 from swarm.metrics import supervisor_metrics
 from swarm.namespace import SwarmMemory
 from swarm.notify import notify_loop, sd_notify

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from swarm import keys
 from swarm._logging import get_logger
 from swarm.errors import ProtocolError
-from swarm.memory._types import NewMemory
+from swarm.memory import NewMemory
 from swarm.records import Result, decode_record, encode_record
 
 if TYPE_CHECKING:

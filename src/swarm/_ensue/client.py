@@ -32,7 +32,7 @@ from swarm._ensue.rpc import (
 )
 from swarm._ensue.transport import RpcTransport
 from swarm.errors import ConfigError, InvalidRequestError, MemoryStoreError
-from swarm.memory._types import (
+from swarm.memory import (
     MAX_BATCH,
     EmbedSource,
     ItemResult,

@@ -22,7 +22,7 @@ from rich.table import Table
 from swarm.cli.run import add_config_arguments, config_from_args
 from swarm.config import SwarmConfig
 from swarm.errors import ConfigError, MemoryStoreError, ProtocolError
-from swarm.memory._types import MemoryBackend
+from swarm.memory import MemoryBackend
 from swarm.records import STATUSES, TIERS, Best, Result, decode_record
 from swarm.status import result_row
 from swarm.verify.plausible import parse_track

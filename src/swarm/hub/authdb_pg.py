@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from swarm.errors import MemoryStoreError
 from swarm.hub.authdb import AUTH_TABLES
-from swarm.memory._pg import ensure_schema, import_asyncpg, parse_db_url, pg_errors
+from swarm.memory.store import ensure_schema, import_asyncpg, parse_db_url, pg_errors
 
 __all__ = ["PgAuthDb"]
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from swarm.embedding import Embedder
 from swarm.hub.tokens import TokenStore
-from swarm.memory._pg import is_db_url, parse_db_url
-from swarm.memory._store import HubStore
 from swarm.memory.local import LocalStore
+from swarm.memory.store import HubStore, is_db_url, parse_db_url
 
 __all__ = ["check_db", "open_store", "open_tokens", "shown_db"]
 

@@ -42,8 +42,8 @@ from swarm.hub.protocol import (
 from swarm.hub.tokens import TokenStore
 from swarm.hub.tools import HubService
 from swarm.hub.transport import GUARDS, BodyError, Listener, RedactingLog, mark_busy, read_body
-from swarm.memory._store import HubStore
 from swarm.memory.local import DEFAULT_ORG
+from swarm.memory.store import HubStore
 from swarm.signals import SignalHandlers
 
 __all__ = ["HubHandle", "build_app", "run_hub", "serve_hub"]

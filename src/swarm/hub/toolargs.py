@@ -13,7 +13,7 @@ from swarm.errors import InvalidRequestError
 from swarm.hub.encode import encoded_size
 from swarm.hub.limits import MAX_OFFSET, RequestBudget
 from swarm.hub.protocol import ERR_INVALID_PARAMS, MAX_ITEMS, RpcError
-from swarm.memory._keys import check_text
+from swarm.memory.store import check_text
 
 __all__ = [
     "ItemArgs",

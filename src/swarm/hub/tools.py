@@ -32,17 +32,17 @@ from swarm.hub.toolargs import (
     parse_items,
     req_str,
 )
-from swarm.memory._keys import (
+from swarm.memory import NewMemory
+from swarm.memory.store import (
     MAX_DESCRIPTION_BYTES,
+    HubStore,
     KeyPattern,
+    StoredItem,
     check_text,
     parse_like,
     public_key,
     split_key,
 )
-from swarm.memory._records import StoredItem
-from swarm.memory._store import HubStore
-from swarm.memory._types import NewMemory
 from swarm.sync import missing_feed_entries
 
 __all__ = ["HubService", "decode_value"]

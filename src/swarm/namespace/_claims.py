@@ -13,7 +13,7 @@ from swarm import keys
 from swarm._logging import get_logger
 from swarm.beacon import Heartbeat, beacon_beats
 from swarm.errors import InvalidRequestError, KeyNotFoundError, MemoryStoreError
-from swarm.memory._types import NewMemory
+from swarm.memory import NewMemory
 from swarm.namespace._store import create_one, get_json
 from swarm.records import DONE, Claim, ClaimOutcome, encode_record
 

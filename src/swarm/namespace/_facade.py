@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from swarm.beacon import Beacon
 from swarm.errors import InvalidRequestError
-from swarm.memory._types import MemoryBackend, SearchHit
+from swarm.memory import MemoryBackend, SearchHit
 from swarm.namespace import _store
 from swarm.namespace._bests import Bests, Scope
 from swarm.namespace._claims import Claims, Heartbeat

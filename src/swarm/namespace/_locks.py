@@ -26,7 +26,7 @@ from swarm import keys
 from swarm._logging import get_logger
 from swarm.beacon import beacon_keeps
 from swarm.errors import MemoryStoreError
-from swarm.memory._types import NewMemory
+from swarm.memory import NewMemory
 from swarm.namespace._store import create_one, created, get_json
 from swarm.records import Claim, encode_record, to_iso
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from swarm import keys
 from swarm._logging import get_logger
 from swarm.errors import ProtocolError
-from swarm.memory._types import Memory
+from swarm.memory import Memory
 from swarm.namespace._store import get_json, upsert
 from swarm.records import Best, BestDecision, Result, decode_record, encode_record, to_iso
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from swarm import keys
 from swarm._logging import get_logger
 from swarm.errors import InvalidRequestError, KeyExistsError, MemoryStoreError, ToolError
-from swarm.memory._types import NewMemory, SearchHit
+from swarm.memory import NewMemory, SearchHit
 from swarm.namespace._store import created, get_json
 from swarm.records import STATUSES, Result, encode_record
 from swarm.sync import feed_entry, feed_prefixes

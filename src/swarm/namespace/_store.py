@@ -11,7 +11,7 @@ from typing import Any
 
 from swarm._logging import get_logger
 from swarm.errors import KeyNotFoundError, ProtocolError, ToolError
-from swarm.memory._types import ItemResult, MemoryBackend, NewMemory
+from swarm.memory import ItemResult, MemoryBackend, NewMemory
 from swarm.records import decode_record
 
 __all__ = ["create_one", "created", "get_json", "upsert"]

@@ -30,7 +30,7 @@ from typing import Any
 from swarm import keys
 from swarm._logging import get_logger
 from swarm.errors import ProtocolError
-from swarm.memory._types import Memory
+from swarm.memory import Memory
 from swarm.namespace import SwarmMemory, best_max_step
 from swarm.records import Best, BestDecision, Claim, Result, decode_record, encode_record
 from swarm.verify.resolution import accept, refute
