@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sup_helpers import ScriptedProposer
 
+import swarm.supervisor as supervisor_module
 from swarm.memory.local import LocalStore
 from swarm.namespace import SwarmMemory
 from swarm.outbox import OUTBOX_NAME, Outbox
@@ -217,6 +218,7 @@ async def test_unreachable_memory_keeps_training_and_saves_results_locally(
 async def test_a_lost_gpu_is_quarantined_and_the_others_go_on(
     fake_sources: Callable[..., tuple[Path, Path]],
     make_config: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A GPU that falls off the bus fails three readiness checks, is quarantined and shown
     so; the other GPU does all the experiments."""
@@ -230,17 +232,15 @@ async def test_a_lost_gpu_is_quarantined_and_the_others_go_on(
     )
     nvml = FakeNvml.with_gpus(2)
     sup = Supervisor(cfg, nvml=nvml, install_signals=False)
-    nvml_lose = nvml.lose
+    build_workers = supervisor_module.build_workers
 
-    async def lose_soon() -> None:
-        while not sup.workers:
-            await asyncio.sleep(0.01)
-        nvml_lose(1)
+    def build_then_lose(*args: Any, **kwargs: Any) -> Any:
+        workers = build_workers(*args, **kwargs)
+        nvml.lose(1)  # detected at start, gone before any worker runs
+        return workers
 
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(lose_soon())
-        run = tg.create_task(sup.run())
-    assert run.result() == EXIT_OK
+    monkeypatch.setattr(supervisor_module, "build_workers", build_then_lose)
+    assert await sup.run() == EXIT_OK
     w0, w1 = sup.workers
     assert w1.status.state == "quarantined" and w1.runs == 0
     assert w0.runs == 4
