@@ -239,7 +239,8 @@ async def _kill_spawned(
     """SIGKILL and reap a child whose spawn outlived a cancel (nothing when it failed)."""
     try:
         proc = await spawn
-    except Exception:
+    except OSError as exc:  # it never started: nothing to kill
+        log.info("group_spawn_failed_after_cancel", name=name, error=str(exc))
         return
     group = ProcessGroup(proc, name=name, grace_s=0.0, also_sweep=also_sweep)
     group.signal(signal.SIGKILL)
