@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import platform
@@ -60,7 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarm import keys
 from swarm._logging import configure_logging
+from swarm.memory.factory import open_memory
+from swarm.records import from_iso
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_harness import HubProcess, proc_cpu_s, read_memory, run_jobs
@@ -222,7 +226,15 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
         calls, _ = await hub.tool_calls()
         track = f"standard-budget-{run_s:g}"
         view = await read_memory(url=hub.url, track=track, tier=TIER, sizes=True)
-    runs = [r for rep in reports for r in rep.runs]
+        runs = [r for rep in reports for r in rep.runs]
+        if args.trace:
+            await trace_duplicates(hub.url, runs, track)
+            by_ns: Counter[str] = sum((rep.calls_by_ns for rep in reports), Counter())
+            print(
+                "# client calls per experiment: "
+                + ", ".join(f"{k} {v / len(runs):.1f}" for k, v in by_ns.most_common()),
+                file=sys.stderr,
+            )
     window = max(r.ended for r in runs) - min(r.started for r in runs)
     publish = [s for rep in reports for s in rep.publish_s]
     lost = sum(c.get("claims_lost", 0) for rep in reports for c in rep.counters.values())
@@ -319,6 +331,45 @@ def print_scale_notes(rows: list[ScaleRow]) -> None:
             f"{tools}; stored KB per experiment: "
             + ", ".join(f"{k} {v:.2f}" for k, v in r.kb_by_namespace.items())
         )
+
+
+async def trace_duplicates(url: str, runs: list[RunRecord], track: str) -> None:
+    """Print, for every code hash run more than once with one seed, its runs and the
+    history of its experiment and confirmation locks (to stderr)."""
+    dup_keys = {(r.code_hash, r.seed) for r in repeats(runs)}
+    t0 = min(r.started for r in runs)
+    backend = open_memory("hub", url=url)
+    async with backend as b:
+        for code, seed in sorted(dup_keys):
+            mine = sorted(
+                (r for r in runs if r.code_hash == code and r.seed == seed), key=lambda r: r.started
+            )
+            print(f"# duplicate {code[:12]} seed {seed}", file=sys.stderr)
+            for r in mine:
+                print(
+                    f"#   run {r.machine}/{r.gpu} {r.started - t0:7.1f}..{r.ended - t0:7.1f} "
+                    f"confirm={r.confirmation} parent={r.parent_hash[:8]}",
+                    file=sys.stderr,
+                )
+            for prefix in (
+                keys.experiment_lock_prefix("", code, track=track, tier=TIER),
+                keys.confirmation_lock_prefix(mine[0].parent_hash, code, track=track, tier=TIER),
+            ):
+                infos = await b.list_keys(prefix)
+                found = await b.get([i.key for i in infos]) if infos else {}
+                for key in sorted(found):
+                    rec = json.loads(found[key].value)
+                    at = {
+                        k: f"{from_iso(rec.get(k)) - t0:.1f}" if rec.get(k) else "-"
+                        for k in ("claimed_at", "heartbeat_at", "released_at")
+                    }
+                    print(
+                        f"#   lock {key.removeprefix(prefix)} {prefix.split('/')[1]} "
+                        f"{rec.get('agent_id')} {rec.get('status')} claimed {at['claimed_at']} "
+                        f"beat {at['heartbeat_at']} released {at['released_at']} "
+                        f"result {rec.get('result_key', '')}",
+                        file=sys.stderr,
+                    )
 
 
 # --------------------------------------------------------------------------- compare
@@ -497,6 +548,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1800,
         help="seconds per simulation; then its processes are stopped and report what they did",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="scale: print each duplicate run with its lock history (stderr)",
     )
     p.add_argument("--out", type=Path, help="compare: write CSV (and PNG) here")
     p.add_argument("--log-level", default="error")

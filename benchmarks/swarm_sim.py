@@ -146,6 +146,8 @@ class ProcessReport:
     publish_s: list[float] = field(default_factory=list)
     claim_s: list[float] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
+    #: calls by tool and the namespace of their first key ("get locks/exp")
+    calls_by_ns: Counter[str] = field(default_factory=Counter)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     running_at: dict[str, float] = field(default_factory=dict)
@@ -156,6 +158,7 @@ class ProcessReport:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["calls"] = dict(self.calls)
+        out["calls_by_ns"] = dict(self.calls_by_ns)
         return out
 
     @classmethod
@@ -163,6 +166,7 @@ class ProcessReport:
         raw = dict(raw)
         raw["runs"] = [RunRecord(**r) for r in raw["runs"]]
         raw["calls"] = Counter(raw["calls"])
+        raw["calls_by_ns"] = Counter(raw.get("calls_by_ns", {}))
         return cls(**raw)
 
 
@@ -272,6 +276,12 @@ class TimedBackend:
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self._report.calls[name] += 1
+        first = args[0] if args else ""
+        if not isinstance(first, str):
+            items = list(first)
+            first = items[0] if items else ""
+            first = getattr(first, "key", first)
+        self._report.calls_by_ns[f"{name} {_namespace(str(first))}"] += 1
         return await getattr(self._inner, name)(*args, **kwargs)
 
     async def get(self, key_list: Sequence[str]) -> Any:
@@ -301,6 +311,12 @@ class TimedBackend:
 
     async def ping(self) -> None:
         await self._call("ping")
+
+
+def _namespace(key: str) -> str:
+    """The namespace of a key for the call counts: ``locks/exp``, ``feed``, ``results``."""
+    parts = key.split("/")
+    return "/".join(parts[:2]) if parts[0] in ("locks", "best") else parts[0]
 
 
 # --------------------------------------------------------------------------- machines
