@@ -229,6 +229,19 @@ async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
         runs = [r for rep in reports for r in rep.runs]
         if args.trace:
             await trace_duplicates(hub.url, runs, track)
+            beacon_failures = sum(
+                c.get("beacon_failures", 0) for rep in reports for c in rep.counters.values()
+            )
+            gaps = sorted(
+                c.get("beacon_max_gap_ms", 0) / 1000
+                for rep in reports
+                for c in rep.counters.values()
+            )
+            print(
+                f"# beacon beats that failed: {beacon_failures}; longest gap between two beats "
+                f"per machine: median {percentile(gaps, 50):.1f} s, max {max(gaps, default=0):.1f} s",
+                file=sys.stderr,
+            )
             by_ns: Counter[str] = sum((rep.calls_by_ns for rep in reports), Counter())
             print(
                 "# client calls per experiment: "

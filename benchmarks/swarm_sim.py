@@ -468,6 +468,11 @@ async def run_job(job: SimJob) -> ProcessReport:
         report.counters[name] = {
             k: int(v) for k, v in asdict(sup.counters.value).items() if isinstance(v, int)
         }
+        beacon = sup.memory.beacon if sup.memory is not None else None
+        if beacon is not None:
+            report.counters[name]["beacon_beats"] = beacon.beats
+            report.counters[name]["beacon_failures"] = beacon.failures
+            report.counters[name]["beacon_max_gap_ms"] = round(1000 * beacon.max_gap_s)
     report.embedded_texts = get_embedder().calls
     usage = os.times()
     report.cpu_s = usage.user + usage.system

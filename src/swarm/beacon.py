@@ -78,10 +78,15 @@ class Beacon:
         self.check_every = check_every
         self.beats = 0
         self.failures = 0
+        #: the longest time between two written beats (seconds; past ``lease_s`` the
+        #: claims it keeps looked dead to others in between)
+        self.max_gap_s = 0.0
+        self._last_beat: float | None = None
         self._held: dict[str, tuple[Claim, Heartbeat]] = {}
-        #: lock key -> when a held claim stopped being worked on (claimed ahead and not yet
-        #: running, or ran and not yet released); dropped after ``max_unattached_s``
-        self._unattached: dict[str, float] = {}
+        #: lock key -> (when a held claim stopped being worked on, how long it may stay so):
+        #: claimed ahead and not yet running (``max_unattached_s``), or ran and not yet
+        #: released (``max_publishing_s``); dropped after that
+        self._unattached: dict[str, tuple[float, float]] = {}
 
     @property
     def holding(self) -> list[str]:
@@ -116,6 +121,10 @@ class Beacon:
                     f"cannot write the beacon {self.key!r}: {res.error}"
                 ) from None
         self.beats += 1
+        now = self.memory.clock()
+        if self._last_beat is not None:
+            self.max_gap_s = max(self.max_gap_s, now - self._last_beat)
+        self._last_beat = now
         for _, handle in self._held.values():
             handle.beats += 1
         self._drop_forgotten()
@@ -162,16 +171,25 @@ class Beacon:
 
     @property
     def max_unattached_s(self) -> float:
-        """How long a held claim may go without a run before it is let go: two leases (a
-        claim taken ahead waits for the current run; a finished one for its publishing)."""
+        """How long a claim won but not yet running may be held: two leases (a claim taken
+        ahead waits for the current run)."""
         return 2 * self.memory.lease_s
+
+    @property
+    def max_publishing_s(self) -> float:
+        """How long a claim whose run ended may be held until its release: twelve leases (an
+        hour at the default lease). Its result is being judged and published -- behind a
+        busy best mutex, or queued in the outbox while the memory is unreachable -- and
+        letting the claim go before it ends as *done* would let another agent run the same
+        experiment again."""
+        return 12 * self.memory.lease_s
 
     def hold(self, claim: Claim) -> None:
         """Keep ``claim`` live from the moment it is won until :meth:`drop` (its release):
         also while it waits for a GPU and while its result is published."""
         if claim.lock_key not in self._held:
             self._held[claim.lock_key] = (claim, Heartbeat(claim))
-            self._unattached[claim.lock_key] = self.memory.clock()
+            self._unattached[claim.lock_key] = (self.memory.clock(), self.max_unattached_s)
 
     def drop(self, lock_key: str) -> None:
         """Stop keeping the claim of ``lock_key`` (released, or lost)."""
@@ -179,15 +197,14 @@ class Beacon:
         self._unattached.pop(lock_key, None)
 
     def _drop_forgotten(self) -> None:
-        """A claim held past :attr:`max_unattached_s` without a run was never released (a
+        """A claim held past its limit (:attr:`max_unattached_s` before its run,
+        :attr:`max_publishing_s` after it) was never released (a
         bug or a lost task): let its lease end rather than keep the experiment forever."""
-        limit = self.memory.clock() - self.max_unattached_s
-        for lock_key, since in list(self._unattached.items()):
-            if since < limit:
+        now = self.memory.clock()
+        for lock_key, (since, limit_s) in list(self._unattached.items()):
+            if now - since > limit_s:
                 log.warning(
-                    "beacon_dropped_unattached_claim",
-                    lock=lock_key,
-                    idle_s=round(self.memory.clock() - since, 1),
+                    "beacon_dropped_unattached_claim", lock=lock_key, idle_s=round(now - since, 1)
                 )
                 self.drop(lock_key)
 
@@ -204,8 +221,8 @@ class Beacon:
         finally:
             if handle.lost or claim.lock_key not in self._held:
                 self.drop(claim.lock_key)
-            else:
-                self._unattached[claim.lock_key] = self.memory.clock()
+            else:  # the run ended: held while its result is published, until released
+                self._unattached[claim.lock_key] = (self.memory.clock(), self.max_publishing_s)
 
 
 async def beacon_keeps(

@@ -277,10 +277,17 @@ def mutex_lock_prefix(name: str) -> str:
 
 
 def best_mutex_name(track: str) -> str:
-    """``best--<track>``: the one mutex that guards every best of ``track`` (each tier's,
-    the track's over all tiers and each agent's) and the candidates' noise and trust
-    records of the track, so a keep or a confirmation that moves several takes it once."""
+    """``best--<track>``: the one mutex that guards the shared bests of ``track`` (each
+    tier's and the track's over all tiers) and the candidates' noise and trust records of
+    the track, so a keep or a confirmation that moves several takes it once."""
     return f"best--{_name(track, 'track')}"
+
+
+def agent_best_mutex_name(track: str, agent_id: str) -> str:
+    """``best--<track>--agent--<agent>--<hash6>``: the mutex of one agent's personal best
+    of ``track``. Only that agent's workers contend for it, so the many personal bests that
+    move early in a swarm do not queue behind the track's shared mutex."""
+    return f"best--{_name(track, 'track')}--agent--{agent_slug(agent_id)}--{hash6(agent_id)}"
 
 
 def leaderboard_mutex_name(track: str) -> str:

@@ -345,6 +345,7 @@ class Publisher:
                 # e.g. the key that took the claim was revoked and another one replays:
                 # the lock ends with its lease; retrying cannot help
                 log.warning("claim_release_dropped", claim=entry.claim.key, error=str(exc))
+                self.memory.let_go(entry.claim)
             await self.outbox.mark_done(entry.id)
             return
         assert entry.result is not None

@@ -154,3 +154,14 @@ async def test_a_result_that_beats_no_best_takes_no_lock(swarm: Swarm, clock: Fa
     assert d.best.train_py == "X = 1\n"
     assert [op for op, _ in spy.calls] == ["get"]
     assert spy.count("list_keys", keys.MUTEX_LOCKS) == 0
+
+
+async def test_the_beacon_records_its_longest_gap(swarm: Swarm, clock: FakeClock) -> None:
+    """max_gap_s is the longest time between two written beats (a starved beacon shows)."""
+    ada = await beaconed(swarm, "ada", clock)
+    assert ada.beacon is not None
+    for step in (30.0, 30.0, 75.0, 30.0):
+        await ada.beacon.beat()
+        clock.advance(step)
+    await ada.beacon.beat()
+    assert ada.beacon.max_gap_s == 75.0

@@ -5,10 +5,12 @@ Written as the racer that has not yet seen the result would try it."""
 
 from __future__ import annotations
 
+import pytest
 from ns_support import FakeClock, Swarm, experiment, no_sleep
 
 from swarm import keys
 from swarm.beacon import Beacon
+from swarm.errors import TransportError
 from swarm.namespace import SwarmMemory
 from swarm.records import DONE, Claim, decode_record
 
@@ -128,3 +130,81 @@ async def test_a_forgotten_claim_is_let_go_after_two_leases(swarm: Swarm, clock:
     assert forgotten.lock_key not in ada.beacon.holding
     clock.advance(LEASE + 1)
     assert (await claim(bob, 6)).won
+
+
+async def test_a_slow_publication_keeps_the_claim(swarm: Swarm, clock: FakeClock) -> None:
+    """A run that ended but whose result waits longer than two leases to be published (a
+    busy best mutex) is still held: the racer loses until the release marks it done."""
+    ada = await beaconed(swarm, "ada", clock)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    won = (await claim(ada, 7)).claim
+    assert won is not None and ada.beacon is not None
+    async with ada.heartbeating(won):
+        clock.advance(30)
+        await ada.beacon.beat()
+    for _ in range(int(5 * LEASE / 30)):  # five leases judging and publishing
+        clock.advance(30)
+        await ada.beacon.beat()
+        assert not (await claim(bob, 7)).won
+    await ada.release(won, result_key="results/ada--experiment-7--abc123")
+    clock.advance(2 * LEASE)
+    lost = await claim(bob, 7)
+    assert not lost.won and lost.reason == "done by ada"
+
+
+class _FlakyUpdates:
+    """A client of the same store whose updates fail while ``down`` (a lost connection)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def update(self, *args: object, **kwargs: object) -> object:
+        if self.down:
+            raise TransportError("connection reset (test)")
+        return await self.inner.update(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+async def test_a_failed_release_keeps_the_claim_until_it_is_retried(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """When the release of a published experiment fails, the beacon keeps the claim live
+    (a racer cannot run it while the release waits for its retry); the retry ends it done."""
+    flaky = _FlakyUpdates(await swarm.backend("ada"))
+    ada = await swarm.memory(
+        "ada", flaky, clock=clock, lease_s=LEASE, heartbeat_s=30.0, sleep=no_sleep
+    )
+    ada.beacon = Beacon(ada)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    won = (await claim(ada, 8)).claim
+    assert won is not None
+    async with ada.heartbeating(won):  # the run
+        clock.advance(30)
+        await ada.beacon.beat()
+    flaky.down = True
+    with pytest.raises(TransportError):
+        await ada.release(won, result_key="results/ada--experiment-8--abc123")
+    assert won.lock_key in ada.beacon.holding
+    flaky.down = False
+    for _ in range(int(3 * LEASE / 30)):
+        clock.advance(30)
+        await ada.beacon.beat()
+        assert not (await claim(bob, 8)).won
+    await ada.release(won, result_key="results/ada--experiment-8--abc123")
+    assert won.lock_key not in ada.beacon.holding
+    assert (await claim(bob, 8)).reason == "done by ada"
+
+
+async def test_a_release_that_fails_for_good_is_let_go(swarm: Swarm, clock: FakeClock) -> None:
+    """let_go stops keeping a claim whose release cannot succeed: its lease then frees it."""
+    ada = await beaconed(swarm, "ada", clock)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    won = (await claim(ada, 9)).claim
+    assert won is not None and ada.beacon is not None
+    ada.let_go(won)
+    assert won.lock_key not in ada.beacon.holding
+    clock.advance(LEASE + 1)
+    assert (await claim(bob, 9)).won

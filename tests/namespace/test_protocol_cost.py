@@ -63,7 +63,7 @@ def mutex_creates(spy: CallLog) -> int:
 
 async def test_a_claim_and_its_record_are_one_create(swarm: Swarm, clock: FakeClock) -> None:
     """Winning a fresh experiment is one call that creates the lock and the claim record;
-    the loser of the same experiment leaves no claim record behind."""
+    the loser of the same experiment pays three calls and leaves no claim record behind."""
     ada, spy = await spied(swarm, "ada", clock)
     p, c = experiment(1)
     won = await ada.try_claim(
@@ -73,27 +73,31 @@ async def test_a_claim_and_its_record_are_one_create(swarm: Swarm, clock: FakeCl
     assert [op for op, _ in spy.calls] == ["create"]
     stored = await ada.backend.get([won.claim.key, won.claim.lock_key])
     assert set(stored) == {won.claim.key, won.claim.lock_key}
-    bob, _ = await spied(swarm, "bob", clock)
+    bob, bob_spy = await spied(swarm, "bob", clock)
     lost = await bob.try_claim(
         parent_hash=p, code_hash=c, description="exp 1", track="standard", tier="xl"
     )
     assert not lost.won and lost.holder is not None and lost.holder.agent_id == "ada"
+    # losing costs the create, one read of the generations near the lost one (no listing)
+    # and the delete of the record created next to the lost lock
+    assert [op for op, _ in bob_spy.calls] == ["create", "get", "delete"]
     bob_record = keys.claim_key("bob", "exp 1", p, c)
     assert await bob.backend.get([bob_record]) == {}
     assert [cl.agent_id for cl in await bob.live_claims()] == ["ada"]
 
 
-async def test_a_keep_moving_three_bests_takes_one_mutex(swarm: Swarm, clock: FakeClock) -> None:
-    """A first keep moves the tier's, the track's and the agent's best under one mutex; the
-    next keep of the same client does not read the generation it released itself."""
+async def test_a_keep_moving_three_bests_takes_two_mutexes(swarm: Swarm, clock: FakeClock) -> None:
+    """A first keep moves the tier's and the track's best under the track's one mutex and
+    the agent's under its own; the next keep of the same client does not read the
+    generations it released itself."""
     ada, spy = await spied(swarm, "ada", clock)
     d = await ada.propose_best(keep(1, 0.99))
     assert d.tier_moved and d.global_moved and d.agent_moved
-    assert mutex_creates(spy) == 1
+    assert mutex_creates(spy) == 2
     spy.reset()
     d = await ada.propose_best(keep(2, 0.98))
     assert d.tier_moved and d.global_moved and d.agent_moved
-    assert mutex_creates(spy) == 1
+    assert mutex_creates(spy) == 2
     mutex_reads = [
         arg
         for op, arg in spy.calls
@@ -107,6 +111,34 @@ async def test_a_keep_moving_three_bests_takes_one_mutex(swarm: Swarm, clock: Fa
     ):
         assert best is not None and best.val_bpb == 0.98 and best.previous is not None
         assert best.previous.val_bpb == 0.99
+
+
+async def test_a_personal_best_does_not_wait_for_the_track_mutex(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """While another agent holds the track's best mutex (live), a result that beats only
+    its own agent's best still moves that personal best at once."""
+    ada, _ = await spied(swarm, "ada", clock, mutex_wait_s=0.2)
+    await ada.propose_best(keep(1, 0.95))  # the shared bests: 0.95
+    held = {
+        "agent_id": "slowpoke",
+        "heartbeat_at": to_iso(clock.now),
+        "lease_s": 30,
+        "nonce": "x",
+        "status": "claimed",
+    }
+    mallory = await swarm.backend("mallory")
+    name = keys.best_mutex_name("standard")
+    await mallory.create([NewMemory(key=keys.mutex_lock_key(name, 999), value=encode_record(held))])
+    bob, _ = await spied(swarm, "bob", clock, mutex_wait_s=0.2)
+    d = await bob.propose_best(keep(2, 0.99, agent="bob"))
+    assert d.agent_moved and not d.tier_moved and not d.global_moved
+    best = await bob.get_agent_best()
+    assert best is not None and best.val_bpb == 0.99
+    with pytest.raises(MemoryStoreError, match="slowpoke"):
+        await bob.propose_best(
+            keep(3, 0.94, agent="bob")
+        )  # a shared best still needs the track's mutex
 
 
 async def test_a_mutex_released_by_someone_else_is_read(swarm: Swarm, clock: FakeClock) -> None:

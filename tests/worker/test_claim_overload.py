@@ -84,3 +84,32 @@ async def test_a_stop_ends_the_wait_for_an_overloaded_hub(tmp_path: Path) -> Non
         memory.backend = Overloaded(memory.backend, 10**6, ServerError("slow down", status=429))  # type: ignore[assignment]
         rig.deps.stop.request_stop("test")
         assert await rig.worker.claims.claim(_item()) is None
+
+
+async def test_a_claim_lost_to_another_agent_is_not_proposed_again(tmp_path: Path) -> None:
+    """Racing agent "rival" holds the experiment: the worker loses the claim once, and no
+    worker of its machine offers that code again while the rival's lease runs; once the
+    rival published it (done), never again."""
+    async with worker_rig(tmp_path, []) as rig:
+        rival = await rig.open_memory("rival")
+        item = _item()
+        held = await rival.try_claim(
+            parent_hash=item.proposal.parent_hash,
+            code_hash=item.code_hash,
+            description=item.proposal.description,
+            track=rig.deps.track,
+            tier="cpu",
+        )
+        assert held.won and held.claim is not None
+        assert await rig.worker.claims.claim(item) is None
+        verdict = await rig.deps.dedup.check(
+            "cpu", item.proposal, item.code_hash, parent_train_py=SOURCE
+        )
+        assert verdict is not None and verdict.match_key == held.claim.lock_key
+        await rival.release(held.claim, result_key="results/rival--x--abc123")
+        rig.deps.dedup.taken_elsewhere("cpu", item.code_hash, "", 0.0)  # the lease ran out
+        assert await rig.worker.claims.claim(item) is None  # done: lost for good
+        later = await rig.deps.dedup.check(
+            "cpu", item.proposal, item.code_hash, parent_train_py=SOURCE
+        )
+        assert later is not None

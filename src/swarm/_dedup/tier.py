@@ -2,15 +2,17 @@
 
 Results of different tiers are different experiments, so each tier has its own
 :class:`~swarm.dedup.Deduplicator`; a cheap index of code hashes in front of them answers
-the common cases (a known result, a live claim, a proposal queued on this machine)
-without parsing.
+the common cases (a known result, a live claim, a proposal queued on this machine, a
+claim this machine lost to another agent) without parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,9 @@ class TierDedup:
         self._known: dict[str, dict[str, str]] = {}  # tier -> code hash -> result key
         self._live: dict[str, dict[str, str]] = {}  # tier -> code hash -> claim key
         self._reserved: dict[str, set[str]] = {}  # tier -> code hashes queued here
+        #: tier -> code hash -> (lock key, until when on the monotonic clock): claims this
+        #: machine lost to another agent
+        self._elsewhere: dict[str, dict[str, tuple[str, float]]] = {}
         self._sources: dict[str, str] = {}  # code hash -> train.py (parents for structure)
         self._lock = threading.Lock()
         self.keys: set[str] = set()
@@ -62,7 +67,14 @@ class TierDedup:
             known = self._known.get(tier, {}).get(chash) or self._live.get(tier, {}).get(chash)
             if known:
                 return known
-            return "queued on this machine" if chash in self._reserved.get(tier, set()) else None
+            if chash in self._reserved.get(tier, set()):
+                return "queued on this machine"
+            lost = self._elsewhere.get(tier, {}).get(chash)
+            if lost is not None:
+                if time.monotonic() < lost[1]:
+                    return lost[0]
+                del self._elsewhere[tier][chash]
+            return None
 
     def is_duplicate(
         self,
@@ -132,6 +144,16 @@ class TierDedup:
     def unreserve(self, tier: str, chash: str) -> None:
         """A queued proposal was claimed, lost or dropped."""
         with self._lock:
+            self._reserved.get(tier, set()).discard(chash)
+
+    def taken_elsewhere(self, tier: str, chash: str, key: str, for_s: float | None) -> None:
+        """Another agent holds the claim of this code (``key``: its lock): none of this
+        machine's workers proposes it again for ``for_s`` seconds (its holder's lease; None:
+        for good, the experiment is done). Without this, every worker of a machine loses the
+        same claim in turn when their proposers agree on the same next move."""
+        until = math.inf if for_s is None else time.monotonic() + for_s
+        with self._lock:
+            self._elsewhere.setdefault(tier, {})[chash] = (key or "claimed elsewhere", until)
             self._reserved.get(tier, set()).discard(chash)
 
     async def add_live(

@@ -1,9 +1,11 @@
 """Bests: each tier's, each track's (over all tiers) and each agent's.
 
-Every best of a track is guarded by one mutex (:func:`swarm.keys.best_mutex_name`): a keep
-that moves the tier's, the track's and the agent's best takes it once, reads the three
-again while holding it and writes only those it still beats (compare-and-set). A result
-that beats none of the bests as read without the mutex takes no mutex at all.
+The shared bests of a track are guarded by one mutex (:func:`swarm.keys.best_mutex_name`):
+a keep that moves the tier's and the track's best takes it once, reads both again while
+holding it and writes only those it still beats (compare-and-set). An agent's personal
+best has a mutex of its own (:func:`swarm.keys.agent_best_mutex_name`): personal bests move
+often early in a swarm, and hundreds of agents must not queue behind one mutex for them.
+A result that beats none of the bests as read without a mutex takes no mutex at all.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ class Scope:
 
     @property
     def mutex(self) -> str:
-        """The mutex that guards this best (shared by every best of the track)."""
+        """The mutex that guards this best: the agent's own for a personal best, else the
+        one shared by the track's tier and track bests."""
+        if self.kind == "agent":
+            return keys.agent_best_mutex_name(self.track, self.agent_id or "unknown")
         return keys.best_mutex_name(self.track)
 
     def label(self) -> str:
@@ -280,19 +285,22 @@ class Bests:
     async def _move(
         self, scopes: Sequence[Scope], result: Result, noise_margin: float
     ) -> dict[str, tuple[str, Best | None, Best | None]]:
-        """Under the track's one mutex: re-read ``scopes`` (one read), write those still
-        beaten. Returns (outcome, best now, previous) by metadata key."""
+        """Under the track's one mutex: re-read the shared ``scopes`` (one read), write those
+        still beaten; then the agent's best under its own mutex. Returns (outcome, best now,
+        previous) by metadata key."""
         out: dict[str, tuple[str, Best | None, Best | None]] = {}
-        if not scopes:
-            return out
-        async with self.memory.locks.mutex(keys.best_mutex_name(result.track)):
-            current, _ = await self.read_many(scopes)
-            for scope in scopes:
-                cur = current[scope.meta_key]
-                margin = 0.0 if scope.kind == "agent" else noise_margin
-                outcome = judge(cur, result, noise_margin=margin)
-                new = await self.write(scope, result, cur) if outcome == "moved" else cur
-                out[scope.meta_key] = (outcome, new, cur)
+        shared = [s for s in scopes if s.kind != "agent"]
+        if shared:
+            async with self.memory.locks.mutex(keys.best_mutex_name(result.track)):
+                current, _ = await self.read_many(shared)
+                for scope in shared:
+                    cur = current[scope.meta_key]
+                    outcome = judge(cur, result, noise_margin=noise_margin)
+                    new = await self.write(scope, result, cur) if outcome == "moved" else cur
+                    out[scope.meta_key] = (outcome, new, cur)
+        for scope in scopes:
+            if scope.kind == "agent":
+                out[scope.meta_key] = await self.cas(scope, result, noise_margin=0.0)
         return out
 
     async def propose(self, result: Result, noise_margin: float = 0.0) -> BestDecision:

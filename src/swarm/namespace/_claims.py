@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -138,6 +138,20 @@ class Claims:
         log.info("claim_won", key=claim.key, lock=got.key)
         return ClaimOutcome(won=True, claim=claim)
 
+    async def confirming_now(
+        self, candidates: Sequence[tuple[str, str, int]], *, track: str, tier: str | None
+    ) -> dict[tuple[str, str], Claim | None]:
+        """Who confirms each candidate ``(parent_hash, code_hash, runs so far)`` right now
+        (the live holder of its confirmation lock), or None; two or three calls in all."""
+        prefixes = {
+            (p, c): keys.confirmation_lock_prefix(p, c, track=track, tier=tier)
+            for p, c, _ in candidates
+        }
+        # each finished confirmation took one generation: the top is about the runs so far
+        guesses = {prefixes[(p, c)]: max(1, runs - 1) for p, c, runs in candidates}
+        holders = await self.memory.locks.live_holders(guesses, self.memory.lease_s)
+        return {pc: holders[prefix] for pc, prefix in prefixes.items()}
+
     def _record(self, claim: Claim) -> NewMemory:
         """The human-readable claim record that other clients of the org understand,
         created in the same call as the lock where the store's create is atomic."""
@@ -248,17 +262,24 @@ class Claims:
             status=DONE if done else "released",
             extra={**claim.extra, **({"result_key": result_key} if done else {})},
         )
-        if mem.beacon is not None:
-            mem.beacon.drop(claim.lock_key)
         try:
             # No check that the lock is still ours: after a takeover the holder is a later
             # generation, and marking our own generation released changes nothing for it.
             await mem.backend.update(claim.lock_key, encode_record(_lock_json(released)))
         except KeyNotFoundError:
             log.warning("claim_lock_missing", key=claim.key, lock=claim.lock_key)
-        finally:
-            await mem.backend.delete([claim.key])
+        # (any other failure propagates with the claim still held by the beacon: until a
+        # retried release ends it, nobody else may run the experiment again)
+        if mem.beacon is not None:
+            mem.beacon.drop(claim.lock_key)
+        await mem.backend.delete([claim.key])
         log.info("claim_released", key=claim.key)
+
+    def let_go(self, claim: Claim) -> None:
+        """Stop keeping ``claim`` live without releasing it (its release failed for good):
+        its lease ends it."""
+        if self.memory.beacon is not None:
+            self.memory.beacon.drop(claim.lock_key)
 
     async def live_claims(self, track: str | None = None) -> list[Claim]:
         """See :meth:`SwarmMemory.live_claims`."""

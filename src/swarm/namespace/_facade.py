@@ -195,6 +195,19 @@ class SwarmMemory:
         """
         await self.claimbook.release(claim, result_key=result_key)
 
+    async def confirming_now(
+        self, candidates: Sequence[tuple[str, str, int]], *, track: str, tier: str | None
+    ) -> dict[tuple[str, str], Claim | None]:
+        """Who confirms each candidate ``(parent_hash, code_hash, runs so far)`` right now:
+        the live holder of its confirmation lock, or None. Two or three calls whatever the
+        number of candidates and the size of the swarm."""
+        return await self.claimbook.confirming_now(candidates, track=track, tier=tier)
+
+    def let_go(self, claim: Claim) -> None:
+        """Stop keeping ``claim`` live (its supervisor's beacon lists it until it is released)
+        when its release failed for good: its lease ends it."""
+        self.claimbook.let_go(claim)
+
     async def live_claims(self, track: str | None = None) -> list[Claim]:
         """Claims (ours and other clients') that are live now, newest first. A claim kept
         live by its supervisor's beacon carries the beacon's last beat as ``heartbeat_at``."""

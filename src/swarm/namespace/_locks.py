@@ -9,7 +9,7 @@ short mutexes on them (:meth:`Locks.mutex`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -100,9 +100,20 @@ class Locks:
         infos = await self.memory.backend.list_keys(prefix)
         return [g for g in (keys.lock_generation(i.key) for i in infos) if g is not None]
 
-    async def _look(self, spec: _LockSpec) -> Acquired | tuple[int, bool] | None:
+    async def _look(
+        self, spec: _LockSpec, after_lost: int | None = None
+    ) -> Acquired | tuple[int, bool] | None:
         """List the generations: the live holder, or (target generation, took_over), or
-        None when the top vanished since the listing (look again)."""
+        None when the top vanished since the listing (look again). ``after_lost``: the
+        generation just lost to a racer; it and the two above are read in one call instead
+        of listing (the top is almost always the racer's), unless the third exists."""
+        if after_lost is not None:
+            near = [spec.key_for(after_lost + d) for d in (0, 1, 2)]
+            found = await get_json(self.memory.backend, near)
+            present = [k for k in near if k in found]
+            if present and near[-1] not in found:
+                top_key = present[-1]
+                return await self._judge_top(spec, top_key, found[top_key])
         gens = await self._generations(spec.prefix)
         if not gens:
             return 1, False
@@ -113,7 +124,14 @@ class Locks:
         current = await get_json(self.memory.backend, [top_key])
         if top_key not in current:
             return None
-        holder = Claim.from_json(top_key, current[top_key])
+        return await self._judge_top(spec, top_key, current[top_key])
+
+    async def _judge_top(
+        self, spec: _LockSpec, top_key: str, record: dict[str, Any]
+    ) -> Acquired | tuple[int, bool]:
+        """The top generation's holder if it is live or done, else the generation to take."""
+        top = keys.lock_generation(top_key) or 1
+        holder = Claim.from_json(top_key, record)
         if holder.done:
             return Acquired(False, top_key, top, holder=holder)  # ran and published: for good
         own_stale = spec.reclaim is not None and spec.reclaim(holder)
@@ -197,9 +215,11 @@ class Locks:
         atomic = await self._atomic()
         target: int | None = 1 if fast_first and atomic else None
         took_over = stray = False
+        lost: int | None = None
         for _ in range(max_rounds):
             if target is None:
-                look = await self._look(spec)
+                look = await self._look(spec, lost)
+                lost = None
                 if look is None:
                     continue  # vanished since the listing: list again
                 if isinstance(look, Acquired):
@@ -211,8 +231,65 @@ class Locks:
                     True, key_for(target), target, took_over=took_over, companion=with_companion
                 )
             stray |= with_companion
+            lost = target if not spec.verify_top else None
             target = None  # someone else won this generation: look again
         return replace(await self._last_holder(spec), stray=stray)
+
+    async def live_holders(
+        self, guesses: Mapping[str, int], legacy_ttl_s: float
+    ) -> dict[str, Claim | None]:
+        """For many locks at once, each one's live holder or None, in two or three calls
+        whatever their number. ``guesses[prefix]`` is the lowest generation the top is
+        expected at: it and the two above are read in one batched get, the holders' beacons
+        in another; a lock whose top is not among them is looked at alone."""
+
+        def gen_key(prefix: str, g: int) -> str:
+            return f"{prefix}g{g:06d}"
+
+        span = (0, 1, 2)
+        wanted = [gen_key(p, g + d) for p, g in guesses.items() for d in span]
+        found = await get_json(self.memory.backend, wanted)
+        out: dict[str, Claim | None] = {}
+        held: list[tuple[str, str, Claim]] = []
+        unsure: list[str] = []
+        for prefix, g in guesses.items():
+            present = [gen_key(prefix, g + d) for d in span if gen_key(prefix, g + d) in found]
+            if gen_key(prefix, g + span[-1]) in found or (not present and g > 1):
+                unsure.append(prefix)  # the top may be higher (or lower) than guessed
+                continue
+            out[prefix] = None
+            if present:
+                at = present[-1]
+                holder = Claim.from_json(at, found[at])
+                if holder.released_at is None and not holder.done:
+                    held.append((prefix, at, holder))
+        now = self.memory.now()
+        fresh = {p for p, _, h in held if h.is_live(now, legacy_ttl_s)}
+        kept = await beacon_keeps(
+            self.memory.backend, [(k, h) for p, k, h in held if p not in fresh], now
+        )
+        for prefix, key, holder in held:
+            if prefix in fresh or key in kept:
+                out[prefix] = holder
+        for prefix in unsure:
+            out[prefix] = await self.live_holder(prefix, legacy_ttl_s)
+        return out
+
+    async def live_holder(self, prefix: str, legacy_ttl_s: float) -> Claim | None:
+        """Who holds the lock under ``prefix`` now (a live, unreleased top generation), or
+        None: a look without trying to win it (a listing of its few generations and one
+        read)."""
+        gens = await self._generations(prefix)
+        if not gens:
+            return None
+        top_key = f"{prefix}g{max(gens):06d}"
+        current = await get_json(self.memory.backend, [top_key])
+        if top_key not in current:
+            return None
+        holder = Claim.from_json(top_key, current[top_key])
+        if holder.released_at is not None or holder.done:
+            return None
+        return holder if await self.holder_live(top_key, holder, legacy_ttl_s) else None
 
     async def holder_live(self, key: str, holder: Claim, legacy_ttl_s: float) -> bool:
         """Live by its own heartbeat, or kept live by its supervisor's beacon."""

@@ -240,15 +240,17 @@ class CandidateBook:
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
         since = mem.now() - policy.solo_after_s
-        for claim in await (live or live_claims_once(mem, track))():
-            if claim.vram_tier == tier and me.independent_of(
-                Run(claim.agent_id, claim.host, None, 0.0)
-            ):
-                return False
+        # the feed first: in a busy swarm a recent result of another host answers at once,
+        # without reading every live claim
         for r in await mem.recent_results(since, track=track, tier=tier):
             if r.completed_at is not None and r.completed_at < since:
                 break
             if me.independent_of(Run(r.agent_id, r.host, None, 0.0)):
+                return False
+        for claim in await (live or live_claims_once(mem, track))():
+            if claim.vram_tier == tier and me.independent_of(
+                Run(claim.agent_id, claim.host, None, 0.0)
+            ):
                 return False
         return True
 
@@ -419,26 +421,23 @@ async def next_confirmation(
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
     ``own_only``: this machine runs only its own code (no sandbox works)."""
     mem = book.mem
-    live = live_claims_once(mem, track)
-    opened = await book.open_for(track, tier, policy, live)
+    opened = [
+        c
+        for c in await book.open_for(track, tier, policy, live_claims_once(mem, track))
+        if c.result.train_py and not (own_only and c.original.agent_id != mem.agent_id)
+    ]
     if not opened:
         return None
-    # confirmed right now: by others, or by this machine (its confirmation lock; its own
-    # claim of the original experiment is released once the candidate exists)
-    running = {
-        (c.parent_hash, c.code_hash)
-        for c in await live()
-        if c.vram_tier == tier
-        and (
-            (c.agent_id, c.host) != (mem.agent_id, mem.host)
-            or c.lock_key.startswith(keys.CONFIRM_LOCKS)
-        )
-    }
+    # confirmed right now (by anyone, this machine included): its confirmation lock has a
+    # live holder -- read for all open candidates at once, not from every live claim
+    busy = await mem.confirming_now(
+        [(c.result.parent_hash, c.result.code_hash, len(c.runs)) for c in opened],
+        track=track,
+        tier=tier,
+    )
     for cand in opened:
-        if own_only and cand.original.agent_id != mem.agent_id:
+        if busy.get((cand.result.parent_hash, cand.result.code_hash)) is not None:
             continue
-        if not cand.result.train_py or (cand.result.parent_hash, cand.result.code_hash) in running:
-            continue  # someone is confirming it right now
-        used = [r.seed for r in cand.runs if r.seed is not None]
+        used = [run.seed for run in cand.runs if run.seed is not None]
         return cand, max(used, default=0) + 1 + rng.randrange(1000)
     return None

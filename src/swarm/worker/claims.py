@@ -101,6 +101,11 @@ class Claims:
             deps.counters.bump("claims_lost")
             holder = outcome.holder.agent_id if outcome.holder else "?"
             log.info("claim_lost", description=proposal.description, holder=holder)
+            if kind == "experiment":
+                done = outcome.holder is not None and outcome.holder.done
+                lock = outcome.holder.lock_key if outcome.holder else ""
+                for_s = None if done else deps.memory.lease_s
+                deps.dedup.taken_elsewhere(self._who.tier, item.code_hash, lock, for_s)
             if not quiet:
                 self._status.set("idle", description=None)
             return None
@@ -154,6 +159,7 @@ class Claims:
             )
         except (MemoryStoreError, TimeoutError) as exc:
             log.warning("claim_release_failed", claim=claim.key, error=str(exc))
+            self._deps.memory.let_go(claim)  # nothing retries it here: its lease ends it
 
     async def settle(
         self, item: Queued, claim: Claim, *, idle: bool = True, result_key: str | None = None
