@@ -185,7 +185,7 @@ def plan_parts(plan: Plan, work: Path) -> list[Part]:
         argv = ("bench_rpcs.py", "--json", "--history", *history, *extra)
         parts.append(Part("rpcs", "rpcs", argv, stdout_json=True))
     if "hub" in plan.parts:
-        extra = ["--clients", "4", "--seconds", "0.5", "--records", "200"] if q else []
+        extra = ["--clients", "4", "--seconds", "0.3", "--records", "100"] if q else []
         parts.append(
             Part("hub", "hub", ("bench_hub_pg.py", "--json", str(work / "hub.json"), *extra))
         )
@@ -205,7 +205,7 @@ def plan_parts(plan: Plan, work: Path) -> list[Part]:
                     )
                 )
     if "supervisor" in plan.parts:
-        extra = ["--budget", "2"] if q else []
+        extra = ["--budget", "1"] if q else []
         argv = ("bench_supervisor.py", "--json", "--minutes", f"{plan.supervisor_minutes:g}")
         parts.append(Part("supervisor", "supervisor", argv + tuple(extra), stdout_json=True))
     return parts
