@@ -108,7 +108,8 @@ class Outcome:
         """The part's command line, less the temporary file of its figures."""
         argv = list(self.part.argv)
         if "--json" in argv and not self.part.stdout_json:
-            del argv[argv.index("--json") + 1]
+            at = argv.index("--json")
+            del argv[at : at + 2]
         return shlex.join(argv)
 
 
