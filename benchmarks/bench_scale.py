@@ -206,7 +206,7 @@ def plan_parts(plan: Plan, work: Path) -> list[Part]:
                     )
                 )
     if "supervisor" in plan.parts:
-        extra = ["--budget", "1"] if q else []
+        extra = ["--budget", "2"] if q else []
         argv = ("bench_supervisor.py", "--json", "--minutes", f"{plan.supervisor_minutes:g}")
         parts.append(Part("supervisor", "supervisor", argv + tuple(extra), stdout_json=True))
     return parts
@@ -337,7 +337,7 @@ def _section(topic: str, done: list[Outcome]) -> tuple[list[str], list[Check]]:
     """A topic's heading, its runs (seconds, load) and table; failed runs with their logs."""
     lines = ["", f"## {TITLES[topic]}", ""]
     lines += [
-        f"- `{o.shown}`: {o.seconds:.0f} s, load average {o.load_before:.1f} "
+        f"- {o.part.label}: `{o.shown}`: {o.seconds:.0f} s, load average {o.load_before:.1f} "
         "before" + (" -- **FAILED**" if o.error else "")
         for o in done
     ]
