@@ -206,7 +206,8 @@ def auto_run_s(n: int) -> float:
 async def scale_one(args: argparse.Namespace, n: int, work: Path) -> ScaleRow:
     run_s = args.run_s or auto_run_s(n)
     db = (args.db or str(work / "hub-{n}.sqlite")).replace("{n}", str(n))
-    async with HubProcess(db, work / "hub.log").running() as hub:
+    hub_proc = HubProcess(db, work / "hub.log", max_connections=args.hub_max_connections)
+    async with hub_proc.running() as hub:
         groups = split(n, args.gpus_per_machine, args.procs, MachineSpec("", 0, "hub", hub.url))
         jobs = [
             SimJob(
@@ -566,6 +567,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1800,
         help="seconds per simulation; then its processes are stopped and report what they did",
+    )
+    p.add_argument(
+        "--hub-max-connections",
+        type=int,
+        default=0,
+        help="scale: swarm hub --max-connections (0 = the hub's default, 256; a machine of "
+        "8 GPUs holds up to about 10 connections)",
     )
     p.add_argument(
         "--trace",

@@ -49,9 +49,11 @@ def proc_cpu_s(pid: int) -> float:
 class HubProcess:
     """``swarm hub`` in its own process, open access, on a free port of 127.0.0.1."""
 
-    def __init__(self, db: str, log_path: Path) -> None:
+    def __init__(self, db: str, log_path: Path, *, max_connections: int = 0) -> None:
         self.db = db
         self.log_path = log_path
+        #: ``swarm hub --max-connections`` (0: the hub's default)
+        self.max_connections = max_connections
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: asyncio.subprocess.Process | None = None
@@ -74,6 +76,7 @@ class HubProcess:
                 "--port",
                 str(self.port),
                 "--open-access",
+                *(("--max-connections", str(self.max_connections)) if self.max_connections else ()),
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
