@@ -122,6 +122,8 @@ class Plan:
     swarm_dbs: tuple[str, ...]
     supervisor_minutes: float
     part_timeout_s: float
+    #: stop each simulated swarm after this many minutes (0: when its runs are done)
+    swarm_minutes: float = 0.0
     argv: tuple[str, ...] = field(default=())
 
 
@@ -153,6 +155,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, argparse.Namesp
     p.add_argument("--rpcs-history", type=int, nargs="+", help="results already in memory")
     p.add_argument("--swarm-sizes", type=_positive, nargs="+", help="simulated GPUs")
     p.add_argument("--swarm-db", type=_choices(DBS, "--swarm-db"), default=DBS)
+    p.add_argument(
+        "--swarm-minutes",
+        type=float,
+        default=0.0,
+        help="stop each simulated swarm after this long (runs in progress finish; 0 = when "
+        "every GPU ran its runs)",
+    )
     p.add_argument("--supervisor-minutes", type=float, help="minutes of the supervisor part")
     p.add_argument("--part-timeout", type=float, help="seconds per sub-benchmark process")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
@@ -160,6 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, argparse.Namesp
     args = p.parse_args(argv)
     if args.rpcs_history and min(args.rpcs_history) < 0:
         p.error(f"--rpcs-history must not be negative, got {args.rpcs_history}")
+    if args.swarm_minutes < 0:
+        p.error(f"--swarm-minutes must not be negative, got {args.swarm_minutes}")
     if args.supervisor_minutes is not None and args.supervisor_minutes <= 0:
         p.error(f"--supervisor-minutes must be positive, got {args.supervisor_minutes}")
     quick = args.quick
@@ -171,6 +182,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, argparse.Namesp
         swarm_dbs=args.swarm_db,
         supervisor_minutes=args.supervisor_minutes or (0.2 if quick else 5.0),
         part_timeout_s=args.part_timeout or (600.0 if quick else 4 * 3600.0),
+        swarm_minutes=args.swarm_minutes,
         argv=tuple(sys.argv[1:] if argv is None else argv),
     )
     return plan, args
@@ -196,6 +208,10 @@ def plan_parts(plan: Plan, work: Path) -> list[Part]:
             for n in plan.swarm_sizes:
                 out = str(work / f"swarm-{db}-{n}.json")
                 argv = ("bench_swarm.py", "scale", "--sizes", str(n), "--json", out)
+                # a machine of 8 GPUs holds up to about 10 connections to the hub
+                argv += ("--hub-max-connections", str(max(256, 2 * n)))
+                if plan.swarm_minutes:
+                    argv += ("--minutes", f"{plan.swarm_minutes:g}")
                 parts.append(
                     Part(
                         "swarm",

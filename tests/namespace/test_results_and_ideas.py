@@ -170,6 +170,22 @@ async def test_hypotheses_publish_list_take_once(swarm: Swarm, clock: FakeClock)
         await mem.publish_hypothesis(Hypothesis(agent_id="ada", title=" "))
 
 
+async def test_a_recent_hypothesis_listing_is_shared(swarm: Swarm, clock: FakeClock) -> None:
+    """Within max_age_s a client answers from its last listing (no new listing of the
+    growing prefix); a hypothesis it took leaves that listing; older, it lists again."""
+    mem = await swarm.memory("ada", clock=clock)
+    other = await swarm.memory("bob", clock=clock)
+    k1 = await mem.publish_hypothesis(Hypothesis(agent_id="", title="one", priority=2))
+    assert [h.key for h in await mem.unclaimed_hypotheses(max_age_s=60)] == [k1]
+    k2 = await other.publish_hypothesis(Hypothesis(agent_id="", title="two", priority=1))
+    clock.advance(30)
+    assert [h.key for h in await mem.unclaimed_hypotheses(max_age_s=60)] == [k1]
+    assert await mem.take_hypothesis(k1)
+    assert await mem.unclaimed_hypotheses(max_age_s=60) == []
+    clock.advance(31)
+    assert [h.key for h in await mem.unclaimed_hypotheses(max_age_s=60)] == [k2]
+
+
 async def test_insights_newest_first(swarm: Swarm, clock: FakeClock) -> None:
     """Insights are published once and listed newest first, filtered by track."""
     mem = await swarm.memory("ada", clock=clock)

@@ -390,3 +390,34 @@ async def test_candidate_listing_reads_only_changed_records(swarm: Swarm, clock:
     assert decision.moved
     states = {c.result.description: c.state for c in await a.candidates.listing(TRACK, TIER)}
     assert states.get("one", "verified") == "verified" and states["two"] == "pending"
+
+
+async def test_a_cached_listing_never_offers_a_resolved_candidate(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """With a listing allowed to be a minute old, a candidate confirmed by someone else
+    since is not offered (its record is read fresh before it is chosen), and the listing
+    itself is not made again within the minute."""
+    import random
+
+    from spy import CallLog
+
+    from swarm.verify.candidates import next_confirmation
+
+    a = await agent(swarm, "alice", "host-a", clock)
+    b = await agent(swarm, "bob", "host-b", clock)
+    spy = CallLog(await swarm.backend("carol"))
+    c = SwarmMemory(spy, agent_id="carol", host="host-c", clock=clock, embed_records=False)  # type: ignore[arg-type]
+    await a.candidates.propose(result(a, "cand", 3.0, seed=42), POLICY)
+    first = await next_confirmation(
+        c.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1), max_age_s=60
+    )
+    assert first is not None and first[0].result.code_hash == code("cand")
+    assert (await b.candidates.confirm(result(b, "cand", 3.0, seed=7), POLICY)).moved
+    clock.advance(10)
+    spy.calls.clear()
+    again = await next_confirmation(
+        c.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1), max_age_s=60
+    )
+    assert again is None
+    assert spy.count("list_keys", "best/pending") == 0

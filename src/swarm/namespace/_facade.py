@@ -311,10 +311,12 @@ class SwarmMemory:
         return await self.ideas.publish_hypothesis(hypothesis)
 
     async def unclaimed_hypotheses(
-        self, track: str | None = None, limit: int | None = None
+        self, track: str | None = None, limit: int | None = None, *, max_age_s: float = 0.0
     ) -> list[Hypothesis]:
-        """Hypotheses nobody has taken yet, highest priority first, then newest."""
-        return await self.ideas.unclaimed_hypotheses(track, limit)
+        """Hypotheses nobody has taken yet, highest priority first, then newest.
+        ``max_age_s``: a listing this client made less than that long ago is good enough
+        (proposers of every worker of a machine share it; taking one is still atomic)."""
+        return await self.ideas.unclaimed_hypotheses(track, limit, max_age_s)
 
     async def take_hypothesis(self, hypothesis: Hypothesis | str) -> bool:
         """Mark a hypothesis taken (atomic create); True for exactly one taker."""

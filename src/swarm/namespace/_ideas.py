@@ -27,6 +27,9 @@ class Ideas:
 
     def __init__(self, memory: SwarmMemory) -> None:
         self.memory = memory
+        #: the unclaimed hypotheses as last listed, and when (``mem.now()``): every worker
+        #: of a machine proposes through the same listing for ``max_age_s``
+        self._unclaimed: tuple[float, list[Hypothesis]] | None = None
 
     async def _publish_unique(
         self,
@@ -69,9 +72,21 @@ class Ideas:
         )
 
     async def unclaimed_hypotheses(
-        self, track: str | None = None, limit: int | None = None
+        self, track: str | None = None, limit: int | None = None, max_age_s: float = 0.0
     ) -> list[Hypothesis]:
         """See :meth:`SwarmMemory.unclaimed_hypotheses`."""
+        now = self.memory.now()
+        if self._unclaimed is not None and now - self._unclaimed[0] < max_age_s:
+            out = list(self._unclaimed[1])
+        else:
+            out = await self._list_unclaimed()
+            self._unclaimed = (now, out)
+        if track is not None:
+            out = [h for h in out if h.track == track]
+        out.sort(key=lambda h: (-h.priority, -(h.created_at or 0.0), h.key))
+        return out[:limit] if limit is not None else out
+
+    async def _list_unclaimed(self) -> list[Hypothesis]:
         backend = self.memory.backend
         hyp_infos, taken_infos = await asyncio.gather(
             backend.list_keys(keys.HYPOTHESES), backend.list_keys(keys.HYPOTHESIS_TAKES)
@@ -79,11 +94,7 @@ class Ideas:
         taken = {i.key for i in taken_infos}
         free = [i.key for i in hyp_infos if keys.hypothesis_take_key(i.key) not in taken]
         data = await get_json(backend, free)
-        out = [Hypothesis.from_json(k, v) for k, v in data.items()]
-        if track is not None:
-            out = [h for h in out if h.track == track]
-        out.sort(key=lambda h: (-h.priority, -(h.created_at or 0.0), h.key))
-        return out[:limit] if limit is not None else out
+        return [Hypothesis.from_json(k, v) for k, v in data.items()]
 
     async def take_hypothesis(self, hypothesis: Hypothesis | str) -> bool:
         """See :meth:`SwarmMemory.take_hypothesis`."""
@@ -102,6 +113,9 @@ class Ideas:
             mem.backend, take, encode_record(body), "[autoresearch] hypothesis taken", embed=False
         )
         log.info("hypothesis_take", key=hkey, won=won)
+        if self._unclaimed is not None:  # taken now, by us or a racer: not offered again
+            at, listed = self._unclaimed
+            self._unclaimed = (at, [h for h in listed if h.key != hkey])
         return won
 
     async def publish_insight(self, insight: Insight) -> str:

@@ -221,6 +221,12 @@ class HypothesesProposer:
         """The proposer of a worker set to ``hypotheses``: it publishes after every run."""
         return cls(publish_all=True)
 
+    @staticmethod
+    def scan_every_s(ctx: ProposalContext) -> float:
+        """How old a listing of hypotheses may be: the memory's heartbeat interval."""
+        value = getattr(ctx.memory, "heartbeat_s", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
     async def propose(self, ctx: ProposalContext) -> Proposal:
         self._ctx = ctx
         if ctx.best_val_bpb is not None:
@@ -228,7 +234,11 @@ class HypothesesProposer:
         if ctx.memory is None:
             raise ProposerError("the hypotheses proposer needs the shared memory (none given)")
         try:
-            hyps = await ctx.memory.unclaimed_hypotheses(track=ctx.track, limit=self.scan_limit)
+            # one listing per heartbeat interval for the whole machine: the list grows with
+            # every hypothesis ever published, and a taken one is refused atomically anyway
+            hyps = await ctx.memory.unclaimed_hypotheses(
+                track=ctx.track, limit=self.scan_limit, max_age_s=self.scan_every_s(ctx)
+            )
         except MemoryStoreError as exc:
             raise ProposerError(f"cannot read the swarm's hypotheses: {exc}") from exc
         try:

@@ -73,6 +73,8 @@ class CandidateBook:
         self.mem = memory
         #: candidate records as last read, with the ``updated_at`` their listing showed
         self._listed: dict[str, tuple[float, Candidate]] = {}
+        #: (track, tier) -> when it was last listed (``mem.now()``) and what was found
+        self._lists: dict[tuple[str, str | None], tuple[float, list[Candidate]]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -83,11 +85,24 @@ class CandidateBook:
         rec = (await self.mem.get_json([key])).get(key)
         return Candidate.from_json(key, rec) if rec is not None else None
 
-    async def listing(self, track: str, tier: str | None = None) -> list[Candidate]:
+    async def listing(
+        self, track: str, tier: str | None = None, *, max_age_s: float = 0.0
+    ) -> list[Candidate]:
         """Every candidate record of ``track`` (and ``tier``), oldest first.
 
         Records whose listed ``updated_at`` is the one last read are not read again (a
-        store that lists no ``updated_at`` gets every record read)."""
+        store that lists no ``updated_at`` gets every record read). ``max_age_s``: a
+        listing this client made less than that long ago is answered again (the workers of
+        a machine looking for work share it)."""
+        now = self.mem.now()
+        last = self._lists.get((track, tier))
+        if last is not None and now - last[0] < max_age_s:
+            return list(last[1])
+        out = await self._list(track, tier)
+        self._lists[(track, tier)] = (now, out)
+        return list(out)
+
+    async def _list(self, track: str, tier: str | None) -> list[Candidate]:
         infos = await self.mem.backend.list_keys(keys.pending_prefix(track, tier))
         stale = [
             i.key
@@ -255,14 +270,21 @@ class CandidateBook:
         return True
 
     async def open_for(
-        self, track: str, tier: str, policy: TrustPolicy, live: LiveClaims | None = None
+        self,
+        track: str,
+        tier: str,
+        policy: TrustPolicy,
+        live: LiveClaims | None = None,
+        *,
+        max_age_s: float = 0.0,
     ) -> list[Candidate]:
-        """Open candidates this agent may confirm now; suspicious ones first, then oldest."""
+        """Open candidates this agent may confirm now; suspicious ones first, then oldest
+        (``max_age_s``: see :meth:`listing`)."""
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
         out: list[Candidate] = []
         solo: bool | None = None
-        for c in await self.listing(track, tier):
+        for c in await self.listing(track, tier, max_age_s=max_age_s):
             if not c.open or any(
                 r.agent_id == me.agent_id and r.host == me.host for r in c.runs[1:]
             ):
@@ -417,13 +439,16 @@ async def next_confirmation(
     *,
     own_only: bool,
     rng: random.Random,
+    max_age_s: float = 0.0,
 ) -> tuple[Candidate, int] | None:
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
-    ``own_only``: this machine runs only its own code (no sandbox works)."""
+    ``own_only``: this machine runs only its own code (no sandbox works); ``max_age_s``:
+    how old the listing of candidates may be (see :meth:`CandidateBook.listing`)."""
     mem = book.mem
+    live = live_claims_once(mem, track)
     opened = [
         c
-        for c in await book.open_for(track, tier, policy, live_claims_once(mem, track))
+        for c in await book.open_for(track, tier, policy, live, max_age_s=max_age_s)
         if c.result.train_py and not (own_only and c.original.agent_id != mem.agent_id)
     ]
     if not opened:
@@ -435,8 +460,14 @@ async def next_confirmation(
         track=track,
         tier=tier,
     )
-    for cand in opened:
-        if busy.get((cand.result.parent_hash, cand.result.code_hash)) is not None:
+    for listed in opened:
+        r = listed.result
+        if busy.get((r.parent_hash, r.code_hash)) is not None:
+            continue
+        # the listing may be a little old: the chosen record is read fresh (a confirmation
+        # of a candidate that was just resolved would be a wasted run)
+        cand = await book.get(track, tier, r.parent_hash, r.code_hash) if max_age_s else listed
+        if cand is None or not cand.open or len(cand.runs) != len(listed.runs):
             continue
         used = [run.seed for run in cand.runs if run.seed is not None]
         return cand, max(used, default=0) + 1 + rng.randrange(1000)
