@@ -194,7 +194,9 @@ def plan_parts(plan: Plan, work: Path) -> list[Part]:
     parts: list[Part] = []
     if "rpcs" in plan.parts:
         history = [str(h) for h in plan.rpcs_history]
-        extra = ["--experiments", "2", "--budget", "2"] if q else []
+        # 12 experiments: a fresh swarm's first runs are mostly keeps, and each keep costs
+        # the mutexes of the bests; over 12 runs about half are keeps
+        extra = ["--experiments", "2", "--budget", "2"] if q else ["--experiments", "12"]
         argv = ("bench_rpcs.py", "--json", "--history", *history, *extra)
         parts.append(Part("rpcs", "rpcs", argv, stdout_json=True))
     if "hub" in plan.parts:

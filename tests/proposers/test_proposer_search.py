@@ -273,6 +273,25 @@ async def test_explores_a_small_fraction_of_the_time() -> None:
     assert not any("exploration" in p.rationale for p in none)
 
 
+async def test_machines_that_keep_losing_claims_spread_out(synthetic_src: str) -> None:
+    """Twenty machines (seeds) mostly agree on the first moves when nobody contends; told
+    that they lost claims to others, they spread over more of the top moves (never more
+    than the top ``1 + 2 * contention``)."""
+    calm = {
+        code_hash(
+            (await SearchProposer(seed=s, explore=0.0).propose(make_ctx(synthetic_src))).train_py
+        )
+        for s in range(20)
+    }
+    busy_props = [
+        await SearchProposer(seed=s, explore=0.0).propose(make_ctx(synthetic_src, contention=6))
+        for s in range(20)
+    ]
+    busy = {code_hash(p.train_py) for p in busy_props}
+    assert len(busy) >= len(calm) + 3, (len(calm), len(busy))
+    assert len(busy) <= 1 + 2 * 6
+
+
 _VAL = r"(\([^()]*\)|[^\s,()]+)"
 _ONE = rf"[A-Z][A-Z0-9_]* {_VAL} → {_VAL}"
 MULTI_DESC = re.compile(rf"^{_ONE}(, {_ONE})*$")

@@ -44,6 +44,8 @@ class TierDedup:
         #: tier -> code hash -> (lock key, until when on the monotonic clock): claims this
         #: machine lost to another agent
         self._elsewhere: dict[str, dict[str, tuple[str, float]]] = {}
+        #: tier -> claims lost to other agents since this machine last won one
+        self._lost_streak: dict[str, int] = {}
         self._sources: dict[str, str] = {}  # code hash -> train.py (parents for structure)
         self._lock = threading.Lock()
         self.keys: set[str] = set()
@@ -155,6 +157,11 @@ class TierDedup:
         with self._lock:
             self._elsewhere.setdefault(tier, {})[chash] = (key or "claimed elsewhere", until)
             self._reserved.get(tier, set()).discard(chash)
+            self._lost_streak[tier] = self._lost_streak.get(tier, 0) + 1
+
+    def contention(self, tier: str) -> int:
+        """Claims this machine lost to other agents since it last won one (in ``tier``)."""
+        return self._lost_streak.get(tier, 0)
 
     async def add_live(
         self, tier: str, proposal: Proposal, chash: str, key: str, *, parent_train_py: str | None
@@ -162,6 +169,7 @@ class TierDedup:
         with self._lock:
             self._live.setdefault(tier, {})[chash] = key
             self._reserved.get(tier, set()).discard(chash)
+            self._lost_streak[tier] = 0  # a claim won: the race is over
         with contextlib.suppress(DedupError):
             await self._get(tier).aadd(self._candidate(proposal, parent_train_py), key, live=True)
 

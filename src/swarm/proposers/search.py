@@ -21,6 +21,10 @@ results (same track and tier) say. The candidate moves are built in
 * **no repeats** -- a candidate whose code hash the swarm already ran (from any parent)
   or that this proposer has in flight, or that ``ctx.is_duplicate`` rejects, is skipped.
 * **exploration** -- with probability ``explore`` a random untried valid move is taken.
+* **spreading under contention** -- when the machine keeps losing claims to other agents
+  (``ctx.contention``: claims lost since it last won one), the swarm is ranking the same
+  moves first; the walk through the candidates then starts at a seeded place among the top
+  ``1 + 2 * contention`` instead of at the top.
 * **widening** -- once every move above was tried from the parent, the search does not
   run dry: it goes on (lazily, in a seeded order of increasing distance) with finer
   step levels (half steps between the parent and the nearest tried values), larger
@@ -166,6 +170,12 @@ class SearchProposer:
             pick.origin = "explore"
             cands.remove(pick)
             cands.insert(0, pick)
+        elif cands and ctx.contention > 0:
+            # other agents claimed our first choices before us: the whole swarm ranks the
+            # same moves first, so start at a seeded place among the top ones instead of
+            # racing everyone for each in turn
+            start = rng.randrange(min(len(cands), 1 + 2 * ctx.contention))
+            cands = cands[start:] + cands[:start]
 
         counter = [0]
         stages: list[Iterable[Candidate]] = [

@@ -75,6 +75,8 @@ class CandidateBook:
         self._listed: dict[str, tuple[float, Candidate]] = {}
         #: (track, tier) -> when it was last listed (``mem.now()``) and what was found
         self._lists: dict[tuple[str, str | None], tuple[float, list[Candidate]]] = {}
+        #: (track, tier) -> when :func:`next_confirmation` last found nothing to confirm
+        self.nothing_since: dict[tuple[str, str], float] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -444,6 +446,27 @@ async def next_confirmation(
     """The candidate this worker should confirm next and a fresh seed for it (None: none).
     ``own_only``: this machine runs only its own code (no sandbox works); ``max_age_s``:
     how old the listing of candidates may be (see :meth:`CandidateBook.listing`)."""
+    mem = book.mem
+    idle_at = book.nothing_since.get((track, tier))
+    if max_age_s and idle_at is not None and mem.now() - idle_at < max_age_s:
+        return None  # nothing was free a moment ago (a worker that lost a claim asks again)
+    found = await _first_free(book, track, tier, policy, own_only, rng, max_age_s)
+    if found is None:
+        book.nothing_since[(track, tier)] = mem.now()
+    else:
+        book.nothing_since.pop((track, tier), None)
+    return found
+
+
+async def _first_free(
+    book: CandidateBook,
+    track: str,
+    tier: str,
+    policy: TrustPolicy,
+    own_only: bool,
+    rng: random.Random,
+    max_age_s: float,
+) -> tuple[Candidate, int] | None:
     mem = book.mem
     live = live_claims_once(mem, track)
     opened = [

@@ -168,6 +168,7 @@ class Producer:
             is_duplicate=is_duplicate,
             seed=seed + self._status.value.runs,  # varies with the worker's finished runs
             best_val_bpb=lineage.val,
+            contention=deps.dedup.contention(tier),
         )
 
     async def make(self, proposer: Proposer) -> Queued | None:
