@@ -421,3 +421,38 @@ async def test_a_cached_listing_never_offers_a_resolved_candidate(
     )
     assert again is None
     assert spy.count("list_keys", "best/pending") == 0
+
+
+async def test_machines_spread_over_open_candidates(swarm: Swarm, clock: FakeClock) -> None:
+    """Several open candidates: machines with different seeds do not all pick the oldest
+    one, and a candidate this machine lost the confirmation claim of is not offered again
+    while the other agent's lease runs."""
+    import random
+
+    from swarm.verify.candidates import next_confirmation
+
+    a = await agent(swarm, "alice", "host-a", clock)
+    b = await agent(swarm, "bob", "host-b", clock)
+    for name in ("c1", "c2", "c3"):
+        await a.candidates.propose(result(a, name, 3.0, seed=42), POLICY)
+        clock.advance(1)
+    picks = set()
+    for seed in range(12):
+        found = await next_confirmation(
+            b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(seed)
+        )
+        assert found is not None
+        picks.add(found[0].result.code_hash)
+    assert len(picks) >= 2
+    for name in ("c1", "c2"):
+        b.candidates.confirmed_elsewhere("", code(name), 60.0)
+    for seed in range(6):
+        found = await next_confirmation(
+            b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(seed)
+        )
+        assert found is not None and found[0].result.code_hash == code("c3")
+    clock.advance(61)
+    found = await next_confirmation(
+        b.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(0)
+    )
+    assert found is not None

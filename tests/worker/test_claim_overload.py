@@ -113,3 +113,26 @@ async def test_a_claim_lost_to_another_agent_is_not_proposed_again(tmp_path: Pat
             "cpu", item.proposal, item.code_hash, parent_train_py=SOURCE
         )
         assert later is not None
+
+
+async def test_a_lost_confirmation_claim_marks_the_candidate_busy(tmp_path: Path) -> None:
+    """Another agent confirms the candidate: the worker loses that claim, and its machine's
+    candidate book holds the candidate as busy for a lease (no worker asks again at once)."""
+    async with worker_rig(tmp_path, []) as rig:
+        rival = await rig.open_memory("rival")
+        item = _item()
+        held = await rival.try_claim(
+            parent_hash=item.proposal.parent_hash,
+            code_hash=item.code_hash,
+            description=item.proposal.description,
+            track=rig.deps.track,
+            tier="cpu",
+            kind="confirmation",
+        )
+        assert held.won
+        assert await rig.worker.claims.claim(item, kind="confirmation") is None
+        book = rig.deps.memory.candidates
+        now = rig.deps.memory.now()
+        busy = book.busy_until(item.proposal.parent_hash, item.code_hash)
+        assert now < busy <= now + rig.deps.memory.lease_s
+        assert rig.deps.dedup.contention("cpu") == 0  # a confirmation is not a lost experiment

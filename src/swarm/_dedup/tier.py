@@ -160,7 +160,8 @@ class TierDedup:
             self._lost_streak[tier] = self._lost_streak.get(tier, 0) + 1
 
     def contention(self, tier: str) -> int:
-        """Claims this machine lost to other agents since it last won one (in ``tier``)."""
+        """Claims this machine lost to other agents lately (in ``tier``): each loss adds one,
+        each claim won halves it."""
         return self._lost_streak.get(tier, 0)
 
     async def add_live(
@@ -169,7 +170,9 @@ class TierDedup:
         with self._lock:
             self._live.setdefault(tier, {})[chash] = key
             self._reserved.get(tier, set()).discard(chash)
-            self._lost_streak[tier] = 0  # a claim won: the race is over
+            # a claim won: halve the count rather than forget it (a machine that loses ten
+            # claims for each it wins is still in a crowd)
+            self._lost_streak[tier] = self._lost_streak.get(tier, 0) // 2
         with contextlib.suppress(DedupError):
             await self._get(tier).aadd(self._candidate(proposal, parent_train_py), key, live=True)
 

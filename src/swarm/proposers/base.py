@@ -89,8 +89,9 @@ class ProposalContext:
     best_val_bpb: float | None = None
     #: how train.py scales the block on this track; None -> TRACK_SHAPES[track]
     shape: TrackShape | None = None
-    #: claims this machine lost to other agents since it last won one: other agents are
-    #: proposing the same experiments first, so a proposer may spread out
+    #: claims this machine lost to other agents lately (each loss adds one, each claim won
+    #: halves it): other agents propose the same experiments first, so a proposer may
+    #: spread out
     contention: int = 0
 
     def track_shape(self) -> TrackShape:

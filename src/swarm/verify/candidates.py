@@ -77,6 +77,17 @@ class CandidateBook:
         self._lists: dict[tuple[str, str | None], tuple[float, list[Candidate]]] = {}
         #: (track, tier) -> when :func:`next_confirmation` last found nothing to confirm
         self.nothing_since: dict[tuple[str, str], float] = {}
+        #: (parent hash, code hash) -> until when (``mem.now()``) another agent confirms it
+        self._busy_until: dict[tuple[str, str], float] = {}
+
+    def busy_until(self, parent_hash: str, code_hash: str) -> float:
+        """Until when this candidate is known to be confirmed by another agent (0: not)."""
+        return self._busy_until.get((parent_hash, code_hash), 0.0)
+
+    def confirmed_elsewhere(self, parent_hash: str, code_hash: str, for_s: float) -> None:
+        """This machine lost the claim to confirm this candidate: another agent confirms it,
+        so it is not offered to this machine's workers for ``for_s`` seconds."""
+        self._busy_until[(parent_hash, code_hash)] = self.mem.now() + for_s
 
     # ------------------------------------------------------------------ reading
 
@@ -443,7 +454,9 @@ async def next_confirmation(
     rng: random.Random,
     max_age_s: float = 0.0,
 ) -> tuple[Candidate, int] | None:
-    """The candidate this worker should confirm next and a fresh seed for it (None: none).
+    """The candidate this worker should confirm next and a fresh seed for it (None: none):
+    one nobody confirms right now, suspicious ones first, otherwise in an order drawn from
+    ``rng`` (every machine its own, so they do not all race for the oldest).
     ``own_only``: this machine runs only its own code (no sandbox works); ``max_age_s``:
     how old the listing of candidates may be (see :meth:`CandidateBook.listing`)."""
     mem = book.mem
@@ -469,10 +482,13 @@ async def _first_free(
 ) -> tuple[Candidate, int] | None:
     mem = book.mem
     live = live_claims_once(mem, track)
+    now = mem.now()
     opened = [
         c
         for c in await book.open_for(track, tier, policy, live, max_age_s=max_age_s)
-        if c.result.train_py and not (own_only and c.original.agent_id != mem.agent_id)
+        if c.result.train_py
+        and not (own_only and c.original.agent_id != mem.agent_id)
+        and book.busy_until(c.result.parent_hash, c.result.code_hash) <= now
     ]
     if not opened:
         return None
@@ -483,10 +499,13 @@ async def _first_free(
         track=track,
         tier=tier,
     )
-    for listed in opened:
+    free = [c for c in opened if busy.get((c.result.parent_hash, c.result.code_hash)) is None]
+    # suspicious ones first; within that, every machine in a random order of its own: the
+    # oldest-first order alone sends the whole swarm to race for the same confirmation
+    first = [c for c in free if c.suspicious] or free
+    rng.shuffle(first)
+    for listed in first + [c for c in free if c not in first]:
         r = listed.result
-        if busy.get((r.parent_hash, r.code_hash)) is not None:
-            continue
         # the listing may be a little old: the chosen record is read fresh (a confirmation
         # of a candidate that was just resolved would be a wasted run)
         cand = await book.get(track, tier, r.parent_hash, r.code_hash) if max_age_s else listed

@@ -106,6 +106,10 @@ class Claims:
                 lock = outcome.holder.lock_key if outcome.holder else ""
                 for_s = None if done else deps.memory.lease_s
                 deps.dedup.taken_elsewhere(self._who.tier, item.code_hash, lock, for_s)
+            else:  # another agent confirms it: no worker of ours asks again for a lease
+                deps.memory.candidates.confirmed_elsewhere(
+                    proposal.parent_hash, item.code_hash, deps.memory.lease_s
+                )
             if not quiet:
                 self._status.set("idle", description=None)
             return None
