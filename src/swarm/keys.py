@@ -70,6 +70,7 @@ __all__ = [
     "RESULTS",
     "TRUST",
     "agent_best_key",
+    "agent_best_mutex_name",
     "agent_best_prefix",
     "agent_slug",
     "beacon_key",

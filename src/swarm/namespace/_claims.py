@@ -39,6 +39,8 @@ class Claims:
 
     def __init__(self, memory: SwarmMemory) -> None:
         self.memory = memory
+        #: record keys of the claims this client won and has not released
+        self.mine: set[str] = set()
 
     def _base(
         self,
@@ -136,6 +138,7 @@ class Claims:
         if not got.companion:
             await self._write_record(claim)
         log.info("claim_won", key=claim.key, lock=got.key)
+        self.mine.add(claim.key)
         return ClaimOutcome(won=True, claim=claim)
 
     async def confirming_now(
@@ -272,6 +275,7 @@ class Claims:
         # retried release ends it, nobody else may run the experiment again)
         if mem.beacon is not None:
             mem.beacon.drop(claim.lock_key)
+        self.mine.discard(claim.key)
         await mem.backend.delete([claim.key])
         log.info("claim_released", key=claim.key)
 
@@ -281,11 +285,14 @@ class Claims:
         if self.memory.beacon is not None:
             self.memory.beacon.drop(claim.lock_key)
 
-    async def live_claims(self, track: str | None = None) -> list[Claim]:
+    async def live_claims(
+        self, track: str | None = None, *, others_only: bool = False
+    ) -> list[Claim]:
         """See :meth:`SwarmMemory.live_claims`."""
         mem = self.memory
         infos = await mem.backend.list_keys(keys.CLAIMS)
-        data = await get_json(mem.backend, [i.key for i in infos])
+        wanted = [i.key for i in infos if not (others_only and i.key in self.mine)]
+        data = await get_json(mem.backend, wanted) if wanted else {}
         now = mem.now()
         found = [(k, Claim.from_json(k, rec)) for k, rec in data.items()]
         found = [

@@ -208,10 +208,14 @@ class SwarmMemory:
         when its release failed for good: its lease ends it."""
         self.claimbook.let_go(claim)
 
-    async def live_claims(self, track: str | None = None) -> list[Claim]:
+    async def live_claims(
+        self, track: str | None = None, *, others_only: bool = False
+    ) -> list[Claim]:
         """Claims (ours and other clients') that are live now, newest first. A claim kept
-        live by its supervisor's beacon carries the beacon's last beat as ``heartbeat_at``."""
-        return await self.claimbook.live_claims(track)
+        live by its supervisor's beacon carries the beacon's last beat as ``heartbeat_at``.
+        ``others_only``: leave out the claims this client holds (not read back: a lone
+        machine pays the listing alone)."""
+        return await self.claimbook.live_claims(track, others_only=others_only)
 
     async def prune_dead_claims(self) -> int:
         """Delete this agent's claim records that are no longer live (after a crash)."""

@@ -75,6 +75,8 @@ class CandidateBook:
         self._listed: dict[str, tuple[float, Candidate]] = {}
         #: (track, tier) -> when it was last listed (``mem.now()``) and what was found
         self._lists: dict[tuple[str, str | None], tuple[float, list[Candidate]]] = {}
+        #: (track, tier) -> whether the last :meth:`listing` was answered from its cache
+        self.from_cache: dict[tuple[str, str | None], bool] = {}
         #: (track, tier) -> when :func:`next_confirmation` last found nothing to confirm
         self.nothing_since: dict[tuple[str, str], float] = {}
         #: (parent hash, code hash) -> until when (``mem.now()``) another agent confirms it
@@ -110,9 +112,11 @@ class CandidateBook:
         now = self.mem.now()
         last = self._lists.get((track, tier))
         if last is not None and now - last[0] < max_age_s:
+            self.from_cache[(track, tier)] = True
             return list(last[1])
         out = await self._list(track, tier)
         self._lists[(track, tier)] = (now, out)
+        self.from_cache[(track, tier)] = False
         return list(out)
 
     async def _list(self, track: str, tier: str | None) -> list[Candidate]:
@@ -165,8 +169,9 @@ class CandidateBook:
             result.track, result.vram_tier, result.parent_hash, result.code_hash
         )
         agent = mem.bests.agent_scope(result)
+        tkey = keys.trust_key(result.track, result.agent_id)
         seen, found = await mem.bests.read_many(
-            [*mem.bests.scopes(result), *([agent] if agent else [])], [pkey]
+            [*mem.bests.scopes(result), *([agent] if agent else [])], [pkey, tkey]
         )
         existing = _candidate_in(pkey, found)
         if (
@@ -195,7 +200,7 @@ class CandidateBook:
         )
         if not scopes:
             return BestDecision(False, "; ".join(reasons), best=tier_best, agent_moved=agent_moved)
-        trust = await self.trust(result.track, result.agent_id)
+        trust = _trust_in(result.agent_id, tkey, found)
         candidate = Candidate(
             key=keys.pending_key(
                 result.track, result.vram_tier, result.parent_hash, result.code_hash
@@ -262,23 +267,22 @@ class CandidateBook:
     ) -> bool:
         """No agent on another host was seen in the tier for ``solo_after_s`` (live claims,
         and results through the feed buckets of that window). ``live``: the live claims,
-        read once for the whole decision (:func:`live_claims_once`)."""
+        read once for the whole decision (:func:`live_claims_once`); this client's own
+        claims are not read back (a lone machine pays one listing for them)."""
         if not policy.allow_solo:
             return False
         mem = self.mem
         me = Run(mem.agent_id, mem.host, None, 0.0)
-        since = mem.now() - policy.solo_after_s
-        # the feed first: in a busy swarm a recent result of another host answers at once,
-        # without reading every live claim
-        for r in await mem.recent_results(since, track=track, tier=tier):
-            if r.completed_at is not None and r.completed_at < since:
-                break
-            if me.independent_of(Run(r.agent_id, r.host, None, 0.0)):
-                return False
         for claim in await (live or live_claims_once(mem, track))():
             if claim.vram_tier == tier and me.independent_of(
                 Run(claim.agent_id, claim.host, None, 0.0)
             ):
+                return False
+        since = mem.now() - policy.solo_after_s
+        for r in await mem.recent_results(since, track=track, tier=tier):
+            if r.completed_at is not None and r.completed_at < since:
+                break
+            if me.independent_of(Run(r.agent_id, r.host, None, 0.0)):
                 return False
         return True
 
@@ -352,20 +356,36 @@ class CandidateBook:
             return await refute(self, cand, this, tolerance, sigma)
         return await accept(self, cand, this, independent, policy, (tier, a, b))
 
-    async def add_noise(self, track: str, tier: str, a: float, b: float) -> None:
-        """Add a pair of runs to the tier's noise record (hold the track's best mutex)."""
+    async def noise_and_trust(
+        self, track: str, tier: str, agent_id: str
+    ) -> tuple[NoiseStats, AgentTrust]:
+        """The tier's noise record and ``agent_id``'s trust record, in one read."""
+        nkey, tkey = keys.noise_key(track, tier), keys.trust_key(track, agent_id)
+        found = await self.mem.get_json([nkey, tkey])
+        return NoiseStats.from_json(track, found.get(nkey) or {}), AgentTrust.from_json(
+            agent_id, found.get(tkey) or {}
+        )
+
+    async def add_noise(
+        self, track: str, tier: str, a: float, b: float, current: NoiseStats | None = None
+    ) -> None:
+        """Add a pair of runs to the tier's noise record (hold the track's best mutex;
+        ``current``: the record as read under it)."""
         key = keys.noise_key(track, tier)
-        fresh = await self.noise(track, tier)
+        fresh = current if current is not None else await self.noise(track, tier)
         await self.mem.upsert(
             key,
             encode_record(fresh.add(a, b).to_json()),
             f"[autoresearch] Seed noise of {track}/{tier}",
         )
 
-    async def bump_trust(self, track: str, agent_id: str, *, verified: bool) -> None:
-        """Count a verified or refuted candidate of ``agent_id`` (hold the track's best mutex)."""
+    async def bump_trust(
+        self, track: str, agent_id: str, *, verified: bool, current: AgentTrust | None = None
+    ) -> None:
+        """Count a verified or refuted candidate of ``agent_id`` (hold the track's best
+        mutex; ``current``: the record as read under it)."""
         key = keys.trust_key(track, agent_id)
-        t = await self.trust(track, agent_id)
+        t = current if current is not None else await self.trust(track, agent_id)
         if verified:
             t = replace(t, streak=t.streak + 1, verified=t.verified + 1)
         else:
@@ -422,13 +442,26 @@ def _candidate_in(key: str, found: Mapping[str, Memory]) -> Candidate | None:
         return None
 
 
+def _trust_in(agent_id: str, key: str, found: Mapping[str, Memory]) -> AgentTrust:
+    """The trust record of ``agent_id`` among items read together (empty when absent)."""
+    item = found.get(key)
+    if item is None:
+        return AgentTrust.from_json(agent_id, {})
+    try:
+        return AgentTrust.from_json(agent_id, decode_record(key, item.value))
+    except ProtocolError as exc:
+        log.warning("trust_unreadable", key=key, error=str(exc))
+        return AgentTrust.from_json(agent_id, {})
+
+
 def live_claims_once(mem: SwarmMemory, track: str) -> LiveClaims:
-    """The live claims of ``track``, read at the first call and remembered for later ones."""
+    """The live claims of other clients on ``track`` (this client's own are known without
+    reading them), read at the first call and remembered for later ones."""
     seen: list[list[Claim]] = []
 
     async def read() -> list[Claim]:
         if not seen:
-            seen.append(await mem.live_claims(track))
+            seen.append(await mem.live_claims(track, others_only=True))
         return seen[0]
 
     return read
@@ -506,9 +539,10 @@ async def _first_free(
     rng.shuffle(first)
     for listed in first + [c for c in free if c not in first]:
         r = listed.result
-        # the listing may be a little old: the chosen record is read fresh (a confirmation
-        # of a candidate that was just resolved would be a wasted run)
-        cand = await book.get(track, tier, r.parent_hash, r.code_hash) if max_age_s else listed
+        # a listing from the cache may be a little old: the chosen record is then read
+        # fresh (a confirmation of a candidate that was just resolved would be a wasted run)
+        cached = book.from_cache.get((track, tier), False)
+        cand = await book.get(track, tier, r.parent_hash, r.code_hash) if cached else listed
         if cand is None or not cand.open or len(cand.runs) != len(listed.runs):
             continue
         used = [run.seed for run in cand.runs if run.seed is not None]

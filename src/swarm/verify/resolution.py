@@ -73,8 +73,13 @@ async def accept(
         extra={**cand.result.extra, "verification": state},
     )
     async with mem.locks.mutex(keys.best_mutex_name(combined.track)):  # every best of the track
-        await book.add_noise(combined.track, *pair)
-        await book.bump_trust(cand.result.track, cand.original.agent_id, verified=True)
+        noise, trust = await book.noise_and_trust(
+            combined.track, pair[0], cand.original.agent_id
+        )  # one read under the mutex for both records it updates
+        await book.add_noise(combined.track, *pair, current=noise)
+        await book.bump_trust(
+            cand.result.track, cand.original.agent_id, verified=True, current=trust
+        )
         moves = await _move_bests(mem, cand, combined, runs, policy, state)
     final = state if moves.any else "superseded"
     if moves.any and state == "verified":
