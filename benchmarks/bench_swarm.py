@@ -16,8 +16,9 @@ It starts at 1.021; its noise-free optimum is 0.948. Configurations a real GPU c
 run (batch not divisible, activations beyond 80 GB) crash as an OOM would.
 
 Time is scaled: a run of ``--run-s`` seconds stands for a 5-minute run, and every interval
-of the protocol with it (heartbeat a tenth of a run, solo verification after two runs,
-start jitter); the claim lease is kept at 15 s at least. Machines are split over
+of the protocol with it (the default lease of one run and a beat every third of it, solo
+verification after two runs, start jitter); the lease is kept at 15 s and the beat at 5 s
+at least. Machines are split over
 ``--procs`` OS processes (asyncio inside), against one ``swarm hub`` process on 127.0.0.1
 started here: ``--db`` is handed to ``swarm hub --db`` as given (a SQLite path, or a
 database URL where the hub supports one); ``{n}`` in it is replaced by the size, and an

@@ -41,7 +41,7 @@ from typing import Any
 
 from swarm import keys
 from swarm._logging import configure_logging
-from swarm.config import load_config
+from swarm.config import SwarmConfig, load_config
 from swarm.embedding import get_embedder
 from swarm.memory import NewMemory
 from swarm.memory.factory import open_memory
@@ -325,7 +325,7 @@ def _namespace(key: str) -> str:
 def machine_config(job: SimJob, m: MachineSpec, train_py: Path, prepare_py: Path) -> Any:
     """A supervisor's configuration: the protocol's intervals scaled like the run."""
     f = job.scale
-    beat = 30.0 * f
+    defaults = SwarmConfig()
     return load_config(
         env={},
         flags={
@@ -343,10 +343,11 @@ def machine_config(job: SimJob, m: MachineSpec, train_py: Path, prepare_py: Path
             "start_jitter_s": f"{2.0 * f:g}",
             "agent_name": m.name,
             "max_experiments": str(job.runs_per_gpu * m.gpus),
-            # a beat every tenth of a run, as a 5-minute run gets at 30 s; the lease is kept
-            # at 15 s at least: on a loaded 2-core machine a shorter one expires live claims
-            "heartbeat_s": f"{beat:g}",
-            "lease_s": f"{max(3 * beat, 15.0):g}",
+            # the defaults (lease 300 s, a beat every 100 s) scaled like the run; the lease is
+            # kept at 15 s at least: on a loaded 2-core machine a shorter one expires live
+            # claims
+            "heartbeat_s": f"{max(defaults.heartbeat_s * f, 5.0):g}",
+            "lease_s": f"{max(defaults.lease_s * f, 15.0):g}",
             "solo_after_s": f"{600.0 * f:g}",
             "status_interval_s": f"{max(2.0, job.run_s):g}",
             "sandbox": "none",
