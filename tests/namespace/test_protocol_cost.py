@@ -37,6 +37,17 @@ def keep(n: int, val: float, agent: str = "ada") -> Result:
     )
 
 
+def slowpoke_holds(clock: FakeClock) -> dict[str, object]:
+    """A live mutex generation of another agent ("slowpoke")."""
+    return {
+        "agent_id": "slowpoke",
+        "heartbeat_at": to_iso(clock.now),
+        "lease_s": 30,
+        "nonce": "x",
+        "status": "claimed",
+    }
+
+
 async def spied(
     swarm: Swarm, agent: str, clock: FakeClock, mutex_wait_s: float = 60.0
 ) -> tuple[SwarmMemory, CallLog]:
@@ -120,13 +131,7 @@ async def test_a_personal_best_does_not_wait_for_the_track_mutex(
     its own agent's best still moves that personal best at once."""
     ada, _ = await spied(swarm, "ada", clock, mutex_wait_s=0.2)
     await ada.propose_best(keep(1, 0.95))  # the shared bests: 0.95
-    held = {
-        "agent_id": "slowpoke",
-        "heartbeat_at": to_iso(clock.now),
-        "lease_s": 30,
-        "nonce": "x",
-        "status": "claimed",
-    }
+    held = slowpoke_holds(clock)
     mallory = await swarm.backend("mallory")
     name = keys.best_mutex_name("standard")
     await mallory.create([NewMemory(key=keys.mutex_lock_key(name, 999), value=encode_record(held))])
@@ -135,10 +140,8 @@ async def test_a_personal_best_does_not_wait_for_the_track_mutex(
     assert d.agent_moved and not d.tier_moved and not d.global_moved
     best = await bob.get_agent_best()
     assert best is not None and best.val_bpb == 0.99
-    with pytest.raises(MemoryStoreError, match="slowpoke"):
-        await bob.propose_best(
-            keep(3, 0.94, agent="bob")
-        )  # a shared best still needs the track's mutex
+    with pytest.raises(MemoryStoreError, match="slowpoke"):  # shared bests: the track's mutex
+        await bob.propose_best(keep(3, 0.94, agent="bob"))
 
 
 async def test_a_mutex_released_by_someone_else_is_read(swarm: Swarm, clock: FakeClock) -> None:
@@ -152,13 +155,7 @@ async def test_a_mutex_released_by_someone_else_is_read(swarm: Swarm, clock: Fak
         for i in await ada.backend.list_keys(keys.mutex_lock_prefix(name))
     ]
     top = max(g for g in gens if g is not None)
-    held = {
-        "agent_id": "slowpoke",
-        "heartbeat_at": to_iso(clock.now),
-        "lease_s": 30,
-        "nonce": "x",
-        "status": "claimed",
-    }
+    held = slowpoke_holds(clock)
     mallory = await swarm.backend("mallory")
     await mallory.create(
         [NewMemory(key=keys.mutex_lock_key(name, top + 1), value=encode_record(held))]

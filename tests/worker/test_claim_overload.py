@@ -86,6 +86,18 @@ async def test_a_stop_ends_the_wait_for_an_overloaded_hub(tmp_path: Path) -> Non
         assert await rig.worker.claims.claim(_item()) is None
 
 
+async def _rival_claims(rival: Any, track: str, item: Queued, kind: str) -> Any:
+    """The racing agent claims ``item`` (on the CPU tier) before the worker does."""
+    return await rival.try_claim(
+        parent_hash=item.proposal.parent_hash,
+        code_hash=item.code_hash,
+        description=item.proposal.description,
+        track=track,
+        tier="cpu",
+        kind=kind,
+    )
+
+
 async def test_a_claim_lost_to_another_agent_is_not_proposed_again(tmp_path: Path) -> None:
     """Racing agent "rival" holds the experiment: the worker loses the claim once, and no
     worker of its machine offers that code again while the rival's lease runs; once the
@@ -93,13 +105,7 @@ async def test_a_claim_lost_to_another_agent_is_not_proposed_again(tmp_path: Pat
     async with worker_rig(tmp_path, []) as rig:
         rival = await rig.open_memory("rival")
         item = _item()
-        held = await rival.try_claim(
-            parent_hash=item.proposal.parent_hash,
-            code_hash=item.code_hash,
-            description=item.proposal.description,
-            track=rig.deps.track,
-            tier="cpu",
-        )
+        held = await _rival_claims(rival, rig.deps.track, item, "experiment")
         assert held.won and held.claim is not None
         assert await rig.worker.claims.claim(item) is None
         verdict = await rig.deps.dedup.check(
@@ -121,14 +127,7 @@ async def test_a_lost_confirmation_claim_marks_the_candidate_busy(tmp_path: Path
     async with worker_rig(tmp_path, []) as rig:
         rival = await rig.open_memory("rival")
         item = _item()
-        held = await rival.try_claim(
-            parent_hash=item.proposal.parent_hash,
-            code_hash=item.code_hash,
-            description=item.proposal.description,
-            track=rig.deps.track,
-            tier="cpu",
-            kind="confirmation",
-        )
+        held = await _rival_claims(rival, rig.deps.track, item, "confirmation")
         assert held.won
         assert await rig.worker.claims.claim(item, kind="confirmation") is None
         book = rig.deps.memory.candidates
