@@ -70,10 +70,14 @@ def _entry_from(op: dict[str, Any]) -> OutboxEntry | None:
     if not ident:
         return None
     if kind == "result" and isinstance(op.get("result"), dict):
+        claim = op.get("claim")
         return OutboxEntry(
             ident,
             "result",
             result=Result.from_json("", op["result"]),
+            claim=Claim.from_json(str(op.get("claim_key") or ""), claim)
+            if isinstance(claim, dict)
+            else None,
             decided=bool(op.get("decided", True)),
             confirming=bool(op.get("confirming", False)),
             noise_margin=float(op.get("noise_margin") or 0.0),
@@ -188,8 +192,16 @@ class Outbox:
         return len(self.pending("result"))
 
     async def add_result(
-        self, result: Result, *, decided: bool, confirming: bool = False, noise_margin: float = 0.0
+        self,
+        result: Result,
+        *,
+        decided: bool,
+        confirming: bool = False,
+        noise_margin: float = 0.0,
+        claim: Claim | None = None,
     ) -> str:
+        """Write ``result`` ahead; ``claim``: the claim its run ran under, released (as done)
+        once the result is published."""
         ident = uuid.uuid4().hex
         await self._write(
             {
@@ -200,6 +212,7 @@ class Outbox:
                 "decided": decided,
                 "confirming": confirming,
                 "noise_margin": noise_margin,
+                **({"claim": claim.to_json(), "claim_key": claim.key} if claim else {}),
             }
         )
         return ident
@@ -255,6 +268,13 @@ class Publisher:
         self.on_replayed = on_replayed
         self._replay_lock = asyncio.Lock()
         self._in_flight: set[str] = set()
+        #: lock keys of claims whose result waits in the outbox: released by the replay
+        self._holding: set[str] = set()
+
+    def holds(self, claim: Claim) -> bool:
+        """The claim's result waits in the outbox, which releases it (as done) once the
+        result is published: its worker must not release it before."""
+        return bool(claim.lock_key) and claim.lock_key in self._holding
 
     def _transient(self, exc: BaseException, *, where: str) -> bool:
         """True for a transient fault (retry later); trips the latch on a permanent one."""
@@ -263,13 +283,28 @@ class Publisher:
         return self.latch.check(exc, where=where, memory=self.label).reaction is Reaction.TRANSIENT
 
     async def publish(
-        self, result: Result, *, decided: bool, confirming: bool = False, noise_margin: float = 0.0
+        self,
+        result: Result,
+        *,
+        decided: bool,
+        confirming: bool = False,
+        noise_margin: float = 0.0,
+        claim: Claim | None = None,
     ) -> str:
-        """Write ``result`` ahead, publish it, mark it done; its key, or "" when deferred."""
+        """Write ``result`` ahead, publish it, mark it done; its key, or "" when deferred.
+        ``claim`` (the run's): when the result is deferred the outbox keeps it and releases
+        it as done after the replay published the result (see :meth:`holds`): released
+        earlier, its lock could be won and the experiment run again before the result
+        arrives."""
         ident = await self.outbox.add_result(
-            result, decided=decided, confirming=confirming, noise_margin=noise_margin
+            result,
+            decided=decided,
+            confirming=confirming,
+            noise_margin=noise_margin,
+            claim=claim if claim is not None and claim.lock_key else None,
         )
         if self.latch.tripped:
+            self._hold(claim)
             return ""
         self._in_flight.add(ident)  # the replay leaves it alone while this call owns it
         try:
@@ -287,11 +322,16 @@ class Publisher:
                 error=str(exc),
                 queued=str(self.outbox.path),
             )
+            self._hold(claim)
             return ""
         finally:
             self._in_flight.discard(ident)
         await self.outbox.mark_done(ident, key)
         return key
+
+    def _hold(self, claim: Claim | None) -> None:
+        if claim is not None and claim.lock_key:
+            self._holding.add(claim.lock_key)
 
     async def _set_aside(self, ident: str, result: Result, exc: InvalidRequestError) -> None:
         """A result the memory can never take (e.g. too large): kept in rejected.jsonl next
@@ -357,9 +397,15 @@ class Publisher:
             key = str(await self.memory.publish_result(result))
         except InvalidRequestError as exc:
             await self._set_aside(entry.id, result, exc)
+            if entry.claim is not None:  # never published: the experiment is free again
+                self._holding.discard(entry.claim.lock_key)
+                await self.release(entry.claim)
             return
         await self.outbox.mark_done(entry.id, key)
         log.info("publish_replayed", key=key, status=result.status, description=result.description)
+        if entry.claim is not None:  # the run's claim waited for its result: done now
+            self._holding.discard(entry.claim.lock_key)
+            await self.release(entry.claim, result_key=key)
         if self.on_replayed is not None:
             await self.on_replayed(replace(result, key=key))
 

@@ -183,6 +183,46 @@ async def test_a_release_that_failed_in_an_outage_is_retried_when_the_memory_is_
         ).won
 
 
+async def test_a_deferred_result_keeps_its_claim_until_the_replay_publishes_it(
+    tmp_path: Path,
+    hub: HubHandle,
+) -> None:
+    """The hub does not take a finished run's result: its claim is not released (a racer
+    that has not seen the result still loses the lock), the outbox keeps it, and the replay
+    publishes the result and then ends the lock as done with the result's key."""
+    token = hub.add_token("ada")
+    async with (
+        EnsueBackend(hub.url, token, name="hub") as live,
+        EnsueBackend(_dead_url(), token, name="hub", retry=NO_RETRY) as dead,
+    ):
+        mem = SwarmMemory(live, agent_id="ada", host="h", embed_records=False)
+        r = _result(3)
+        outcome = await mem.try_claim(
+            parent_hash="",
+            code_hash=r.code_hash,
+            description=r.description,
+            track="smoke",
+            tier="cpu",
+        )
+        assert outcome.won and outcome.claim is not None
+        claim = outcome.claim
+        box = Outbox(tmp_path / "outbox.jsonl")
+        offline = Publisher(box, SwarmMemory(dead, agent_id="ada", host="h"), FaultLatch())
+        assert await offline.publish(r, decided=True, claim=claim) == ""
+        assert offline.holds(claim)
+        assert await mem.still_held(claim)
+        bob = SwarmMemory(live, agent_id="bob", host="h2", embed_records=False)
+        racer = dict(parent_hash="", code_hash=r.code_hash, description=r.description)
+        assert not (await bob.try_claim(**racer, track="smoke", tier="cpu")).won
+        back = Publisher(Outbox(box.path), mem, FaultLatch())  # a restart: claim from the file
+        assert await back.replay() == 1
+        lost = await bob.try_claim(**racer, track="smoke", tier="cpu")
+        assert not lost.won and lost.reason == "done by ada"
+        assert lost.holder is not None and lost.holder.extra.get("result_key", "").startswith(
+            "results/ada--"
+        )
+
+
 async def test_a_rejected_key_trips_the_latch_and_keeps_the_result(
     tmp_path: Path,
     hub: HubHandle,

@@ -154,6 +154,8 @@ class Claims:
         if not claim.lock_key:
             return  # a local (offline) claim
         if self._deps.publisher is not None:  # queued for a retry when it fails
+            if self._deps.publisher.holds(claim):
+                return  # its result waits in the outbox, which releases it as done
             await self._deps.publisher.release(claim, result_key=result_key)
             return
         try:

@@ -275,7 +275,7 @@ class ResultPublisher:
         # from here the outbox owns the result (written ahead, replayed after a crash): a
         # restart must not harvest the run's scratch dir as well
         await asyncio.to_thread(mark_finished, outcome.workdir, "published")
-        key = await self._publish(result, decided=decision is not None)
+        key = await self._publish(result, decided=decision is not None, claim=claim)
         result = replace(result, key=key)
         await self._record(item, claim, result)
         if self._who.gpu_index is not None and deps.pool is not None and outcome.status == "ok":
@@ -342,12 +342,14 @@ class ResultPublisher:
         except ProposerError as exc:
             log.warning("proposer_observe_failed", error=str(exc)[:300])
 
-    async def _publish(self, result: Result, *, decided: bool = True) -> str:
+    async def _publish(
+        self, result: Result, *, decided: bool = True, claim: Claim | None = None
+    ) -> str:
         deps = self._deps
         if deps.publisher is not None:  # durable: written ahead, replayed when deferred
             return str(
                 await deps.publisher.publish(
-                    result, decided=decided, noise_margin=deps.config.noise_margin
+                    result, decided=decided, noise_margin=deps.config.noise_margin, claim=claim
                 )
             )
         try:
