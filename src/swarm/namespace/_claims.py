@@ -113,7 +113,7 @@ class Claims:
 
         got = await mem.locks.acquire(
             prefix,
-            lambda g: keys.generation_key(prefix, g),
+            lambda g: f"{prefix}g{g:06d}",
             payload,
             fast_first=True,
             legacy_ttl_s=mem.lease_s,

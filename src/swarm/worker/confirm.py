@@ -47,10 +47,10 @@ class Confirmations:
                 trust_policy(deps.config),
                 own_only=deps.trusted_only,
                 rng=self._rng,
-                # the machine's workers share a listing a third of a heartbeat old, and
-                # never older than a tenth of a run: a candidate waits for a whole run
-                # anyway, and each claim a worker loses sends it back here
-                max_age_s=min(deps.memory.heartbeat_s / 3, deps.budget_s / 10),
+                # the machine's workers share a listing a third of a heartbeat old: a
+                # candidate waits for a whole run anyway, and each claim a worker loses
+                # sends it back here
+                max_age_s=deps.memory.heartbeat_s / 3,
             )
         except MemoryStoreError as exc:
             log.warning("confirmations_unavailable", error=str(exc))
