@@ -35,6 +35,7 @@ import orjson
 from swarm.errors import ProtocolError
 
 __all__ = [
+    "BEST_WITHDRAWN",
     "DEFAULT_TRACK",
     "DONE",
     "STATUSES",
@@ -51,6 +52,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "from_iso",
+    "read_best",
     "to_iso",
 ]
 
@@ -537,6 +539,17 @@ class ClaimOutcome:
 
 
 # --------------------------------------------------------------------------- Best
+
+
+BEST_WITHDRAWN = "withdrawn"
+"""``status`` of a best record that was withdrawn with nothing before it: no best."""
+
+
+def read_best(key: str, mapping: Any) -> Best | None:
+    """A best record, or None for a withdrawn one (:data:`BEST_WITHDRAWN`)."""
+    if isinstance(mapping, Mapping) and mapping.get("status") == BEST_WITHDRAWN:
+        return None
+    return Best.from_json(key, mapping)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

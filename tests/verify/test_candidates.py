@@ -169,6 +169,47 @@ async def test_refuted_self_verified_best_reverts_to_the_previous(
     assert glob is not None and glob.val_bpb == pytest.approx(3.0005)
 
 
+async def test_refuted_first_best_falls_back_to_the_best_confirmed_candidate(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """A lie confirmed before anything else became the scope's first best (nothing before
+    it); refuted, the best goes to the candidate whose runs agreed, not stays the lie."""
+    a = await agent(swarm, "alice", "host-a", clock)
+    assert (await a.candidates.propose(result(a, "baseline", 3.0), POLICY)).candidate
+    assert (await a.candidates.propose(result(a, "lie", 2.5, parent=BASE), POLICY)).candidate
+    assert (await a.candidates.confirm(result(a, "lie", 2.5, seed=1, parent=BASE), POLICY)).moved
+    first = await a.get_best(TRACK, TIER)
+    assert first is not None and first.previous is None
+    late = await a.candidates.confirm(result(a, "baseline", 3.002, seed=1), POLICY)
+    assert not late.moved  # superseded by the lie
+    b = await agent(swarm, "bob", "host-b", clock)
+    decision = await b.candidates.confirm(result(b, "lie", 3.1, seed=2, parent=BASE), POLICY)
+    assert decision.refuted
+    for tier in (TIER, None):
+        best = await b.get_best(TRACK, tier)
+        assert best is not None and best.code_hash == code("baseline"), tier
+        assert best.val_bpb == pytest.approx(3.001)
+        assert verification_of(best) == "self-verified"  # only alice ran it: it says so
+        assert best.result.extra.get("withdrawn", "").endswith(code("lie")[:12])
+        assert len(best.confirmations) == 2
+
+
+async def test_refuted_first_best_with_nothing_confirmed_is_removed(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """A refuted lie that was the scope's only confirmed result leaves no best behind (and
+    the next honest result is judged against nothing, not against the lie)."""
+    a = await agent(swarm, "alice", "host-a", clock)
+    assert (await a.candidates.propose(result(a, "lie", 2.5), POLICY)).candidate
+    assert (await a.candidates.confirm(result(a, "lie", 2.5, seed=1), POLICY)).moved
+    b = await agent(swarm, "bob", "host-b", clock)
+    assert (await b.candidates.confirm(result(b, "lie", 3.1, seed=2), POLICY)).refuted
+    assert await b.get_best(TRACK, TIER) is None
+    assert await b.get_best(TRACK) is None
+    honest = await b.candidates.propose(result(b, "honest", 3.05, parent=BASE), POLICY)
+    assert honest.candidate, honest.reason
+
+
 async def test_self_confirmation_is_refused_while_another_agent_is_live(
     swarm: Swarm, clock: FakeClock
 ) -> None:
@@ -421,6 +462,30 @@ async def test_a_cached_listing_never_offers_a_resolved_candidate(
     )
     assert again is None
     assert spy.count("list_keys", "best/pending") == 0
+
+
+async def test_a_candidate_written_here_is_offered_here_at_once(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """The listing cache and the "nothing to confirm" memo hide other machines' new
+    candidates for a while, never this machine's own: alone, alice confirms her new
+    candidate on the next look, not a cache period later."""
+    import random
+
+    from swarm.verify.candidates import next_confirmation
+
+    a = await agent(swarm, "alice", "host-a", clock)
+
+    async def look() -> object:
+        return await next_confirmation(
+            a.candidates, TRACK, TIER, POLICY, own_only=False, rng=random.Random(1), max_age_s=60
+        )
+
+    assert await look() is None  # nothing yet: the memo is set, the empty listing cached
+    clock.advance(1)
+    assert (await a.candidates.propose(result(a, "mine", 3.0), POLICY)).candidate
+    found = await look()
+    assert found is not None and found[0].result.code_hash == code("mine")  # type: ignore[index]
 
 
 async def test_machines_spread_over_open_candidates(swarm: Swarm, clock: FakeClock) -> None:

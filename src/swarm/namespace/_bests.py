@@ -19,7 +19,17 @@ from swarm._logging import get_logger
 from swarm.errors import InvalidRequestError, ProtocolError
 from swarm.memory import Memory
 from swarm.namespace._store import upsert
-from swarm.records import Best, BestDecision, BestKind, Result, decode_record, encode_record
+from swarm.records import (
+    BEST_WITHDRAWN,
+    Best,
+    BestDecision,
+    BestKind,
+    Result,
+    decode_record,
+    encode_record,
+    read_best,
+    to_iso,
+)
 
 if TYPE_CHECKING:
     from swarm.namespace._facade import SwarmMemory
@@ -158,9 +168,11 @@ class Bests:
         if meta is None:
             return None
         try:
-            best = Best.from_json(scope.meta_key, decode_record(scope.meta_key, meta.value))
+            best = read_best(scope.meta_key, decode_record(scope.meta_key, meta.value))
         except ProtocolError as exc:
             log.warning("best_unreadable", key=scope.meta_key, error=str(exc))
+            return None
+        if best is None:
             return None
         code = found.get(scope.code_key) if scope.code_key else None
         if not best.train_py and code is not None:
@@ -281,6 +293,32 @@ class Bests:
             previous=current.val_bpb if current else None,
         )
         return new
+
+    async def withdraw(self, scope: Scope, current: Best, refuted: str) -> None:
+        """Leave ``scope`` without a best (hold the scope's mutex): ``current`` showed the
+        refuted candidate ``refuted`` and had nothing before it. The record stays (another
+        agent's key may not be deletable) as a tombstone every reader takes for no best;
+        clients of the original layout read ``val_bpb: null``."""
+        tombstone = {
+            "status": BEST_WITHDRAWN,
+            "val_bpb": None,
+            "best_val_bpb": None,
+            "description": f"withdrawn: {current.result.description}",
+            "agent_id": current.agent_id,
+            "withdrawn": refuted,
+            "best_kind": scope.kind,
+            "best_track": scope.track,
+            "best_tier": scope.tier,
+            "best_version": current.version + 1,
+            "achieved_at": to_iso(self.memory.now()),
+        }
+        await upsert(
+            self.memory.backend,
+            scope.meta_key,
+            encode_record(tombstone),
+            f"[autoresearch] Best of {scope.label()}: withdrawn, none confirmed before it",
+        )
+        log.info("best_removed", scope=scope.label(), refuted=refuted)
 
     async def _move(
         self, scopes: Sequence[Scope], result: Result, noise_margin: float

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from swarm.namespace._bests import Scope
 from swarm.namespace._store import get_json
-from swarm.records import DEFAULT_TRACK, TIERS, Best, Result, SwarmSummary
+from swarm.records import DEFAULT_TRACK, TIERS, Best, Result, SwarmSummary, read_best
 
 if TYPE_CHECKING:
     from swarm.namespace._facade import SwarmMemory
@@ -38,8 +38,8 @@ async def _bests(mem: SwarmMemory, tracks: list[str]) -> dict[tuple[str, str | N
     found = await get_json(mem.backend, [s.meta_key for s in scopes])
     bests: dict[tuple[str, str | None], Best] = {}
     for s in scopes:
-        if s.meta_key in found:
-            b = Best.from_json(s.meta_key, found[s.meta_key])
+        b = read_best(s.meta_key, found[s.meta_key]) if s.meta_key in found else None
+        if b is not None:
             bests[(s.track, s.tier)] = replace(b, kind=s.kind, track=s.track, tier=s.tier)
     return bests
 

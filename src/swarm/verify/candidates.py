@@ -252,6 +252,12 @@ class CandidateBook:
             f"[autoresearch] Candidate best ({candidate.state}, {what}): {r.description}",
             create_first=new,
         )
+        # this machine's own writes are seen by its workers at once (the shared listing
+        # and the "nothing to confirm" memo only spare reads of other machines' changes)
+        track, tier = r.track, r.vram_tier
+        for cached in ((track, tier), (track, None)):
+            self._lists.pop(cached, None)
+        self.nothing_since.pop((track, tier or ""), None)
         log.info(
             "candidate_written",
             key=candidate.key,

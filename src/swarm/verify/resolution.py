@@ -7,14 +7,16 @@
   run came from another agent on another host, else ``self-verified``; ``superseded`` when
   nothing moved (another best came first).
 - :func:`refute`: the runs disagree. The candidate is kept with both values, a best that
-  already showed it reverts to the previous one, the author's trust is reset and their
-  other open candidates are marked suspicious.
+  already showed it reverts to the previous one (a scope's first best, which replaced
+  nothing, to the best candidate whose runs agreed, else it is removed), the author's
+  trust is reset and their other open candidates are marked suspicious.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from swarm import keys
 from swarm._logging import get_logger
@@ -165,21 +167,7 @@ async def refute(
     )
     await book.write_record(refuted, "refuted")
     async with mem.locks.mutex(keys.best_mutex_name(cand.result.track)):
-        for scope in mem.bests.scopes(cand.result):
-            current = await mem.bests.read(scope)
-            if (
-                current is not None
-                and current.code_hash == cand.result.code_hash
-                and current.previous is not None
-            ):
-                back = replace(
-                    current.previous.result,
-                    extra={**current.previous.result.extra, "withdrawn": cand.key},
-                )
-                await mem.bests.write(
-                    scope, back, current, confirmations=current.previous.confirmations
-                )
-                log.warning("best_withdrawn", scope=scope.label(), code=cand.key)
+        await _withdraw(book, cand)
         await book.bump_trust(cand.result.track, cand.original.agent_id, verified=False)
     for other in await book.listing(cand.result.track):
         if (
@@ -190,3 +178,61 @@ async def refute(
             await book.write_record(replace(other, suspicious=True), "author refuted elsewhere")
     log.warning("candidate_refuted", key=cand.key, reason=reason)
     return BestDecision(False, reason, refuted=True)
+
+
+async def _withdraw(book: CandidateBook, cand: Candidate) -> None:
+    """Every best that shows the refuted ``cand`` goes back to the one it replaced; a best
+    that replaced nothing (the scope's first) goes back to the best confirmed candidate of
+    the scope, or is removed when there is none (hold the track's best mutex)."""
+    mem = book.mem
+    scopes = mem.bests.scopes(cand.result)
+    current, _ = await mem.bests.read_many(scopes)
+    listing: list[Candidate] | None = None
+    for scope in scopes:
+        now = current[scope.meta_key]
+        if now is None or now.code_hash != cand.result.code_hash:
+            continue
+        if now.previous is not None:
+            back: Result | None = now.previous.result
+            confirmations = now.previous.confirmations
+        else:
+            if listing is None:
+                listing = await book.listing(cand.result.track)
+            back, confirmations = _best_confirmed(listing, cand, scope.tier)
+        if back is None:
+            await mem.bests.withdraw(scope, now, cand.key)
+            log.warning("best_withdrawn", scope=scope.label(), code=cand.key, to=None)
+            continue
+        back = replace(back, extra={**back.extra, "withdrawn": cand.key})
+        await mem.bests.write(scope, back, now, confirmations=confirmations)
+        log.warning("best_withdrawn", scope=scope.label(), code=cand.key, to=back.val_bpb)
+
+
+def _best_confirmed(
+    listing: list[Candidate], refuted: Candidate, tier: str | None
+) -> tuple[Result | None, tuple[Mapping[str, Any], ...]]:
+    """The lowest mean among the candidates of ``tier`` (None: any tier) whose runs agreed
+    (verified, self-verified, or confirmed but superseded), as the result a best shows."""
+    agreed = [
+        c
+        for c in listing
+        if c.key != refuted.key
+        and c.result.code_hash != refuted.result.code_hash
+        and c.state in ("verified", "self-verified", "superseded")
+        and len(c.runs) >= 2
+        and not c.suspicious
+        and (tier is None or c.result.vram_tier == tier)
+    ]
+    if not agreed:
+        return None, ()
+    top = min(agreed, key=lambda c: sum(r.val_bpb for r in c.runs) / len(c.runs))
+    mean = sum(r.val_bpb for r in top.runs) / len(top.runs)
+    independent = any(r.independent_of(top.original) for r in top.runs[1:])
+    state = "verified" if independent else "self-verified"
+    result = replace(
+        top.result,
+        val_bpb=mean,
+        verified=independent,
+        extra={**top.result.extra, "verification": state},
+    )
+    return result, tuple(r.to_json() for r in top.runs)
