@@ -86,6 +86,7 @@ __all__ = [
     "feed_key",
     "feed_stamp",
     "feed_target",
+    "generation_key",
     "hash6",
     "hypothesis_key",
     "hypothesis_take_key",
@@ -237,7 +238,7 @@ def experiment_lock_key(
 ) -> str:
     """``locks/exp/<track>/<tier>/<code12>/g<NNNNNN>`` (see :func:`experiment_lock_prefix`)."""
     prefix = experiment_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
-    return f"{prefix}g{generation:06d}"
+    return generation_key(prefix, generation)
 
 
 def confirmation_lock_prefix(
@@ -254,7 +255,7 @@ def confirmation_lock_key(
 ) -> str:
     """``locks/confirm/<track>/<tier>/<parent12>--<code12>/g<NNNNNN>``."""
     prefix = confirmation_lock_prefix(parent_hash, code_hash, track=track, tier=tier)
-    return f"{prefix}g{generation:06d}"
+    return generation_key(prefix, generation)
 
 
 def trust_prefix(track: str) -> str:
@@ -298,13 +299,18 @@ def leaderboard_mutex_name(track: str) -> str:
 
 def mutex_lock_key(name: str, generation: int) -> str:
     """``locks/mutex/<name>/g<NNNNNN>``."""
-    return f"{mutex_lock_prefix(name)}g{generation:06d}"
+    return generation_key(mutex_lock_prefix(name), generation)
 
 
 def beacon_key(agent_id: str, host: str) -> str:
     """``locks/beacon/<agent>--<host>``: the heartbeat of an agent's supervisor on one host."""
     host_part = slug(host or "host", max_len=40)
     return f"{BEACONS}{agent_slug(agent_id)}--{host_part}--{hash6(agent_id, host)}"
+
+
+def generation_key(prefix: str, generation: int) -> str:
+    """``<prefix>g<NNNNNN>``: one generation of the lock under ``prefix``."""
+    return f"{prefix}g{generation:06d}"
 
 
 def lock_generation(key: str) -> int | None:

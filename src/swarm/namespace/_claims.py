@@ -113,7 +113,7 @@ class Claims:
 
         got = await mem.locks.acquire(
             prefix,
-            lambda g: f"{prefix}g{g:06d}",
+            lambda g: keys.generation_key(prefix, g),
             payload,
             fast_first=True,
             legacy_ttl_s=mem.lease_s,

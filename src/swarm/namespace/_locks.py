@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tenacity import (
@@ -40,6 +41,27 @@ log = get_logger(__name__)
 _GC_EVERY = 4
 """A mutex release deletes the generations below it every this many generations (and
 after a takeover): the listing stays a handful of keys at a quarter of the deletes."""
+
+
+_NEAR = 3
+"""Generations read around a guess of a lock's top (the guess and the two above)."""
+_ABOVE = object()
+"""The top is above the generations read (the last of them exists)."""
+
+
+def _near(key_for: Callable[[int], str], start: int) -> list[str]:
+    """The keys of generation ``start`` and the ones above it that are read together."""
+    return [key_for(start + d) for d in range(_NEAR)]
+
+
+def _top_near(near: list[str], found: Mapping[str, Any]) -> str | object | None:
+    """The top generation among ``near`` as read (generations are created one above the
+    other and never deleted, for claim locks), :data:`_ABOVE` when the last one read
+    exists (the top may be higher), None when none exists."""
+    present = [k for k in near if k in found]
+    if near[-1] in found:
+        return _ABOVE
+    return present[-1] if present else None
 
 
 class _Busy(Exception):
@@ -108,12 +130,11 @@ class Locks:
         generation just lost to a racer; it and the two above are read in one call instead
         of listing (the top is almost always the racer's), unless the third exists."""
         if after_lost is not None:
-            near = [spec.key_for(after_lost + d) for d in (0, 1, 2)]
+            near = _near(spec.key_for, after_lost)
             found = await get_json(self.memory.backend, near)
-            present = [k for k in near if k in found]
-            if present and near[-1] not in found:
-                top_key = present[-1]
-                return await self._judge_top(spec, top_key, found[top_key])
+            at = _top_near(near, found)
+            if isinstance(at, str):
+                return await self._judge_top(spec, at, found[at])
         gens = await self._generations(spec.prefix)
         if not gens:
             return 1, False
@@ -242,24 +263,18 @@ class Locks:
         whatever their number. ``guesses[prefix]`` is the lowest generation the top is
         expected at: it and the two above are read in one batched get, the holders' beacons
         in another; a lock whose top is not among them is looked at alone."""
-
-        def gen_key(prefix: str, g: int) -> str:
-            return f"{prefix}g{g:06d}"
-
-        span = (0, 1, 2)
-        wanted = [gen_key(p, g + d) for p, g in guesses.items() for d in span]
-        found = await get_json(self.memory.backend, wanted)
+        near = {p: _near(partial(keys.generation_key, p), g) for p, g in guesses.items()}
+        found = await get_json(self.memory.backend, [k for ks in near.values() for k in ks])
         out: dict[str, Claim | None] = {}
         held: list[tuple[str, str, Claim]] = []
         unsure: list[str] = []
         for prefix, g in guesses.items():
-            present = [gen_key(prefix, g + d) for d in span if gen_key(prefix, g + d) in found]
-            if gen_key(prefix, g + span[-1]) in found or (not present and g > 1):
+            at = _top_near(near[prefix], found)
+            if at is _ABOVE or (at is None and g > 1):
                 unsure.append(prefix)  # the top may be higher (or lower) than guessed
                 continue
             out[prefix] = None
-            if present:
-                at = present[-1]
+            if isinstance(at, str):
                 holder = Claim.from_json(at, found[at])
                 if holder.released_at is None and not holder.done:
                     held.append((prefix, at, holder))
@@ -282,7 +297,7 @@ class Locks:
         gens = await self._generations(prefix)
         if not gens:
             return None
-        top_key = f"{prefix}g{max(gens):06d}"
+        top_key = keys.generation_key(prefix, max(gens))
         current = await get_json(self.memory.backend, [top_key])
         if top_key not in current:
             return None
