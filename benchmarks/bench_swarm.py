@@ -328,9 +328,16 @@ def print_scale_row(r: ScaleRow) -> None:
         f"{r.rpcs_per_exp:.1f} | {r.lost_per_exp:.1f} | {r.duplicates} "
         f"({r.duplicates_overlapping} overlapping) | "
         f"{r.unpublished} | {r.hub_cpu_s:.0f} | {r.hub_rss_mb:.0f} | "
-        f"{r.bytes_per_exp / 1024:.1f} (file {r.db_bytes_per_exp / 1024:.1f}) |",
+        f"{r.bytes_per_exp / 1024:.1f} ({_file_kb(r.db_bytes_per_exp)}) |",
         flush=True,
     )
+
+
+def _file_kb(db_bytes_per_exp: float) -> str:
+    """The database file's growth per experiment (a PostgreSQL hub has no file here)."""
+    if math.isnan(db_bytes_per_exp):
+        return "no database file: PostgreSQL"
+    return f"file {db_bytes_per_exp / 1024:.1f}"
 
 
 def print_scale_notes(rows: list[ScaleRow]) -> None:

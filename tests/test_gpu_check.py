@@ -57,7 +57,7 @@ def test_dry_check_runs_every_stage_without_the_embedding_packages(tmp_path: Pat
     assert "NVML: no view (" in out  # no NVIDIA library here, and the table says why
     assert "cpu_mode True; exit: max_experiments (2) reached" in out
     swarm_log = (logs / "swarm.log").read_text()
-    assert "embedder.loaded" not in swarm_log and "blocked by test_gpu_check" not in swarm_log
+    assert "embedder_loaded" not in swarm_log and "blocked by test_gpu_check" not in swarm_log
     assert sorted(p.name for p in logs.iterdir()) == [
         "figures.json",
         "prepare.log",

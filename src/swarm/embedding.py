@@ -81,7 +81,7 @@ class Embedder:
                 self._model = SentenceTransformer(path, device="cpu")
             except Exception as exc:  # foreign errors of many kinds: translate once, here
                 raise DedupError(f"cannot load embedding model {self.model_name!r}: {exc}") from exc
-            _log.info("embedder.loaded", model=self.model_name, path=path)
+            _log.info("embedder_loaded", model=self.model_name, path=path)
         return self._model
 
     @property

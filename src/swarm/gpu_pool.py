@@ -279,7 +279,7 @@ class GpuPool:
         self.cpu_mode = True
         self.cpu_reason = reason
         self.gpus = []
-        log.warning("gpu_pool.cpu_mode", reason=reason)
+        log.warning("gpu_pool_cpu_mode", reason=reason)
         return []
 
     async def detect(self) -> list[GpuInfo]:
@@ -301,7 +301,7 @@ class GpuPool:
         except GpuError as exc:
             return self._enter_cpu_mode(f"NVML initialisation hung: {exc}")
         except Exception as exc:  # supervision edge: any NVML/ctypes failure means no GPUs
-            log.debug("gpu_pool.nvml_init_failed", error=repr(exc))
+            log.debug("gpu_pool_nvml_init_failed", error=repr(exc))
             return self._enter_cpu_mode(
                 f"NVML initialisation failed ({type(exc).__name__}: {exc}); "
                 "no NVIDIA driver or GPU is usable on this machine"
@@ -337,7 +337,7 @@ class GpuPool:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(executor, self._shutdown_blocking)
         except Exception as exc:  # supervision edge: shutdown failures are only worth a log line
-            log.warning("gpu_pool.nvml_shutdown_failed", error=repr(exc))
+            log.warning("gpu_pool_nvml_shutdown_failed", error=repr(exc))
         finally:
             executor.shutdown(wait=False)
 
@@ -405,7 +405,7 @@ class GpuPool:
             try:
                 out.append(await self.snapshot(g.index))
             except GpuError as exc:
-                log.warning("gpu_pool.snapshot_failed", index=g.index, error=str(exc))
+                log.warning("gpu_pool_snapshot_failed", index=g.index, error=str(exc))
         return out
 
     # -- readiness -----------------------------------------------------------------------
@@ -465,7 +465,7 @@ class GpuPool:
             reason = "; ".join(reasons)
             delay = self._backoff(attempt)
             attempt += 1
-            log.info("gpu_pool.waiting", index=index, reason=reason, retry_in_s=round(delay, 2))
+            log.info("gpu_pool_waiting", index=index, reason=reason, retry_in_s=round(delay, 2))
             if on_wait is not None:
                 on_wait(reason)
             if await self._sleep_or_stop(delay, sleep, stop):
@@ -516,7 +516,7 @@ class GpuPool:
                 f" (last: {reason})" if reason else ""
             )
             self._quarantined[index] = why
-            log.error("gpu_pool.quarantined", index=index, reason=why)
+            log.error("gpu_pool_quarantined", index=index, reason=why)
             return True
         return False
 
@@ -531,5 +531,5 @@ class GpuPool:
     def release_quarantine(self, index: int) -> None:
         """Put GPU ``index`` back in service (operator action); its streak starts over."""
         if self._quarantined.pop(index, None) is not None:
-            log.info("gpu_pool.quarantine_released", index=index)
+            log.info("gpu_pool_quarantine_released", index=index)
         self._infra_streak[index] = 0

@@ -329,7 +329,7 @@ def mount_dashboard(app: web.Application, service: HubService, *, not_html: Hand
     ``not_html`` answers a GET of ``/`` that asks for an event stream (MCP clients)."""
     app[_SERVICE] = service
     app[_MEMORY] = SwarmMemory(
-        service.store,  # type: ignore[arg-type]
+        service.store,
         agent_id="hub-dashboard",
         embed_records=False,
     )

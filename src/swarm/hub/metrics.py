@@ -78,7 +78,7 @@ class HubMetrics:
             "swarm_hub_live_claims", "claims with a fresh heartbeat", registry=r
         )
         self._memory = SwarmMemory(
-            service.store,  # type: ignore[arg-type]
+            service.store,
             agent_id="hub-metrics",
             embed_records=False,
         )

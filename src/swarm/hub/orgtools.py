@@ -219,5 +219,5 @@ class OrgTools:
                 "create_group, set_external_group, revoke_invite, list_invites or list"
             )
         self.auth.invalidate()
-        log.info("hub.share", by=who.name, command=verb)
+        log.info("hub_share", by=who.name, command=verb)
         return out

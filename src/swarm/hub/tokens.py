@@ -131,7 +131,7 @@ class TokenStore:
                 "created_at = excluded.created_at, revoked_at = NULL, ident = excluded.ident",
                 (name, role, hash_token(token), time.time(), secrets.token_hex(6)),
             )
-        log.info("hub.token_added", name=name, role=role)
+        log.info("hub_token_added", name=name, role=role)
         return token
 
     def list(self) -> list[TokenInfo]:
@@ -150,7 +150,7 @@ class TokenStore:
             )
             done = cur.rowcount == 1
         if done:
-            log.info("hub.token_revoked", name=name)
+            log.info("hub_token_revoked", name=name)
         return done
 
     # ---------------------------------------------------------------- grants, public
@@ -240,7 +240,7 @@ class TokenStore:
                     creator.owner,
                 ),
             )
-        log.info("hub.invite_created", id=info.id, role=role, by=creator.name, max_uses=max_uses)
+        log.info("hub_invite_created", id=info.id, role=role, by=creator.name, max_uses=max_uses)
         return token, info
 
     def list_invites(self) -> builtins.list[InviteInfo]:

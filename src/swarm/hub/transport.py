@@ -233,7 +233,7 @@ class Listener:
             for g in self.live
             if g.head_since is not None and not g.busy and g.head_since < cutoff
         ]:
-            log.info("hub.slow_request_head", timeout_s=timeout)
+            log.info("hub_slow_request_head", timeout_s=timeout)
             if guard.transport is not None:
                 guard.transport.abort()
         self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s(), self._sweep)
@@ -271,7 +271,7 @@ class Listener:
         if len(self.live) >= self.limits.max_connections:
             idle = next((g for g in self.live if not g.busy), None)
             if idle is None:
-                log.warning("hub.connection_refused", live=len(self.live))
+                log.warning("hub_connection_refused", live=len(self.live))
                 return False
             self.release(idle)
             if idle.transport is not None:

@@ -48,7 +48,7 @@ def _is_busy(exc: BaseException) -> bool:
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
-        "sqlite.busy_retry",
+        "sqlite_busy_retry",
         attempt=state.attempt_number,
         sleep_s=round(state.next_action.sleep if state.next_action else 0.0, 3),
         error=str(exc),
@@ -126,7 +126,7 @@ class SqliteFile:
             try:
                 conn.close()
             except sqlite3.Error as exc:
-                log.warning("local_store.close_failed", path=str(self.path), error=str(exc))
+                log.warning("local_store_close_failed", path=str(self.path), error=str(exc))
         self._write_conn = None
         self._local = threading.local()
 
@@ -164,7 +164,7 @@ class SqliteFile:
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
-            log.warning("sqlite.busy_retry", attempt=1, path=str(self.path), error=str(exc))
+            log.warning("sqlite_busy_retry", attempt=1, path=str(self.path), error=str(exc))
         return self._retrying()(fn, *args)
 
     def _writer_conn(self) -> sqlite3.Connection:
@@ -229,7 +229,7 @@ class SqliteFile:
         def attempt() -> None:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                log.warning("local_store.no_wal", path=str(self.path), mode=mode)
+                log.warning("local_store_no_wal", path=str(self.path), mode=mode)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in schema.split(";\n"):

@@ -77,7 +77,7 @@ def trim_changes(conn: sqlite3.Connection, writes: int) -> None:
             (_CHANGES_KEEP,),
         )
     except sqlite3.Error as exc:
-        log.warning("local_store.trim_failed", error=str(exc))
+        log.warning("local_store_trim_failed", error=str(exc))
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
@@ -227,7 +227,7 @@ def sync_index(conn: sqlite3.Connection, idx: VectorIndex, path: str) -> None:
                 "WHERE embedding IS NOT NULL ORDER BY org, key"
             ).fetchall()
             idx.reset(rows, hi_seq)
-            log.debug("index.reloaded", path=path, vectors=idx.size, seq=hi_seq)
+            log.debug("index_reloaded", path=path, vectors=idx.size, seq=hi_seq)
             return
         changed = conn.execute(
             "SELECT c.rid, max(c.seq), m.org || char(0) || m.key, m.embedding "

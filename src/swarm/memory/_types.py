@@ -107,8 +107,9 @@ class MemoryBackend(Protocol):
         description: str | None = None,
         embed: bool | None = None,
         embed_source: EmbedSource | None = None,
-    ) -> None:
-        """Replace the value of an existing key; raises ``KeyNotFoundError`` when absent."""
+    ) -> object:
+        """Replace the value of an existing key; raises ``KeyNotFoundError`` when absent.
+        What it returns is not part of the contract (a hub's store returns the stored item)."""
         ...
 
     async def delete(self, keys: Sequence[str]) -> list[ItemResult]:

@@ -78,7 +78,7 @@ class VectorIndex:
             self.dim = int(vec.shape[0])
             self.mat = np.zeros((0, self.dim), dtype=np.float32)
         if vec.shape[0] != self.dim:
-            log.warning("index.dim_mismatch", expected=self.dim, got=int(vec.shape[0]))
+            log.warning("index_dim_mismatch", expected=self.dim, got=int(vec.shape[0]))
             return None
         return vec
 

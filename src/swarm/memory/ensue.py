@@ -172,10 +172,10 @@ class EnsueBackend:
             try:
                 await self.client.delete_memory([key])
             except MemoryStoreError as exc:
-                log.warning("ensue.atomic_probe_cleanup_failed", key=key, error=str(exc))
+                log.warning("ensue_atomic_probe_cleanup_failed", key=key, error=str(exc))
         atomic = not second[0].ok
         if atomic:
-            log.debug("ensue.atomic_probe_ok", url=self.url)
+            log.debug("ensue_atomic_probe_ok", url=self.url)
         else:
             log.warning(
                 "ensue.create_not_atomic",

@@ -157,7 +157,7 @@ class LocalStore(StoreBase):
         if self._file.is_open:
             return
         await self._file.open(ops.SCHEMA)
-        log.debug("local_store.opened", path=str(self.path), org=self.org)
+        log.debug("local_store_opened", path=str(self.path), org=self.org)
 
     async def close(self) -> None:
         """Stop the threads and close every connection."""

@@ -106,7 +106,7 @@ class PgStore(StoreBase):
             await pool.close()
             raise
         self._pool = pool
-        log.debug("pg_store.opened", db=self.where, org=self.org)
+        log.debug("pg_store_opened", db=self.where, org=self.org)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
