@@ -23,7 +23,6 @@ lock as free after ``lease_s``: run one version across a swarm.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -160,14 +159,22 @@ class Beacon:
         return lost
 
     async def run(self) -> None:
-        """Beat every ``heartbeat_s`` until cancelled; store errors are logged and retried."""
+        """Beat every ``heartbeat_s`` until cancelled, counted from the start of one beat to
+        the start of the next: a store that answers slowly delays the beat it answers, not
+        every later one (a beat plus a full pause could outlast the lease); store errors are
+        logged and retried."""
+        mem = self.memory
         while True:
+            started = mem.clock()
             try:
                 await self.beat()
             except MemoryStoreError as exc:
                 self.failures += 1
                 log.warning("beacon_failed", key=self.key, error=str(exc), failures=self.failures)
-            await asyncio.sleep(self.memory.heartbeat_s)
+            took = mem.clock() - started
+            if took > mem.heartbeat_s:
+                log.warning("beacon_beat_slow", key=self.key, seconds=round(took, 1))
+            await mem.sleep(max(0.0, mem.heartbeat_s - took))
 
     @property
     def max_unattached_s(self) -> float:

@@ -165,3 +165,39 @@ async def test_the_beacon_records_its_longest_gap(swarm: Swarm, clock: FakeClock
         clock.advance(step)
     await ada.beacon.beat()
     assert ada.beacon.max_gap_s == 75.0
+
+
+async def test_a_slow_store_delays_one_beat_not_every_later_one(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """The beacon beats every heartbeat_s from the start of one beat to the next: a write
+    that takes 20 s of a 30 s beat leaves a 10 s pause (beats stay 30 s apart, not 50 s),
+    and a write slower than a beat is followed by the next at once."""
+    import asyncio
+
+    mem = await swarm.memory("ada", clock=clock, lease_s=LEASE, heartbeat_s=30.0)
+    delays = iter([20.0, 45.0, 5.0])
+    pauses: list[float] = []
+
+    class Slow(CallLog):
+        async def update(self, *args: object, **kwargs: object) -> object:
+            clock.advance(next(delays))
+            return await self.inner.update(*args, **kwargs)
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.advance(seconds)
+        if len(pauses) == 3:
+            raise asyncio.CancelledError
+
+    mem.backend = Slow(mem.backend)  # type: ignore[assignment]
+    mem.sleep = sleep
+    beacon = Beacon(mem)
+    first = await mem.backend.create([NewMemory(key=beacon.key, value="{}", description="beacon")])
+    assert first[0].ok
+    try:
+        await beacon.run()
+    except asyncio.CancelledError:
+        pass
+    assert pauses == [10.0, 0.0, 25.0]
+    assert beacon.beats == 3 and beacon.max_gap_s == 55.0  # written at 20, 75 and 110 s
