@@ -11,9 +11,12 @@ supervisor's traffic. A :class:`Beacon` replaces them with one record per agent 
 A lock record written under a beacon names it (``"beacon": key``). Whoever finds the lock
 past its own lease asks the beacon (:func:`beacon_keeps`): the lock is still live while
 the beacon is younger than its lease, belongs to the same session and lists the lock.
-Every ``check_every`` beats one batched read of all held locks and their next generations
-finds a claim that was taken over anyway (after a stall longer than the lease) and marks
-its :class:`~swarm.namespace.Heartbeat` lost, as the per-claim heartbeat did.
+The record announces its own lease: the memory's, longer while the store is slow (a beat
+plus three times the slowest of the last ten writes, at most 600 s), so that claims do not
+look dead to others only because the beats land late. Every ``check_every`` beats one
+batched read of all held locks and their next generations finds a claim that was taken
+over anyway (after a stall longer than the lease) and marks its
+:class:`~swarm.namespace.Heartbeat` lost, as the per-claim heartbeat did.
 
 Claim records (``claims/...``) are no longer rewritten per beat; :meth:`SwarmMemory.live_claims`
 asks the beacons of claims past their own lease. Clients of the original fork judge claims
@@ -23,6 +26,7 @@ lock as free after ``lease_s``: run one version across a swarm.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,6 +43,13 @@ if TYPE_CHECKING:
 __all__ = ["Beacon", "Heartbeat", "beacon_beats", "beacon_keeps"]
 
 log = get_logger(__name__)
+
+
+_SLOW_WINDOW = 10
+"""Beat writes whose duration sets the announced lease (:attr:`Beacon.lease_s`)."""
+
+_MAX_LEASE_S = 600.0
+"""The longest lease a beacon announces (and that :func:`beacon_keeps` believes)."""
 
 
 def _next_generation(lock_key: str) -> str | None:
@@ -81,6 +92,9 @@ class Beacon:
         #: claims it keeps looked dead to others in between)
         self.max_gap_s = 0.0
         self._last_beat: float | None = None
+        #: how long the last few beat writes took (seconds): a slow store lengthens the
+        #: lease the beacon announces (:attr:`lease_s`)
+        self._took: deque[float] = deque(maxlen=_SLOW_WINDOW)
         self._held: dict[str, tuple[Claim, Heartbeat]] = {}
         #: lock key -> (when a held claim stopped being worked on, how long it may stay so):
         #: claimed ahead and not yet running (``max_unattached_s``), or ran and not yet
@@ -92,6 +106,16 @@ class Beacon:
         """Lock keys this beacon keeps live, sorted."""
         return sorted(self._held)
 
+    @property
+    def lease_s(self) -> float:
+        """The lease this beacon announces: the memory's, or longer while the store is slow.
+        A beat is stamped when it is sent and seen when the store has written it; the next
+        one is sent at most a beat (or the last write's time) later and takes its own time
+        to land, so the lease must outlast a beat and two slow writes, with a margin."""
+        m = self.memory
+        slowest = max(self._took, default=0.0)
+        return min(_MAX_LEASE_S, max(m.lease_s, m.heartbeat_s + 3 * slowest))
+
     def record(self) -> dict[str, Any]:
         m = self.memory
         return {
@@ -99,7 +123,7 @@ class Beacon:
             "host": m.host,
             "session": m.session,
             "heartbeat_at": to_iso(m.clock()),
-            "lease_s": m.lease_s,
+            "lease_s": self.lease_s,
             "holding": self.holding,
             "kind": "beacon",
         }
@@ -108,6 +132,7 @@ class Beacon:
         """Rewrite the beacon record (one call); every ``check_every`` beats also look for
         claims taken over (one more call)."""
         backend = self.memory.backend
+        sent = self.memory.clock()
         text = encode_record(self.record())
         try:
             await backend.update(self.key, text)
@@ -119,6 +144,8 @@ class Beacon:
                 raise MemoryStoreError(
                     f"cannot write the beacon {self.key!r}: {res.error}"
                 ) from None
+        finally:  # a write that failed after a long wait counts as slow too
+            self._took.append(self.memory.clock() - sent)
         self.beats += 1
         now = self.memory.clock()
         if self._last_beat is not None:
@@ -237,7 +264,7 @@ async def beacon_keeps(
     holders: Sequence[tuple[str, Claim]],
     now: float,
     *,
-    max_lease_s: float = 600.0,
+    max_lease_s: float = _MAX_LEASE_S,
 ) -> set[str]:
     """Which of ``holders`` (lock or claim key, record) a live beacon keeps: one read.
 
@@ -251,7 +278,7 @@ async def beacon_beats(
     holders: Sequence[tuple[str, Claim]],
     now: float,
     *,
-    max_lease_s: float = 600.0,
+    max_lease_s: float = _MAX_LEASE_S,
 ) -> dict[str, float]:
     """Like :func:`beacon_keeps`, with the last beat (epoch seconds) of the beacon that
     keeps each kept holder: the heartbeat a claim under a beacon really has."""

@@ -201,3 +201,40 @@ async def test_a_slow_store_delays_one_beat_not_every_later_one(
         pass
     assert pauses == [10.0, 0.0, 25.0]
     assert beacon.beats == 3 and beacon.max_gap_s == 55.0  # written at 20, 75 and 110 s
+
+
+async def test_a_beacon_on_a_slow_store_announces_a_longer_lease(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """Written as the racer: ada's beats take 40 s each to land on an overloaded store, so
+    her last beat is 120 s old (past the 90 s lease) while she is alive. Her beacon
+    announced a lease of 30 + 3 x 40 = 150 s: bob does not take her claim over at 120 s,
+    does at 151 s; a store that answers quickly again brings the lease back to 90 s."""
+    ada = await beaconed(swarm, "ada", clock)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE, heartbeat_s=30.0)
+    won = await claim(ada)
+    assert won.won  # type: ignore[attr-defined]
+    fast = ada.backend
+    slow_s = [40.0]
+
+    class Slow(CallLog):
+        async def update(self, *args: object, **kwargs: object) -> object:
+            clock.advance(slow_s[0])
+            return await self.inner.update(*args, **kwargs)
+
+    ada.backend = Slow(fast)  # type: ignore[assignment]
+    beacon = ada.beacon
+    assert beacon is not None
+    async with ada.heartbeating(won.claim):  # type: ignore[attr-defined]
+        await beacon.beat()  # the first slow write: the next record announces it
+        assert beacon.lease_s == 150.0
+        await beacon.beat()  # stamped when sent, landed 40 s later
+        clock.advance(80)  # 120 s after the stamp
+        lost = await claim(bob)
+        assert not lost.won and lost.holder.agent_id == "ada"  # type: ignore[attr-defined]
+        clock.advance(31)  # 151 s: ada is silent past the lease she announced
+        assert (await claim(bob)).won  # type: ignore[attr-defined]
+    slow_s[0] = 0.0
+    for _ in range(10):
+        await beacon.beat()
+    assert beacon.lease_s == LEASE
