@@ -58,6 +58,35 @@ async def test_a_published_experiment_is_never_claimed_again(
     assert not again.won
 
 
+async def test_a_released_generation_above_a_done_one_does_not_free_the_experiment(
+    swarm: Swarm, clock: FakeClock
+) -> None:
+    """Written as the race the 1,000-GPU simulation showed: ada's claim looked dead (her
+    store was slow), bob took it over, ada's run finished and its done release landed on
+    her generation, bob gave his generation back unrun. Carol, seeing only a released top,
+    wins the next generation -- and must learn the experiment is done, not run it again;
+    her generation is marked done so that dave loses at once."""
+    ada = await swarm.memory("ada", clock=clock, lease_s=LEASE)
+    bob = await swarm.memory("bob", clock=clock, lease_s=LEASE)
+    carol = await swarm.memory("carol", clock=clock, lease_s=LEASE)
+    dave = await swarm.memory("dave", clock=clock, lease_s=LEASE)
+    first = (await claim(ada, 7)).claim
+    assert first is not None
+    clock.advance(LEASE + 1)
+    second = (await claim(bob, 7)).claim
+    assert second is not None and second.lock_key != first.lock_key  # a takeover
+    await ada.release(first, result_key="results/ada--experiment-7--abc123")
+    await bob.release(second)  # bob never ran it
+    lost = await claim(carol, 7)
+    assert not lost.won and lost.reason == "done by ada"
+    third = keys.generation_key(first.lock_key[: first.lock_key.rfind("/g") + 1], 3)
+    rec = decode_record(third, (await carol.backend.get([third]))[third].value)
+    assert rec["status"] == DONE and rec["result_key"] == "results/ada--experiment-7--abc123"
+    again = await claim(dave, 7)
+    assert not again.won and again.reason.startswith("done by")
+    assert await carol.live_claims() == []
+
+
 async def test_a_run_that_did_not_finish_frees_the_experiment(swarm: Swarm) -> None:
     """Released without a result (stopped, infrastructure failure), the next claimer wins."""
     ada = await swarm.memory("ada")

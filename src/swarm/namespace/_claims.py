@@ -24,6 +24,9 @@ __all__ = ["Claims", "Heartbeat"]
 
 log = get_logger(__name__)
 
+_DONE_LOOKBACK = 8
+"""Generations under a newly won one that are read for a finished run (one batched get)."""
+
 ClaimKind = Literal["experiment", "confirmation"]
 
 
@@ -131,6 +134,13 @@ class Claims:
             reason = f"done by {who}" if done else f"claimed by {who}"
             return ClaimOutcome(won=False, holder=got.holder, reason=reason)
         claim = stamped[got.generation]
+        ran = await self._done_below(prefix, got.generation) if kind == "experiment" else None
+        if ran is not None:
+            # a generation released without a result sat on top of one that ran: the
+            # experiment is done; ours carries that forward so nobody wins it again
+            await self.release(claim, result_key=str(ran.extra.get("result_key") or ""))
+            log.info("claim_lost", experiment=prefix, holder=ran.agent_id, done=True)
+            return ClaimOutcome(won=False, holder=ran, reason=f"done by {ran.agent_id}")
         if mem.beacon is not None and claim.extra.get("beacon") == mem.beacon.key:
             mem.beacon.hold(claim)  # live from now until released, whether it runs or not
         if got.took_over:
@@ -140,6 +150,21 @@ class Claims:
         log.info("claim_won", key=claim.key, lock=got.key)
         self.mine.add(claim.key)
         return ClaimOutcome(won=True, claim=claim)
+
+    async def _done_below(self, prefix: str, generation: int) -> Claim | None:
+        """A generation under ``generation`` (the last :data:`_DONE_LOOKBACK`, one read)
+        whose run finished and was published, or None. Generation 1 needs no read."""
+        lower = range(max(1, generation - _DONE_LOOKBACK), generation)
+        wanted = [keys.generation_key(prefix, g) for g in lower]
+        if not wanted:
+            return None
+        found = await get_json(self.memory.backend, wanted)
+        for key in reversed(wanted):
+            if key in found:
+                holder = Claim.from_json(key, found[key])
+                if holder.done:
+                    return holder
+        return None
 
     async def confirming_now(
         self, candidates: Sequence[tuple[str, str, int]], *, track: str, tier: str | None
