@@ -166,10 +166,11 @@ async def refute(
         cand, state="refuted", runs=(*cand.runs, this), resolved_at=mem.now(), reason=reason
     )
     await book.write_record(refuted, "refuted")
+    listing = await book.listing(cand.result.track)  # one read for both uses below
     async with mem.locks.mutex(keys.best_mutex_name(cand.result.track)):
-        await _withdraw(book, cand)
+        await _withdraw(book, cand, listing)
         await book.bump_trust(cand.result.track, cand.original.agent_id, verified=False)
-    for other in await book.listing(cand.result.track):
+    for other in listing:
         if (
             other.open
             and other.key != cand.key
@@ -180,14 +181,13 @@ async def refute(
     return BestDecision(False, reason, refuted=True)
 
 
-async def _withdraw(book: CandidateBook, cand: Candidate) -> None:
+async def _withdraw(book: CandidateBook, cand: Candidate, listing: list[Candidate]) -> None:
     """Every best that shows the refuted ``cand`` goes back to the one it replaced; a best
     that replaced nothing (the scope's first) goes back to the best confirmed candidate of
     the scope, or is removed when there is none (hold the track's best mutex)."""
     mem = book.mem
     scopes = mem.bests.scopes(cand.result)
     current, _ = await mem.bests.read_many(scopes)
-    listing: list[Candidate] | None = None
     for scope in scopes:
         now = current[scope.meta_key]
         if now is None or now.code_hash != cand.result.code_hash:
@@ -196,8 +196,6 @@ async def _withdraw(book: CandidateBook, cand: Candidate) -> None:
             back: Result | None = now.previous.result
             confirmations = now.previous.confirmations
         else:
-            if listing is None:
-                listing = await book.listing(cand.result.track)
             back, confirmations = _best_confirmed(listing, cand, scope.tier)
         if back is None:
             await mem.bests.withdraw(scope, now, cand.key)
@@ -225,8 +223,8 @@ def _best_confirmed(
     ]
     if not agreed:
         return None, ()
-    top = min(agreed, key=lambda c: sum(r.val_bpb for r in c.runs) / len(c.runs))
-    mean = sum(r.val_bpb for r in top.runs) / len(top.runs)
+    top = min(agreed, key=_mean)
+    mean = _mean(top)
     independent = any(r.independent_of(top.original) for r in top.runs[1:])
     state = "verified" if independent else "self-verified"
     result = replace(
@@ -236,3 +234,7 @@ def _best_confirmed(
         extra={**top.result.extra, "verification": state},
     )
     return result, tuple(r.to_json() for r in top.runs)
+
+
+def _mean(cand: Candidate) -> float:
+    return sum(r.val_bpb for r in cand.runs) / len(cand.runs)
